@@ -1,0 +1,15 @@
+// Command podnet-cni is podnet's multi-call CNI plugin binary. Installed as
+// hard links named after the plugin types (bridge, ptp, host-local, …), it
+// acts as the plugin named by argv[0].
+package main
+
+import (
+	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/plugins/loopback"
+)
+
+func main() {
+	cniplugin.Main(map[string]cniplugin.Plugin{
+		"loopback": loopback.Plugin(),
+	})
+}

@@ -1,0 +1,168 @@
+package cniplugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// NetConf is the part of a network configuration every podnet plugin reads:
+// the spec's common fields plus the GC attachment lists.
+type NetConf struct {
+	types.NetConf
+	// LegacyAttachments is the pre-1.1 spelling of cni.dev/valid-attachments
+	// that some runtimes still send.
+	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
+}
+
+// Conf is implemented by every plugin configuration that embeds NetConf.
+type Conf interface {
+	Common() *NetConf
+}
+
+// Common returns the shared part of the configuration.
+func (n *NetConf) Common() *NetConf { return n }
+
+// Decode parses a network configuration into conf (a struct embedding
+// NetConf), checks its cniVersion and parses its prevResult. Every failure
+// is a spec error: malformed JSON is 6, an unsupported version 1, a missing
+// version or name 7.
+func Decode(data []byte, conf Conf) error {
+	if err := json.Unmarshal(data, conf); err != nil {
+		return NewError(types.ErrDecodingFailure, "failed to parse network configuration", err.Error())
+	}
+	c := conf.Common()
+	if c.CNIVersion == "" {
+		return NewError(types.ErrInvalidNetworkConfig, "network configuration has no cniVersion", "")
+	}
+	if !supported(c.CNIVersion) {
+		return NewError(types.ErrIncompatibleCNIVersion, "incompatible CNI versions",
+			fmt.Sprintf("config is %q, plugin supports %v", c.CNIVersion, SupportedVersions.SupportedVersions()))
+	}
+	if c.Name == "" {
+		return NewError(types.ErrInvalidNetworkConfig, "network configuration has no name", "")
+	}
+	if c.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&c.NetConf); err != nil {
+			return NewError(types.ErrDecodingFailure, "failed to parse prevResult", err.Error())
+		}
+	}
+	return nil
+}
+
+func supported(v string) bool {
+	for _, s := range SupportedVersions.SupportedVersions() {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Prev returns the configuration's prevResult converted to the
+// current result type, or an empty result when there is none.
+func (n *NetConf) Prev() (*current.Result, error) {
+	if n.NetConf.PrevResult == nil {
+		return &current.Result{CNIVersion: current.ImplementedSpecVersion}, nil
+	}
+	r, err := current.NewResultFromResult(n.NetConf.PrevResult)
+	if err != nil {
+		return nil, NewError(types.ErrDecodingFailure, "failed to convert prevResult", err.Error())
+	}
+	return r, nil
+}
+
+// KeepsAttachment tells GC whether an attachment is still valid: it is
+// listed in cni.dev/valid-attachments or the legacy cni.dev/attachments.
+func (n *NetConf) KeepsAttachment(a Attachment) bool {
+	for _, lists := range [][]types.GCAttachment{n.ValidAttachments, n.LegacyAttachments} {
+		for _, v := range lists {
+			if v.ContainerID == a.ContainerID && v.IfName == a.IfName {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Attachment is the identity of one attachment of a container to a network:
+// every allocation, link and rule podnet makes carries it, so DEL and GC find
+// them even when the container's netns is gone.
+type Attachment struct {
+	Network     string
+	ContainerID string
+	IfName      string
+}
+
+// AttachmentOf returns the identity of the attachment a call is about.
+func AttachmentOf(network string, args *skel.CmdArgs) Attachment {
+	return Attachment{Network: network, ContainerID: args.ContainerID, IfName: args.IfName}
+}
+
+// String is the attachment's canonical text: network/containerID/ifname.
+func (a Attachment) String() string {
+	return a.Network + "/" + a.ContainerID + "/" + a.IfName
+}
+
+// ParseAttachment is the inverse of String.
+func ParseAttachment(s string) (Attachment, error) {
+	parts := strings.SplitN(s, "/", 3)
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return Attachment{}, fmt.Errorf("malformed attachment %q", s)
+	}
+	return Attachment{Network: parts[0], ContainerID: parts[1], IfName: parts[2]}, nil
+}
+
+// CommonArgs are the CNI_ARGS keys podnet understands; unknown keys are
+// accepted when IgnoreUnknown=1 is set, as the spec describes.
+type CommonArgs struct {
+	types.CommonArgs
+	IP  ipList                     `json:"ip,omitempty"`
+	MAC types.UnmarshallableString `json:"mac,omitempty"`
+}
+
+// ParseArgs parses CNI_ARGS; a malformed string or unknown key without
+// IgnoreUnknown is an invalid-environment error (4).
+func ParseArgs(s string) (*CommonArgs, error) {
+	a := &CommonArgs{}
+	if err := types.LoadArgs(s, a); err != nil {
+		return nil, NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
+	}
+	return a, nil
+}
+
+// ipList is the IP= argument: one or more addresses separated by commas,
+// each optionally with a prefix length (as static IPAM takes them).
+type ipList []string
+
+// UnmarshalText implements encoding.TextUnmarshaler for types.LoadArgs.
+func (l *ipList) UnmarshalText(b []byte) error {
+	for _, s := range strings.Split(string(b), ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		addr := s
+		if i := strings.IndexByte(s, '/'); i >= 0 {
+			addr = s[:i]
+			if _, _, err := net.ParseCIDR(s); err != nil {
+				return fmt.Errorf("invalid IP %q: %w", s, err)
+			}
+		}
+		if net.ParseIP(addr) == nil {
+			return fmt.Errorf("invalid IP %q", s)
+		}
+		*l = append(*l, s)
+	}
+	if len(*l) == 0 {
+		return errors.New("IP= is empty")
+	}
+	return nil
+}

@@ -1,0 +1,136 @@
+// Package cniplugin is the runtime contract every podnet plugin shares: it
+// dispatches a multi-call binary on argv[0], decodes and validates network
+// configurations, converts results to the requested spec version, maps
+// failures to CNI error codes, and runs IPAM plugins in-process when the
+// runtime's CNI_PATH resolves them to this same binary.
+package cniplugin
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// Version is podnet's release, printed in the plugins' "about" line.
+var Version = "dev"
+
+// SupportedVersions is every CNI spec version podnet's plugins speak.
+var SupportedVersions = version.All
+
+// Plugin is one CNI plugin: the verbs it implements. Add returns its result
+// in any version; the dispatcher converts it to the version of the config.
+// A nil Check, GC or Status means the verb has nothing to do and succeeds.
+type Plugin struct {
+	Add    func(*skel.CmdArgs) (types.Result, error)
+	Del    func(*skel.CmdArgs) error
+	Check  func(*skel.CmdArgs) error
+	GC     func(*skel.CmdArgs) error
+	Status func(*skel.CmdArgs) error
+}
+
+// registry holds the plugins of this binary, by type name; IPAM delegation
+// looks here to run a plugin in-process.
+var registry map[string]Plugin
+
+// Main runs the plugin named by argv[0] (the name of the hard link the
+// runtime executed) and exits with the spec's error protocol on failure.
+func Main(plugins map[string]Plugin) {
+	registry = plugins
+	name := filepath.Base(os.Args[0])
+	p, ok := plugins[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "podnet-cni %s: run as one of the plugin names (%s), e.g. through a hard link\n",
+			Version, strings.Join(Names(plugins), ", "))
+		os.Exit(1)
+	}
+	about := fmt.Sprintf("CNI %s plugin podnet %s", name, Version)
+	skel.PluginMainFuncs(p.funcs(), SupportedVersions, about)
+}
+
+// Names lists the plugin names of a registry, sorted.
+func Names(plugins map[string]Plugin) []string {
+	names := make([]string, 0, len(plugins))
+	for n := range plugins {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// funcs adapts a Plugin to skel: results are printed in the config's version
+// and every error leaves as a *types.Error with a spec code.
+func (p Plugin) funcs() skel.CNIFuncs {
+	wrap := func(f func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
+		return func(args *skel.CmdArgs) error {
+			if f == nil {
+				return nil
+			}
+			return AsCNIError(f(args))
+		}
+	}
+	return skel.CNIFuncs{
+		Add: func(args *skel.CmdArgs) error {
+			if p.Add == nil {
+				return NewError(types.ErrInvalidEnvironmentVariables, "this plugin does not implement ADD", "")
+			}
+			res, err := p.Add(args)
+			if err != nil {
+				return AsCNIError(err)
+			}
+			ver, err := (&version.ConfigDecoder{}).Decode(args.StdinData)
+			if err != nil {
+				return NewError(types.ErrDecodingFailure, "cannot read cniVersion", err.Error())
+			}
+			return AsCNIError(types.PrintResult(res, ver))
+		},
+		Del:    wrap(p.Del),
+		Check:  wrap(p.Check),
+		GC:     wrap(p.GC),
+		Status: wrap(p.Status),
+	}
+}
+
+// NewError builds a spec error.
+func NewError(code uint, msg, details string) *types.Error {
+	return types.NewError(code, msg, details)
+}
+
+// Errorf builds a spec error whose message is formatted.
+func Errorf(code uint, format string, a ...any) *types.Error {
+	return types.NewError(code, fmt.Sprintf(format, a...), "")
+}
+
+// AsCNIError returns err as a *types.Error: a spec error found anywhere in
+// its chain keeps its code and gains the surrounding context in its
+// details; any other error is an internal error (999).
+func AsCNIError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *types.Error
+	if errors.As(err, &e) {
+		if err.Error() == e.Error() {
+			return e
+		}
+		details := err.Error()
+		if e.Details != "" && !strings.Contains(details, e.Details) {
+			details += ": " + e.Details
+		}
+		return types.NewError(e.Code, e.Msg, details)
+	}
+	return types.NewError(types.ErrInternal, err.Error(), "")
+}
+
+// IsGone tells whether err says the container (its netns) no longer exists,
+// which DEL and GC treat as work already done.
+func IsGone(err error) bool {
+	var e *types.Error
+	return errors.As(err, &e) && e.Code == types.ErrUnknownContainer
+}

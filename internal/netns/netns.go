@@ -1,0 +1,118 @@
+// Package netns opens network namespaces by path and runs code inside them
+// without leaking a namespace switch to other goroutines: the switch happens
+// on a locked OS thread that is thrown away if it cannot be switched back.
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NS is an open network namespace.
+type NS struct {
+	path   string
+	handle netns.NsHandle
+}
+
+// Open opens the network namespace at path. A path that does not exist is a
+// spec "container unknown" error (3); a path that is not a network
+// namespace is an invalid-environment error (4).
+func Open(path string) (*NS, error) {
+	if path == "" {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, types.NewError(types.ErrUnknownContainer, "network namespace does not exist", path)
+		}
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "cannot open network namespace", fmt.Sprintf("%s: %v", path, err))
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "cannot stat network namespace", fmt.Sprintf("%s: %v", path, err))
+	}
+	if st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC {
+		unix.Close(fd)
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is not a network namespace", path)
+	}
+	h := netns.NsHandle(fd)
+	// A file under /proc or nsfs may still be another kind of namespace.
+	if err := checkNetType(fd); err != nil {
+		h.Close()
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is not a network namespace", fmt.Sprintf("%s: %v", path, err))
+	}
+	return &NS{path: path, handle: h}, nil
+}
+
+// checkNetType asks the kernel which kind of namespace fd refers to.
+func checkNetType(fd int) error {
+	const nsGetNSType = 0xb703 // NS_GET_NSTYPE
+	t, err := unix.IoctlRetInt(fd, nsGetNSType)
+	if err != nil {
+		return err
+	}
+	if t != unix.CLONE_NEWNET {
+		return fmt.Errorf("namespace type %#x", t)
+	}
+	return nil
+}
+
+// Current opens the calling thread's network namespace.
+func Current() (*NS, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	h, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("open current netns: %w", err)
+	}
+	return &NS{path: fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid()), handle: h}, nil
+}
+
+// Path is the path the namespace was opened from.
+func (n *NS) Path() string { return n.path }
+
+// Fd is the namespace's file descriptor, valid until Close.
+func (n *NS) Fd() int { return int(n.handle) }
+
+// Handle is the namespace handle for netlink.NewHandleAt.
+func (n *NS) Handle() netns.NsHandle { return n.handle }
+
+// Close releases the namespace file descriptor.
+func (n *NS) Close() error { return n.handle.Close() }
+
+// Do runs f with the current goroutine's work moved onto an OS thread that
+// is inside the namespace. Children forked by f inherit the namespace.
+func (n *NS) Do(f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(n.handle); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", n.path, err)
+			return
+		}
+		ferr := f()
+		// Only a thread back in its original namespace may be reused; a
+		// thread left locked is destroyed when this goroutine exits.
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
+	}()
+	return <-errc
+}

@@ -1,0 +1,65 @@
+package netns
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+)
+
+// RunDir is where named namespaces are bound, as iproute2 does it.
+const RunDir = "/var/run/netns"
+
+// Temp is a named network namespace created for a test, a benchmark or the
+// lab; Remove deletes it (and with it every link inside).
+type Temp struct {
+	*NS
+	Name string
+}
+
+// NewTemp creates a fresh named network namespace called prefix-<random>,
+// with its loopback up, without switching any caller's thread into it.
+func NewTemp(prefix string) (*Temp, error) {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	name := prefix + "-" + hex.EncodeToString(b[:])
+	errc := make(chan error, 1)
+	go func() {
+		// NewNamed moves the thread into the new namespace: this thread
+		// stays locked and is discarded when the goroutine ends.
+		runtime.LockOSThread()
+		h, err := netns.NewNamed(name)
+		if err == nil {
+			h.Close()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		return nil, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	ns, err := Open(filepath.Join(RunDir, name))
+	if err != nil {
+		_ = netns.DeleteNamed(name)
+		return nil, err
+	}
+	t := &Temp{NS: ns, Name: name}
+	if err := t.Do(setLoopbackUp); err != nil {
+		t.Remove()
+		return nil, err
+	}
+	return t, nil
+}
+
+// Remove closes and deletes the namespace.
+func (t *Temp) Remove() error {
+	t.Close()
+	if err := netns.DeleteNamed(t.Name); err != nil {
+		return fmt.Errorf("delete netns %s: %w", t.Name, err)
+	}
+	return nil
+}
