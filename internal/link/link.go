@@ -1,0 +1,185 @@
+// Package link is the kernel plumbing the interface plugins share: veth
+// pairs created with their peer already in the other namespace, interface
+// addressing and routes from a CNI result, IPv6 DAD handling, sysctls, and
+// the identity podnet stamps on the host-side links it creates.
+package link
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/netns"
+)
+
+// HostPrefix starts the name of every host-side link podnet creates.
+const HostPrefix = "pn"
+
+// aliasPrefix starts the IFLA_IFALIAS podnet stamps on its host links.
+const aliasPrefix = "podnet:"
+
+// HostVethName is the host-side name of an attachment's veth: derived from
+// the attachment identity, so DEL and GC find it without the container.
+func HostVethName(a cniplugin.Attachment) string {
+	sum := sha256.Sum256([]byte(a.String()))
+	return HostPrefix + hex.EncodeToString(sum[:6])
+}
+
+// Alias is the interface alias that records which attachment a host link
+// belongs to.
+func Alias(a cniplugin.Attachment) string { return aliasPrefix + a.String() }
+
+// attachmentOfAlias parses an alias written by Alias.
+func attachmentOfAlias(alias string) (cniplugin.Attachment, bool) {
+	s, ok := strings.CutPrefix(alias, aliasPrefix)
+	if !ok {
+		return cniplugin.Attachment{}, false
+	}
+	a, err := cniplugin.ParseAttachment(s)
+	return a, err == nil
+}
+
+// Veth is a veth pair between the host and a container.
+type Veth struct {
+	Host      netlink.Link
+	Container netlink.Link
+}
+
+// VethSpec describes the pair to create.
+type VethSpec struct {
+	Attachment cniplugin.Attachment
+	MTU        int
+	// MAC is the container side's hardware address; nil lets the kernel pick.
+	MAC net.HardwareAddr
+}
+
+// CreateVeth creates the pair from the host side with the container end
+// placed directly into the container namespace (no move, no name clash in
+// the host), stamps the host end with the attachment identity and sets it
+// up. host is a handle in the host namespace, cont one in the container's.
+func CreateVeth(host, cont *netlink.Handle, contNS *netns.NS, spec VethSpec) (*Veth, error) {
+	name := HostVethName(spec.Attachment)
+	v := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{
+			Name:   name,
+			MTU:    spec.MTU,
+			TxQLen: -1,
+			Flags:  net.FlagUp,
+		},
+		PeerName:         spec.Attachment.IfName,
+		PeerHardwareAddr: spec.MAC,
+		PeerNamespace:    netlink.NsFd(contNS.Fd()),
+	}
+	if err := host.LinkAdd(v); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("create veth %s/%s: a link of that name already exists (in the host or the container)", name, spec.Attachment.IfName)
+		}
+		return nil, fmt.Errorf("create veth %s/%s: %w", name, spec.Attachment.IfName, err)
+	}
+	h, err := host.LinkByName(name)
+	if err != nil {
+		_ = host.LinkDel(v)
+		return nil, fmt.Errorf("find new veth %s: %w", name, err)
+	}
+	// The kernel ignores an alias in a create request: set it after.
+	if err := host.LinkSetAlias(h, Alias(spec.Attachment)); err != nil {
+		_ = host.LinkDel(h)
+		return nil, fmt.Errorf("set alias of %s: %w", name, err)
+	}
+	h.Attrs().Alias = Alias(spec.Attachment)
+	c, err := cont.LinkByName(spec.Attachment.IfName)
+	if err != nil {
+		_ = host.LinkDel(h)
+		return nil, fmt.Errorf("find new veth %s in container: %w", spec.Attachment.IfName, err)
+	}
+	return &Veth{Host: h, Container: c}, nil
+}
+
+// DelContainerLink deletes the container's interface (and with a veth, its
+// host peer) and returns the addresses it had. A missing namespace or link
+// is not an error: DEL may run twice or after the container died.
+func DelContainerLink(netnsPath, ifName string) ([]*net.IPNet, error) {
+	if netnsPath == "" {
+		return nil, nil
+	}
+	ns, err := netns.Open(netnsPath)
+	if err != nil {
+		if cniplugin.IsGone(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns.Handle())
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", netnsPath, err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("find %s: %w", ifName, err)
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", ifName, err)
+	}
+	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return nil, fmt.Errorf("delete %s: %w", ifName, err)
+	}
+	var out []*net.IPNet
+	for _, a := range addrs {
+		if a.IP.IsGlobalUnicast() {
+			out = append(out, a.IPNet)
+		}
+	}
+	return out, nil
+}
+
+// DelHostLink deletes an attachment's host-side link if it is still there.
+func DelHostLink(h *netlink.Handle, a cniplugin.Attachment) error {
+	l, err := h.LinkByName(HostVethName(a))
+	if err != nil {
+		return nil
+	}
+	if l.Attrs().Alias != Alias(a) {
+		return nil
+	}
+	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %s: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// GCHostLinks deletes host-side links of a network's attachments for which
+// keep returns false.
+func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachment) bool) error {
+	links, err := h.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	var errs []error
+	for _, l := range links {
+		if !strings.HasPrefix(l.Attrs().Name, HostPrefix) {
+			continue
+		}
+		a, ok := attachmentOfAlias(l.Attrs().Alias)
+		if !ok || a.Network != network || keep(a) {
+			continue
+		}
+		if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
