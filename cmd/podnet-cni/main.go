@@ -5,11 +5,15 @@ package main
 
 import (
 	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/plugins/bridge"
 	"github.com/podnet/podnet/internal/plugins/loopback"
+	"github.com/podnet/podnet/internal/plugins/ptp"
 )
 
 func main() {
 	cniplugin.Main(map[string]cniplugin.Plugin{
+		"bridge":   bridge.Plugin(),
 		"loopback": loopback.Plugin(),
+		"ptp":      ptp.Plugin(),
 	})
 }

@@ -208,7 +208,10 @@ func CheckRoutes(h *netlink.Handle, routes []*types.Route) error {
 			}
 		}
 		if !ok {
-			return fmt.Errorf("route %s is missing", r.String())
+			if r.GW == nil {
+				return fmt.Errorf("route to %s is missing", r.Dst.String())
+			}
+			return fmt.Errorf("route to %s via %s is missing", r.Dst.String(), r.GW)
 		}
 	}
 	return nil

@@ -1,0 +1,170 @@
+package nft
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/podnet/podnet/internal/cniplugin"
+)
+
+// TestConcurrentAddDel runs 20 plugins at once in one namespace, each with
+// its own connection as separate processes would have, each adding,
+// checking and deleting both features for its own attachment several
+// times. Nothing may fail and nothing may be left.
+func TestConcurrentAddDel(t *testing.T) {
+	ns := tempNS(t, "nfttest")
+	const workers, rounds = 20, 5
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs <- func() error {
+				c, err := New(ns.Fd())
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				a := att("conc", fmt.Sprintf("pod%02d", i), "eth0")
+				ips := []*net.IPNet{
+					{IP: net.IPv4(10, 50, byte(i), 2), Mask: net.CIDRMask(24, 32)},
+					{IP: net.ParseIP(fmt.Sprintf("fd00:50:%x::2", i)), Mask: net.CIDRMask(64, 128)},
+				}
+				m := net.HardwareAddr{2, 0, 0, 0, 0x50, byte(i)}
+				dev := fmt.Sprintf("veth%02d", i)
+				for r := 0; r < rounds; r++ {
+					if err := c.AddMasquerade(a, ips); err != nil {
+						return err
+					}
+					if err := c.AddMacSpoofCheck(a, dev, m); err != nil {
+						return err
+					}
+					if err := c.CheckMasquerade(a, ips); err != nil {
+						return err
+					}
+					if err := c.CheckMacSpoofCheck(a, dev, m); err != nil {
+						return err
+					}
+					if err := c.DelAttachment(a); err != nil {
+						return err
+					}
+				}
+				return nil
+			}()
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if got := owners(t, connIn(t, ns)); len(got) != 0 {
+		t.Fatalf("rules left: %q", got)
+	}
+}
+
+// TestConcurrentDelSameRules has several processes remove the same rules
+// at once, by DEL and by GC, so that their listings go stale under each
+// other: every call must succeed and every rule must go.
+func TestConcurrentDelSameRules(t *testing.T) {
+	ns := tempNS(t, "nfttest")
+	c := connIn(t, ns)
+	const pods = 30
+	var all []cniplugin.Attachment
+	for i := 0; i < pods; i++ {
+		a := att("conc", fmt.Sprintf("pod%02d", i), "eth0")
+		all = append(all, a)
+		if err := c.AddMasquerade(a, []*net.IPNet{{IP: net.IPv4(10, 51, 0, byte(i+2)), Mask: net.CIDRMask(16, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.AddMacSpoofCheck(a, fmt.Sprintf("veth%02d", i), net.HardwareAddr{2, 0, 0, 0, 0x51, byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const workers = 8
+	errs := make(chan error, workers*pods)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			c, err := New(ns.Fd())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			if w%4 == 3 {
+				errs <- c.GC("conc", func(cniplugin.Attachment) bool { return false })
+				return
+			}
+			for i := range all {
+				// Each worker walks the attachments from a different start.
+				errs <- c.DelAttachment(all[(i+w*pods/workers)%pods])
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if got := owners(t, c); len(got) != 0 {
+		t.Fatalf("rules left: %q", got)
+	}
+}
+
+// TestStaleListingRetried makes a DEL's listing stale on purpose: between
+// the listing and the batch another connection removes the rules. The
+// batch fails with ENOENT, the listing is redone, and DEL succeeds.
+func TestStaleListingRetried(t *testing.T) {
+	ns := tempNS(t, "nfttest")
+	c, other := connIn(t, ns), connIn(t, ns)
+	a, b := att("stale", "pod1", "eth0"), att("stale", "pod2", "eth0")
+	for i, x := range []cniplugin.Attachment{a, b} {
+		if err := c.AddMasquerade(x, []*net.IPNet{{IP: net.IPv4(10, 52, 0, byte(i+2)), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	builds := 0
+	err := c.transact(func() (bool, error) {
+		builds++
+		rules, err := c.listAll()
+		if err != nil {
+			return false, err
+		}
+		queued, err := c.queueDeletes(rules, func(r ruleRef) bool { return r.comment == a.String() })
+		if builds == 1 {
+			if !queued {
+				t.Fatal("nothing to delete on the first listing")
+			}
+			if err := other.DelAttachment(a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return queued, err
+	})
+	if err != nil {
+		t.Fatalf("transaction after a stale listing: %v", err)
+	}
+	if builds != 2 {
+		t.Errorf("built %d times, want 2 (one retry)", builds)
+	}
+	if got, want := owners(t, c), []string{"masquerade " + b.String()}; !equal(got, want) {
+		t.Errorf("rules %q, want %q", got, want)
+	}
+	// The connection is still usable after the failed batch.
+	if err := c.AddMasquerade(a, []*net.IPNet{{IP: net.IPv4(10, 52, 0, 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckMasquerade(a, []*net.IPNet{{IP: net.IPv4(10, 52, 0, 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,191 @@
+// Package ptp is the ptp plugin: a veth pair routed point to point, the
+// host side holding the gateway address and a host route to the
+// container, with the reference ptp's configuration and results.
+package ptp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/attach"
+	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/link"
+)
+
+// Plugin returns the ptp plugin.
+func Plugin() cniplugin.Plugin {
+	del, gc, status := attach.Teardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
+		c, err := load(args.StdinData)
+		if err != nil {
+			return nil, err
+		}
+		return &c.NetConf, nil
+	})
+	return cniplugin.Plugin{Add: add, Del: del, Check: check, GC: gc, Status: status}
+}
+
+// Conf is the ptp plugin's configuration.
+type Conf struct {
+	cniplugin.NetConf
+	IPMasq bool `json:"ipMasq"`
+	// IPMasqBackend is accepted for compatibility; podnet always programs
+	// its own nftables table.
+	IPMasqBackend *string `json:"ipMasqBackend,omitempty"`
+	MTU           int     `json:"mtu"`
+}
+
+// containerIdx is the container interface's position in the result, after
+// the host end.
+const containerIdx = 1
+
+func load(data []byte) (*Conf, error) {
+	c := &Conf{}
+	if err := cniplugin.Decode(data, c); err != nil {
+		return nil, err
+	}
+	if c.IPAM.Type == "" {
+		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "ptp needs an IPAM plugin")
+	}
+	if c.MTU < 0 || c.MTU > 65535 {
+		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "invalid mtu %d", c.MTU)
+	}
+	return c, nil
+}
+
+func add(args *skel.CmdArgs) (types.Result, error) {
+	c, err := load(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	s, err := attach.Begin(args, &c.NetConf)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+
+	res, err := s.AllocateIPs()
+	if err != nil {
+		return nil, err
+	}
+	for _, ipc := range res.IPs {
+		if ipc.Gateway == nil {
+			return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "ptp needs a gateway for %s from IPAM", ipc.Address.String())
+		}
+		ipc.Interface = current.Int(containerIdx)
+	}
+	if err := link.EnableForwarding(res.IPs); err != nil {
+		return nil, err
+	}
+	veth, err := s.CreateVeth(c.MTU, nil)
+	if err != nil {
+		return nil, err
+	}
+	res.Interfaces = []*current.Interface{
+		{Name: veth.Host.Attrs().Name, Mac: veth.Host.Attrs().HardwareAddr.String()},
+		{Name: args.IfName, Mac: veth.Container.Attrs().HardwareAddr.String(), Sandbox: args.Netns},
+	}
+	if err := s.Iface(veth.Container).Configure(res, containerIdx, false); err != nil {
+		return nil, err
+	}
+	if err := routeViaGateway(s.Cont, veth.Container, res); err != nil {
+		return nil, err
+	}
+	if err := setupHost(s.Host, veth.Host, res); err != nil {
+		return nil, err
+	}
+	if c.IPMasq {
+		if err := s.Masquerade(res.IPs); err != nil {
+			return nil, err
+		}
+	}
+	attach.ApplyDNS(res, &c.NetConf)
+	s.Done()
+	return res, nil
+}
+
+// routeViaGateway replaces the container's on-link subnet route with a host
+// route to the gateway and the subnet via the gateway, so every packet goes
+// to the host.
+func routeViaGateway(h *netlink.Handle, l netlink.Link, res *current.Result) error {
+	idx := l.Attrs().Index
+	for _, ipc := range res.IPs {
+		subnet := &net.IPNet{IP: ipc.Address.IP.Mask(ipc.Address.Mask), Mask: ipc.Address.Mask}
+		if err := h.RouteDel(&netlink.Route{LinkIndex: idx, Dst: subnet, Scope: netlink.SCOPE_NOWHERE}); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("delete route %s: %w", subnet, err)
+		}
+		for _, r := range []*netlink.Route{
+			{LinkIndex: idx, Dst: hostNet(ipc.Gateway), Scope: netlink.SCOPE_LINK, Src: ipc.Address.IP},
+			{LinkIndex: idx, Dst: subnet, Gw: ipc.Gateway, Src: ipc.Address.IP},
+		} {
+			if err := h.RouteReplace(r); err != nil {
+				return fmt.Errorf("add route %s: %w", r.Dst, err)
+			}
+		}
+	}
+	return nil
+}
+
+// setupHost gives the host end the gateway address and routes the
+// container's address to it.
+func setupHost(h *netlink.Handle, l netlink.Link, res *current.Result) error {
+	for _, ipc := range res.IPs {
+		addr := &netlink.Addr{IPNet: hostNet(ipc.Gateway)}
+		if ipc.Gateway.To4() == nil {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add %s to %s: %w", addr.IPNet, l.Attrs().Name, err)
+		}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: hostNet(ipc.Address.IP), Scope: netlink.SCOPE_LINK}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("add host route to %s: %w", ipc.Address.IP, err)
+		}
+	}
+	return nil
+}
+
+// hostNet is ip as a /32 or /128.
+func hostNet(ip net.IP) *net.IPNet {
+	if v4 := ip.To4(); v4 != nil {
+		return &net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)}
+	}
+	return &net.IPNet{IP: ip, Mask: net.CIDRMask(128, 128)}
+}
+
+func check(args *skel.CmdArgs) error {
+	c, err := load(args.StdinData)
+	if err != nil {
+		return err
+	}
+	prev, err := attach.CheckPrev(&c.NetConf)
+	if err != nil {
+		return err
+	}
+	s, err := attach.Begin(args, &c.NetConf)
+	if err != nil {
+		return err
+	}
+	s.Done()
+	defer s.Close()
+	if err := s.IPAM().Check(s.Ctx); err != nil {
+		return err
+	}
+	if _, _, _, err := s.CheckVeth(prev); err != nil {
+		return err
+	}
+	if !c.IPMasq {
+		return nil
+	}
+	n, err := s.NFT()
+	if err != nil {
+		return err
+	}
+	return n.CheckMasquerade(s.ID, attach.Networks(prev.IPs))
+}
