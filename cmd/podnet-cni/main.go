@@ -6,14 +6,18 @@ package main
 import (
 	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/plugins/bridge"
+	"github.com/podnet/podnet/internal/plugins/hostlocal"
 	"github.com/podnet/podnet/internal/plugins/loopback"
 	"github.com/podnet/podnet/internal/plugins/ptp"
+	"github.com/podnet/podnet/internal/plugins/static"
 )
 
 func main() {
 	cniplugin.Main(map[string]cniplugin.Plugin{
-		"bridge":   bridge.Plugin(),
-		"loopback": loopback.Plugin(),
-		"ptp":      ptp.Plugin(),
+		"bridge":     bridge.Plugin(),
+		"host-local": hostlocal.Plugin(),
+		"loopback":   loopback.Plugin(),
+		"ptp":        ptp.Plugin(),
+		"static":     static.Plugin(),
 	})
 }

@@ -124,8 +124,12 @@ func ParseAttachment(s string) (Attachment, error) {
 // accepted when IgnoreUnknown=1 is set, as the spec describes.
 type CommonArgs struct {
 	types.CommonArgs
-	IP  ipList                     `json:"ip,omitempty"`
+	// IP requests addresses (host-local, static).
+	IP ipList `json:"ip,omitempty"`
+	// MAC requests the container interface's hardware address.
 	MAC types.UnmarshallableString `json:"mac,omitempty"`
+	// GATEWAY gives static IPAM gateways, comma-separated.
+	GATEWAY types.UnmarshallableString `json:"gateway,omitempty"`
 }
 
 // ParseArgs parses CNI_ARGS; a malformed string or unknown key without

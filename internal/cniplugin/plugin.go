@@ -134,3 +134,8 @@ func IsGone(err error) bool {
 	var e *types.Error
 	return errors.As(err, &e) && e.Code == types.ErrUnknownContainer
 }
+
+// ErrPluginNotAvailable is the STATUS error code (50) of spec 1.1 for a
+// plugin that cannot serve ADD requests; containernetworking/cni v1.2 does
+// not name it yet.
+const ErrPluginNotAvailable uint = 50

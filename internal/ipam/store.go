@@ -1,0 +1,297 @@
+package ipam
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultDir is where allocations live unless a configuration says
+// otherwise: under /run, so they die with the boot, as the pods do.
+const DefaultDir = "/run/podnet/ipam"
+
+// Owner is the attachment an address is allocated to.
+type Owner struct {
+	ContainerID string
+	IfName      string
+}
+
+// indexName is the file under attachments/ that lists an owner's
+// addresses. Container IDs never contain '@' (the spec restricts them to
+// [a-zA-Z0-9_.-]), so the first '@' separates the two parts.
+func (o Owner) indexName() string { return o.ContainerID + "@" + o.IfName }
+
+// Store keeps one network's allocations in a directory:
+//
+//	lock                    flock(2)ed for every operation; the kernel drops
+//	                        the lock of a killed process, so none goes stale
+//	<ip>                    one file per allocated address holding
+//	                        "containerID\r\nifname" (the reference's format);
+//	                        it appears atomically, with its content, through
+//	                        link(2), so an address is allocated iff its file
+//	                        exists and is never handed out twice
+//	last_reserved_ip.<n>    where range set n's round-robin resumes
+//	attachments/<id>@<if>   the owner's addresses, written (temp + rename)
+//	                        after its address files, so DEL reads one file
+//	                        instead of walking the directory
+//
+// A process killed between an address file and its index leaves an
+// address the index does not list: DEL without an index falls back to a
+// scan, and GC (which scans) releases whatever no valid attachment owns.
+// State under /run lives in memory, so no fsync is needed for a process
+// crash; a machine crash clears it together with the pods.
+type Store struct {
+	dir  string
+	lock *os.File
+}
+
+// Open opens (creating if needed) the store of a network under base
+// (DefaultDir when empty) and takes its lock.
+func Open(base, network string) (*Store, error) {
+	if base == "" {
+		base = DefaultDir
+	}
+	dir := filepath.Join(base, network)
+	if err := os.MkdirAll(filepath.Join(dir, "attachments"), 0o755); err != nil {
+		return nil, fmt.Errorf("create IPAM store %s: %w", dir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open IPAM lock: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock IPAM store %s: %w", dir, err)
+	}
+	return &Store{dir: dir, lock: f}, nil
+}
+
+// Close releases the lock.
+func (s *Store) Close() error { return s.lock.Close() }
+
+// Dir is the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) ipPath(ip net.IP) string { return filepath.Join(s.dir, ip.String()) }
+
+// Reserve allocates ip to owner; false when it is already allocated.
+func (s *Store) Reserve(ip net.IP, o Owner) (bool, error) {
+	tmp, err := os.CreateTemp(s.dir, ".new-")
+	if err != nil {
+		return false, fmt.Errorf("reserve %s: %w", ip, err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(o.ContainerID + "\r\n" + o.IfName)
+	if cerr := tmp.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return false, fmt.Errorf("reserve %s: %w", ip, werr)
+	}
+	if err := os.Link(tmp.Name(), s.ipPath(ip)); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("reserve %s: %w", ip, err)
+	}
+	return true, nil
+}
+
+// Allocated tells whether ip is allocated.
+func (s *Store) Allocated(ip net.IP) bool {
+	_, err := os.Lstat(s.ipPath(ip))
+	return err == nil
+}
+
+// OwnerOf returns who holds ip.
+func (s *Store) OwnerOf(ip net.IP) (Owner, bool) {
+	b, err := os.ReadFile(s.ipPath(ip))
+	if err != nil {
+		return Owner{}, false
+	}
+	return parseOwner(string(b))
+}
+
+func parseOwner(s string) (Owner, bool) {
+	id, ifname, ok := strings.Cut(strings.TrimSpace(s), "\r\n")
+	if !ok {
+		// Files written by the reference before it recorded ifnames.
+		id, ifname, ok = strings.Cut(strings.TrimSpace(s), "\n")
+	}
+	if !ok || id == "" || ifname == "" {
+		return Owner{}, false
+	}
+	return Owner{ContainerID: strings.TrimSpace(id), IfName: strings.TrimSpace(ifname)}, true
+}
+
+// LastReserved returns where range set n's round-robin stopped.
+func (s *Store) LastReserved(n int) net.IP {
+	b, err := os.ReadFile(filepath.Join(s.dir, "last_reserved_ip."+strconv.Itoa(n)))
+	if err != nil {
+		return nil
+	}
+	ip := net.ParseIP(strings.TrimSpace(string(b)))
+	if ip == nil {
+		return nil
+	}
+	c, _ := Canonical(ip)
+	return c
+}
+
+// SetLastReserved records where range set n's round-robin stopped.
+func (s *Store) SetLastReserved(n int, ip net.IP) error {
+	p := filepath.Join(s.dir, "last_reserved_ip."+strconv.Itoa(n))
+	if err := os.WriteFile(p, []byte(ip.String()), 0o644); err != nil {
+		return fmt.Errorf("record last reserved IP: %w", err)
+	}
+	return nil
+}
+
+// Addresses returns the addresses the owner's index lists, and whether an
+// index exists.
+func (s *Store) Addresses(o Owner) ([]net.IP, bool) {
+	f, err := os.Open(filepath.Join(s.dir, "attachments", o.indexName()))
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	var ips []net.IP
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if ip := net.ParseIP(strings.TrimSpace(sc.Text())); ip != nil {
+			c, _ := Canonical(ip)
+			ips = append(ips, c)
+		}
+	}
+	return ips, true
+}
+
+// SetAddresses writes the owner's index atomically.
+func (s *Store) SetAddresses(o Owner, ips []net.IP) error {
+	var b strings.Builder
+	for _, ip := range ips {
+		b.WriteString(ip.String())
+		b.WriteByte('\n')
+	}
+	p := filepath.Join(s.dir, "attachments", o.indexName())
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("write allocation index: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write allocation index: %w", err)
+	}
+	return nil
+}
+
+// Release frees every address of the owner: those its index lists, or, if
+// a crash left no index, those a scan finds. Releasing nothing is no error.
+func (s *Store) Release(o Owner) error {
+	ips, ok := s.Addresses(o)
+	if !ok {
+		all, err := s.Scan()
+		if err != nil {
+			return err
+		}
+		for ip, owner := range all {
+			if owner == o {
+				ips = append(ips, net.ParseIP(ip))
+			}
+		}
+	}
+	var errs []error
+	for _, ip := range ips {
+		if owner, held := s.OwnerOf(ip); held && owner == o {
+			if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("release %s: %w", ip, err))
+			}
+		}
+	}
+	if len(errs) == 0 {
+		if err := os.Remove(filepath.Join(s.dir, "attachments", o.indexName())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove allocation index: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Scan reads every allocation: address (as text) to owner. Files whose
+// owner cannot be read map to the zero Owner.
+func (s *Store) Scan() (map[string]Owner, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("read IPAM store: %w", err)
+	}
+	out := map[string]Owner{}
+	for _, e := range entries {
+		ip := net.ParseIP(e.Name())
+		if ip == nil || !e.Type().IsRegular() {
+			continue
+		}
+		o, _ := s.OwnerOf(ip)
+		out[ip.String()] = o
+	}
+	return out, nil
+}
+
+// GC releases every allocation whose owner keep rejects, with the indexes
+// of those owners and leftovers of interrupted writes.
+func (s *Store) GC(keep func(Owner) bool) error {
+	all, err := s.Scan()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for ip, o := range all {
+		if o != (Owner{}) && keep(o) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(s.dir, ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("release %s: %w", ip, err))
+		}
+	}
+	for _, sub := range []string{"", "attachments"} {
+		entries, err := os.ReadDir(filepath.Join(s.dir, sub))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read IPAM store: %w", err))
+			continue
+		}
+		for _, e := range entries {
+			name := e.Name()
+			drop := strings.HasPrefix(name, ".new-") || strings.HasSuffix(name, ".tmp")
+			if sub == "attachments" && !drop {
+				id, ifname, _ := strings.Cut(name, "@")
+				drop = !keep(Owner{ContainerID: id, IfName: ifname})
+			}
+			if drop {
+				if err := os.Remove(filepath.Join(s.dir, sub, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Unreserve frees one address.
+func (s *Store) Unreserve(ip net.IP) error {
+	if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("release %s: %w", ip, err)
+	}
+	return nil
+}
