@@ -50,7 +50,15 @@ func Main(plugins map[string]Plugin) {
 			Version, strings.Join(Names(plugins), ", "))
 		os.Exit(1)
 	}
+	// Run by hand (no CNI_* variable at all), a plugin introduces itself;
+	// a runtime that set some but not CNI_COMMAND gets error 4.
 	about := fmt.Sprintf("CNI %s plugin podnet %s", name, Version)
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "CNI_") {
+			about = ""
+			break
+		}
+	}
 	skel.PluginMainFuncs(p.funcs(), SupportedVersions, about)
 }
 

@@ -14,6 +14,10 @@ type Range struct {
 	RangeEnd   net.IP    `json:"rangeEnd,omitempty"`
 	Subnet     net.IPNet `json:"-"`
 	Gateway    net.IP    `json:"gateway,omitempty"`
+
+	// badSubnet keeps a subnet that did not parse, for Canonicalize to
+	// report as a configuration error rather than a decoding one.
+	badSubnet string
 }
 
 // rangeJSON is Range on the wire: the subnet as a CIDR string.
@@ -36,7 +40,8 @@ func (r *Range) UnmarshalJSON(b []byte) error {
 	}
 	ip, n, err := net.ParseCIDR(j.Subnet)
 	if err != nil {
-		return fmt.Errorf("invalid subnet %q: %w", j.Subnet, err)
+		r.badSubnet = j.Subnet
+		return nil
 	}
 	r.Subnet = net.IPNet{IP: ip, Mask: n.Mask}
 	return nil
@@ -51,6 +56,9 @@ func (r Range) MarshalJSON() ([]byte, error) {
 // gateway = network+1, rangeStart = network+1, rangeEnd = the last address
 // (the broadcast excluded for IPv4).
 func (r *Range) Canonicalize() error {
+	if r.badSubnet != "" {
+		return fmt.Errorf("invalid subnet %q", r.badSubnet)
+	}
 	if r.Subnet.IP == nil {
 		return fmt.Errorf("range has no subnet")
 	}

@@ -155,4 +155,3 @@ func parseIP(s string) net.IP {
 	c, _ := ipam.Canonical(ip)
 	return c
 }
-

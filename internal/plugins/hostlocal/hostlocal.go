@@ -186,4 +186,3 @@ func status(args *skel.CmdArgs) error {
 	}
 	return nil
 }
-

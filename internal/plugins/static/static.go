@@ -21,6 +21,19 @@ func Plugin() cniplugin.Plugin {
 	return cniplugin.Plugin{Add: add, Del: validate, Check: check, GC: validate, Status: validate}
 }
 
+// decode reads the configuration without the addresses, which the runtime
+// may supply only at ADD time.
+func decode(args *skel.CmdArgs) (*Conf, error) {
+	c := &Conf{}
+	if err := cniplugin.Decode(args.StdinData, c); err != nil {
+		return nil, err
+	}
+	if c.IPAM == nil {
+		return nil, invalid("IPAM config missing 'ipam' key")
+	}
+	return c, nil
+}
+
 // Conf is a network configuration as static reads it.
 type Conf struct {
 	cniplugin.NetConf
@@ -55,12 +68,9 @@ func invalid(format string, a ...any) error {
 // both, and IP= in CNI_ARGS adds to them; GATEWAY= sets the gateway of the
 // addresses whose subnet contains it.
 func load(args *skel.CmdArgs) (*Conf, error) {
-	c := &Conf{}
-	if err := cniplugin.Decode(args.StdinData, c); err != nil {
+	c, err := decode(args)
+	if err != nil {
 		return nil, err
-	}
-	if c.IPAM == nil {
-		return nil, invalid("IPAM config missing 'ipam' key")
 	}
 	addrs := c.IPAM.Addresses
 	if len(c.RuntimeConfig.IPs) > 0 {
@@ -134,9 +144,9 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 }
 
 // validate is DEL, GC and STATUS: nothing to release or to run out of, but
-// the configuration must still be valid.
+// the configuration must still decode.
 func validate(args *skel.CmdArgs) error {
-	_, err := load(args)
+	_, err := decode(args)
 	return err
 }
 
