@@ -128,6 +128,9 @@ func ensureBridge(h *netlink.Handle, c *Conf) (*netlink.Bridge, error) {
 	}
 	created := true
 	if err := h.LinkAdd(br); err != nil {
+		if br.VlanFiltering != nil && errors.Is(err, unix.EOPNOTSUPP) {
+			return nil, fmt.Errorf("create bridge %s: vlan/vlanTrunk need bridge VLAN filtering, which this kernel lacks (CONFIG_BRIDGE_VLAN_FILTERING): %w", c.BrName, err)
+		}
 		if !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("create bridge %s: %w", c.BrName, err)
 		}
