@@ -3,11 +3,44 @@ GO      ?= go
 BIN     := bin
 PLUGINS := loopback bridge ptp host-local static
 
-.PHONY: build test demo bench clean
+# bench: pods per configuration; extra flags for go run ./bench/cniadd.
+N           ?= 100
+BENCH_FLAGS ?=
+# test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
+TEST_FLAGS  ?=
+
+.PHONY: build cli deps test demo bench clean
 
 build:
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet-cni ./cmd/podnet-cni
 	@for p in $(PLUGINS); do ln -f $(BIN)/podnet-cni $(BIN)/$$p; done
+
+# The user CLI.
+cli:
+	$(GO) build -trimpath -o $(BIN)/podnet ./cmd/podnet
+
+# Attach a pod in throwaway namespaces through libcni with the plugins
+# just built, check it, tear down (needs root).
+demo: build cli
+	$(BIN)/podnet demo --cni-bin $(CURDIR)/$(BIN)/podnet-cni
+
+# Tools the kernel tests use (reference plugins, nft, iperf3, ip, gcc for
+# -race); installs only what is missing, only as root with apt-get.
+deps:
+	@.ci/deps
+
+# vet, format, build, then every test with the race detector; the CNI
+# tests drive the binaries `build` just made.
+test: deps build
+	$(GO) vet ./...
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt -l reports:"; echo "$$out"; exit 1; fi
+	$(GO) build ./...
+	PODNET_CNI_BIN=$(CURDIR)/$(BIN)/podnet-cni $(GO) test -race -count=1 -timeout 15m $(TEST_FLAGS) ./...
+
+# ADD latency of podnet vs the reference plugins through cnitool; the
+# report also goes to docs/performance.md (needs root).
+bench: build
+	$(GO) run ./bench/cniadd -cni-bin $(CURDIR)/$(BIN)/podnet-cni -n $(N) -md docs/performance.md $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,215 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+)
+
+// ReferenceDir is where Debian's containernetworking-plugins installs the
+// reference plugins.
+const ReferenceDir = "/usr/lib/cni"
+
+// EnvPodnetCNI names an already built podnet-cni binary (as `make build`
+// writes it); when set, BuildPodnetCNI is not needed.
+const EnvPodnetCNI = "PODNET_CNI_BIN"
+
+// PluginTypes are the plugin types podnet-cni answers to, as hard links.
+var PluginTypes = []string{
+	"loopback", "bridge", "ptp", "host-local", "static",
+	"macvlan", "ipvlan", "portmap", "bandwidth", "tuning", "firewall",
+}
+
+// ModuleRoot returns the directory of podnet's go.mod, found from the
+// working directory upwards.
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.Contains(data, []byte("module github.com/podnet/podnet\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("podnet's go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// GoTool returns the go command: from PATH, else the toolchain that built
+// this program, else /usr/local/go/bin/go.
+func GoTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+		return p
+	}
+	return "/usr/local/go/bin/go"
+}
+
+// Build runs `go build -o out pkg` in podnet's module root, stripped like
+// `make build` does. pkg may be a module package path of any required
+// module (e.g. github.com/containernetworking/cni/cnitool).
+func Build(ctx context.Context, out, pkg string) error {
+	root, err := ModuleRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, GoTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, o)
+	}
+	return nil
+}
+
+// PodnetCNI returns the podnet-cni binary named by $PODNET_CNI_BIN, or
+// builds ./cmd/podnet-cni into dir.
+func PodnetCNI(ctx context.Context, dir string) (string, error) {
+	if p := os.Getenv(EnvPodnetCNI); p != "" {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", err
+		}
+		if !fileExists(abs) {
+			return "", fmt.Errorf("$%s=%s does not exist (run make build)", EnvPodnetCNI, p)
+		}
+		return abs, nil
+	}
+	out := filepath.Join(dir, "podnet-cni")
+	if err := Build(ctx, out, "./cmd/podnet-cni"); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+var (
+	sharedOnce sync.Once
+	sharedDir  string
+	sharedBin  string
+	sharedErr  error
+)
+
+// SharedPodnetCNI is PodnetCNI done once per process into a temporary
+// directory; CleanupShared removes it.
+func SharedPodnetCNI(ctx context.Context) (string, error) {
+	sharedOnce.Do(func() {
+		sharedDir, sharedErr = os.MkdirTemp("", "podnet-cni-build-")
+		if sharedErr != nil {
+			return
+		}
+		sharedBin, sharedErr = PodnetCNI(ctx, sharedDir)
+	})
+	return sharedBin, sharedErr
+}
+
+// CleanupShared removes what SharedPodnetCNI built.
+func CleanupShared() {
+	if sharedDir != "" {
+		os.RemoveAll(sharedDir)
+	}
+}
+
+// PodnetLinks maps every podnet plugin type to the podnet-cni binary.
+func PodnetLinks(podnetCNI string) map[string]string {
+	m := make(map[string]string, len(PluginTypes))
+	for _, t := range PluginTypes {
+		m[t] = podnetCNI
+	}
+	return m
+}
+
+// ReferenceLinks maps each type installed in ReferenceDir to its binary; it
+// is empty when the reference plugins are not installed.
+func ReferenceLinks() map[string]string {
+	m := map[string]string{}
+	entries, err := os.ReadDir(ReferenceDir)
+	if err != nil {
+		return m
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			m[e.Name()] = filepath.Join(ReferenceDir, e.Name())
+		}
+	}
+	return m
+}
+
+// HaveReference tells whether the reference plugins of these types are
+// installed in ReferenceDir.
+func HaveReference(types ...string) error {
+	for _, t := range types {
+		if !fileExists(filepath.Join(ReferenceDir, t)) {
+			return fmt.Errorf("reference plugin %s not installed in %s (apt-get install containernetworking-plugins)", t, ReferenceDir)
+		}
+	}
+	return nil
+}
+
+// Merge returns the union of link maps, later maps winning.
+func Merge(maps ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range maps {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// LinkBinDir fills dir with one entry per plugin type pointing at its
+// binary: a hard link when possible (so argv[0] is the type and the binary
+// is "the same file" for podnet's in-process IPAM), a symlink otherwise.
+// It is a CNI_PATH directory in which each type resolves where the map says.
+func LinkBinDir(dir string, links map[string]string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, target := range links {
+		p := filepath.Join(dir, name)
+		_ = os.Remove(p)
+		if err := os.Link(target, p); err == nil {
+			continue
+		}
+		if err := os.Symlink(target, p); err != nil {
+			return fmt.Errorf("link %s -> %s: %w", p, target, err)
+		}
+	}
+	return nil
+}
+
+// Supports runs the plugin type from binDir with CNI_COMMAND=VERSION and
+// fails with a clear message when it does not answer as a CNI plugin
+// (for podnet-cni: the type is not registered in cmd/podnet-cni yet).
+func Supports(binDir, typ string) error {
+	p := filepath.Join(binDir, typ)
+	cmd := exec.Command(p)
+	cmd.Env = []string{"CNI_COMMAND=VERSION", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.Stdin = strings.NewReader(`{"cniVersion":"1.0.0"}`)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || !bytes.Contains(out, []byte("supportedVersions")) {
+		return fmt.Errorf("plugin %q (%s) does not answer VERSION (not registered in cmd/podnet-cni yet?): %v %s",
+			typ, p, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
