@@ -5,19 +5,23 @@ package main
 
 import (
 	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/plugins/bandwidth"
 	"github.com/podnet/podnet/internal/plugins/bridge"
 	"github.com/podnet/podnet/internal/plugins/hostlocal"
 	"github.com/podnet/podnet/internal/plugins/loopback"
 	"github.com/podnet/podnet/internal/plugins/ptp"
 	"github.com/podnet/podnet/internal/plugins/static"
+	"github.com/podnet/podnet/internal/plugins/tuning"
 )
 
 func main() {
 	cniplugin.Main(map[string]cniplugin.Plugin{
+		"bandwidth":  bandwidth.Plugin(),
 		"bridge":     bridge.Plugin(),
 		"host-local": hostlocal.Plugin(),
 		"loopback":   loopback.Plugin(),
 		"ptp":        ptp.Plugin(),
 		"static":     static.Plugin(),
+		"tuning":     tuning.Plugin(),
 	})
 }
