@@ -2,7 +2,6 @@ package nft
 
 import (
 	"net"
-	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
@@ -10,6 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/sandbox"
 )
 
 func portMapsFor(t *testing.T) []PortMap {
@@ -137,16 +138,11 @@ func TestPortMapsLifecycle(t *testing.T) {
 	}
 }
 
-func nftOut(t *testing.T, ns interface{ Do(func() error) error }, args ...string) string {
+func nftOut(t *testing.T, ns *netns.Temp, args ...string) string {
 	t.Helper()
-	var out []byte
-	err := ns.Do(func() error {
-		var err error
-		out, err = exec.Command("nft", args...).CombinedOutput()
-		return err
-	})
+	out, err := sandbox.NFT(ns.NS, args...)
 	if err != nil {
-		t.Fatalf("nft %v: %v\n%s", args, err, out)
+		t.Fatal(err)
 	}
 	return string(out)
 }

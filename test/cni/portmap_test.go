@@ -236,14 +236,8 @@ func itoa(i int) string {
 // nftDo runs nft in a namespace (observation and test set-up only).
 func nftDo(t *testing.T, ns *netns.NS, args ...string) {
 	t.Helper()
-	var out []byte
-	err := ns.Do(func() error {
-		var err error
-		out, err = exec.Command("nft", args...).CombinedOutput()
-		return err
-	})
-	if err != nil {
-		t.Fatalf("nft %v: %v %s", args, err, out)
+	if out, err := sandbox.NFT(ns, args...); err != nil {
+		t.Fatalf("%v %s", err, out)
 	}
 }
 

@@ -27,6 +27,17 @@ func Plugin() cniplugin.Plugin {
 	return cniplugin.Plugin{Add: add, Del: del, Check: check, GC: gc}
 }
 
+// withNFT runs f with a connection to podnet's tables in the host
+// namespace.
+func withNFT(f func(*nft.Conn) error) error {
+	conn, err := nft.New(0)
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	defer conn.Close()
+	return f(conn)
+}
+
 func add(args *skel.CmdArgs) (types.Result, error) {
 	c, err := load(args.StdinData)
 	if err != nil {
@@ -55,12 +66,9 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 			}
 		}
 	}
-	conn, err := nft.New(0)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
-	defer conn.Close()
-	if err := conn.AddPortMaps(cniplugin.AttachmentOf(c.Name, args), maps); err != nil {
+	if err := withNFT(func(conn *nft.Conn) error {
+		return conn.AddPortMaps(cniplugin.AttachmentOf(c.Name, args), maps)
+	}); err != nil {
 		return nil, err
 	}
 	// Forget the UDP flows to the mapped ports that predate the rules:
@@ -85,13 +93,11 @@ func del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	conn, err := nft.New(0)
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	defer conn.Close()
-	removed, err := conn.DelPortMaps(cniplugin.AttachmentOf(c.Name, args))
-	if err != nil {
+	var removed []nft.Forward
+	if err := withNFT(func(conn *nft.Conn) error {
+		removed, err = conn.DelPortMaps(cniplugin.AttachmentOf(c.Name, args))
+		return err
+	}); err != nil {
 		return err
 	}
 	// The UDP flows forwarded to the pod would keep black-holing its host
@@ -123,12 +129,9 @@ func check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	conn, err := nft.New(0)
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	defer conn.Close()
-	return conn.CheckPortMaps(cniplugin.AttachmentOf(c.Name, args), c.portMaps(prev, args.IfName))
+	return withNFT(func(conn *nft.Conn) error {
+		return conn.CheckPortMaps(cniplugin.AttachmentOf(c.Name, args), c.portMaps(prev, args.IfName))
+	})
 }
 
 func gc(args *skel.CmdArgs) error {
@@ -136,12 +139,7 @@ func gc(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	conn, err := nft.New(0)
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	defer conn.Close()
-	return conn.GCPortMaps(c.Name, c.KeepsAttachment)
+	return withNFT(func(conn *nft.Conn) error { return conn.GCPortMaps(c.Name, c.KeepsAttachment) })
 }
 
 // routeLocalnet lets connections from 127.0.0.0/8, DNATed to the pod,
