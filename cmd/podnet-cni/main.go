@@ -9,6 +9,7 @@ import (
 	"github.com/podnet/podnet/internal/plugins/bridge"
 	"github.com/podnet/podnet/internal/plugins/hostlocal"
 	"github.com/podnet/podnet/internal/plugins/loopback"
+	"github.com/podnet/podnet/internal/plugins/portmap"
 	"github.com/podnet/podnet/internal/plugins/ptp"
 	"github.com/podnet/podnet/internal/plugins/static"
 	"github.com/podnet/podnet/internal/plugins/tuning"
@@ -20,6 +21,7 @@ func main() {
 		"bridge":     bridge.Plugin(),
 		"host-local": hostlocal.Plugin(),
 		"loopback":   loopback.Plugin(),
+		"portmap":    portmap.Plugin(),
 		"ptp":        ptp.Plugin(),
 		"static":     static.Plugin(),
 		"tuning":     tuning.Plugin(),

@@ -241,32 +241,52 @@ func (c *Conn) GC(network string, keep func(cniplugin.Attachment) bool) error {
 // listing showed the chain exists (it had rules): re-adding an existing
 // base chain costs the kernel more than the rest of the batch.
 func (c *Conn) replace(chain *nftables.Chain, a cniplugin.Attachment, rules []*nftables.Rule) error {
+	return c.replaceChains(a, []chainRules{{chain, rules}})
+}
+
+// chainRules is the set of rules an attachment wants in one chain.
+type chainRules struct {
+	chain *nftables.Chain
+	rules []*nftables.Rule
+}
+
+// replaceChains is replace for several chains at once, in one transaction.
+func (c *Conn) replaceChains(a cniplugin.Attachment, want []chainRules) error {
 	id := a.String()
 	comment, err := commentOf(a)
 	if err != nil {
 		return err
 	}
 	return c.transact(func() (bool, error) {
-		old, err := c.list(chain.Table, chain.Name, "")
-		if err != nil {
-			return false, err
+		stale := false
+		tables := map[*nftables.Table]bool{}
+		for _, w := range want {
+			old, err := c.list(w.chain.Table, w.chain.Name, "")
+			if err != nil {
+				return false, err
+			}
+			exists := len(old) > 0
+			if !exists {
+				if !tables[w.chain.Table] {
+					tables[w.chain.Table] = true
+					c.nft.AddTable(w.chain.Table)
+					c.queued++
+				}
+				c.nft.AddChain(w.chain)
+				c.queued++
+			}
+			deletes, err := c.queueDeletes(old, func(r ruleRef) bool { return r.comment == id })
+			if err != nil {
+				return false, err
+			}
+			for _, r := range w.rules {
+				r.Table, r.Chain, r.UserData = w.chain.Table, w.chain, comment
+				c.nft.AddRule(r)
+				c.queued++
+			}
+			stale = stale || deletes || exists
 		}
-		exists := len(old) > 0
-		if !exists {
-			c.nft.AddTable(chain.Table)
-			c.nft.AddChain(chain)
-			c.queued += 2
-		}
-		deletes, err := c.queueDeletes(old, func(r ruleRef) bool { return r.comment == id })
-		if err != nil {
-			return false, err
-		}
-		for _, r := range rules {
-			r.Table, r.Chain, r.UserData = chain.Table, chain, comment
-			c.nft.AddRule(r)
-			c.queued++
-		}
-		return deletes || exists, nil
+		return stale, nil
 	})
 }
 
