@@ -6,8 +6,10 @@ package main
 import (
 	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/plugins/bridge"
+	"github.com/podnet/podnet/internal/plugins/firewall"
 	"github.com/podnet/podnet/internal/plugins/hostlocal"
 	"github.com/podnet/podnet/internal/plugins/loopback"
+	"github.com/podnet/podnet/internal/plugins/macvlan"
 	"github.com/podnet/podnet/internal/plugins/ptp"
 	"github.com/podnet/podnet/internal/plugins/static"
 )
@@ -15,8 +17,11 @@ import (
 func main() {
 	cniplugin.Main(map[string]cniplugin.Plugin{
 		"bridge":     bridge.Plugin(),
+		"firewall":   firewall.Plugin(),
 		"host-local": hostlocal.Plugin(),
+		"ipvlan":     macvlan.IPVlanPlugin(),
 		"loopback":   loopback.Plugin(),
+		"macvlan":    macvlan.Plugin(),
 		"ptp":        ptp.Plugin(),
 		"static":     static.Plugin(),
 	})
