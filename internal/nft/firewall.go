@@ -30,12 +30,18 @@ import (
 //		}
 //	}
 //	table bridge podnet {
-//		chain firewall-isolation {	# isolated only: traffic bridged
-//			type filter hook forward priority -200; policy accept;
-//			meta ibrname "cni1" meta obrname "cni1" meta protocol ip drop
-//			meta ibrname "cni1" meta obrname "cni1" meta protocol ip6 drop
+//		chain firewall-isolation {	# isolated only: IP traffic bridged
+//			type filter hook forward priority -200; policy accept;	# from the pod's port
+//			iifname "pn0a1b2c3d4e5f" meta protocol ip drop
+//			iifname "pn0a1b2c3d4e5f" meta protocol ip6 drop
 //		}
 //	}
+//
+// Pods of one bridge talk without their traffic being forwarded by IP (it
+// is bridged), so "isolated" also drops the IP frames the bridge forwards
+// from each pod's port, in the bridge family (the port, not the bridge,
+// is matched: meta ibrname needs nft_meta_bridge, which not every kernel
+// has). ARP passes, as it does under the reference's iptables rules.
 //
 // They mirror the reference plugin's CNI-FORWARD and
 // CNI-ISOLATION-STAGE-1/2 iptables chains. The isolation chains run before
@@ -106,6 +112,9 @@ type Firewall struct {
 	// Bridge names the bridge the pod is attached to.
 	Isolation Isolation
 	Bridge    string
+	// Ports are the pod's host-side interfaces on the bridge (its
+	// veth); with Isolated, IP traffic bridged from them is dropped.
+	Ports []string
 }
 
 // chainRules are the rules of one attachment in one chain.
@@ -188,16 +197,18 @@ func firewallRules(f Firewall) ([]chainRules, error) {
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: FirewallStage2Chain}})}}
 	if f.Isolation == Isolated {
 		sets[1].rules = append(sets[1].rules, &nftables.Rule{Exprs: cat(iif(expr.CmpOpEq), oif(expr.CmpOpEq), drop)})
-		for _, proto := range []uint16{unix.ETH_P_IP, unix.ETH_P_IPV6} {
-			p := binary.BigEndian.AppendUint16(nil, proto)
-			sets[2].rules = append(sets[2].rules, &nftables.Rule{Exprs: cat(
-				metaCmp(expr.MetaKeyBRIIIFNAME, expr.CmpOpEq, name),
-				metaCmp(expr.MetaKeyBRIOIFNAME, expr.CmpOpEq, name),
-				[]expr.Any{
-					&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
-				},
-				drop)})
+		for _, port := range f.Ports {
+			pname, err := ifname(port)
+			if err != nil {
+				return nil, fmt.Errorf("firewall isolation: %w", err)
+			}
+			for _, proto := range []uint16{unix.ETH_P_IP, unix.ETH_P_IPV6} {
+				p := binary.BigEndian.AppendUint16(nil, proto)
+				sets[2].rules = append(sets[2].rules, &nftables.Rule{Exprs: cat(
+					metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, pname),
+					metaCmp(expr.MetaKeyPROTOCOL, expr.CmpOpEq, p),
+					drop)})
+			}
 		}
 	}
 	return sets, nil

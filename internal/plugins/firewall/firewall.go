@@ -90,6 +90,13 @@ func spec(c *Conf) (nft.Firewall, error) {
 				"ingress policy %q needs the bridge as prevResult's first interface: chain firewall after bridge", c.IngressPolicy)
 		}
 		f.Bridge = prev.Interfaces[0].Name
+		// The bridge plugin reports the pod's host-side port after the
+		// bridge, without a sandbox.
+		for _, i := range prev.Interfaces[1:] {
+			if i != nil && i.Sandbox == "" && i.Name != "" {
+				f.Ports = append(f.Ports, i.Name)
+			}
+		}
 	}
 	return f, nil
 }
