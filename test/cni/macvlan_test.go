@@ -160,54 +160,68 @@ func TestMacvlan(t *testing.T) {
 	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(v, func(t *testing.T) {
 			t.Parallel()
-			ctx := ctxFor(t)
-			sb := newSandbox(t, bin)
-			// The master is called eth0 like the pods' interfaces: the
-			// macvlan is created in the pod directly, so names never clash.
-			seg := newSegment(t, sb, "eth0", "10.93.0.1/24")
-			dir := sb.DataDir("ipam")
-			list := mustList(t, macvlanList(v, "mv", sandbox.Macvlan("eth0", "", hostLocalFrom("10.93.0.0/24", "10.93.0.10", dir))))
-			p1, p2 := newPod(t, sb), newPod(t, sb)
-			var ips []string
-			for _, p := range []*sandbox.Pod{p1, p2} {
-				r, err := sb.Add(ctx, list, p.RT(nil))
-				if err != nil {
-					t.Fatalf("ADD: %s", sandbox.Describe(err))
-				}
-				checkLowerResult(t, p, toCurrent(t, r))
-				l := podLink(t, p)
-				if m, ok := l.(*netlink.Macvlan); !ok || m.Mode != netlink.MACVLAN_MODE_BRIDGE {
-					t.Errorf("pod interface is %s %+v, want a bridge-mode macvlan", l.Type(), l)
-				}
-				ips = append(ips, podIP(t, r))
-			}
-			reach(t, p1.NS.NS, serve(t, p2.NS.NS, ips[1]), true, "pod to pod")
-			reach(t, p1.NS.NS, serve(t, seg.lan.NS, seg.lanIP), true, "pod to the master's segment")
-			reach(t, seg.lan.NS, serve(t, p1.NS.NS, ips[0]), true, "segment to pod")
-			if atLeast(v, "0.4.0") {
-				if err := sb.Check(ctx, list, p1.RT(nil)); err != nil {
-					t.Errorf("CHECK: %s", sandbox.Describe(err))
-				}
-			}
-			// p1's namespace dies before DEL; p2 is deleted normally.
-			if err := p1.Remove(); err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range []*sandbox.Pod{p1, p2} {
-				for i := 0; i < 2; i++ {
-					if err := sb.Del(ctx, list, p.RT(nil)); err != nil {
-						t.Errorf("DEL #%d: %s", i+1, sandbox.Describe(err))
-					}
-				}
-			}
-			noNS := p1.RT(nil)
-			noNS.NetNS = ""
-			if err := sb.Del(ctx, list, noNS); err != nil {
-				t.Errorf("DEL without netns: %s", sandbox.Describe(err))
-			}
-			lowerGone(t, sb, dir, p1, p2)
+			lowerLifecycle(t, bin, v, func(ipam sandbox.Conf) sandbox.Conf { return sandbox.Macvlan("eth0", "", ipam) }, true,
+				func(l netlink.Link) bool {
+					m, ok := l.(*netlink.Macvlan)
+					return ok && m.Mode == netlink.MACVLAN_MODE_BRIDGE
+				})
 		})
 	}
+}
+
+// lowerLifecycle is a pod's life on a macvlan or ipvlan network whose
+// master is in the sandbox's host, in one spec version: two pods get
+// interfaces isLink accepts, reach each other (and, with lanReach, an
+// address on the master's segment, both ways), CHECK passes, and DEL
+// releases everything, with and without the pod's namespace, and repeats.
+func lowerLifecycle(t *testing.T, bin, v string, plugin func(ipam sandbox.Conf) sandbox.Conf, lanReach bool, isLink func(netlink.Link) bool) {
+	ctx := ctxFor(t)
+	sb := newSandbox(t, bin)
+	// The master is called eth0 like the pods' interfaces: the child is
+	// created in the pod directly, so the names never clash.
+	seg := newSegment(t, sb, "eth0", "10.93.0.1/24")
+	dir := sb.DataDir("ipam")
+	list := mustList(t, macvlanList(v, "lower", plugin(hostLocalFrom("10.93.0.0/24", "10.93.0.10", dir))))
+	p1, p2 := newPod(t, sb), newPod(t, sb)
+	var ips []string
+	for _, p := range []*sandbox.Pod{p1, p2} {
+		r, err := sb.Add(ctx, list, p.RT(nil))
+		if err != nil {
+			t.Fatalf("ADD: %s", sandbox.Describe(err))
+		}
+		checkLowerResult(t, p, toCurrent(t, r))
+		if l := podLink(t, p); !isLink(l) {
+			t.Errorf("pod interface is not what the configuration asks: %s %+v", l.Type(), l)
+		}
+		ips = append(ips, podIP(t, r))
+	}
+	reach(t, p1.NS.NS, serve(t, p2.NS.NS, ips[1]), true, "pod to pod")
+	if lanReach {
+		reach(t, p1.NS.NS, serve(t, seg.lan.NS, seg.lanIP), true, "pod to the master's segment")
+		reach(t, seg.lan.NS, serve(t, p1.NS.NS, ips[0]), true, "segment to pod")
+	}
+	if atLeast(v, "0.4.0") {
+		if err := sb.Check(ctx, list, p1.RT(nil)); err != nil {
+			t.Errorf("CHECK: %s", sandbox.Describe(err))
+		}
+	}
+	// p1's namespace dies before DEL; p2 is deleted normally.
+	if err := p1.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*sandbox.Pod{p1, p2} {
+		for i := 0; i < 2; i++ {
+			if err := sb.Del(ctx, list, p.RT(nil)); err != nil {
+				t.Errorf("DEL #%d: %s", i+1, sandbox.Describe(err))
+			}
+		}
+	}
+	noNS := p1.RT(nil)
+	noNS.NetNS = ""
+	if err := sb.Del(ctx, list, noNS); err != nil {
+		t.Errorf("DEL without netns: %s", sandbox.Describe(err))
+	}
+	lowerGone(t, sb, dir, p1, p2)
 }
 
 // TestMacvlanModes checks each mode's traffic, the default master, the
@@ -526,44 +540,8 @@ func TestIPVlan(t *testing.T) {
 		for _, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 			t.Run(mode+"/"+v, func(t *testing.T) {
 				t.Parallel()
-				ctx := ctxFor(t)
-				sb := newSandbox(t, bin)
-				seg := newSegment(t, sb, "eth0", "10.93.0.1/24")
-				dir := sb.DataDir("ipam")
-				list := mustList(t, macvlanList(v, "ipv", sandbox.IPVlan("eth0", mode, hostLocalFrom("10.93.0.0/24", "10.93.0.10", dir))))
-				p1, p2 := newPod(t, sb), newPod(t, sb)
-				var ips []string
-				for _, p := range []*sandbox.Pod{p1, p2} {
-					r, err := sb.Add(ctx, list, p.RT(nil))
-					if err != nil {
-						t.Fatalf("ADD: %s", sandbox.Describe(err))
-					}
-					checkLowerResult(t, p, toCurrent(t, r))
-					if l := podLink(t, p); l.Type() != "ipvlan" {
-						t.Errorf("pod interface is a %s", l.Type())
-					}
-					ips = append(ips, podIP(t, r))
-				}
-				reach(t, p1.NS.NS, serve(t, p2.NS.NS, ips[1]), true, "pod to pod")
-				if mode == "l2" {
-					reach(t, p1.NS.NS, serve(t, seg.lan.NS, seg.lanIP), true, "pod to the master's segment")
-				}
-				if atLeast(v, "0.4.0") {
-					if err := sb.Check(ctx, list, p1.RT(nil)); err != nil {
-						t.Errorf("CHECK: %s", sandbox.Describe(err))
-					}
-				}
-				if err := p1.Remove(); err != nil {
-					t.Fatal(err)
-				}
-				for _, p := range []*sandbox.Pod{p1, p2} {
-					for i := 0; i < 2; i++ {
-						if err := sb.Del(ctx, list, p.RT(nil)); err != nil {
-							t.Errorf("DEL #%d: %s", i+1, sandbox.Describe(err))
-						}
-					}
-				}
-				lowerGone(t, sb, dir, p1, p2)
+				lowerLifecycle(t, bin, v, func(ipam sandbox.Conf) sandbox.Conf { return sandbox.IPVlan("eth0", mode, ipam) }, mode == "l2",
+					func(l netlink.Link) bool { return l.Type() == "ipvlan" })
 			})
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -46,12 +47,8 @@ func (k *kind) mode(name string) (int, bool) {
 	if name == "" {
 		return 0, true
 	}
-	for i, m := range k.modes {
-		if m == name {
-			return i, true
-		}
-	}
-	return 0, false
+	i := slices.Index(k.modes, name)
+	return i, i >= 0
 }
 
 var macvlanModes = []netlink.MacvlanMode{
@@ -70,12 +67,7 @@ var macvlanKind = &kind{
 		if !ok {
 			return 0, false
 		}
-		for i, x := range macvlanModes {
-			if x == m.Mode {
-				return i, true
-			}
-		}
-		return -1, true
+		return slices.Index(macvlanModes, m.Mode), true
 	},
 	hasMAC: true,
 }
@@ -93,12 +85,7 @@ var ipvlanKind = &kind{
 		if !ok {
 			return 0, false
 		}
-		for i, x := range ipvlanModes {
-			if x == v.Mode {
-				return i, true
-			}
-		}
-		return -1, true
+		return slices.Index(ipvlanModes, v.Mode), true
 	},
 	ipamRequired: true,
 	chained:      true,
@@ -299,21 +286,11 @@ func (k *kind) check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	prev, err := attach.CheckPrev(&c.NetConf)
+	s, prev, err := attach.BeginCheck(args, &c.NetConf)
 	if err != nil {
 		return err
 	}
-	s, err := attach.Begin(args, &c.NetConf)
-	if err != nil {
-		return err
-	}
-	s.Done()
 	defer s.Close()
-	if c.IPAM.Type != "" {
-		if err := s.IPAM().Check(s.Ctx); err != nil {
-			return err
-		}
-	}
 	master, _, err := k.master(c, s, true)
 	if err != nil {
 		return err
