@@ -1,7 +1,7 @@
 # podnet — build, test, demo, bench.
 GO      ?= go
 BIN     := bin
-PLUGINS := loopback bridge ptp host-local static bandwidth tuning portmap
+PLUGINS := loopback bridge ptp host-local static bandwidth tuning portmap firewall macvlan ipvlan
 
 # bench: pods per configuration; extra flags for go run ./bench/cniadd.
 N           ?= 100

@@ -250,8 +250,13 @@ type chainRules struct {
 	rules []*nftables.Rule
 }
 
-// replaceChains is replace for several chains at once, in one transaction.
-func (c *Conn) replaceChains(a cniplugin.Attachment, want []chainRules) error {
+// replaceChains makes the attachment's rules in each listed chain exactly the
+// listed rules, in one transaction. A chain that gets rules is created
+// (with its table) unless the listing showed it holding rules; a chain
+// listed without rules only loses the attachment's old ones. Chains are
+// created before any rule is added, so a rule may jump to a chain created
+// in the same batch.
+func (c *Conn) replaceChains(a cniplugin.Attachment, sets []chainRules) error {
 	id := a.String()
 	comment, err := commentOf(a)
 	if err != nil {
@@ -259,32 +264,40 @@ func (c *Conn) replaceChains(a cniplugin.Attachment, want []chainRules) error {
 	}
 	return c.transact(func() (bool, error) {
 		stale := false
-		tables := map[*nftables.Table]bool{}
-		for _, w := range want {
-			old, err := c.list(w.chain.Table, w.chain.Name, "")
+		olds := make([][]ruleRef, len(sets))
+		tablesAdded := map[*nftables.Table]bool{}
+		for i, s := range sets {
+			old, err := c.list(s.chain.Table, s.chain.Name, "")
 			if err != nil {
 				return false, err
 			}
-			exists := len(old) > 0
-			if !exists {
-				if !tables[w.chain.Table] {
-					tables[w.chain.Table] = true
-					c.nft.AddTable(w.chain.Table)
-					c.queued++
-				}
-				c.nft.AddChain(w.chain)
+			olds[i] = old
+			if len(old) > 0 {
+				stale = true
+				continue
+			}
+			if len(s.rules) == 0 {
+				continue
+			}
+			if !tablesAdded[s.chain.Table] {
+				c.nft.AddTable(s.chain.Table)
+				tablesAdded[s.chain.Table] = true
 				c.queued++
 			}
-			deletes, err := c.queueDeletes(old, func(r ruleRef) bool { return r.comment == id })
-			if err != nil {
+			c.nft.AddChain(s.chain)
+			c.queued++
+		}
+		for _, old := range olds {
+			if _, err := c.queueDeletes(old, func(r ruleRef) bool { return r.comment == id }); err != nil {
 				return false, err
 			}
-			for _, r := range w.rules {
-				r.Table, r.Chain, r.UserData = w.chain.Table, w.chain, comment
+		}
+		for _, s := range sets {
+			for _, r := range s.rules {
+				r.Table, r.Chain, r.UserData = s.chain.Table, s.chain, comment
 				c.nft.AddRule(r)
 				c.queued++
 			}
-			stale = stale || deletes || exists
 		}
 		return stale, nil
 	})
