@@ -257,6 +257,8 @@ func MTU(underlayMTU int, mode Mode, ipv6Underlay bool) int {
 // MTU, less the VXLAN overhead whenever some traffic may be encapsulated
 // (including IPv6 falling back to VXLAN in HostGW mode), or Config.MTU.
 func (f *Fabric) PodMTU() (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.cfg.MTU > 0 {
 		return f.cfg.MTU, nil
 	}

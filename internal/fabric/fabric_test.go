@@ -142,13 +142,32 @@ func TestHostGW(t *testing.T) {
 	}
 	mustReach(t, true, [2]*node{n1, n2}, [2]*node{n2, n3}, [2]*node{n1, n3})
 
-	// A restarted agent: a new Fabric on the same namespace changes nothing.
-	before := ownedRoutesText(t, n1)
-	f, err := New(n1.config(o), nil)
+	restartUnchanged(t, l, n1, o)
+}
+
+// restartUnchanged plays a restarted agent: a new Fabric on the same
+// namespace, Setup and Reconcile change nothing, and the routes, the
+// neighbours and the FDB read the same.
+func restartUnchanged(t *testing.T, l *lab, n *node, o opts) {
+	t.Helper()
+	state := func() string {
+		s := ownedRoutesText(t, n)
+		if _, err := n.h.LinkByName(DefaultDevice); err == nil {
+			s += ipcmd(t, n.ns, "-d", "link", "show", DefaultDevice) + ipcmd(t, n.ns, "neigh", "show", "dev", DefaultDevice)
+			fdb, err := runBridge(n, "fdb", "show", "dev", DefaultDevice)
+			must(t, err)
+			s += fdb
+		}
+		return s
+	}
+	before := state()
+	f, err := New(n.config(o), nil)
 	must(t, err)
 	defer f.Close()
-	if _, err := f.Setup(); err != nil {
-		t.Fatal(err)
+	mac, err := f.Setup()
+	must(t, err)
+	if mac.String() != n.mac.String() {
+		t.Errorf("restart: VTEP MAC %s, was %s", mac, n.mac)
 	}
 	r, err := f.Reconcile(l.peers(o))
 	if err != nil {
@@ -157,8 +176,8 @@ func TestHostGW(t *testing.T) {
 	if r.Added != 0 || r.Removed != 0 || r.Changed != 0 || r.DeviceCreated {
 		t.Errorf("restart reconcile did something: %+v", r)
 	}
-	if after := ownedRoutesText(t, n1); after != before {
-		t.Errorf("routes changed across restart:\n%s\nvs\n%s", before, after)
+	if after := state(); after != before {
+		t.Errorf("state changed across restart:\n%s\nvs\n%s", before, after)
 	}
 }
 
@@ -233,6 +252,7 @@ func TestVXLANAcrossRouter(t *testing.T) {
 	if err := udpDF(n1, n2, mtu-27); !isMsgSize(err) {
 		t.Errorf("DF datagram over the pod MTU: %v, want EMSGSIZE", err)
 	}
+	restartUnchanged(t, l, n1, o)
 }
 
 // TestVXLANOverIPv6Underlay: an IPv6-only underlay carries VXLAN for both
@@ -287,6 +307,7 @@ func TestAuto(t *testing.T) {
 	wantLine(t, routes, `^10\.244\.3\.0/24 via 10\.244\.3\.0 dev podnet\.vxlan proto 118 onlink`)
 	wantLine(t, routes, `^fd00:244:3::/64 via fd00:244:3:: dev podnet\.vxlan proto 118 .*onlink`)
 	mustReach(t, true, [2]*node{n1, n2}, [2]*node{n1, n3}, [2]*node{n2, n3})
+	restartUnchanged(t, l, n1, o)
 }
 
 // TestPeerRemoval: a departed peer's route, neighbour and FDB entry go,

@@ -322,17 +322,7 @@ func (f *Fabric) syncNeighs(res *Result, vx *netlink.Vxlan, want map[string]netl
 		}
 		res.Removed++
 	}
-	for key, w := range want {
-		if ok[key] {
-			continue
-		}
-		if err := f.h.NeighSet(&w); err != nil {
-			errs = append(errs, fmt.Errorf("fabric: neighbour %s → %s: %w", key, w.HardwareAddr, err))
-			continue
-		}
-		res.Added++
-	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, f.setMissing(res, want, ok, "neighbour"))...)
 }
 
 func (f *Fabric) syncFDB(res *Result, vx *netlink.Vxlan, want map[string]netlink.Neigh) error {
@@ -360,12 +350,19 @@ func (f *Fabric) syncFDB(res *Result, vx *netlink.Vxlan, want map[string]netlink
 		}
 		res.Removed++
 	}
+	return errors.Join(append(errs, f.setMissing(res, want, ok, "FDB entry"))...)
+}
+
+// setMissing creates (or replaces) the wanted neighbour or FDB entries that
+// are not already right.
+func (f *Fabric) setMissing(res *Result, want map[string]netlink.Neigh, ok map[string]bool, what string) error {
+	var errs []error
 	for key, w := range want {
 		if ok[key] {
 			continue
 		}
 		if err := f.h.NeighSet(&w); err != nil {
-			errs = append(errs, fmt.Errorf("fabric: FDB %s → %s: %w", key, w.IP, err))
+			errs = append(errs, fmt.Errorf("fabric: %s %s (%s, %s): %w", what, key, w.IP, w.HardwareAddr, err))
 			continue
 		}
 		res.Added++

@@ -106,6 +106,7 @@ func (f *Fabric) ensureDevice() (vx *netlink.Vxlan, created bool, err error) {
 				MTU:          mtu,
 				HardwareAddr: f.mac,
 				TxQLen:       -1,
+				Flags:        net.FlagUp,
 			},
 			VxlanId:      f.cfg.VNI,
 			VtepDevIndex: u.Attrs().Index,
