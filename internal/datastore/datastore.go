@@ -94,7 +94,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("datastore: etcd log level: %w", err)
 	}
-	zlog := newZapLogger(lvl)
+	zlog := newZapLogger(zap.NewAtomicLevelAt(lvl))
 	s := &Store{prefix: cfg.Prefix, log: cfg.Log}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -104,7 +104,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	case cfg.Embed != nil && len(cfg.Endpoints) > 0:
 		return nil, errors.New("datastore: Endpoints and Embed are exclusive: an embedded server is reached through its ClientURL")
 	case cfg.Embed != nil:
-		srv, err := startEmbedded(ctx, *cfg.Embed, zlog)
+		// The server logs through its own level: Close silences the
+		// errors etcd logs while it shuts down as planned.
+		srvLevel := zap.NewAtomicLevelAt(lvl)
+		srv, err := startEmbedded(ctx, *cfg.Embed, newZapLogger(srvLevel), srvLevel)
 		if err != nil {
 			return nil, err
 		}
@@ -177,7 +180,7 @@ const (
 func (s *Store) key(k string) string { return s.prefix + k }
 
 // newZapLogger writes etcd's own logs at lvl and above to stderr.
-func newZapLogger(lvl zapcore.Level) *zap.Logger {
+func newZapLogger(lvl zap.AtomicLevel) *zap.Logger {
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(os.Stderr)), lvl)

@@ -41,16 +41,22 @@ const (
 	embedCompactionRetention    = "1000" // revisions kept
 )
 
-type embeddedServer struct{ e *embed.Etcd }
+type embeddedServer struct {
+	e   *embed.Etcd
+	lvl zap.AtomicLevel // of the server's logger
+}
 
+// Close stops the server; the errors etcd logs about its listeners closing
+// are expected then and not logged.
 func (s embeddedServer) Close() error {
+	s.lvl.SetLevel(zap.FatalLevel)
 	s.e.Close()
 	return nil
 }
 
 // startEmbedded starts the server and waits until it serves, ctx ends or
 // it fails.
-func startEmbedded(ctx context.Context, ec EmbedConfig, lg *zap.Logger) (embeddedServer, error) {
+func startEmbedded(ctx context.Context, ec EmbedConfig, lg *zap.Logger, lvl zap.AtomicLevel) (embeddedServer, error) {
 	if ec.Name == "" || ec.DataDir == "" || ec.ClientURL == "" || ec.PeerURL == "" {
 		return embeddedServer{}, errors.New("datastore: embedded etcd needs Name, DataDir, ClientURL and PeerURL")
 	}
@@ -105,11 +111,13 @@ func startEmbedded(ctx context.Context, ec EmbedConfig, lg *zap.Logger) (embedde
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-		return embeddedServer{e}, nil
+		return embeddedServer{e, lvl}, nil
 	case err := <-e.Err():
+		lvl.SetLevel(zap.FatalLevel)
 		e.Close()
 		return embeddedServer{}, fmt.Errorf("datastore: embedded etcd failed while starting: %w", err)
 	case <-ctx.Done():
+		lvl.SetLevel(zap.FatalLevel)
 		e.Close()
 		return embeddedServer{}, fmt.Errorf("datastore: embedded etcd in %s not ready: %w", ec.DataDir, ctx.Err())
 	}
