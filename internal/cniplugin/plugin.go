@@ -149,7 +149,8 @@ func AsCNIError(err error) error {
 		if err.Error() == e.Error() {
 			return e
 		}
-		details := err.Error()
+		// A bare Wrap need not repeat its msg in the details.
+		details := strings.TrimPrefix(err.Error(), e.Error()+": ")
 		if e.Details != "" && !strings.Contains(details, e.Details) {
 			details += ": " + e.Details
 		}
