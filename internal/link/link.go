@@ -161,20 +161,35 @@ func DelHostLink(h *netlink.Handle, a cniplugin.Attachment) error {
 	return nil
 }
 
-// GCHostLinks deletes host-side links of a network's attachments for which
-// keep returns false.
-func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachment) bool) error {
+// HostLinks returns the host-side links of a network's attachments with
+// the attachment each belongs to.
+func HostLinks(h *netlink.Handle, network string) (map[cniplugin.Attachment]netlink.Link, error) {
 	links, err := h.LinkList()
 	if err != nil {
-		return fmt.Errorf("list links: %w", err)
+		return nil, fmt.Errorf("list links: %w", err)
 	}
-	var errs []error
+	out := map[cniplugin.Attachment]netlink.Link{}
 	for _, l := range links {
 		if !strings.HasPrefix(l.Attrs().Name, HostPrefix) {
 			continue
 		}
-		a, ok := attachmentOfAlias(l.Attrs().Alias)
-		if !ok || a.Network != network || keep(a) {
+		if a, ok := attachmentOfAlias(l.Attrs().Alias); ok && a.Network == network {
+			out[a] = l
+		}
+	}
+	return out, nil
+}
+
+// GCHostLinks deletes host-side links of a network's attachments for which
+// keep returns false.
+func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachment) bool) error {
+	links, err := HostLinks(h, network)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for a, l := range links {
+		if keep(a) {
 			continue
 		}
 		if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
