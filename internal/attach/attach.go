@@ -236,6 +236,22 @@ func Status(args *skel.CmdArgs, conf *cniplugin.NetConf) error {
 	return cniplugin.IPAM{Type: conf.IPAM.Type, Args: args}.Status(context.Background())
 }
 
+// StatusWith is STATUS of a plugin that first checks the host for what its
+// existing pods rely on (check gets a netlink handle in the host
+// namespace; its error, typically 51, wins), then asks the IPAM plugin.
+func StatusWith(args *skel.CmdArgs, conf *cniplugin.NetConf, check func(*netlink.Handle) error) error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	err = check(h)
+	h.Close()
+	if err != nil {
+		return err
+	}
+	return Status(args, conf)
+}
+
 // CheckForwarding is STATUS's check of the gateways through which a
 // network's existing pods leave their host (the addresses on a bridge, on
 // ptp host veths): when IP forwarding is off in the host namespace for the

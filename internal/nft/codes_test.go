@@ -23,24 +23,13 @@ func TestLosingEveryRaceIsTryAgainLater(t *testing.T) {
 	if err := c.AddMasquerade(a, ips); err != nil {
 		t.Fatal(err)
 	}
-	builds := 0
-	err := c.transact(func() (bool, error) {
-		builds++
-		rules, err := c.listAll()
-		if err != nil {
-			return false, err
-		}
-		queued, err := c.queueDeletes(rules, func(r ruleRef) bool { return r.comment == a.String() })
-		if !queued {
-			t.Fatalf("build %d: nothing to delete", builds)
-		}
+	builds, err := racingDel(t, c, a, func(int) {
 		if err := other.DelAttachment(a); err != nil {
 			t.Fatal(err)
 		}
 		if err := other.AddMasquerade(a, ips); err != nil {
 			t.Fatal(err)
 		}
-		return queued, err
 	})
 	if builds != maxAttempts {
 		t.Errorf("built %d times, want %d", builds, maxAttempts)
@@ -53,4 +42,29 @@ func TestLosingEveryRaceIsTryAgainLater(t *testing.T) {
 	if got, want := owners(t, c), []string{"masquerade " + a.String()}; !equal(got, want) {
 		t.Errorf("rules %q, want %q (the other writer's)", got, want)
 	}
+}
+
+// racingDel deletes a's rules in one transaction, running between (with
+// the build's number) after each listing, before the batch is sent; it
+// returns how many times the batch was built.
+func racingDel(t *testing.T, c *Conn, a cniplugin.Attachment, between func(build int)) (int, error) {
+	t.Helper()
+	builds := 0
+	err := c.transact(func() (bool, error) {
+		builds++
+		rules, err := c.listAll()
+		if err != nil {
+			return false, err
+		}
+		queued, err := c.queueDeletes(rules, func(r ruleRef) bool { return r.comment == a.String() })
+		if err != nil {
+			return false, err
+		}
+		if builds == 1 && !queued {
+			t.Fatal("nothing to delete on the first listing")
+		}
+		between(builds)
+		return queued, nil
+	})
+	return builds, err
 }

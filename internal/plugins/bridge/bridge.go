@@ -42,32 +42,28 @@ func status(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(c.BrName)
-	var notFound netlink.LinkNotFoundError
-	switch {
-	case errors.As(err, &notFound):
-	case err != nil:
-		return fmt.Errorf("find bridge %s: %w", c.BrName, err)
-	case l.Type() != "bridge":
-		return cniplugin.NewError(cniplugin.ErrPluginNotAvailable, fmt.Sprintf("%q exists but is not a bridge", c.BrName), "")
-	case l.Attrs().Flags&net.FlagUp == 0:
-		return cniplugin.NewError(cniplugin.ErrLimitedConnectivity,
-			fmt.Sprintf("bridge %s is down: existing containers may have limited connectivity", c.BrName), "")
-	case c.IsGW:
+	return attach.StatusWith(args, &c.NetConf, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(c.BrName)
+		var notFound netlink.LinkNotFoundError
+		switch {
+		case errors.As(err, &notFound):
+			return nil
+		case err != nil:
+			return fmt.Errorf("find bridge %s: %w", c.BrName, err)
+		case l.Type() != "bridge":
+			return cniplugin.NewError(cniplugin.ErrPluginNotAvailable, fmt.Sprintf("%q exists but is not a bridge", c.BrName), "")
+		case l.Attrs().Flags&net.FlagUp == 0:
+			return cniplugin.NewError(cniplugin.ErrLimitedConnectivity,
+				fmt.Sprintf("bridge %s is down: existing containers may have limited connectivity", c.BrName), "")
+		case !c.IsGW:
+			return nil
+		}
 		gws, err := attach.GlobalAddrs(h, l)
 		if err != nil {
 			return err
 		}
-		if err := attach.CheckForwarding(gws); err != nil {
-			return err
-		}
-	}
-	return attach.Status(args, &c.NetConf)
+		return attach.CheckForwarding(gws)
+	})
 }
 
 // Positions of the interfaces in the result, as the reference orders them.

@@ -38,27 +38,21 @@ func status(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
-	}
-	defer h.Close()
-	links, err := link.HostLinks(h, c.Name)
-	if err != nil {
-		return err
-	}
-	hostEnds := make([]netlink.Link, 0, len(links))
-	for _, l := range links {
-		hostEnds = append(hostEnds, l)
-	}
-	gws, err := attach.GlobalAddrs(h, hostEnds...)
-	if err != nil {
-		return err
-	}
-	if err := attach.CheckForwarding(gws); err != nil {
-		return err
-	}
-	return attach.Status(args, &c.NetConf)
+	return attach.StatusWith(args, &c.NetConf, func(h *netlink.Handle) error {
+		links, err := link.HostLinks(h, c.Name)
+		if err != nil {
+			return err
+		}
+		hostEnds := make([]netlink.Link, 0, len(links))
+		for _, l := range links {
+			hostEnds = append(hostEnds, l)
+		}
+		gws, err := attach.GlobalAddrs(h, hostEnds...)
+		if err != nil {
+			return err
+		}
+		return attach.CheckForwarding(gws)
+	})
 }
 
 // Conf is the ptp plugin's configuration.
