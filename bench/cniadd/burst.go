@@ -32,7 +32,7 @@ type burstResult struct {
 }
 
 // bursts runs the burst rounds, the suites alternating (the order rotates
-// each round), and returns each suite's rounds.
+// each round), and returns each suite's rounds (those done, on an error).
 func (b *bench) bursts(suites []*suite, tmp string) (map[string][]burstResult, error) {
 	fmt.Fprintf(os.Stderr, "burst: %d full-chain pods at once, %d rounds per suite, alternating …\n", b.o.burst, b.o.burstRounds)
 	out := map[string][]burstResult{}
@@ -41,7 +41,7 @@ func (b *bench) bursts(suites []*suite, tmp string) (map[string][]burstResult, e
 			s := suites[(round+j)%len(suites)]
 			r, err := b.burst(s, round, tmp)
 			if err != nil {
-				return nil, fmt.Errorf("burst %s round %d: %w", s.name, round+1, err)
+				return out, fmt.Errorf("burst %s round %d: %w", s.name, round+1, err)
 			}
 			out[s.name] = append(out[s.name], r)
 			fmt.Fprintf(os.Stderr, "  %-9s round %d: ADD %s, DEL %s, %d failures\n", s.name, round+1,
