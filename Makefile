@@ -1,7 +1,7 @@
 # podnet — build, test, demo, bench.
 GO      ?= go
 BIN     := bin
-PLUGINS := loopback bridge ptp host-local static
+PLUGINS := loopback bridge ptp host-local static podnet
 
 # bench: pods per configuration; extra flags for go run ./bench/cniadd.
 N           ?= 100

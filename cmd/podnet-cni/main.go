@@ -8,6 +8,7 @@ import (
 	"github.com/podnet/podnet/internal/plugins/bridge"
 	"github.com/podnet/podnet/internal/plugins/hostlocal"
 	"github.com/podnet/podnet/internal/plugins/loopback"
+	"github.com/podnet/podnet/internal/plugins/podnet"
 	"github.com/podnet/podnet/internal/plugins/ptp"
 	"github.com/podnet/podnet/internal/plugins/static"
 )
@@ -17,6 +18,7 @@ func main() {
 		"bridge":     bridge.Plugin(),
 		"host-local": hostlocal.Plugin(),
 		"loopback":   loopback.Plugin(),
+		"podnet":     podnet.Plugin(),
 		"ptp":        ptp.Plugin(),
 		"static":     static.Plugin(),
 	})

@@ -24,7 +24,7 @@ const EnvPodnetCNI = "PODNET_CNI_BIN"
 // PluginTypes are the plugin types podnet-cni answers to, as hard links.
 var PluginTypes = []string{
 	"loopback", "bridge", "ptp", "host-local", "static",
-	"macvlan", "ipvlan", "portmap", "bandwidth", "tuning", "firewall",
+	"macvlan", "ipvlan", "portmap", "bandwidth", "tuning", "firewall", "podnet",
 }
 
 // ModuleRoot returns the directory of podnet's go.mod, found from the
