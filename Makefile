@@ -1,7 +1,6 @@
 # podnet — build, test, demo, bench.
 GO      ?= go
 BIN     := bin
-PLUGINS := loopback bridge ptp host-local static podnet
 
 # bench: pods per configuration; extra flags for go run ./bench/cniadd.
 N           ?= 100
@@ -13,7 +12,7 @@ TEST_FLAGS  ?=
 
 build:
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet-cni ./cmd/podnet-cni
-	@for p in $(PLUGINS); do ln -f $(BIN)/podnet-cni $(BIN)/$$p; done
+	@for p in $$($(BIN)/podnet-cni names); do ln -f $(BIN)/podnet-cni $(BIN)/$$p; done
 
 # The user CLI.
 cli:

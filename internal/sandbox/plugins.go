@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+
+	"github.com/podnet/podnet/internal/plugins/all"
 )
 
 // ReferenceDir is where Debian's containernetworking-plugins installs the
@@ -20,12 +22,6 @@ const ReferenceDir = "/usr/lib/cni"
 // EnvPodnetCNI names an already built podnet-cni binary (as `make build`
 // writes it); when set, BuildPodnetCNI is not needed.
 const EnvPodnetCNI = "PODNET_CNI_BIN"
-
-// PluginTypes are the plugin types podnet-cni answers to, as hard links.
-var PluginTypes = []string{
-	"loopback", "bridge", "ptp", "host-local", "static",
-	"macvlan", "ipvlan", "portmap", "bandwidth", "tuning", "firewall", "podnet",
-}
 
 // ModuleRoot returns the directory of podnet's go.mod, found from the
 // working directory upwards.
@@ -125,8 +121,9 @@ func CleanupShared() {
 
 // PodnetLinks maps every podnet plugin type to the podnet-cni binary.
 func PodnetLinks(podnetCNI string) map[string]string {
-	m := make(map[string]string, len(PluginTypes))
-	for _, t := range PluginTypes {
+	types := all.Names()
+	m := make(map[string]string, len(types))
+	for _, t := range types {
 		m[t] = podnetCNI
 	}
 	return m
