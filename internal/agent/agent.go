@@ -43,6 +43,10 @@ type Status struct {
 	Backends map[string]fabric.Mode  `json:"backends"` // per peer
 	Peers    int                     `json:"peers"`
 	Ready    bool                    `json:"ready"`
+	// Joined is when the node got its lease; PeersSince, when the routes
+	// to each peer were first in place. Together they time a join.
+	Joined     time.Time            `json:"joined"`
+	PeersSince map[string]time.Time `json:"peersSince"`
 }
 
 // New returns an agent for a validated configuration.
@@ -155,6 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("lease a pod subnet: %w", err)
 	}
+	joined := time.Now()
 	node := lease.Node()
 	a.saveLastLease(node)
 	a.metrics.watchLease(func() float64 { return float64(lease.Stats().Renewals) },
@@ -185,7 +190,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.mu.Lock()
 	a.leased = true
-	a.status = Status{Node: node, Cluster: cluster, MTU: mtu}
+	a.status = Status{Node: node, Cluster: cluster, MTU: mtu, Joined: joined, PeersSince: map[string]time.Time{}}
 	a.mu.Unlock()
 
 	if err := a.installCNI(node, mtu); err != nil {
@@ -286,6 +291,17 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 	a.lastErr = err
 	a.status.Backends = res.Backends
 	a.status.Peers = len(fp)
+	now := time.Now()
+	for name := range res.Backends {
+		if _, ok := a.status.PeersSince[name]; !ok {
+			a.status.PeersSince[name] = now
+		}
+	}
+	for name := range a.status.PeersSince {
+		if _, ok := res.Backends[name]; !ok {
+			delete(a.status.PeersSince, name)
+		}
+	}
 	ready := a.leased && a.fabOK && a.confOK
 	a.status.Ready = ready
 	a.mu.Unlock()

@@ -1,0 +1,72 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+)
+
+// PrintStatus writes what the lab is: its nodes (underlay addresses,
+// subnets, agent state, the backend used to each peer, join time) and its
+// pods with their addresses.
+func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) {
+	s := l.Spec
+	fam := "IPv4"
+	if s.IPv6 {
+		fam = "dual-stack"
+	}
+	fmt.Fprintf(w, "lab %s: %d nodes on %d segment(s), backend %s, %s, state in %s\n", l.Name, len(l.Nodes), s.Segments, s.Backend, fam, l.Dir)
+	fmt.Fprintf(w, "%-5s %-4s %-16s %-22s %-26s %-9s %-10s %s\n", "node", "seg", "underlay", "subnet", "subnet6", "agent", "join", "peers")
+	var joins []time.Duration
+	for _, n := range l.Nodes {
+		st, err := l.AgentStatus(ctx, n)
+		agentState := "ready"
+		switch {
+		case n.PID == 0 || !isAgent(n.PID):
+			agentState = "down"
+		case err != nil:
+			agentState = "no answer"
+		case !st.Ready:
+			agentState = "not ready"
+		}
+		subnet, subnet6 := "-", "-"
+		if st.Node.Subnet != nil {
+			subnet = st.Node.Subnet.String()
+		}
+		if st.Node.Subnet6 != nil {
+			subnet6 = st.Node.Subnet6.String()
+		}
+		var peers []string
+		for p, m := range st.Backends {
+			peers = append(peers, p+":"+string(m))
+		}
+		sort.Strings(peers)
+		join := "-"
+		if d, ok := l.Joins[n.Name]; ok {
+			join = d.Round(time.Millisecond / 10).String()
+			joins = append(joins, d)
+		}
+		etcd := ""
+		if n.Embedded {
+			etcd = " (etcd)"
+		}
+		fmt.Fprintf(w, "%-5s %-4d %-16s %-22s %-26s %-9s %-10s %s\n", n.Name, n.Segment, n.IP, subnet, subnet6, agentState, join, strings.Join(peers, " ")+etcd)
+	}
+	if len(joins) > 0 {
+		sort.Slice(joins, func(i, j int) bool { return joins[i] < joins[j] })
+		max := joins[len(joins)-1]
+		verdict := "meets"
+		if max >= time.Second {
+			verdict = "misses"
+		}
+		fmt.Fprintf(w, "node join → routes on every other node: median %s, max %s (bar < 1s: %s)\n",
+			joins[len(joins)/2].Round(time.Millisecond/10), max.Round(time.Millisecond/10), verdict)
+	}
+	fmt.Fprintf(w, "%-10s %-5s %s\n", "pod", "node", "addresses")
+	for _, p := range l.Pods {
+		fmt.Fprintf(w, "%-10s %-5s %s\n", p.Name, p.Node, strings.Join(p.IPs, ", "))
+	}
+}
