@@ -350,3 +350,17 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "%d/%d pod pairs reach each other over ICMP and TCP (%d probes; a pair is ok only if every receiver saw the sender's pod IP: no NAT); %d/%d pods reach the outside masqueraded as their node; %d failures\n",
 		okPairs, pairs, len(r.Probes), outOK, len(outside), r.Failures())
 }
+
+// Ping sends one ICMP echo from the pod to dst and waits for the reply.
+func (l *Lab) Ping(from string, dst net.IP, timeout time.Duration) error {
+	p, err := l.pod(from)
+	if err != nil {
+		return err
+	}
+	ns, err := netns.OpenNamed(p.NS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return ping(ns.NS, dst, timeout)
+}

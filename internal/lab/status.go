@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // PrintStatus writes what the lab is: its nodes (underlay addresses,
@@ -69,4 +72,22 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) {
 	for _, p := range l.Pods {
 		fmt.Fprintf(w, "%-10s %-5s %s\n", p.Name, p.Node, strings.Join(p.IPs, ", "))
 	}
+}
+
+// RoutesTo lists the node's routes whose destination is subnet.
+func (l *Lab) RoutesTo(node string, subnet *net.IPNet) ([]netlink.Route, error) {
+	n, err := l.node(node)
+	if err != nil {
+		return nil, err
+	}
+	s, err := openNS(n.NS)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	routes, err := s.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: subnet}, netlink.RT_FILTER_DST)
+	if err != nil {
+		return nil, fmt.Errorf("routes of %s: %w", node, err)
+	}
+	return routes, nil
 }

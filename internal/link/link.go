@@ -25,12 +25,23 @@ const HostPrefix = "pn"
 // aliasPrefix starts the IFLA_IFALIAS podnet stamps on its host links.
 const aliasPrefix = "podnet:"
 
-// HostVethName is the host-side name of an attachment's veth: derived from
-// the attachment identity, so DEL and GC find it without the container.
-func HostVethName(a cniplugin.Attachment) string {
+// IfbPrefix starts the name of the ifb devices podnet creates for egress
+// shaping; it starts with HostPrefix, so they are host links like the veths.
+const IfbPrefix = HostPrefix + "i"
+
+// OwnedName is the name of a host link of an attachment: prefix followed
+// by a hash of the attachment identity, so DEL and GC find it without the
+// container. prefix must be at most 3 bytes to fit IFNAMSIZ.
+func OwnedName(prefix string, a cniplugin.Attachment) string {
 	sum := sha256.Sum256([]byte(a.String()))
-	return HostPrefix + hex.EncodeToString(sum[:6])
+	return prefix + hex.EncodeToString(sum[:6])
 }
+
+// HostVethName is the host-side name of an attachment's veth.
+func HostVethName(a cniplugin.Attachment) string { return OwnedName(HostPrefix, a) }
+
+// IfbName is the name of an attachment's ifb device.
+func IfbName(a cniplugin.Attachment) string { return OwnedName(IfbPrefix, a) }
 
 // Alias is the interface alias that records which attachment a host link
 // belongs to.
@@ -146,9 +157,15 @@ func DelContainerLink(netnsPath, ifName string) ([]*net.IPNet, error) {
 	return out, nil
 }
 
-// DelHostLink deletes an attachment's host-side link if it is still there.
+// DelHostLink deletes an attachment's host-side veth if it is still there.
 func DelHostLink(h *netlink.Handle, a cniplugin.Attachment) error {
-	l, err := h.LinkByName(HostVethName(a))
+	return DelOwnedLink(h, HostVethName(a), a)
+}
+
+// DelOwnedLink deletes the host link of that name if it is still there and
+// its alias says it belongs to the attachment.
+func DelOwnedLink(h *netlink.Handle, name string, a cniplugin.Attachment) error {
+	l, err := h.LinkByName(name)
 	if err != nil {
 		return nil
 	}
@@ -164,13 +181,19 @@ func DelHostLink(h *netlink.Handle, a cniplugin.Attachment) error {
 // GCHostLinks deletes host-side links of a network's attachments for which
 // keep returns false.
 func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachment) bool) error {
+	return GCLinks(h, HostPrefix, network, keep)
+}
+
+// GCLinks deletes the host links whose name starts with prefix and whose
+// alias names an attachment of the network for which keep returns false.
+func GCLinks(h *netlink.Handle, prefix, network string, keep func(cniplugin.Attachment) bool) error {
 	links, err := h.LinkList()
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
 	var errs []error
 	for _, l := range links {
-		if !strings.HasPrefix(l.Attrs().Name, HostPrefix) {
+		if !strings.HasPrefix(l.Attrs().Name, prefix) {
 			continue
 		}
 		a, ok := attachmentOfAlias(l.Attrs().Alias)

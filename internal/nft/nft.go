@@ -241,32 +241,65 @@ func (c *Conn) GC(network string, keep func(cniplugin.Attachment) bool) error {
 // listing showed the chain exists (it had rules): re-adding an existing
 // base chain costs the kernel more than the rest of the batch.
 func (c *Conn) replace(chain *nftables.Chain, a cniplugin.Attachment, rules []*nftables.Rule) error {
+	return c.replaceChains(a, []chainRules{{chain, rules}})
+}
+
+// chainRules is the set of rules an attachment wants in one chain.
+type chainRules struct {
+	chain *nftables.Chain
+	rules []*nftables.Rule
+}
+
+// replaceChains makes the attachment's rules in each listed chain exactly the
+// listed rules, in one transaction. A chain that gets rules is created
+// (with its table) unless the listing showed it holding rules; a chain
+// listed without rules only loses the attachment's old ones. Chains are
+// created before any rule is added, so a rule may jump to a chain created
+// in the same batch.
+func (c *Conn) replaceChains(a cniplugin.Attachment, sets []chainRules) error {
 	id := a.String()
 	comment, err := commentOf(a)
 	if err != nil {
 		return err
 	}
 	return c.transact(func() (bool, error) {
-		old, err := c.list(chain.Table, chain.Name, "")
-		if err != nil {
-			return false, err
-		}
-		exists := len(old) > 0
-		if !exists {
-			c.nft.AddTable(chain.Table)
-			c.nft.AddChain(chain)
-			c.queued += 2
-		}
-		deletes, err := c.queueDeletes(old, func(r ruleRef) bool { return r.comment == id })
-		if err != nil {
-			return false, err
-		}
-		for _, r := range rules {
-			r.Table, r.Chain, r.UserData = chain.Table, chain, comment
-			c.nft.AddRule(r)
+		stale := false
+		olds := make([][]ruleRef, len(sets))
+		tablesAdded := map[*nftables.Table]bool{}
+		for i, s := range sets {
+			old, err := c.list(s.chain.Table, s.chain.Name, "")
+			if err != nil {
+				return false, err
+			}
+			olds[i] = old
+			if len(old) > 0 {
+				stale = true
+				continue
+			}
+			if len(s.rules) == 0 {
+				continue
+			}
+			if !tablesAdded[s.chain.Table] {
+				c.nft.AddTable(s.chain.Table)
+				tablesAdded[s.chain.Table] = true
+				c.queued++
+			}
+			c.nft.AddChain(s.chain)
 			c.queued++
 		}
-		return deletes || exists, nil
+		for _, old := range olds {
+			if _, err := c.queueDeletes(old, func(r ruleRef) bool { return r.comment == id }); err != nil {
+				return false, err
+			}
+		}
+		for _, s := range sets {
+			for _, r := range s.rules {
+				r.Table, r.Chain, r.UserData = s.chain.Table, s.chain, comment
+				c.nft.AddRule(r)
+				c.queued++
+			}
+		}
+		return stale, nil
 	})
 }
 

@@ -235,6 +235,10 @@ func PodnetRules(ns *netns.NS) ([]Rule, error) {
 	return out, nil
 }
 
+// NFT runs the nft tool with args inside a namespace and returns its
+// output (observation and test set-up only).
+func NFT(ns *netns.NS, args ...string) ([]byte, error) { return nft(ns, args...) }
+
 func nft(ns *netns.NS, args ...string) ([]byte, error) {
 	path, err := exec.LookPath("nft")
 	if err != nil {

@@ -1,0 +1,160 @@
+// Package bandwidth is the bandwidth plugin: a chained plugin that limits
+// a pod's traffic with token bucket filters, as the reference bandwidth
+// plugin does — traffic to the pod (ingress) by a tbf on the host end of
+// its veth, traffic from the pod (egress) by redirecting what the host end
+// receives to an ifb device that carries a tbf. Everything goes through
+// netlink; the ifb is named after and stamped with the attachment
+// identity, so DEL and GC find it without the pod's namespace.
+package bandwidth
+
+import (
+	"math"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
+
+	"github.com/podnet/podnet/internal/cniplugin"
+)
+
+// Limits are the rates (bits per second) and bursts (bits) of the
+// reference's bandwidth entry; zero means no limit in that direction.
+type Limits struct {
+	IngressRate  uint64 `json:"ingressRate"`
+	IngressBurst uint64 `json:"ingressBurst"`
+	EgressRate   uint64 `json:"egressRate"`
+	EgressBurst  uint64 `json:"egressBurst"`
+	// UnshapedSubnets and ShapedSubnets come from newer reference
+	// versions, which shape with htb classes; podnet's tbf shaping applies
+	// to all traffic and refuses them rather than ignore them.
+	UnshapedSubnets []string `json:"unshapedSubnets,omitempty"`
+	ShapedSubnets   []string `json:"shapedSubnets,omitempty"`
+}
+
+// Conf is the bandwidth plugin's configuration: the limits at the top
+// level, or the "bandwidth" capability in runtimeConfig (as containerd and
+// CRI-O send the kubernetes.io/{ingress,egress}-bandwidth annotations).
+type Conf struct {
+	cniplugin.NetConf
+	*Limits
+	RuntimeConfig struct {
+		Bandwidth *Limits `json:"bandwidth,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+}
+
+// latencyUsec is how long a packet may wait in a tbf queue: the limit of
+// the queue is the burst plus what the rate sends in that time (the
+// reference's 25 ms).
+const latencyUsec = 25_000
+
+// Effective returns the limits in force. As in the reference, limits
+// written in the configuration itself take precedence; otherwise the
+// runtime's bandwidth capability applies. nil means no limits.
+func (c *Conf) Effective() *Limits {
+	if c.Limits != nil {
+		return c.Limits
+	}
+	return c.RuntimeConfig.Bandwidth
+}
+
+// shaping is one direction's token bucket in the kernel's units.
+type shaping struct {
+	rate   uint64 // bytes per second
+	burst  uint32 // bytes
+	buffer uint32 // ticks to send burst at rate
+	limit  uint32 // bytes queued at most
+}
+
+// tbf is the qdisc of a shaping on a link, as root with handle 1:.
+func (s shaping) tbf(linkIndex int) *netlink.Tbf {
+	return &netlink.Tbf{
+		QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: linkIndex,
+			Handle:    netlink.MakeHandle(1, 0),
+			Parent:    netlink.HANDLE_ROOT,
+		},
+		Rate:   s.rate,
+		Buffer: s.buffer,
+		Limit:  s.limit,
+	}
+}
+
+// shapingOf validates one direction (rate and burst both set or both
+// unset, in the kernel's ranges) and converts it; ok is false when the
+// direction is unlimited.
+func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err error) {
+	switch {
+	case rateBits == 0 && burstBits == 0:
+		return shaping{}, false, nil
+	case burstBits == 0:
+		return shaping{}, false, invalid("%sRate is set, so %sBurst must also be set", dir, dir)
+	case rateBits == 0:
+		return shaping{}, false, invalid("%sBurst is set, so %sRate must also be set", dir, dir)
+	case burstBits/8 >= math.MaxUint32:
+		return shaping{}, false, invalid("%sBurst cannot be more than 4GB", dir)
+	case rateBits < 8:
+		return shaping{}, false, invalid("%sRate %d is below one byte per second", dir, rateBits)
+	}
+	s.rate = rateBits / 8
+	s.burst = uint32(burstBits / 8)
+	ticks := float64(netlink.TIME_UNITS_PER_SEC) * float64(s.burst) / float64(s.rate) * netlink.TickInUsec()
+	if ticks >= math.MaxUint32 {
+		return shaping{}, false, invalid("%sBurst %d bits takes too long to send at %d bits/s for the kernel's token bucket", dir, burstBits, rateBits)
+	}
+	s.buffer = netlink.Xmittime(s.rate, s.burst)
+	queued := float64(s.rate)*latencyUsec/netlink.TIME_UNITS_PER_SEC + float64(s.burst)
+	if queued >= math.MaxUint32 {
+		return shaping{}, false, invalid("%sRate %d bits/s queues more than 4GB in %d ms", dir, rateBits, latencyUsec/1000)
+	}
+	s.limit = uint32(queued)
+	return s, true, nil
+}
+
+// plan is what the limits ask of the kernel.
+type plan struct {
+	ingress, egress       shaping
+	hasIngress, hasEgress bool
+}
+
+// none tells whether nothing is to be shaped.
+func (p plan) none() bool { return !p.hasIngress && !p.hasEgress }
+
+func planOf(l *Limits) (plan, error) {
+	var p plan
+	if l == nil {
+		return p, nil
+	}
+	if len(l.UnshapedSubnets) > 0 || len(l.ShapedSubnets) > 0 {
+		return p, invalid("unshapedSubnets and shapedSubnets are not supported: podnet shapes all of a pod's traffic")
+	}
+	var err error
+	if p.ingress, p.hasIngress, err = shapingOf("ingress", l.IngressRate, l.IngressBurst); err != nil {
+		return p, err
+	}
+	if p.egress, p.hasEgress, err = shapingOf("egress", l.EgressRate, l.EgressBurst); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+func invalid(format string, a ...any) error {
+	return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
+}
+
+// decode reads the configuration without judging the limits (DEL and GC).
+func decode(data []byte) (*Conf, error) {
+	c := &Conf{}
+	if err := cniplugin.Decode(data, c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// load reads the configuration and validates the limits in force.
+func load(data []byte) (*Conf, plan, error) {
+	c, err := decode(data)
+	if err != nil {
+		return nil, plan{}, err
+	}
+	p, err := planOf(c.Effective())
+	return c, p, err
+}

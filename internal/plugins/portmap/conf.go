@@ -1,0 +1,184 @@
+package portmap
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/nft"
+)
+
+// DefaultMarkBit is the reference's default masquerade mark bit
+// (Kubernetes uses 14 and 15, Calico 20-31).
+const DefaultMarkBit = 13
+
+// Conf is the reference portmap configuration.
+type Conf struct {
+	cniplugin.NetConf
+	// SNAT masquerades hairpin and localhost connections (default true).
+	SNAT *bool `json:"snat,omitempty"`
+	// MasqAll masquerades every forwarded connection (with SNAT).
+	MasqAll bool `json:"masqAll,omitempty"`
+	// MarkMasqBit is the mark bit (0-31) flagging a connection for
+	// masquerading (default 13).
+	MarkMasqBit *int `json:"markMasqBit"`
+	// ExternalSetMarkChain names the reference's iptables chain that sets
+	// somebody else's masquerade mark; see docs/plugins.md for what podnet
+	// does with it.
+	ExternalSetMarkChain *string `json:"externalSetMarkChain"`
+	// ConditionsV4 and ConditionsV6 are extra matches on every forwarding
+	// rule: iptables arguments, or nftables matches with backend nftables.
+	ConditionsV4 *[]string `json:"conditionsV4"`
+	ConditionsV6 *[]string `json:"conditionsV6"`
+	// Backend is the reference's backend choice (iptables or nftables);
+	// podnet always programs nftables, the field says how to read the
+	// conditions.
+	Backend       *string `json:"backend,omitempty"`
+	RuntimeConfig struct {
+		PortMaps []Entry `json:"portMappings,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+
+	snat      bool
+	markBit   uint
+	mappings  []nft.PortMapping
+	condV4    []expr.Any
+	condV6    []expr.Any
+	nftSyntax bool
+}
+
+// Entry is one port mapping of the portMappings capability, as
+// containerd and CRI-O send it.
+type Entry struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+var protocols = map[string]uint8{
+	"":     unix.IPPROTO_TCP, // Kubernetes' default
+	"tcp":  unix.IPPROTO_TCP,
+	"udp":  unix.IPPROTO_UDP,
+	"sctp": unix.IPPROTO_SCTP,
+}
+
+// load decodes and validates a configuration; every failure is a spec
+// error (7 for invalid values, 2 for conditions podnet cannot express).
+func load(data []byte) (*Conf, error) {
+	c := &Conf{}
+	if err := cniplugin.Decode(data, c); err != nil {
+		return nil, err
+	}
+	invalid := func(format string, a ...any) error {
+		return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
+	}
+	c.snat = c.SNAT == nil || *c.SNAT
+	if c.MarkMasqBit != nil && c.ExternalSetMarkChain != nil {
+		return nil, invalid("portmap: cannot specify externalSetMarkChain and markMasqBit")
+	}
+	c.markBit = DefaultMarkBit
+	if c.MarkMasqBit != nil {
+		if *c.MarkMasqBit < 0 || *c.MarkMasqBit > 31 {
+			return nil, invalid("portmap: markMasqBit must be between 0 and 31, not %d", *c.MarkMasqBit)
+		}
+		c.markBit = uint(*c.MarkMasqBit)
+	}
+	if c.ExternalSetMarkChain != nil && *c.ExternalSetMarkChain == "" {
+		return nil, invalid("portmap: externalSetMarkChain is empty")
+	}
+	if c.Backend != nil {
+		switch *c.Backend {
+		case "", "iptables":
+		case "nftables":
+			c.nftSyntax = true
+		default:
+			return nil, invalid("portmap: unknown backend %q (iptables or nftables)", *c.Backend)
+		}
+	}
+	for i, e := range c.RuntimeConfig.PortMaps {
+		m, err := e.mapping()
+		if err != nil {
+			return nil, invalid("portmap: portMappings[%d]: %v", i, err)
+		}
+		c.mappings = append(c.mappings, m)
+	}
+	var err error
+	if c.ConditionsV4 != nil {
+		if c.condV4, err = parseConditions(*c.ConditionsV4, false, c.nftSyntax); err != nil {
+			return nil, fmt.Errorf("conditionsV4: %w", err)
+		}
+	}
+	if c.ConditionsV6 != nil {
+		if c.condV6, err = parseConditions(*c.ConditionsV6, true, c.nftSyntax); err != nil {
+			return nil, fmt.Errorf("conditionsV6: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// mapping validates an entry.
+func (e Entry) mapping() (nft.PortMapping, error) {
+	if e.HostPort < 1 || e.HostPort > 65535 {
+		return nft.PortMapping{}, fmt.Errorf("invalid host port number %d", e.HostPort)
+	}
+	if e.ContainerPort < 1 || e.ContainerPort > 65535 {
+		return nft.PortMapping{}, fmt.Errorf("invalid container port number %d", e.ContainerPort)
+	}
+	proto, ok := protocols[strings.ToLower(e.Protocol)]
+	if !ok {
+		return nft.PortMapping{}, fmt.Errorf("unsupported protocol %q (tcp, udp or sctp)", e.Protocol)
+	}
+	m := nft.PortMapping{HostPort: uint16(e.HostPort), ContainerPort: uint16(e.ContainerPort), Protocol: proto}
+	if e.HostIP != "" {
+		m.HostIP = net.ParseIP(e.HostIP)
+		if m.HostIP == nil {
+			return nft.PortMapping{}, fmt.Errorf("invalid hostIP %q", e.HostIP)
+		}
+	}
+	return m, nil
+}
+
+// portMaps returns the forwarding of the pod's first IPv4 and first IPv6
+// address on its interface ifName, as the reference picks them from the
+// previous result.
+func (c *Conf) portMaps(prev *current.Result, ifName string) []nft.PortMap {
+	var v4, v6 net.IP
+	for _, ip := range prev.IPs {
+		is4 := ip.Address.IP.To4() != nil
+		if is4 && v4 != nil || !is4 && v6 != nil {
+			continue
+		}
+		if ip.Interface != nil {
+			i := *ip.Interface
+			if i >= 0 && i < len(prev.Interfaces) && (prev.Interfaces[i].Name != ifName || prev.Interfaces[i].Sandbox == "") {
+				continue // a host-side interface
+			}
+		}
+		if is4 {
+			v4 = ip.Address.IP
+		} else {
+			v6 = ip.Address.IP
+		}
+	}
+	var out []nft.PortMap
+	for _, ip := range []net.IP{v4, v6} {
+		if ip == nil {
+			continue
+		}
+		cond := c.condV4
+		if ip.To4() == nil {
+			cond = c.condV6
+		}
+		out = append(out, nft.PortMap{
+			ContainerIP: ip, Mappings: c.mappings, Conditions: cond,
+			SNAT: c.snat, MasqAll: c.MasqAll, MarkBit: c.markBit,
+		})
+	}
+	return out
+}
