@@ -184,9 +184,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("publish VTEP MAC: %w", err)
 		}
 	}
-	mtu := cluster.MTU
-	if mtu == 0 {
-		mtu = fabric.MTU(ul.MTU, fabric.Mode(cluster.Backend), false)
+	defer fab.Close()
+	mtu, err := fab.PodMTU()
+	if err != nil {
+		return fmt.Errorf("pod MTU: %w", err)
 	}
 	a.mu.Lock()
 	a.leased = true
@@ -214,7 +215,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			kick()
 		})
 	}()
-	go func() { errc <- fab.Watch(ctx, kick) }()
+	// Subscribed before the first reconcile, so no disturbance is missed.
+	watcher, err := fab.Subscribe(ctx)
+	if err != nil {
+		return fmt.Errorf("fabric: %w", err)
+	}
+	go func() { errc <- watcher.Run(kick) }()
 
 	egress, err := nft.New(0)
 	if err != nil {
