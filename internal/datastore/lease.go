@@ -1,0 +1,341 @@
+package datastore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Lease is a node's hold on its record and pod subnets: etcd keys bound to
+// one etcd lease that Run keeps alive.
+type Lease struct {
+	s   *Store
+	ttl time.Duration
+
+	mu        sync.Mutex
+	node      Node
+	id        clientv3.LeaseID
+	released  bool
+	onReacq   func(old, cur Node)
+	renewals  atomic.Uint64
+	reacquire atomic.Uint64
+}
+
+// LeaseStats counts a Lease's keepalive renewals and re-acquisitions (the
+// lease was lost and its keys re-created), for metrics.
+type LeaseStats struct {
+	Renewals       uint64
+	Reacquisitions uint64
+}
+
+// Acquire leases node subnets for n.Name — one per family of the stored
+// cluster config — and writes n's record, all bound to a new etcd lease
+// with the given TTL: the grace period before a dead node's record and
+// subnets vanish and can be leased again.
+//
+// The subnet the node already holds is given back (a restarted agent keeps
+// its subnet: its keys still exist under the old lease; they are rebound to
+// the new lease and the old lease is revoked), else prefer's subnet (the
+// agent's last one, from its local state) if it is free and fits the
+// config, else the first free subnet in address order. Each subnet key is
+// written in an etcd transaction that requires it absent or already held by
+// the node, so two nodes never hold the same subnet; a lost race is retried.
+// When a family has no free subnet the error wraps ErrExhausted and names
+// the CIDR and subnet size. n's Subnet fields are ignored. A node name must
+// be held by one agent at a time.
+func (s *Store) Acquire(ctx context.Context, n Node, prefer Node, ttl time.Duration) (*Lease, error) {
+	if n.Name == "" || strings.Contains(n.Name, "/") {
+		return nil, fmt.Errorf("datastore: acquire: bad node name %q", n.Name)
+	}
+	if ttl <= 0 {
+		return nil, fmt.Errorf("datastore: acquire: lease TTL %v must be positive", ttl)
+	}
+	l := &Lease{s: s, ttl: ttl}
+	node, id, err := l.acquire(ctx, n, prefer)
+	if err != nil {
+		return nil, err
+	}
+	l.node, l.id = node, id
+	return l, nil
+}
+
+// acquire grants a lease and binds n's record and subnets to it.
+func (l *Lease) acquire(ctx context.Context, n Node, prefer Node) (Node, clientv3.LeaseID, error) {
+	s := l.s
+	cfg, err := s.ClusterConfig(ctx)
+	if err != nil {
+		return Node{}, 0, fmt.Errorf("datastore: acquire %s: %w", n.Name, err)
+	}
+	ttlSec := int64(math.Ceil(l.ttl.Seconds()))
+	g, err := s.cli.Grant(ctx, ttlSec)
+	if err != nil {
+		return Node{}, 0, fmt.Errorf("datastore: acquire %s: grant lease: %w", n.Name, err)
+	}
+	node, old, err := s.bind(ctx, g.ID, n, prefer, cfg)
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		s.cli.Revoke(rctx, g.ID)
+		cancel()
+		return Node{}, 0, fmt.Errorf("datastore: acquire %s: %w", n.Name, err)
+	}
+	for _, o := range old {
+		if _, err := s.cli.Revoke(ctx, o); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			s.log.Warn("revoking the node's previous lease failed; it expires by itself", "node", n.Name, "lease", int64(o), "err", err)
+		}
+	}
+	return node, g.ID, nil
+}
+
+// bind writes n's record and one subnet key per family under lease id in a
+// transaction, retrying when another node won a subnet first. It returns
+// the record and the node's other leases (to revoke).
+func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n Node, prefer Node, cfg ClusterConfig) (Node, []clientv3.LeaseID, error) {
+	v4, v6 := pools(cfg)
+	nodeKey := s.key(keyNodes + n.Name)
+	for ctx.Err() == nil {
+		resp, err := s.cli.Txn(ctx).Then(
+			clientv3.OpGet(s.key(keySubnets), clientv3.WithPrefix()),
+			clientv3.OpGet(nodeKey),
+		).Commit()
+		if err != nil {
+			return Node{}, nil, fmt.Errorf("read subnets: %w", err)
+		}
+		taken := map[string]bool{}
+		held := map[string]bool{}
+		oldLeases := map[clientv3.LeaseID]bool{}
+		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+			k := strings.TrimPrefix(string(kv.Key), s.key(keySubnets))
+			taken[k] = true
+			if string(kv.Value) == n.Name {
+				held[k] = true
+				oldLeases[clientv3.LeaseID(kv.Lease)] = true
+			}
+		}
+		for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+			oldLeases[clientv3.LeaseID(kv.Lease)] = true
+		}
+
+		rec := n
+		rec.Subnet, rec.Subnet6, rec.LeaseID = nil, nil, int64(id)
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		pick := func(p *pool, preferred *net.IPNet) (*net.IPNet, error) {
+			if p == nil {
+				return nil, nil
+			}
+			sn := heldIn(p, held)
+			if sn == nil && p.contains(preferred) && !taken[subnetKeyName(preferred)] {
+				sn = preferred
+			}
+			if sn == nil {
+				var err error
+				if sn, err = p.firstFree(taken); err != nil {
+					return nil, err
+				}
+			}
+			key := s.key(keySubnets + subnetKeyName(sn))
+			if held[subnetKeyName(sn)] {
+				cmps = append(cmps, clientv3.Compare(clientv3.Value(key), "=", n.Name))
+			} else {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+			}
+			ops = append(ops, clientv3.OpPut(key, n.Name, clientv3.WithLease(id)))
+			return sn, nil
+		}
+		if rec.Subnet, err = pick(v4, prefer.Subnet); err != nil {
+			return Node{}, nil, err
+		}
+		if rec.Subnet6, err = pick(v6, prefer.Subnet6); err != nil {
+			return Node{}, nil, err
+		}
+		val, err := json.Marshal(rec)
+		if err != nil {
+			return Node{}, nil, err
+		}
+		ops = append(ops, clientv3.OpPut(nodeKey, string(val), clientv3.WithLease(id)))
+		tr, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return Node{}, nil, fmt.Errorf("lease subnets: %w", err)
+		}
+		if !tr.Succeeded {
+			continue // another node took a subnet between read and write
+		}
+		delete(oldLeases, id)
+		delete(oldLeases, clientv3.NoLease)
+		old := make([]clientv3.LeaseID, 0, len(oldLeases))
+		for o := range oldLeases {
+			old = append(old, o)
+		}
+		return rec, old, nil
+	}
+	return Node{}, nil, ctx.Err()
+}
+
+// heldIn is a subnet of p among the node's held subnet keys, or nil.
+func heldIn(p *pool, held map[string]bool) *net.IPNet {
+	var best *net.IPNet
+	for k := range held {
+		sn, err := parseSubnetKeyName(k)
+		if err != nil || !p.contains(sn) {
+			continue
+		}
+		if best == nil || k < subnetKeyName(best) {
+			best = sn // deterministic when several are held
+		}
+	}
+	return best
+}
+
+// Node is the node's record as last written.
+func (l *Lease) Node() Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.node
+}
+
+// ID is the current etcd lease.
+func (l *Lease) ID() clientv3.LeaseID {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.id
+}
+
+// Stats are the renewal and re-acquisition counts so far.
+func (l *Lease) Stats() LeaseStats {
+	return LeaseStats{Renewals: l.renewals.Load(), Reacquisitions: l.reacquire.Load()}
+}
+
+// OnReacquire sets a function Run calls after each re-acquisition with the
+// record before and after; the subnets differ only when another node took
+// them while the lease was lost.
+func (l *Lease) OnReacquire(f func(old, cur Node)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.onReacq = f
+}
+
+// Run keeps the lease alive until ctx is done or Release was called, then
+// returns nil. When the lease is lost (it expired during a partition, was
+// revoked, or etcd lost it) Run re-acquires: a new lease, the same subnets
+// if still free (else as Acquire chooses), the record re-created; it counts
+// that in Stats and calls the OnReacquire function. While etcd is
+// unreachable it retries with backoff.
+func (l *Lease) Run(ctx context.Context) error {
+	b := newBackoff()
+	for {
+		id := l.ID()
+		if l.isReleased() || ctx.Err() != nil {
+			return nil
+		}
+		kctx, cancel := context.WithCancel(ctx)
+		ch, err := l.s.cli.KeepAlive(kctx, id)
+		if err == nil {
+			for range ch {
+				l.renewals.Add(1)
+				b.reset()
+			}
+		}
+		cancel()
+		if l.isReleased() || ctx.Err() != nil {
+			return nil
+		}
+		tctx, tcancel := context.WithTimeout(ctx, l.ttl+time.Second)
+		ttl, err := l.s.cli.TimeToLive(tctx, id)
+		tcancel()
+		switch {
+		case err == nil && ttl.TTL > 0:
+			// The lease lives; only the keepalive stream broke.
+			b.wait(ctx)
+		case err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound):
+			l.s.log.Warn("lease keepalive: etcd unreachable, retrying", "lease", int64(id), "err", err)
+			b.wait(ctx)
+		default:
+			l.reacquireLost(ctx, b)
+		}
+	}
+}
+
+// reacquireLost binds the node to a new lease, retrying until it succeeds,
+// ctx ends or the lease is released.
+func (l *Lease) reacquireLost(ctx context.Context, b *backoff) {
+	old := l.Node()
+	l.s.log.Warn("lease lost, re-acquiring", "node", old.Name, "lease", old.LeaseID)
+	for ctx.Err() == nil && !l.isReleased() {
+		node, id, err := l.acquire(ctx, old, old)
+		if err != nil {
+			l.s.log.Warn("re-acquiring lease failed, retrying", "node", old.Name, "err", err)
+			b.wait(ctx)
+			continue
+		}
+		l.mu.Lock()
+		if l.released {
+			l.mu.Unlock()
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			l.s.cli.Revoke(rctx, id)
+			cancel()
+			return
+		}
+		l.node, l.id = node, id
+		f := l.onReacq
+		l.mu.Unlock()
+		l.reacquire.Add(1)
+		l.s.log.Info("lease re-acquired", "node", node.Name, "lease", int64(id), "subnet", node.Subnet, "subnet6", node.Subnet6)
+		if f != nil {
+			f(old, node)
+		}
+		return
+	}
+}
+
+func (l *Lease) isReleased() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.released
+}
+
+// Update rewrites the node's record (underlay addresses, VTEP MAC) under
+// the same lease; the name and the leased subnets stay as they are. When
+// the lease is lost the error says so, and Run's re-acquisition writes the
+// updated record.
+func (l *Lease) Update(ctx context.Context, n Node) error {
+	l.mu.Lock()
+	if n.Name != l.node.Name {
+		l.mu.Unlock()
+		return fmt.Errorf("datastore: update: node %q is not the leased node %q", n.Name, l.node.Name)
+	}
+	n.Subnet, n.Subnet6, n.LeaseID = l.node.Subnet, l.node.Subnet6, l.node.LeaseID
+	l.node = n
+	id := l.id
+	l.mu.Unlock()
+	val, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	if _, err := l.s.cli.Put(ctx, l.s.key(keyNodes+n.Name), string(val), clientv3.WithLease(id)); err != nil {
+		return fmt.Errorf("datastore: update node %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// Release revokes the lease: the node's record and subnet keys vanish at
+// once (a graceful leave), and Run returns.
+func (l *Lease) Release(ctx context.Context) error {
+	l.mu.Lock()
+	l.released = true
+	id := l.id
+	l.mu.Unlock()
+	if _, err := l.s.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("datastore: release %s: %w", l.Node().Name, err)
+	}
+	return nil
+}

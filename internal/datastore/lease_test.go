@@ -1,0 +1,430 @@
+package datastore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+const testTTL = 10 * time.Second
+
+var v4Config = ClusterConfig{ClusterCIDR: "10.244.0.0/16"}
+
+func acquire(t testing.TB, s *Store, name string, prefer Node, ttl time.Duration) *Lease {
+	t.Helper()
+	l, err := s.Acquire(testCtx(t), Node{Name: name, IP: net.ParseIP("192.0.2.1")}, prefer, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// subnetOwners maps each subnet key of s to the node holding it.
+func subnetOwners(t testing.TB, s *Store) map[string]string {
+	t.Helper()
+	resp, err := s.Client().Get(testCtx(t), s.key(keySubnets), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, kv := range resp.Kvs {
+		m[strings.TrimPrefix(string(kv.Key), s.key(keySubnets))] = string(kv.Value)
+	}
+	return m
+}
+
+func TestNodeJSON(t *testing.T) {
+	n := Node{Name: "a", IP: net.ParseIP("192.0.2.1").To4(), IP6: net.ParseIP("2001:db8::1"),
+		Subnet: mustCIDR(t, "10.244.3.0/24"), Subnet6: mustCIDR(t, "fd00::/64"), VTEPMAC: "02:00:00:00:00:01", LeaseID: 7}
+	b, err := json.Marshal(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"name":"a","ip":"192.0.2.1","ip6":"2001:db8::1","subnet":"10.244.3.0/24","subnet6":"fd00::/64","vtepMAC":"02:00:00:00:00:01"}`; string(b) != want {
+		t.Fatalf("json = %s, want %s", b, want)
+	}
+	var back Node
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	n.LeaseID = 0
+	if fmt.Sprint(back) != fmt.Sprint(n) {
+		t.Fatalf("round trip = %+v, want %+v", back, n)
+	}
+	if err := json.Unmarshal([]byte(`{"name":"a","subnet":"10.244.3.0/33"}`), &back); err == nil {
+		t.Fatal("bad subnet decoded")
+	}
+}
+
+func TestAcquireConcurrentDistinct(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	const n = 50
+	leases := make([]*Lease, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			l, err := s.Acquire(testCtx(t), Node{Name: fmt.Sprintf("node-%02d", i)}, Node{}, testTTL)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			leases[i] = l
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	seen := map[string]string{}
+	for _, l := range leases {
+		n := l.Node()
+		if n.Subnet == nil {
+			t.Fatalf("%s got no subnet", n.Name)
+		}
+		if other, dup := seen[n.Subnet.String()]; dup {
+			t.Fatalf("%s and %s both hold %s", other, n.Name, n.Subnet)
+		}
+		seen[n.Subnet.String()] = n.Name
+		if !mustCIDR(t, "10.244.0.0/16").Contains(n.Subnet.IP) || n.Subnet.Mask.String() != "ffffff00" {
+			t.Fatalf("%s got %s, not a /24 of the cluster CIDR", n.Name, n.Subnet)
+		}
+	}
+	// The first free subnets in order: 10.244.0.0/24 … 10.244.49.0/24.
+	for i := range n {
+		if _, ok := seen[fmt.Sprintf("10.244.%d.0/24", i)]; !ok {
+			t.Fatalf("10.244.%d.0/24 not leased: leases are not the first free ones", i)
+		}
+	}
+	owners := subnetOwners(t, s)
+	nodes, err := s.Nodes(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(owners) != n || len(nodes) != n {
+		t.Fatalf("%d subnet keys, %d node records, want %d each", len(owners), len(nodes), n)
+	}
+	for _, nd := range nodes {
+		if owners[subnetKeyName(nd.Subnet)] != nd.Name || nd.LeaseID != int64(leases[0].s.mustLease(t, nd.Name)) {
+			t.Fatalf("record of %s (%s) disagrees with the subnet keys", nd.Name, nd.Subnet)
+		}
+	}
+}
+
+func leaseCount(t testing.TB, s *Store) int {
+	t.Helper()
+	resp, err := s.Client().Leases(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(resp.Leases)
+}
+
+// mustLease is the lease the subnet key of node name is bound to.
+func (s *Store) mustLease(t testing.TB, name string) clientv3.LeaseID {
+	t.Helper()
+	resp, err := s.Client().Get(testCtx(t), s.key(keySubnets), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if string(kv.Value) == name {
+			return clientv3.LeaseID(kv.Lease)
+		}
+	}
+	t.Fatalf("no subnet key for %s", name)
+	return 0
+}
+
+func TestAcquireRestartKeepsSubnet(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	acquire(t, s, "a", Node{}, testTTL)
+	old := acquire(t, s, "b", Node{}, testTTL)
+	acquire(t, s, "c", Node{}, testTTL)
+
+	// A restarted agent: a new client, no local state, the old lease alive.
+	s2, err := Open(testCtx(t), Config{Endpoints: []string{sharedURL(t)}, Prefix: s.Prefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	l := acquire(t, s2, "b", Node{}, testTTL)
+	if got, want := cidrString(l.Node().Subnet), cidrString(old.Node().Subnet); got != want {
+		t.Fatalf("restarted b got %s, want its old %s", got, want)
+	}
+	if l.ID() == old.ID() {
+		t.Fatal("restart reused the old lease")
+	}
+	ttl, err := s.Client().TimeToLive(testCtx(t), old.ID())
+	if err != nil || ttl.TTL != -1 {
+		t.Fatalf("old lease after restart: ttl %v, err %v; want revoked (-1)", ttl, err)
+	}
+	if got := s.mustLease(t, "b"); got != l.ID() {
+		t.Fatalf("subnet key bound to lease %x, want the new %x", got, l.ID())
+	}
+	nodes, _ := s.Nodes(testCtx(t))
+	if len(nodes) != 3 || nodes[1].Name != "b" || nodes[1].LeaseID != int64(l.ID()) {
+		t.Fatalf("nodes after restart: %+v", nodes)
+	}
+	if owners := subnetOwners(t, s); len(owners) != 3 {
+		t.Fatalf("subnet keys after restart: %v", owners)
+	}
+}
+
+func TestAcquirePrefer(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, ClusterConfig{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"})
+	acquire(t, s, "a", Node{}, testTTL) // holds 10.244.0.0/24, fd00:10:244::/64
+	for _, tc := range []struct {
+		name         string
+		prefer       Node
+		want4, want6 string
+	}{
+		{"free", Node{Subnet: mustCIDR(t, "10.244.7.0/24"), Subnet6: mustCIDR(t, "fd00:10:244:9::/64")}, "10.244.7.0/24", "fd00:10:244:9::/64"},
+		{"taken", Node{Subnet: mustCIDR(t, "10.244.0.0/24"), Subnet6: mustCIDR(t, "fd00:10:244::/64")}, "10.244.1.0/24", "fd00:10:244:1::/64"},
+		{"outside", Node{Subnet: mustCIDR(t, "10.9.0.0/24"), Subnet6: mustCIDR(t, "fd00:99::/64")}, "10.244.2.0/24", "fd00:10:244:2::/64"},
+		{"wrong size", Node{Subnet: mustCIDR(t, "10.244.8.0/25"), Subnet6: mustCIDR(t, "fd00:10:244:8::/80")}, "10.244.3.0/24", "fd00:10:244:3::/64"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := acquire(t, s, tc.name, tc.prefer, testTTL).Node()
+			if cidrString(n.Subnet) != tc.want4 || cidrString(n.Subnet6) != tc.want6 {
+				t.Fatalf("got %s %s, want %s %s", n.Subnet, n.Subnet6, tc.want4, tc.want6)
+			}
+		})
+	}
+}
+
+func TestAcquireExhausted(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, ClusterConfig{ClusterCIDR: "10.9.0.0/28", SubnetSize: 30})
+	for i := range 4 {
+		acquire(t, s, fmt.Sprintf("n%d", i), Node{}, testTTL)
+	}
+	before := leaseCount(t, s)
+	_, err := s.Acquire(testCtx(t), Node{Name: "n4"}, Node{}, testTTL)
+	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "all 4 /30 subnets of 10.9.0.0/28 are leased") {
+		t.Fatalf("fifth node: err = %v, want exhaustion naming 10.9.0.0/28 and /30", err)
+	}
+	// The failed attempt left no lease or key behind.
+	if owners := subnetOwners(t, s); len(owners) != 4 {
+		t.Fatalf("subnet keys after exhaustion: %v", owners)
+	}
+	if after := leaseCount(t, s); after != before {
+		t.Fatalf("%d etcd leases before the failed acquire, %d after", before, after)
+	}
+	if _, err := s.Acquire(testCtx(t), Node{Name: "x/y"}, Node{}, testTTL); err == nil {
+		t.Fatal("node name with / accepted")
+	}
+}
+
+func TestAcquireDualStackAndV6Only(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		cfg          ClusterConfig
+		want4, want6 []string
+	}{
+		{"dual", ClusterConfig{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"},
+			[]string{"10.244.0.0/24", "10.244.1.0/24"}, []string{"fd00:10:244::/64", "fd00:10:244:1::/64"}},
+		{"v6only", ClusterConfig{ClusterCIDR6: "fd00:10:244::/64", SubnetSize6: 112},
+			[]string{"", ""}, []string{"fd00:10:244::/112", "fd00:10:244::1:0/112"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			withConfig(t, s, tc.cfg)
+			for i := range 2 {
+				l, err := s.Acquire(testCtx(t), Node{Name: fmt.Sprint(i), IP6: net.ParseIP("2001:db8::1")}, Node{}, testTTL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n := l.Node()
+				if cidrString(n.Subnet) != tc.want4[i] || cidrString(n.Subnet6) != tc.want6[i] {
+					t.Fatalf("node %d got %v %v, want %s %s", i, n.Subnet, n.Subnet6, tc.want4[i], tc.want6[i])
+				}
+			}
+			nodes, err := s.Nodes(testCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(nodes) != 2 || cidrString(nodes[1].Subnet6) != tc.want6[1] || !nodes[1].IP6.Equal(net.ParseIP("2001:db8::1")) {
+				t.Fatalf("records: %+v", nodes)
+			}
+		})
+	}
+}
+
+func TestAcquireNeedsConfig(t *testing.T) {
+	s := newStore(t)
+	if _, err := s.Acquire(testCtx(t), Node{Name: "a"}, Node{}, testTTL); !errors.Is(err, ErrNoClusterConfig) {
+		t.Fatalf("acquire without config: %v", err)
+	}
+}
+
+// watch runs WatchNodes and sends each node set, as "name=subnet" lines.
+func watch(t testing.TB, s *Store) <-chan string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan string, 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.WatchNodes(ctx, func(nodes []Node) {
+			var b []string
+			for _, n := range nodes {
+				b = append(b, n.Name+"="+cidrString(n.Subnet))
+			}
+			ch <- strings.Join(b, " ")
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return ch
+}
+
+// expect reads node sets from ch until one equals want.
+func expect(t testing.TB, ch <-chan string, want string) {
+	t.Helper()
+	ctx := testCtx(t)
+	var last string
+	for {
+		select {
+		case got := <-ch:
+			if got == want {
+				return
+			}
+			last = got
+		case <-ctx.Done():
+			t.Fatalf("watch never saw %q; last %q", want, last)
+		}
+	}
+}
+
+func TestWatchNodesJoinLeaveRelease(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	a := acquire(t, s, "a", Node{}, testTTL)
+	ch := watch(t, s)
+	expect(t, ch, "a=10.244.0.0/24")
+	b := acquire(t, s, "b", Node{}, testTTL)
+	expect(t, ch, "a=10.244.0.0/24 b=10.244.1.0/24")
+	if err := b.Update(testCtx(t), Node{Name: "b", VTEPMAC: "02:00:00:00:00:0b"}); err != nil {
+		t.Fatal(err)
+	}
+	nodes, _ := s.Nodes(testCtx(t))
+	if nodes[1].VTEPMAC != "02:00:00:00:00:0b" || cidrString(nodes[1].Subnet) != "10.244.1.0/24" {
+		t.Fatalf("after update: %+v", nodes[1])
+	}
+	if err := b.Update(testCtx(t), Node{Name: "c"}); err == nil {
+		t.Fatal("update of another node's record accepted")
+	}
+
+	// Release: record and subnet key vanish at once.
+	if err := a.Release(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	nodes, _ = s.Nodes(testCtx(t))
+	owners := subnetOwners(t, s)
+	if len(nodes) != 1 || nodes[0].Name != "b" || len(owners) != 1 || owners["10.244.1.0_24"] != "b" {
+		t.Fatalf("after release: nodes %+v, subnets %v", nodes, owners)
+	}
+	expect(t, ch, "b=10.244.1.0/24")
+	// Run after Release returns at once.
+	if err := a.Run(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	// The released subnet is free again.
+	if got := acquire(t, s, "c", Node{}, testTTL).Node().Subnet.String(); got != "10.244.0.0/24" {
+		t.Fatalf("after release the next node got %s, want 10.244.0.0/24", got)
+	}
+	expect(t, ch, "b=10.244.1.0/24 c=10.244.0.0/24")
+}
+
+func TestLeaseExpiryReclaims(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	ch := watch(t, s)
+	expect(t, ch, "")
+	keep := acquire(t, s, "keep", Node{}, 2*time.Second)
+	runCtx, stop := context.WithCancel(context.Background())
+	ran := make(chan error)
+	go func() { ran <- keep.Run(runCtx) }()
+	defer func() { stop(); <-ran }()
+	acquire(t, s, "dead", Node{}, 2*time.Second) // nobody keeps it alive
+	expect(t, ch, "dead=10.244.1.0/24 keep=10.244.0.0/24")
+	expect(t, ch, "keep=10.244.0.0/24")
+	if owners := subnetOwners(t, s); len(owners) != 1 {
+		t.Fatalf("after expiry: %v", owners)
+	}
+	if got := acquire(t, s, "new", Node{}, testTTL).Node().Subnet.String(); got != "10.244.1.0/24" {
+		t.Fatalf("reclaimed subnet went elsewhere: new got %s", got)
+	}
+	if st := keep.Stats(); st.Renewals == 0 || st.Reacquisitions != 0 {
+		t.Fatalf("kept lease stats %+v, want renewals and no re-acquisition", st)
+	}
+}
+
+func TestRunReacquiresRevokedLease(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	acquire(t, s, "a", Node{}, testTTL)
+	l := acquire(t, s, "b", Node{}, 2*time.Second)
+	if err := l.Update(testCtx(t), Node{Name: "b", VTEPMAC: "02:00:00:00:00:0b"}); err != nil {
+		t.Fatal(err)
+	}
+	type change struct{ old, cur Node }
+	changes := make(chan change, 1)
+	l.OnReacquire(func(old, cur Node) { changes <- change{old, cur} })
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan error)
+	go func() { ran <- l.Run(ctx) }()
+
+	first := l.ID()
+	if _, err := s.Client().Revoke(testCtx(t), first); err != nil {
+		t.Fatal(err)
+	}
+	var c change
+	select {
+	case c = <-changes:
+	case <-testCtx(t).Done():
+		t.Fatal("Run did not re-acquire the revoked lease")
+	}
+	if c.cur.Subnet.String() != "10.244.1.0/24" || c.old.Subnet.String() != "10.244.1.0/24" || c.cur.VTEPMAC != "02:00:00:00:00:0b" {
+		t.Fatalf("re-acquired %+v (was %+v), want the same subnet and record", c.cur, c.old)
+	}
+	if l.ID() == first || s.mustLease(t, "b") != l.ID() {
+		t.Fatalf("lease %x after re-acquisition, key bound to %x", l.ID(), s.mustLease(t, "b"))
+	}
+	if st := l.Stats(); st.Reacquisitions != 1 {
+		t.Fatalf("stats %+v, want 1 re-acquisition", st)
+	}
+	waitFor(t, "a renewal of the new lease", func() bool { return l.Stats().Renewals > 0 })
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run returned %v, want nil", err)
+	}
+}
+
+func TestRunReleaseStops(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	l := acquire(t, s, "a", Node{}, 2*time.Second)
+	ran := make(chan error)
+	go func() { ran <- l.Run(context.Background()) }()
+	waitFor(t, "a renewal", func() bool { return l.Stats().Renewals > 0 })
+	if err := l.Release(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+	if nodes, _ := s.Nodes(testCtx(t)); len(nodes) != 0 || l.Stats().Reacquisitions != 0 {
+		t.Fatalf("after release: %+v, stats %+v", nodes, l.Stats())
+	}
+}
