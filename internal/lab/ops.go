@@ -152,7 +152,7 @@ func (l *Lab) joinTimes(ctx context.Context, nodes []*Node) (map[string]time.Dur
 	}
 	joins := map[string]time.Duration{}
 	for _, n := range nodes {
-		var last time.Time
+		var worst time.Duration
 		for _, p := range all {
 			if p.Name == n.Name {
 				continue
@@ -161,15 +161,17 @@ func (l *Lab) joinTimes(ctx context.Context, nodes []*Node) (map[string]time.Dur
 			if !ok {
 				return nil, fmt.Sprintf("%s has no routes to %s yet", p.Name, n.Name), nil
 			}
-			if t.After(last) {
-				last = t
+			// A peer that joined later could not route to n before it
+			// existed: the pair's clock starts at the later join.
+			from := status[n.Name].joined
+			if j := status[p.Name].joined; j.After(from) {
+				from = j
+			}
+			if d := t.Sub(from); d > worst {
+				worst = d
 			}
 		}
-		d := time.Duration(0)
-		if !last.IsZero() && last.After(status[n.Name].joined) {
-			d = last.Sub(status[n.Name].joined)
-		}
-		joins[n.Name] = d
+		joins[n.Name] = worst
 	}
 	return joins, "", nil
 }

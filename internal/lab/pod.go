@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sort"
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -77,6 +78,7 @@ func (l *Lab) AddPod(ctx context.Context, nodeName string) (*Pod, error) {
 	}
 	l.mu.Lock()
 	l.Pods = append(l.Pods, p)
+	sort.Slice(l.Pods, func(i, j int) bool { return podLess(l.Pods[i].Name, l.Pods[j].Name) })
 	err = l.save()
 	l.mu.Unlock()
 	return p, err
@@ -140,4 +142,15 @@ func (l *Lab) podsOf(node string) []*Pod {
 		}
 	}
 	return out
+}
+
+// podLess orders pod names n<i>-p<j> by node, then pod number.
+func podLess(a, b string) bool {
+	var ai, aj, bi, bj int
+	fmt.Sscanf(a, "n%d-p%d", &ai, &aj)
+	fmt.Sscanf(b, "n%d-p%d", &bi, &bj)
+	if ai != bi {
+		return ai < bi
+	}
+	return aj < bj
 }
