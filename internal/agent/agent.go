@@ -155,7 +155,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	prefer := a.loadLastLease()
-	lease, err := store.Acquire(ctx, datastore.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}, prefer, a.cfg.LeaseTTL)
+	self := datastore.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}
+	// A restarted agent republishes its VTEP MAC with the lease, so its
+	// peers never see its record without one (and never drop its routes).
+	if nodes, err := store.Nodes(ctx); err == nil {
+		for _, n := range nodes {
+			if n.Name == self.Name {
+				self.VTEPMAC = n.VTEPMAC
+			}
+		}
+	}
+	lease, err := store.Acquire(ctx, self, prefer, a.cfg.LeaseTTL)
 	if err != nil {
 		return fmt.Errorf("lease a pod subnet: %w", err)
 	}
@@ -259,10 +269,19 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 			continue
 		}
 		p := fabric.Peer{Name: n.Name, IP: n.IP, IP6: n.IP6, Subnet: n.Subnet, Subnet6: n.Subnet6}
+		if n.VTEPMAC == "" && cluster.Backend != string(fabric.HostGW) {
+			// A node that just joined publishes its VTEP MAC right after
+			// its lease; its update triggers the next reconcile.
+			a.log.Debug("peer has not published its VTEP MAC yet", "peer", n.Name)
+			continue
+		}
 		if n.VTEPMAC != "" {
-			if mac, err := net.ParseMAC(n.VTEPMAC); err == nil {
-				p.VTEPMAC = mac
+			mac, err := net.ParseMAC(n.VTEPMAC)
+			if err != nil {
+				a.log.Warn("peer's VTEP MAC is malformed", "peer", n.Name, "mac", n.VTEPMAC)
+				continue
 			}
+			p.VTEPMAC = mac
 		}
 		fp = append(fp, p)
 	}

@@ -30,6 +30,7 @@ func (a *Agent) Leave(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	node := a.loadLastLease()
 	store, err := datastore.Open(ctx, a.datastoreConfig(ul.IP))
 	if err != nil {
 		errs = append(errs, fmt.Errorf("datastore: %w", err))
@@ -37,20 +38,24 @@ func (a *Agent) Leave(ctx context.Context) error {
 		defer store.Close()
 		// Taking the lease over gives back the node's own subnets under a
 		// lease this process holds, which it then revokes.
-		lease, err := store.Acquire(ctx, datastore.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}, datastore.Node{}, a.cfg.LeaseTTL)
+		lease, err := store.Acquire(ctx, datastore.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}, node, a.cfg.LeaseTTL)
 		if err == nil {
+			node = lease.Node()
 			err = lease.Release(ctx)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("release the lease: %w", err))
 		}
 	}
-	fab, err := fabric.New(fabric.Config{Mode: fabric.Auto, Underlay: ul.Name, LocalIP: ul.IP}, nil)
-	if err == nil {
-		err = fab.Teardown()
-	}
-	if err != nil {
-		errs = append(errs, fmt.Errorf("fabric: %w", err))
+	if node.Subnet != nil || node.Subnet6 != nil {
+		fab, err := fabric.New(fabric.Config{Mode: fabric.Auto, Underlay: ul.Name, LocalIP: ul.IP, LocalIP6: ul.IP6, Subnet: node.Subnet, Subnet6: node.Subnet6}, nil)
+		if err == nil {
+			err = fab.Teardown()
+			fab.Close()
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("fabric: %w", err))
+		}
 	}
 	if c, err := nft.New(0); err != nil {
 		errs = append(errs, err)

@@ -182,8 +182,9 @@ func client(nsName string) *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
 }
 
-// agentGet fetches path from the node's agent.
-func (l *Lab) agentGet(ctx context.Context, n *Node, path string) (int, []byte, error) {
+// AgentGet fetches path (/healthz, /readyz, /status, /metrics) from the
+// node's agent.
+func (l *Lab) AgentGet(ctx context.Context, n *Node, path string) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(n.IP, strconv.Itoa(agentPort))+path, nil)
 	if err != nil {
 		return 0, nil, err
@@ -200,7 +201,7 @@ func (l *Lab) agentGet(ctx context.Context, n *Node, path string) (int, []byte, 
 // AgentStatus returns what the node's agent reports it built.
 func (l *Lab) AgentStatus(ctx context.Context, n *Node) (agent.Status, error) {
 	var st agent.Status
-	code, b, err := l.agentGet(ctx, n, "/status")
+	code, b, err := l.AgentGet(ctx, n, "/status")
 	if err != nil {
 		return st, err
 	}
@@ -218,7 +219,7 @@ func (l *Lab) waitReady(ctx context.Context, n *Node, timeout time.Duration) err
 		if n.PID != 0 && !isAgent(n.PID) {
 			return fmt.Errorf("agent of %s exited; its log: %s\n%s", n.Name, filepath.Join(n.Dir, "agent.log"), tail(filepath.Join(n.Dir, "agent.log"), 10))
 		}
-		code, b, err := l.agentGet(ctx, n, "/readyz")
+		code, b, err := l.AgentGet(ctx, n, "/readyz")
 		if err == nil && code == http.StatusOK {
 			return nil
 		}

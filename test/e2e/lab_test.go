@@ -70,6 +70,27 @@ func TestThreeNodesOneSegment(t *testing.T) {
 	l := newLab(t, lab.Spec{Nodes: 3, PodsPerNode: 2})
 	wantBackends(t, l, true, "")
 	checkAll(t, l)
+	// Operations: health, readiness and metrics of every agent.
+	for _, n := range l.Nodes {
+		for _, path := range []string{"/healthz", "/readyz"} {
+			if code, body, err := l.AgentGet(ctxFor(t), n, path); err != nil || code != 200 {
+				t.Errorf("%s %s: %d %s %v", n.Name, path, code, body, err)
+			}
+		}
+		code, body, err := l.AgentGet(ctxFor(t), n, "/metrics")
+		if err != nil || code != 200 {
+			t.Fatalf("%s /metrics: %d %v", n.Name, code, err)
+		}
+		for _, want := range []string{
+			"podnet_agent_peers 2", "podnet_agent_ready 1", `podnet_agent_peer_routes{backend="host-gw"} 2`,
+			"podnet_agent_reconcile_seconds_count", "podnet_agent_lease_renewals_total", "podnet_agent_reconcile_errors_total 0",
+			"process_resident_memory_bytes",
+		} {
+			if !bytes.Contains(body, []byte(want)) {
+				t.Errorf("%s /metrics lacks %q", n.Name, want)
+			}
+		}
+	}
 }
 
 func TestTwoSegmentsAuto(t *testing.T) {

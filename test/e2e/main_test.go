@@ -22,7 +22,11 @@ import (
 	"github.com/podnet/podnet/internal/sandbox"
 )
 
-var bins lab.Binaries
+var (
+	bins lab.Binaries
+	// cli is the podnet command.
+	cli string
+)
 
 func TestMain(m *testing.M) {
 	code := func() int {
@@ -37,7 +41,7 @@ func TestMain(m *testing.M) {
 				return 1
 			}
 			defer os.RemoveAll(tmp)
-			for _, pkg := range []string{"podnet-agent", "podnet-cni"} {
+			for _, pkg := range []string{"podnet-agent", "podnet-cni", "podnet"} {
 				if err := sandbox.Build(context.Background(), filepath.Join(tmp, pkg), "./cmd/"+pkg); err != nil {
 					fmt.Fprintln(os.Stderr, err)
 					return 1
@@ -51,9 +55,17 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		bins = lab.Binaries{Agent: filepath.Join(abs, "podnet-agent"), CNI: filepath.Join(abs, "podnet-cni")}
+		cli = filepath.Join(abs, "podnet")
 		return m.Run()
 	}()
 	os.Exit(code)
+}
+
+// labName is a fresh random lab name.
+func labName() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return "t" + hex.EncodeToString(b[:])
 }
 
 // newLab builds a lab with a random name under a temporary state dir and
@@ -63,9 +75,7 @@ func newLab(t *testing.T, spec lab.Spec) *lab.Lab {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: builds network namespaces")
 	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := "t" + hex.EncodeToString(b[:])
+	name := labName()
 	base := t.TempDir()
 	l, err := lab.New(base, name, spec, bins, testWriter{t})
 	if err != nil {
