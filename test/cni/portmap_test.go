@@ -99,8 +99,8 @@ func newPMEnv(t *testing.T, bin string, conf func(dataDir string) sandbox.ConfLi
 	return e
 }
 
-// reach is one client connection through a host port.
-type reach struct {
+// hostPortConn is one client connection through a host port.
+type hostPortConn struct {
 	name  string
 	from  *netns.NS
 	proto string // "tcp" or "udp"
@@ -108,7 +108,7 @@ type reach struct {
 	ok    bool // false: the connection must be refused (TCP only)
 }
 
-func checkReach(t *testing.T, cases []reach) {
+func checkReach(t *testing.T, cases []hostPortConn) {
 	t.Helper()
 	for _, c := range cases {
 		msg := "hello " + c.name
@@ -171,7 +171,7 @@ func TestPortMapTraffic(t *testing.T) {
 			host, peer, pod := e.sb.Host.NS, e.peer.NS.NS, e.pod.NS.NS
 			v4 := func(p string) string { return net.JoinHostPort(nodeIP4, p) }
 			v6 := func(p string) string { return net.JoinHostPort(nodeIP6, p) }
-			checkReach(t, []reach{
+			checkReach(t, []hostPortConn{
 				{"host to node address", host, "tcp", v4("8080"), true},
 				{"host to bridge address", host, "tcp", "10.88.0.1:8080", true},
 				{"host to localhost", host, "tcp", "127.0.0.1:8080", true},
@@ -223,7 +223,7 @@ func TestPortMapTraffic(t *testing.T) {
 			if left := portmapRules(t, e.sb); len(left) != 0 {
 				t.Errorf("rules left after DEL: %v", left)
 			}
-			checkReach(t, []reach{{"host after DEL", host, "tcp", v4("8080"), false}})
+			checkReach(t, []hostPortConn{{"host after DEL", host, "tcp", v4("8080"), false}})
 		})
 	}
 }
@@ -480,7 +480,7 @@ func TestPortMapInterop(t *testing.T) {
 			e := newPMEnv(t, bin, conf, caps)
 			host, peer, pod := e.sb.Host.NS, e.peer.NS.NS, e.pod.NS.NS
 			addr := net.JoinHostPort(nodeIP4, "8080")
-			checkReach(t, []reach{
+			checkReach(t, []hostPortConn{
 				{"host to node address", host, "tcp", addr, true},
 				{"host to localhost", host, "tcp", "127.0.0.1:8080", true},
 				{"peer", peer, "tcp", addr, true},
@@ -510,7 +510,7 @@ func TestPortMapInterop(t *testing.T) {
 					t.Errorf("reference portmap left its chain:\n%s", out)
 				}
 			}
-			checkReach(t, []reach{{"host after DEL", host, "tcp", addr, false}})
+			checkReach(t, []hostPortConn{{"host after DEL", host, "tcp", addr, false}})
 		})
 	}
 }
