@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -22,7 +23,7 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) {
 		fam = "dual-stack"
 	}
 	fmt.Fprintf(w, "lab %s: %d nodes on %d segment(s), backend %s, %s, state in %s\n", l.Name, len(l.Nodes), s.Segments, s.Backend, fam, l.Dir)
-	fmt.Fprintf(w, "%-5s %-4s %-16s %-22s %-26s %-9s %-10s %s\n", "node", "seg", "underlay", "subnet", "subnet6", "agent", "join", "peers")
+	fmt.Fprintf(w, "%-5s %-4s %-16s %-22s %-26s %-9s %-8s %-10s %s\n", "node", "seg", "underlay", "subnet", "subnet6", "agent", "rss", "join", "peers")
 	var joins []time.Duration
 	for _, n := range l.Nodes {
 		st, err := l.AgentStatus(ctx, n)
@@ -56,7 +57,11 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) {
 		if n.Embedded {
 			etcd = " (etcd)"
 		}
-		fmt.Fprintf(w, "%-5s %-4d %-16s %-22s %-26s %-9s %-10s %s\n", n.Name, n.Segment, n.IP, subnet, subnet6, agentState, join, strings.Join(peers, " ")+etcd)
+		rss := "-"
+		if kb := AgentRSS(n); kb > 0 {
+			rss = fmt.Sprintf("%.1fMB", float64(kb)/1024)
+		}
+		fmt.Fprintf(w, "%-5s %-4d %-16s %-22s %-26s %-9s %-8s %-10s %s\n", n.Name, n.Segment, n.IP, subnet, subnet6, agentState, rss, join, strings.Join(peers, " ")+etcd)
 	}
 	if len(joins) > 0 {
 		sort.Slice(joins, func(i, j int) bool { return joins[i] < joins[j] })
@@ -90,4 +95,24 @@ func (l *Lab) RoutesTo(node string, subnet *net.IPNet) ([]netlink.Route, error) 
 		return nil, fmt.Errorf("routes of %s: %w", node, err)
 	}
 	return routes, nil
+}
+
+// AgentRSS is the resident memory of the node's agent in KiB (0 when it
+// does not run).
+func AgentRSS(n *Node) int {
+	if n.PID == 0 || !isAgent(n.PID) {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.PID))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb
+		}
+	}
+	return 0
 }

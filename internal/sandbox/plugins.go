@@ -11,8 +11,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-
-	"github.com/podnet/podnet/internal/plugins/all"
 )
 
 // ReferenceDir is where Debian's containernetworking-plugins installs the
@@ -119,14 +117,21 @@ func CleanupShared() {
 	}
 }
 
-// PodnetLinks maps every podnet plugin type to the podnet-cni binary.
-func PodnetLinks(podnetCNI string) map[string]string {
-	types := all.Names()
-	m := make(map[string]string, len(types))
-	for _, t := range types {
+// PodnetLinks maps every plugin type the podnet-cni binary answers to (it
+// lists them when run as `podnet-cni names`) to the binary.
+func PodnetLinks(podnetCNI string) (map[string]string, error) {
+	out, err := exec.Command(podnetCNI, "names").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s names: %w", podnetCNI, err)
+	}
+	m := map[string]string{}
+	for _, t := range strings.Fields(string(out)) {
 		m[t] = podnetCNI
 	}
-	return m
+	if len(m) == 0 {
+		return nil, fmt.Errorf("%s names: no plugin types", podnetCNI)
+	}
+	return m, nil
 }
 
 // ReferenceLinks maps each type installed in ReferenceDir to its binary; it

@@ -172,6 +172,19 @@ func TestDeadNodeReclaimed(t *testing.T) {
 	if err := l.KillNode(dead.Name); err != nil {
 		t.Fatal(err)
 	}
+	// CNI needs no agent: the dead node's pods are still deleted, and a
+	// new one attached.
+	for _, p := range l.Pods {
+		if p.Node == dead.Name {
+			if err := l.DelPod(ctx, p.Name); err != nil {
+				t.Fatalf("DEL with the agent down: %v", err)
+			}
+			break
+		}
+	}
+	if _, err := l.AddPod(ctx, dead.Name); err != nil {
+		t.Fatalf("ADD with the agent down: %v", err)
+	}
 	for _, n := range l.Nodes[:2] {
 		waitFor(t, 30*time.Second, func() bool {
 			r, err := l.RoutesTo(n.Name, st.Node.Subnet)
