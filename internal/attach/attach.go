@@ -146,6 +146,17 @@ func (s *Session) Masquerade(ips []*current.IPConfig) error {
 	return nil
 }
 
+// CheckMasqBackend accepts the ipMasqBackend values the reference plugins
+// know, "iptables" and "nftables" (podnet programs its nftables table for
+// either). Another value is error 2 when ipMasq is on; with ipMasq off the
+// reference never reads the field, and neither does podnet.
+func CheckMasqBackend(ipMasq bool, backend *string) error {
+	if !ipMasq || backend == nil || *backend == "iptables" || *backend == "nftables" {
+		return nil
+	}
+	return cniplugin.Unsupported("ipMasqBackend", *backend, `known backends are "iptables" and "nftables"`)
+}
+
 // Networks returns the addresses of IP configurations with their prefixes.
 func Networks(ips []*current.IPConfig) []*net.IPNet {
 	out := make([]*net.IPNet, 0, len(ips))
@@ -223,6 +234,56 @@ func Status(args *skel.CmdArgs, conf *cniplugin.NetConf) error {
 		return nil
 	}
 	return cniplugin.IPAM{Type: conf.IPAM.Type, Args: args}.Status(context.Background())
+}
+
+// StatusWith is STATUS of a plugin that first checks the host for what its
+// existing pods rely on (check gets a netlink handle in the host
+// namespace; its error, typically 51, wins), then asks the IPAM plugin.
+func StatusWith(args *skel.CmdArgs, conf *cniplugin.NetConf, check func(*netlink.Handle) error) error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	err = check(h)
+	h.Close()
+	if err != nil {
+		return err
+	}
+	return Status(args, conf)
+}
+
+// CheckForwarding is STATUS's check of the gateways through which a
+// network's existing pods leave their host (the addresses on a bridge, on
+// ptp host veths): when IP forwarding is off in the host namespace for the
+// family of one of them, those pods lost connectivity beyond the host —
+// error 51. (ADD turns forwarding on again.)
+func CheckForwarding(gateways []net.IP) error {
+	key, err := link.ForwardingOff(gateways)
+	if err != nil {
+		return err
+	}
+	if key != "" {
+		return cniplugin.NewError(cniplugin.ErrLimitedConnectivity,
+			"IP forwarding is off in the host: existing containers may have limited connectivity", key+" = 0")
+	}
+	return nil
+}
+
+// GlobalAddrs returns the global unicast addresses on links.
+func GlobalAddrs(h *netlink.Handle, links ...netlink.Link) ([]net.IP, error) {
+	var out []net.IP
+	for _, l := range links {
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return nil, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+		}
+		for _, a := range addrs {
+			if a.IP.IsGlobalUnicast() {
+				out = append(out, a.IP)
+			}
+		}
+	}
+	return out, nil
 }
 
 // CheckPrev returns the prevResult CHECK must verify, which the spec

@@ -5,6 +5,7 @@
 package ipam
 
 import (
+	"errors"
 	"fmt"
 	"net"
 )
@@ -65,7 +66,8 @@ func (a *Allocator) Get(o Owner, requested net.IP, held []net.IP) (*net.IPNet, n
 		}
 		if ok {
 			if err := a.Store.SetLastReserved(a.Index, ip); err != nil {
-				return nil, nil, err
+				// The caller never learns of this address: free it here.
+				return nil, nil, errors.Join(err, a.Store.Unreserve(ip))
 			}
 			return &net.IPNet{IP: ip, Mask: r.Subnet.Mask}, r.Gateway, nil
 		}

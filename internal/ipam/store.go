@@ -11,7 +11,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/cniplugin"
 )
 
 // DefaultDir is where allocations live unless a configuration says
@@ -61,11 +64,11 @@ func Open(base, network string) (*Store, error) {
 	}
 	dir := filepath.Join(base, network)
 	if err := os.MkdirAll(filepath.Join(dir, "attachments"), 0o755); err != nil {
-		return nil, fmt.Errorf("create IPAM store %s: %w", dir, err)
+		return nil, ioFailure(fmt.Errorf("create IPAM store %s: %w", dir, err))
 	}
 	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open IPAM lock: %w", err)
+		return nil, ioFailure(fmt.Errorf("open IPAM lock: %w", err))
 	}
 	for {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
@@ -75,9 +78,20 @@ func Open(base, network string) (*Store, error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("lock IPAM store %s: %w", dir, err)
+		return nil, ioFailure(fmt.Errorf("lock IPAM store %s: %w", dir, err))
 	}
 	return &Store{dir: dir, lock: f}, nil
+}
+
+// ioFailure marks a failure of the store's file system (permissions, a
+// read-only or full file system, a file where a directory should be) as
+// the spec's I/O failure (5); the wrapped error names the path. nil stays
+// nil.
+func ioFailure(err error) error {
+	if err == nil {
+		return nil
+	}
+	return cniplugin.Wrap(types.ErrIOFailure, "IPAM store I/O failure", err)
 }
 
 // Close releases the lock.
@@ -92,7 +106,7 @@ func (s *Store) ipPath(ip net.IP) string { return filepath.Join(s.dir, ip.String
 func (s *Store) Reserve(ip net.IP, o Owner) (bool, error) {
 	tmp, err := os.CreateTemp(s.dir, ".new-")
 	if err != nil {
-		return false, fmt.Errorf("reserve %s: %w", ip, err)
+		return false, ioFailure(fmt.Errorf("reserve %s: %w", ip, err))
 	}
 	defer os.Remove(tmp.Name())
 	_, werr := tmp.WriteString(o.ContainerID + "\r\n" + o.IfName)
@@ -100,13 +114,13 @@ func (s *Store) Reserve(ip net.IP, o Owner) (bool, error) {
 		werr = cerr
 	}
 	if werr != nil {
-		return false, fmt.Errorf("reserve %s: %w", ip, werr)
+		return false, ioFailure(fmt.Errorf("reserve %s: %w", ip, werr))
 	}
 	if err := os.Link(tmp.Name(), s.ipPath(ip)); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return false, nil
 		}
-		return false, fmt.Errorf("reserve %s: %w", ip, err)
+		return false, ioFailure(fmt.Errorf("reserve %s: %w", ip, err))
 	}
 	return true, nil
 }
@@ -119,11 +133,23 @@ func (s *Store) Allocated(ip net.IP) bool {
 
 // OwnerOf returns who holds ip.
 func (s *Store) OwnerOf(ip net.IP) (Owner, bool) {
+	o, ok, _ := s.readOwner(ip)
+	return o, ok
+}
+
+// readOwner is OwnerOf telling a file that cannot be read (an I/O
+// failure) from one that is gone or holds no owner: the former must not
+// be taken for a free or ownerless address.
+func (s *Store) readOwner(ip net.IP) (Owner, bool, error) {
 	b, err := os.ReadFile(s.ipPath(ip))
-	if err != nil {
-		return Owner{}, false
+	if errors.Is(err, fs.ErrNotExist) {
+		return Owner{}, false, nil
 	}
-	return parseOwner(string(b))
+	if err != nil {
+		return Owner{}, false, ioFailure(fmt.Errorf("read owner of %s: %w", ip, err))
+	}
+	o, ok := parseOwner(string(b))
+	return o, ok, nil
 }
 
 func parseOwner(s string) (Owner, bool) {
@@ -156,7 +182,7 @@ func (s *Store) LastReserved(n int) net.IP {
 func (s *Store) SetLastReserved(n int, ip net.IP) error {
 	p := filepath.Join(s.dir, "last_reserved_ip."+strconv.Itoa(n))
 	if err := os.WriteFile(p, []byte(ip.String()), 0o644); err != nil {
-		return fmt.Errorf("record last reserved IP: %w", err)
+		return ioFailure(fmt.Errorf("record last reserved IP: %w", err))
 	}
 	return nil
 }
@@ -190,11 +216,11 @@ func (s *Store) SetAddresses(o Owner, ips []net.IP) error {
 	p := filepath.Join(s.dir, "attachments", o.indexName())
 	tmp := p + ".tmp"
 	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("write allocation index: %w", err)
+		return ioFailure(fmt.Errorf("write allocation index: %w", err))
 	}
 	if err := os.Rename(tmp, p); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write allocation index: %w", err)
+		return ioFailure(fmt.Errorf("write allocation index: %w", err))
 	}
 	return nil
 }
@@ -216,7 +242,12 @@ func (s *Store) Release(o Owner) error {
 	}
 	var errs []error
 	for _, ip := range ips {
-		if owner, held := s.OwnerOf(ip); held && owner == o {
+		owner, held, err := s.readOwner(ip)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if held && owner == o {
 			if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("release %s: %w", ip, err))
 			}
@@ -227,15 +258,16 @@ func (s *Store) Release(o Owner) error {
 			errs = append(errs, fmt.Errorf("remove allocation index: %w", err))
 		}
 	}
-	return errors.Join(errs...)
+	return ioFailure(errors.Join(errs...))
 }
 
-// Scan reads every allocation: address (as text) to owner. Files whose
-// owner cannot be read map to the zero Owner.
+// Scan reads every allocation: address (as text) to owner. Files that
+// hold no owner map to the zero Owner; a file that cannot be read fails
+// the scan, so that GC never releases an address it could not check.
 func (s *Store) Scan() (map[string]Owner, error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
-		return nil, fmt.Errorf("read IPAM store: %w", err)
+		return nil, ioFailure(fmt.Errorf("read IPAM store: %w", err))
 	}
 	out := map[string]Owner{}
 	for _, e := range entries {
@@ -243,7 +275,10 @@ func (s *Store) Scan() (map[string]Owner, error) {
 		if ip == nil || !e.Type().IsRegular() {
 			continue
 		}
-		o, _ := s.OwnerOf(ip)
+		o, _, err := s.readOwner(ip)
+		if err != nil {
+			return nil, err
+		}
 		out[ip.String()] = o
 	}
 	return out, nil
@@ -285,13 +320,13 @@ func (s *Store) GC(keep func(Owner) bool) error {
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return ioFailure(errors.Join(errs...))
 }
 
 // Unreserve frees one address.
 func (s *Store) Unreserve(ip net.IP) error {
 	if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("release %s: %w", ip, err)
+		return ioFailure(fmt.Errorf("release %s: %w", ip, err))
 	}
 	return nil
 }

@@ -245,6 +245,27 @@ func Sysctl(ns *netns.NS, key, value string) error {
 	return ns.Do(write)
 }
 
+// ForwardingOff returns the forwarding sysctl (net.ipv4.ip_forward or
+// net.ipv6.conf.all.forwarding) of the first family of ips whose
+// forwarding is off in the caller's namespace, or "" when it is on for
+// every family of ips.
+func ForwardingOff(ips []net.IP) (string, error) {
+	for _, ip := range ips {
+		key := "net/ipv4/ip_forward"
+		if ip.To4() == nil {
+			key = "net/ipv6/conf/all/forwarding"
+		}
+		b, err := os.ReadFile(filepath.Join("/proc/sys", key))
+		if err != nil {
+			return "", fmt.Errorf("read sysctl %s: %w", key, err)
+		}
+		if strings.TrimSpace(string(b)) == "0" {
+			return strings.ReplaceAll(key, "/", "."), nil
+		}
+	}
+	return "", nil
+}
+
 // EnableForwarding turns on IP forwarding in the caller's namespace for the
 // families of the given addresses.
 func EnableForwarding(ips []*current.IPConfig) error {

@@ -178,26 +178,47 @@ func DelOwnedLink(h *netlink.Handle, name string, a cniplugin.Attachment) error 
 	return nil
 }
 
+// HostLinks returns the host-side veths of a network's attachments with
+// the attachment each belongs to.
+func HostLinks(h *netlink.Handle, network string) (map[cniplugin.Attachment]netlink.Link, error) {
+	return OwnedLinks(h, HostPrefix, network)
+}
+
+// OwnedLinks returns the links whose name starts with prefix and whose
+// alias names an attachment of the network, by attachment.
+func OwnedLinks(h *netlink.Handle, prefix, network string) (map[cniplugin.Attachment]netlink.Link, error) {
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	out := map[cniplugin.Attachment]netlink.Link{}
+	for _, l := range links {
+		if !strings.HasPrefix(l.Attrs().Name, prefix) {
+			continue
+		}
+		if a, ok := attachmentOfAlias(l.Attrs().Alias); ok && a.Network == network {
+			out[a] = l
+		}
+	}
+	return out, nil
+}
+
 // GCHostLinks deletes host-side links of a network's attachments for which
 // keep returns false.
 func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachment) bool) error {
 	return GCLinks(h, HostPrefix, network, keep)
 }
 
-// GCLinks deletes the host links whose name starts with prefix and whose
-// alias names an attachment of the network for which keep returns false.
+// GCLinks deletes the links whose name starts with prefix and whose alias
+// names an attachment of the network for which keep returns false.
 func GCLinks(h *netlink.Handle, prefix, network string, keep func(cniplugin.Attachment) bool) error {
-	links, err := h.LinkList()
+	links, err := OwnedLinks(h, prefix, network)
 	if err != nil {
-		return fmt.Errorf("list links: %w", err)
+		return err
 	}
 	var errs []error
-	for _, l := range links {
-		if !strings.HasPrefix(l.Attrs().Name, prefix) {
-			continue
-		}
-		a, ok := attachmentOfAlias(l.Attrs().Alias)
-		if !ok || a.Network != network || keep(a) {
+	for a, l := range links {
+		if keep(a) {
 			continue
 		}
 		if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {

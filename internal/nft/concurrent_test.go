@@ -133,23 +133,12 @@ func TestStaleListingRetried(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	builds := 0
-	err := c.transact(func() (bool, error) {
-		builds++
-		rules, err := c.listAll()
-		if err != nil {
-			return false, err
-		}
-		queued, err := c.queueDeletes(rules, func(r ruleRef) bool { return r.comment == a.String() })
-		if builds == 1 {
-			if !queued {
-				t.Fatal("nothing to delete on the first listing")
-			}
+	builds, err := racingDel(t, c, a, func(build int) {
+		if build == 1 {
 			if err := other.DelAttachment(a); err != nil {
 				t.Fatal(err)
 			}
 		}
-		return queued, err
 	})
 	if err != nil {
 		t.Fatalf("transaction after a stale listing: %v", err)

@@ -8,10 +8,13 @@ import (
 	"reflect"
 	"syscall"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/cniplugin"
 )
 
 // ruleRef is what deleting a rule and recognizing its owner take: where the
@@ -69,8 +72,12 @@ func (c *Conn) list(t *nftables.Table, chain, exprsOf string) ([]ruleRef, error)
 		if !errors.Is(err, errDumpInterrupted) {
 			c.dropNL()
 		}
-		if !errors.Is(err, errDumpInterrupted) || attempt == maxAttempts {
+		if !errors.Is(err, errDumpInterrupted) {
 			return nil, fmt.Errorf("list rules of %s %s: %w", familyName(t.Family), t.Name, err)
+		}
+		if attempt == maxAttempts {
+			return nil, cniplugin.Wrap(types.ErrTryAgainLater, "nftables dumps kept being interrupted by other writers",
+				fmt.Errorf("list rules of %s %s: gave up after %d attempts: %w", familyName(t.Family), t.Name, maxAttempts, err))
 		}
 	}
 }

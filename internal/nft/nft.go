@@ -54,6 +54,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
@@ -348,7 +349,10 @@ func (c *Conn) transact(build func() (stale bool, err error)) error {
 			return err
 		}
 	}
-	return fmt.Errorf("gave up after %d attempts racing other writers: %w", maxAttempts, err)
+	// Other writers keep changing what the batch relies on: a transient
+	// condition, which the runtime is told to retry later (11).
+	return cniplugin.Wrap(types.ErrTryAgainLater, "nftables transaction kept losing races with other writers",
+		fmt.Errorf("gave up after %d attempts: %w", maxAttempts, err))
 }
 
 // Socket buffer sizing: a batch is sent in one sendmsg, which fails with

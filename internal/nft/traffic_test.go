@@ -53,6 +53,30 @@ func setUp(t *testing.T, h *netlink.Handle, name string, addrs ...string) netlin
 	return l
 }
 
+// waitOperUp waits (up to 5s) until the links have carrier: the kernel
+// reports it, and makes a bridge port forward, asynchronously (linkwatch),
+// later still when it is busy tearing down other namespaces; a frame sent
+// before that is dropped.
+func waitOperUp(t *testing.T, h *netlink.Handle, names ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, n := range names {
+		for {
+			l, err := h.LinkByName(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Attrs().OperState == netlink.OperUp {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has no carrier (operstate %s)", n, l.Attrs().OperState)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
 func route(t *testing.T, h *netlink.Handle, l netlink.Link, dst, gw string) {
 	t.Helper()
 	r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(gw)}
@@ -240,6 +264,9 @@ func TestMacSpoofTraffic(t *testing.T) {
 	}
 	pa := setUp(t, ha, "pa", "10.98.0.2/24")
 	pb := setUp(t, hb, "pb", "10.98.0.3/24")
+	waitOperUp(t, hh, "va", "vb")
+	waitOperUp(t, ha, "pa")
+	waitOperUp(t, hb, "pb")
 	macA, macB := pa.Attrs().HardwareAddr, pb.Attrs().HardwareAddr
 	forged := net.HardwareAddr{0x02, 0xde, 0xad, 0xbe, 0xef, 0x01}
 

@@ -22,7 +22,7 @@ import (
 
 // Plugin returns the bridge plugin.
 func Plugin() cniplugin.Plugin {
-	del, gc, status := attach.Teardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
+	del, gc, _ := attach.Teardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
 		c, err := load(args.StdinData, args.Args)
 		if err != nil {
 			return nil, err
@@ -30,6 +30,40 @@ func Plugin() cniplugin.Plugin {
 		return &c.NetConf, nil
 	})
 	return cniplugin.Plugin{Add: add, Del: del, Check: check, GC: gc, Status: status}
+}
+
+// status reports the bridge's state, then the IPAM plugin's: 51 when the
+// bridge is down or, for a gateway bridge, IP forwarding is off for a
+// family of its addresses (the pods on it are cut off, though ADD would
+// repair both); 50 when the name is taken by a link that is not a bridge.
+// A bridge that does not exist yet is fine: ADD creates it.
+func status(args *skel.CmdArgs) error {
+	c, err := load(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	return attach.StatusWith(args, &c.NetConf, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(c.BrName)
+		var notFound netlink.LinkNotFoundError
+		switch {
+		case errors.As(err, &notFound):
+			return nil
+		case err != nil:
+			return fmt.Errorf("find bridge %s: %w", c.BrName, err)
+		case l.Type() != "bridge":
+			return cniplugin.NewError(cniplugin.ErrPluginNotAvailable, fmt.Sprintf("%q exists but is not a bridge", c.BrName), "")
+		case l.Attrs().Flags&net.FlagUp == 0:
+			return cniplugin.NewError(cniplugin.ErrLimitedConnectivity,
+				fmt.Sprintf("bridge %s is down: existing containers may have limited connectivity", c.BrName), "")
+		case !c.IsGW:
+			return nil
+		}
+		gws, err := attach.GlobalAddrs(h, l)
+		if err != nil {
+			return err
+		}
+		return attach.CheckForwarding(gws)
+	})
 }
 
 // Positions of the interfaces in the result, as the reference orders them.
@@ -41,6 +75,9 @@ const (
 func add(args *skel.CmdArgs) (types.Result, error) {
 	c, err := load(args.StdinData, args.Args)
 	if err != nil {
+		return nil, err
+	}
+	if err := attach.CheckMasqBackend(c.IPMasq, c.IPMasqBackend); err != nil {
 		return nil, err
 	}
 	s, err := attach.Begin(args, &c.NetConf)
@@ -129,7 +166,7 @@ func ensureBridge(h *netlink.Handle, c *Conf) (*netlink.Bridge, error) {
 	created := true
 	if err := h.LinkAdd(br); err != nil {
 		if br.VlanFiltering != nil && errors.Is(err, unix.EOPNOTSUPP) {
-			return nil, fmt.Errorf("create bridge %s: vlan/vlanTrunk need bridge VLAN filtering, which this kernel lacks (CONFIG_BRIDGE_VLAN_FILTERING): %w", c.BrName, err)
+			return nil, c.vlanUnsupported(fmt.Errorf("create bridge %s: %w", c.BrName, err))
 		}
 		if !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("create bridge %s: %w", c.BrName, err)
@@ -182,20 +219,34 @@ func attachPort(h *netlink.Handle, br *netlink.Bridge, port netlink.Link, c *Con
 	}
 	if (c.Vlan != 0 || c.vlans != nil) && !c.PreserveDefaultVlan {
 		if err := h.BridgeVlanDel(port, 1, true, true, false, true); err != nil {
-			return fmt.Errorf("remove default vlan from %s: %w", name, err)
+			return c.vlanUnsupported(fmt.Errorf("remove default vlan from %s: %w", name, err))
 		}
 	}
 	if c.Vlan != 0 {
 		if err := h.BridgeVlanAdd(port, uint16(c.Vlan), true, true, false, true); err != nil {
-			return fmt.Errorf("set vlan %d on %s: %w", c.Vlan, name, err)
+			return c.vlanUnsupported(fmt.Errorf("set vlan %d on %s: %w", c.Vlan, name, err))
 		}
 	}
 	for _, v := range c.vlans {
 		if err := h.BridgeVlanAdd(port, uint16(v), false, false, false, true); err != nil {
-			return fmt.Errorf("set trunk vlan %d on %s: %w", v, name, err)
+			return c.vlanUnsupported(fmt.Errorf("set trunk vlan %d on %s: %w", v, name, err))
 		}
 	}
 	return nil
+}
+
+// vlanUnsupported turns a kernel's refusal of bridge VLAN filtering
+// (EOPNOTSUPP) into error 2 naming the vlan field in use; other errors
+// pass through.
+func (c *Conf) vlanUnsupported(err error) error {
+	if !errors.Is(err, unix.EOPNOTSUPP) {
+		return err
+	}
+	why := "bridge VLAN filtering, which this kernel lacks (CONFIG_BRIDGE_VLAN_FILTERING): " + err.Error()
+	if c.Vlan != 0 {
+		return cniplugin.Unsupported("vlan", c.Vlan, why)
+	}
+	return cniplugin.Unsupported("vlanTrunk", c.VlanTrunk, why)
 }
 
 // gateways points every address at the container interface, fills in the

@@ -19,8 +19,8 @@ type Conf struct {
 	IsDefaultGW  bool   `json:"isDefaultGateway"`
 	ForceAddress bool   `json:"forceAddress"`
 	IPMasq       bool   `json:"ipMasq"`
-	// IPMasqBackend is accepted for compatibility; podnet always programs
-	// its own nftables table.
+	// IPMasqBackend is accepted for compatibility when it names a backend
+	// the reference knows; podnet always programs its own nftables table.
 	IPMasqBackend             *string      `json:"ipMasqBackend,omitempty"`
 	MTU                       int          `json:"mtu"`
 	HairpinMode               bool         `json:"hairpinMode"`

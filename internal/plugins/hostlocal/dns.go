@@ -7,14 +7,17 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/podnet/podnet/internal/cniplugin"
 )
 
 // parseResolvConf reads nameserver, domain, search and options lines of a
-// resolv.conf into a result's DNS, as the reference does.
+// resolv.conf into a result's DNS, as the reference does. A file that
+// cannot be read is an I/O failure (5).
 func parseResolvConf(path string) (*types.DNS, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("read resolvConf: %w", err)
+		return nil, cniplugin.Wrap(types.ErrIOFailure, "cannot read resolvConf", err)
 	}
 	defer f.Close()
 	dns := &types.DNS{}
@@ -40,7 +43,7 @@ func parseResolvConf(path string) (*types.DNS, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read resolvConf: %w", err)
+		return nil, cniplugin.Wrap(types.ErrIOFailure, "cannot read resolvConf", fmt.Errorf("%s: %w", path, err))
 	}
 	return dns, nil
 }

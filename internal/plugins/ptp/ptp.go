@@ -21,7 +21,7 @@ import (
 
 // Plugin returns the ptp plugin.
 func Plugin() cniplugin.Plugin {
-	del, gc, status := attach.Teardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
+	del, gc, _ := attach.Teardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
 		c, err := load(args.StdinData)
 		if err != nil {
 			return nil, err
@@ -31,12 +31,36 @@ func Plugin() cniplugin.Plugin {
 	return cniplugin.Plugin{Add: add, Del: del, Check: check, GC: gc, Status: status}
 }
 
+// status is 51 when IP forwarding, which every ptp pod relies on, is off
+// for a family its host veths route, else the IPAM plugin's status.
+func status(args *skel.CmdArgs) error {
+	c, err := load(args.StdinData)
+	if err != nil {
+		return err
+	}
+	return attach.StatusWith(args, &c.NetConf, func(h *netlink.Handle) error {
+		links, err := link.HostLinks(h, c.Name)
+		if err != nil {
+			return err
+		}
+		hostEnds := make([]netlink.Link, 0, len(links))
+		for _, l := range links {
+			hostEnds = append(hostEnds, l)
+		}
+		gws, err := attach.GlobalAddrs(h, hostEnds...)
+		if err != nil {
+			return err
+		}
+		return attach.CheckForwarding(gws)
+	})
+}
+
 // Conf is the ptp plugin's configuration.
 type Conf struct {
 	cniplugin.NetConf
 	IPMasq bool `json:"ipMasq"`
-	// IPMasqBackend is accepted for compatibility; podnet always programs
-	// its own nftables table.
+	// IPMasqBackend is accepted for compatibility when it names a backend
+	// the reference knows; podnet always programs its own nftables table.
 	IPMasqBackend *string `json:"ipMasqBackend,omitempty"`
 	MTU           int     `json:"mtu"`
 }
@@ -62,6 +86,9 @@ func load(data []byte) (*Conf, error) {
 func add(args *skel.CmdArgs) (types.Result, error) {
 	c, err := load(args.StdinData)
 	if err != nil {
+		return nil, err
+	}
+	if err := attach.CheckMasqBackend(c.IPMasq, c.IPMasqBackend); err != nil {
 		return nil, err
 	}
 	s, err := attach.Begin(args, &c.NetConf)
