@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -149,15 +150,7 @@ func newLabDemo(f *labFlags) *cobra.Command {
 				return err
 			}
 			l.PrintStatus(ctx, out)
-			r, err := l.Check(ctx)
-			if err != nil {
-				return err
-			}
-			r.Print(out)
-			if n := r.Failures(); n > 0 {
-				return fmt.Errorf("%d connectivity probes failed", n)
-			}
-			return nil
+			return check(ctx, out, l)
 		},
 	}
 	specFlags(cmd, &s, &bins)
@@ -165,45 +158,48 @@ func newLabDemo(f *labFlags) *cobra.Command {
 	return cmd
 }
 
-func newLabCheck(f *labFlags) *cobra.Command {
+// onLab is a subcommand that works on an existing lab.
+func onLab(f *labFlags, use, short string, args cobra.PositionalArgs, run func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error) *cobra.Command {
 	return &cobra.Command{
-		Use:   "check",
-		Short: "Test every pod against every pod (ICMP, TCP, no NAT) and the outside (masquerade)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   use,
+		Short: short,
+		Args:  args,
+		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.Open(f.base, f.name, cmd.OutOrStdout())
 			if err != nil {
 				return err
 			}
 			ctx, cancel := signalContext(cmd)
 			defer cancel()
-			r, err := l.Check(ctx)
-			if err != nil {
-				return err
-			}
-			r.Print(cmd.OutOrStdout())
-			if n := r.Failures(); n > 0 {
-				return fmt.Errorf("%d connectivity probes failed", n)
-			}
-			return nil
+			return run(ctx, cmd.OutOrStdout(), l, args)
 		},
 	}
 }
 
-func newLabStatus(f *labFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "status",
-		Short: "Show the lab's nodes, subnets, backends per peer, join times and pods",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := lab.Open(f.base, f.name, nil)
-			if err != nil {
-				return err
-			}
-			l.PrintStatus(cmd.Context(), cmd.OutOrStdout())
-			return nil
-		},
+// check prints the connectivity matrix; any failed probe is an error.
+func check(ctx context.Context, out io.Writer, l *lab.Lab) error {
+	r, err := l.Check(ctx)
+	if err != nil {
+		return err
 	}
+	r.Print(out)
+	if n := r.Failures(); n > 0 {
+		return fmt.Errorf("%d connectivity probes failed", n)
+	}
+	return nil
+}
+
+func newLabCheck(f *labFlags) *cobra.Command {
+	return onLab(f, "check", "Test every pod against every pod (ICMP, TCP, no NAT) and the outside (masquerade)", cobra.NoArgs,
+		func(ctx context.Context, out io.Writer, l *lab.Lab, _ []string) error { return check(ctx, out, l) })
+}
+
+func newLabStatus(f *labFlags) *cobra.Command {
+	return onLab(f, "status", "Show the lab's nodes, subnets, backends per peer, agent memory, join times and pods", cobra.NoArgs,
+		func(ctx context.Context, out io.Writer, l *lab.Lab, _ []string) error {
+			l.PrintStatus(ctx, out)
+			return nil
+		})
 }
 
 func newLabDown(f *labFlags) *cobra.Command {
@@ -218,15 +214,8 @@ func newLabDown(f *labFlags) *cobra.Command {
 }
 
 func newLabExec(f *labFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "exec POD|NODE -- COMMAND [ARG...]",
-		Short: "Run a command inside a pod's or a node's network namespace",
-		Args:  cobra.MinimumNArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Open(f.base, f.name, nil)
-			if err != nil {
-				return err
-			}
+	return onLab(f, "exec POD|NODE -- COMMAND [ARG...]", "Run a command inside a pod's or a node's network namespace", cobra.MinimumNArgs(2),
+		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
 			nsName, err := l.Namespace(args[0])
 			if err != nil {
 				return err
@@ -236,100 +225,52 @@ func newLabExec(f *labFlags) *cobra.Command {
 				return err
 			}
 			defer ns.Close()
-			c := exec.CommandContext(cmd.Context(), args[1], args[2:]...)
-			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
+			c := exec.CommandContext(ctx, args[1], args[2:]...)
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, out, os.Stderr
 			return ns.Do(c.Run)
-		},
-	}
+		})
 }
 
 func newLabPod(f *labFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "pod", Short: "Add or delete pods"}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "add NODE",
-		Short: "Add a pod to a node through the node's CNI configuration",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Open(f.base, f.name, nil)
-			if err != nil {
-				return err
-			}
-			p, err := l.AddPod(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "pod %s on %s: %v\n", p.Name, p.Node, p.IPs)
-			return nil
-		},
-	}, &cobra.Command{
-		Use:   "del POD",
-		Short: "Delete a pod (CNI DEL, then its namespace)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Open(f.base, f.name, nil)
-			if err != nil {
-				return err
-			}
-			return l.DelPod(cmd.Context(), args[0])
-		},
-	})
+	cmd.AddCommand(
+		onLab(f, "add NODE", "Add a pod to a node through the node's CNI configuration", cobra.ExactArgs(1),
+			func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
+				p, err := l.AddPod(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "pod %s on %s: %v\n", p.Name, p.Node, p.IPs)
+				return nil
+			}),
+		onLab(f, "del POD", "Delete a pod (CNI DEL, then its namespace)", cobra.ExactArgs(1),
+			func(ctx context.Context, _ io.Writer, l *lab.Lab, args []string) error { return l.DelPod(ctx, args[0]) }),
+	)
 	return cmd
 }
 
 func newLabNode(f *labFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "node", Short: "Add, delete, kill or restart nodes"}
-	open := func(cmd *cobra.Command) (*lab.Lab, error) {
-		return lab.Open(f.base, f.name, cmd.OutOrStdout())
-	}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "add",
-		Short: "Add a node (and the lab's pods per node); prints its join time",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			n, join, err := l.AddNode(cmd.Context())
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "node %s (%s) joined: routes on every other node %s after its lease\n", n.Name, n.IP, join.Round(100*time.Microsecond))
-			return nil
-		},
-	}, &cobra.Command{
-		Use:   "del NODE",
-		Short: "Delete a node: its pods, its agent, its lease (the others drop its routes)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			return l.DelNode(cmd.Context(), args[0])
-		},
-	}, &cobra.Command{
-		Use:   "kill NODE",
-		Short: "Kill a node's agent with SIGKILL (its pods keep working)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			return l.KillNode(args[0])
-		},
-	}, &cobra.Command{
-		Use:   "restart NODE",
-		Short: "Restart a node's agent and wait until it is ready",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			return l.RestartNode(cmd.Context(), args[0])
-		},
-	})
+	cmd.AddCommand(
+		onLab(f, "add", "Add a node (and the lab's pods per node); prints its join time", cobra.NoArgs,
+			func(ctx context.Context, out io.Writer, l *lab.Lab, _ []string) error {
+				n, join, err := l.AddNode(ctx)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "node %s (%s) joined: routes on every other node %s after its lease\n", n.Name, n.IP, join.Round(100*time.Microsecond))
+				return nil
+			}),
+		onLab(f, "del NODE", "Delete a node: its pods, its agent, its lease (the others drop its routes)", cobra.ExactArgs(1),
+			func(ctx context.Context, _ io.Writer, l *lab.Lab, args []string) error {
+				return l.DelNode(ctx, args[0])
+			}),
+		onLab(f, "kill NODE", "Kill a node's agent with SIGKILL (its pods keep working)", cobra.ExactArgs(1),
+			func(_ context.Context, _ io.Writer, l *lab.Lab, args []string) error { return l.KillNode(args[0]) }),
+		onLab(f, "restart NODE", "Restart a node's agent and wait until it is ready", cobra.ExactArgs(1),
+			func(ctx context.Context, _ io.Writer, l *lab.Lab, args []string) error {
+				return l.RestartNode(ctx, args[0])
+			}),
+	)
 	return cmd
 }

@@ -13,8 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
 	"github.com/podnet/podnet/internal/nft"
@@ -130,12 +128,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { errc <- a.serve(ctx, a.cfg.Listen) }()
 	}
 
-	h, err := netlink.NewHandle()
-	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
-	}
-	defer h.Close()
-	ul, err := findUnderlay(h, a.cfg.Iface, a.cfg.NodeIP, a.cfg.NodeIP6)
+	ul, err := a.underlay()
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
 	"github.com/podnet/podnet/internal/nft"
@@ -20,12 +18,7 @@ import (
 // rules, CNI configuration and remembered lease are removed. Pods left on
 // the node lose their cross-node connectivity.
 func (a *Agent) Leave(ctx context.Context) error {
-	h, err := netlink.NewHandle()
-	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
-	}
-	defer h.Close()
-	ul, err := findUnderlay(h, a.cfg.Iface, a.cfg.NodeIP, a.cfg.NodeIP6)
+	ul, err := a.underlay()
 	if err != nil {
 		return err
 	}

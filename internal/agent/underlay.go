@@ -16,6 +16,16 @@ type underlay struct {
 	IP, IP6 net.IP
 }
 
+// underlay finds the configured underlay in the current namespace.
+func (a *Agent) underlay() (underlay, error) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return underlay{}, fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	return findUnderlay(h, a.cfg.Iface, a.cfg.NodeIP, a.cfg.NodeIP6)
+}
+
 // findUnderlay picks the underlay interface: the one named, else the one
 // holding ip, else the one of the IPv4 default route; and its addresses:
 // ip and ip6 when given, else its first global ones.

@@ -81,12 +81,7 @@ func (l *Lab) makeNS(role string) (*space, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
-	if err != nil {
-		ns.Close()
-		return nil, fmt.Errorf("netlink in %s: %w", name, err)
-	}
-	return &space{ns: ns, h: h}, nil
+	return withHandle(ns)
 }
 
 // openNS opens one of the lab's namespaces.
@@ -95,10 +90,15 @@ func openNS(name string) (*space, error) {
 	if err != nil {
 		return nil, err
 	}
+	return withHandle(ns)
+}
+
+// withHandle adds a netlink handle inside ns.
+func withHandle(ns *netns.Temp) (*space, error) {
 	h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
 	if err != nil {
 		ns.Close()
-		return nil, fmt.Errorf("netlink in %s: %w", name, err)
+		return nil, fmt.Errorf("netlink in %s: %w", ns.Name, err)
 	}
 	return &space{ns: ns, h: h}, nil
 }

@@ -164,19 +164,11 @@ func check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	prev, err := attach.CheckPrev(&c.NetConf)
+	s, prev, err := attach.BeginCheck(args, &c.NetConf)
 	if err != nil {
 		return err
 	}
-	s, err := attach.Begin(args, &c.NetConf)
-	if err != nil {
-		return err
-	}
-	s.Done()
 	defer s.Close()
-	if err := s.IPAM().Check(s.Ctx); err != nil {
-		return err
-	}
 	if _, _, _, err := s.CheckVeth(prev); err != nil {
 		return err
 	}
