@@ -1,7 +1,6 @@
 # podnet — build, test, demo, bench.
 GO      ?= go
 BIN     := bin
-PLUGINS := loopback bridge ptp host-local static bandwidth tuning portmap firewall macvlan ipvlan
 
 # bench: pods per configuration, pods added at once in the burst and burst
 # rounds per suite; extra flags for go run ./bench/cniadd.
@@ -12,20 +11,21 @@ BENCH_FLAGS ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build cli deps test demo bench clean
+.PHONY: build deps test demo bench clean
 
+# The plugin binary and one hard link per plugin type, the node agent and
+# the user CLI.
 build:
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet-cni ./cmd/podnet-cni
-	@for p in $(PLUGINS); do ln -f $(BIN)/podnet-cni $(BIN)/$$p; done
-
-# The user CLI.
-cli:
+	@for p in $$($(BIN)/podnet-cni names); do ln -f $(BIN)/podnet-cni $(BIN)/$$p; done
+	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet-agent ./cmd/podnet-agent
 	$(GO) build -trimpath -o $(BIN)/podnet ./cmd/podnet
 
-# Attach a pod in throwaway namespaces through libcni with the plugins
-# just built, check it, tear down (needs root).
-demo: build cli
-	$(BIN)/podnet demo --cni-bin $(CURDIR)/$(BIN)/podnet-cni
+# A 3-node lab with 2 pods per node: every node runs podnet-agent, pods are
+# attached through CNI, every pod is checked against every pod and the
+# outside, then the lab is torn down; the exit code tells (needs root).
+demo: build
+	$(BIN)/podnet lab demo --name demo
 
 # Tools the kernel tests use (reference plugins, nft, iperf3, ip, gcc for
 # -race); installs only what is missing, only as root with apt-get.
@@ -38,7 +38,7 @@ test: deps build
 	$(GO) vet ./...
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt -l reports:"; echo "$$out"; exit 1; fi
 	$(GO) build ./...
-	PODNET_CNI_BIN=$(CURDIR)/$(BIN)/podnet-cni $(GO) test -race -count=1 -timeout 15m $(TEST_FLAGS) ./...
+	PODNET_CNI_BIN=$(CURDIR)/$(BIN)/podnet-cni PODNET_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 15m $(TEST_FLAGS) ./...
 
 # ADD latency (bridge+host-local and the full chain) and the 50-pod burst,
 # podnet vs the reference plugins through cnitool; the report also goes to

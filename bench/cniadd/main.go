@@ -137,7 +137,11 @@ func run(o options) (err error) {
 			}
 		}
 		podnetBin = filepath.Join(tmp, "podnet-bin")
-		if err := sandbox.LinkBinDir(podnetBin, sandbox.PodnetLinks(bin)); err != nil {
+		links, err := sandbox.PodnetLinks(bin)
+		if err != nil {
+			return err
+		}
+		if err := sandbox.LinkBinDir(podnetBin, links); err != nil {
 			return err
 		}
 	}

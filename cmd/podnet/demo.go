@@ -108,7 +108,9 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) (err error) {
 		if bin, err = locateCNI(o.cniBin); err != nil {
 			return err
 		}
-		opts.Plugins = sandbox.PodnetLinks(bin)
+		if opts.Plugins, err = sandbox.PodnetLinks(bin); err != nil {
+			return err
+		}
 	}
 	sb, err := sandbox.New(opts)
 	if err != nil {

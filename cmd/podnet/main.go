@@ -32,7 +32,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersion(), newDemo())
+	root.AddCommand(newVersion(), newDemo(), newLab())
 	return root
 }
 

@@ -3,7 +3,9 @@ package netns
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"runtime"
 
@@ -20,14 +22,20 @@ type Temp struct {
 	Name string
 }
 
-// NewTemp creates a fresh named network namespace called prefix-<random>,
-// with its loopback up, without switching any caller's thread into it.
+// NewTemp creates a fresh named network namespace called prefix-<random>
+// (see Create).
 func NewTemp(prefix string) (*Temp, error) {
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
-	name := prefix + "-" + hex.EncodeToString(b[:])
+	return Create(prefix + "-" + hex.EncodeToString(b[:]))
+}
+
+// Create creates a named network namespace (bound under RunDir, as
+// iproute2 does) with its loopback up, without switching any caller's
+// thread into it. It fails if the name is taken.
+func Create(name string) (*Temp, error) {
 	errc := make(chan error, 1)
 	go func() {
 		// NewNamed moves the thread into the new namespace: this thread
@@ -53,6 +61,24 @@ func NewTemp(prefix string) (*Temp, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// OpenNamed opens the namespace Create made under name.
+func OpenNamed(name string) (*Temp, error) {
+	ns, err := Open(filepath.Join(RunDir, name))
+	if err != nil {
+		return nil, err
+	}
+	return &Temp{NS: ns, Name: name}, nil
+}
+
+// DeleteNamed deletes the named namespace's binding; its links go with
+// it once no process holds it. A name that does not exist is no error.
+func DeleteNamed(name string) error {
+	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	return nil
 }
 
 // Remove closes and deletes the namespace.

@@ -29,7 +29,7 @@ func TestLargeBatches(t *testing.T) {
 			if err != nil {
 				return false, err
 			}
-			m, _, err := masqRule(&net.IPNet{IP: net.IPv4(10, 53, byte(i/256), byte(i%256)), Mask: net.CIDRMask(16, 32)})
+			m, _, err := masqRule(&net.IPNet{IP: net.IPv4(10, 53, byte(i/256), byte(i%256)), Mask: net.CIDRMask(16, 32)}, false)
 			if err != nil {
 				return false, err
 			}

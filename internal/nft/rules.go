@@ -105,7 +105,7 @@ func masqRules(ips []*net.IPNet) ([]*nftables.Rule, error) {
 	var rules []*nftables.Rule
 	seen := map[string]bool{}
 	for _, ipn := range ips {
-		r, key, err := masqRule(ipn)
+		r, key, err := masqRule(ipn, false)
 		if err != nil {
 			return nil, err
 		}
@@ -124,7 +124,12 @@ func masqRules(ips []*net.IPNet) ([]*nftables.Rule, error) {
 // and for fd00::5/64:
 //
 //	meta nfproto ipv6 ip6 saddr fd00::5 ip6 daddr != fd00::/64 ip6 daddr != ff00::/8 masquerade
-func masqRule(ipn *net.IPNet) (*nftables.Rule, string, error) {
+//
+// With fromPrefix, the source matches the whole prefix rather than the one
+// address (the agent's egress rule for the cluster CIDR):
+//
+//	meta nfproto ipv4 ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade
+func masqRule(ipn *net.IPNet, fromPrefix bool) (*nftables.Rule, string, error) {
 	if ipn == nil || ipn.IP == nil {
 		return nil, "", fmt.Errorf("masquerade: no address")
 	}
@@ -156,13 +161,20 @@ func masqRule(ipn *net.IPNet) (*nftables.Rule, string, error) {
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: saddr, Len: n},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(ip)},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: n},
 	}
-	if ones < bits {
-		exprs = append(exprs, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: []byte(mask), Xor: make([]byte, n)})
+	inPrefix := func(op expr.CmpOp) {
+		if ones < bits {
+			exprs = append(exprs, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: []byte(mask), Xor: make([]byte, n)})
+		}
+		exprs = append(exprs, &expr.Cmp{Op: op, Register: 1, Data: []byte(ip.Mask(mask))})
 	}
-	exprs = append(exprs, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte(ip.Mask(mask))})
+	if fromPrefix {
+		inPrefix(expr.CmpOpEq)
+	} else {
+		exprs = append(exprs, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(ip)})
+	}
+	exprs = append(exprs, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: n})
+	inPrefix(expr.CmpOpNeq)
 	if proto == unix.NFPROTO_IPV4 {
 		// The same expressions as nft's "ip daddr != 224.0.0.0/4".
 		exprs = append(exprs,

@@ -74,7 +74,9 @@ func Links(ns *netns.NS) ([]Link, error) {
 			return nil, fmt.Errorf("list addresses of %s: %w", a.Name, err)
 		}
 		for _, ad := range addrs {
-			if ad.IP.IsLinkLocalUnicast() {
+			// The kernel's own IPv6 link-locals vary per run; podnet's
+			// (a routed pod's gateway) are added without DAD.
+			if ad.IP.To4() == nil && ad.IP.IsLinkLocalUnicast() && ad.Flags&unix.IFA_F_NODAD == 0 {
 				continue
 			}
 			lk.Addrs = append(lk.Addrs, *ad.IPNet)

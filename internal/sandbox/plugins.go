@@ -21,12 +21,6 @@ const ReferenceDir = "/usr/lib/cni"
 // writes it); when set, BuildPodnetCNI is not needed.
 const EnvPodnetCNI = "PODNET_CNI_BIN"
 
-// PluginTypes are the plugin types podnet-cni answers to, as hard links.
-var PluginTypes = []string{
-	"loopback", "bridge", "ptp", "host-local", "static",
-	"macvlan", "ipvlan", "portmap", "bandwidth", "tuning", "firewall",
-}
-
 // ModuleRoot returns the directory of podnet's go.mod, found from the
 // working directory upwards.
 func ModuleRoot() (string, error) {
@@ -123,13 +117,21 @@ func CleanupShared() {
 	}
 }
 
-// PodnetLinks maps every podnet plugin type to the podnet-cni binary.
-func PodnetLinks(podnetCNI string) map[string]string {
-	m := make(map[string]string, len(PluginTypes))
-	for _, t := range PluginTypes {
+// PodnetLinks maps every plugin type the podnet-cni binary answers to (it
+// lists them when run as `podnet-cni names`) to the binary.
+func PodnetLinks(podnetCNI string) (map[string]string, error) {
+	out, err := exec.Command(podnetCNI, "names").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s names: %w", podnetCNI, err)
+	}
+	m := map[string]string{}
+	for _, t := range strings.Fields(string(out)) {
 		m[t] = podnetCNI
 	}
-	return m
+	if len(m) == 0 {
+		return nil, fmt.Errorf("%s names: no plugin types", podnetCNI)
+	}
+	return m, nil
 }
 
 // ReferenceLinks maps each type installed in ReferenceDir to its binary; it

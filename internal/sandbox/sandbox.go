@@ -10,7 +10,6 @@
 package sandbox
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -21,9 +20,7 @@ import (
 	"sync"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/podnet/podnet/internal/netns"
 )
@@ -51,9 +48,8 @@ type Sandbox struct {
 	Path []string
 	// Host is the namespace that plays the node.
 	Host *netns.Temp
-	// CNI is the libcni runtime; call it through the methods below, which
-	// run it inside Host.
-	CNI *libcni.CNIConfig
+	// Runtime runs libcni inside Host.
+	*Runtime
 
 	prefix string
 	mu     sync.Mutex
@@ -86,17 +82,13 @@ func New(o Options) (*Sandbox, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	exec := &invoke.DefaultExec{
-		RawExec:       &invoke.RawExec{Stderr: o.Stderr},
-		PluginDecoder: version.PluginDecoder{},
-	}
 	return &Sandbox{
-		Dir:    dir,
-		Path:   path,
-		Host:   host,
-		CNI:    libcni.NewCNIConfigWithCacheDir(path, filepath.Join(dir, "cache"), exec),
-		prefix: o.Prefix,
-		pods:   map[*Pod]bool{},
+		Dir:     dir,
+		Path:    path,
+		Host:    host,
+		Runtime: NewRuntime(host.NS, path, filepath.Join(dir, "cache"), o.Stderr),
+		prefix:  o.Prefix,
+		pods:    map[*Pod]bool{},
 	}, nil
 }
 
@@ -193,51 +185,6 @@ func RandomID() string {
 		panic(err)
 	}
 	return hex.EncodeToString(b[:])
-}
-
-// inHost runs f on a thread inside the host namespace, so that plugins
-// libcni executes from it are children in that namespace.
-func (s *Sandbox) inHost(f func() error) error {
-	return s.Host.Do(f)
-}
-
-// Add runs ADD of the list for the attachment.
-func (s *Sandbox) Add(ctx context.Context, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (types.Result, error) {
-	var res types.Result
-	err := s.inHost(func() error {
-		var err error
-		res, err = s.CNI.AddNetworkList(ctx, list, rt)
-		return err
-	})
-	return res, err
-}
-
-// Check runs CHECK of the list for the attachment (spec 0.4.0 and later).
-func (s *Sandbox) Check(ctx context.Context, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
-	return s.inHost(func() error { return s.CNI.CheckNetworkList(ctx, list, rt) })
-}
-
-// Del runs DEL of the list for the attachment.
-func (s *Sandbox) Del(ctx context.Context, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
-	return s.inHost(func() error { return s.CNI.DelNetworkList(ctx, list, rt) })
-}
-
-// GC runs GC of the list, keeping the valid attachments: libcni first
-// DELs the cached attachments that are not valid, then (spec 1.1.0) sends
-// GC with cni.dev/valid-attachments to every plugin.
-func (s *Sandbox) GC(ctx context.Context, list *libcni.NetworkConfigList, valid []types.GCAttachment) error {
-	if valid == nil {
-		valid = []types.GCAttachment{}
-	}
-	return s.inHost(func() error {
-		return s.CNI.GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: valid})
-	})
-}
-
-// Status runs STATUS of the list (spec 1.1.0; earlier versions succeed
-// without calling the plugins).
-func (s *Sandbox) Status(ctx context.Context, list *libcni.NetworkConfigList) error {
-	return s.inHost(func() error { return s.CNI.GetStatusNetworkList(ctx, list) })
 }
 
 // CNIError returns the spec error carried by err, if any.

@@ -73,7 +73,11 @@ func TestSandboxLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := New(Options{Plugins: PodnetLinks(bin)})
+	links, err := PodnetLinks(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := New(Options{Plugins: links})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,6 +52,16 @@ var networks = []network{
 		},
 	},
 	{
+		// podnet's own routed plugin, dual-stack, as the agent configures
+		// it; routed like ptp (a host route and the gateway on the host end).
+		name: "podnet+host-local", kind: kindPTP, ifName: "eth0", types: []string{"podnet", "host-local"}, stateful: true,
+		conf: func(v, dir string) sandbox.ConfList {
+			return sandbox.ConfList{Name: "podnet", CNIVersion: v, Plugins: []sandbox.Conf{
+				sandbox.Routed(1400, sandbox.HostLocalRanges(dir, "10.244.1.0/24", "fd00:10:244:1::/64")),
+			}}
+		},
+	},
+	{
 		name: "bridge+static", kind: kindBridge, ifName: "eth0", types: []string{"bridge", "static"},
 		conf: func(v, _ string) sandbox.ConfList {
 			return sandbox.ConfList{Name: "podnet-static", CNIVersion: v, Plugins: []sandbox.Conf{

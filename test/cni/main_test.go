@@ -69,7 +69,10 @@ func binDir(t testing.TB, mix map[string]string) string {
 		}
 		binsDir = d
 	}
-	links := sandbox.PodnetLinks(podnetCNI(t))
+	links, err := sandbox.PodnetLinks(podnetCNI(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for typ, who := range mix {
 		switch who {
 		case "ref":

@@ -19,21 +19,11 @@ func check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	prev, err := attach.CheckPrev(&c.NetConf)
+	s, prev, err := attach.BeginCheck(args, &c.NetConf)
 	if err != nil {
 		return err
 	}
-	s, err := attach.Begin(args, &c.NetConf)
-	if err != nil {
-		return err
-	}
-	s.Done()
 	defer s.Close()
-	if c.IPAM.Type != "" {
-		if err := s.IPAM().Check(s.Ctx); err != nil {
-			return err
-		}
-	}
 	brLink, err := s.Host.LinkByName(c.BrName)
 	if err != nil {
 		return fmt.Errorf("bridge %s not found: %w", c.BrName, err)

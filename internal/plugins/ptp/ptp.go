@@ -124,7 +124,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if err := routeViaGateway(s.Cont, veth.Container, res); err != nil {
 		return nil, err
 	}
-	if err := setupHost(s.Host, veth.Host, res); err != nil {
+	if err := link.RouteToContainer(s.Host, veth.Host, res); err != nil {
 		return nil, err
 	}
 	if c.IPMasq {
@@ -148,7 +148,7 @@ func routeViaGateway(h *netlink.Handle, l netlink.Link, res *current.Result) err
 			return fmt.Errorf("delete route %s: %w", subnet, err)
 		}
 		for _, r := range []*netlink.Route{
-			{LinkIndex: idx, Dst: hostNet(ipc.Gateway), Scope: netlink.SCOPE_LINK, Src: ipc.Address.IP},
+			{LinkIndex: idx, Dst: link.HostNet(ipc.Gateway), Scope: netlink.SCOPE_LINK, Src: ipc.Address.IP},
 			{LinkIndex: idx, Dst: subnet, Gw: ipc.Gateway, Src: ipc.Address.IP},
 		} {
 			if err := h.RouteReplace(r); err != nil {
@@ -159,51 +159,16 @@ func routeViaGateway(h *netlink.Handle, l netlink.Link, res *current.Result) err
 	return nil
 }
 
-// setupHost gives the host end the gateway address and routes the
-// container's address to it.
-func setupHost(h *netlink.Handle, l netlink.Link, res *current.Result) error {
-	for _, ipc := range res.IPs {
-		addr := &netlink.Addr{IPNet: hostNet(ipc.Gateway)}
-		if ipc.Gateway.To4() == nil {
-			addr.Flags = unix.IFA_F_NODAD
-		}
-		if err := h.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add %s to %s: %w", addr.IPNet, l.Attrs().Name, err)
-		}
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: hostNet(ipc.Address.IP), Scope: netlink.SCOPE_LINK}
-		if err := h.RouteReplace(r); err != nil {
-			return fmt.Errorf("add host route to %s: %w", ipc.Address.IP, err)
-		}
-	}
-	return nil
-}
-
-// hostNet is ip as a /32 or /128.
-func hostNet(ip net.IP) *net.IPNet {
-	if v4 := ip.To4(); v4 != nil {
-		return &net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)}
-	}
-	return &net.IPNet{IP: ip, Mask: net.CIDRMask(128, 128)}
-}
-
 func check(args *skel.CmdArgs) error {
 	c, err := load(args.StdinData)
 	if err != nil {
 		return err
 	}
-	prev, err := attach.CheckPrev(&c.NetConf)
+	s, prev, err := attach.BeginCheck(args, &c.NetConf)
 	if err != nil {
 		return err
 	}
-	s, err := attach.Begin(args, &c.NetConf)
-	if err != nil {
-		return err
-	}
-	s.Done()
 	defer s.Close()
-	if err := s.IPAM().Check(s.Ctx); err != nil {
-		return err
-	}
 	if _, _, _, err := s.CheckVeth(prev); err != nil {
 		return err
 	}

@@ -1,0 +1,190 @@
+// Command podnet-agent is podnet's node daemon: run on every node, it makes
+// the nodes one pod network (see internal/agent).
+//
+//	podnet-agent [flags]         run the agent
+//	podnet-agent leave [flags]   take a stopped node out of the cluster
+//
+// Every flag can also be set in a YAML file (--config) under the flag's
+// name; flags given on the command line win over the file.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+
+	"github.com/podnet/podnet/internal/agent"
+	"github.com/podnet/podnet/internal/cniplugin"
+)
+
+func main() {
+	if err := command().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func command() *cobra.Command {
+	cfg := agent.Defaults()
+	var (
+		configFile, nodeIP, nodeIP6, logLevel, logFormat string
+	)
+	newAgent := func(cmd *cobra.Command) (*agent.Agent, error) {
+		if err := applyFile(cmd.Flags(), configFile); err != nil {
+			return nil, err
+		}
+		if cfg.NodeName == "" {
+			h, err := os.Hostname()
+			if err != nil {
+				return nil, fmt.Errorf("node name: %w", err)
+			}
+			cfg.NodeName = h
+		}
+		for _, p := range []struct {
+			s   string
+			dst *net.IP
+		}{{nodeIP, &cfg.NodeIP}, {nodeIP6, &cfg.NodeIP6}} {
+			if p.s == "" {
+				continue
+			}
+			if *p.dst = net.ParseIP(p.s); *p.dst == nil {
+				return nil, fmt.Errorf("invalid IP address %q", p.s)
+			}
+		}
+		log, err := logger(logLevel, logFormat)
+		if err != nil {
+			return nil, err
+		}
+		return agent.New(cfg, log.With("node", cfg.NodeName))
+	}
+	root := &cobra.Command{
+		Use:           "podnet-agent",
+		Short:         "podnet's node agent: leases the node a pod subnet and connects it to every other node",
+		Version:       cniplugin.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := newAgent(cmd)
+			if err != nil {
+				return report(err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return report(a.Run(ctx))
+		},
+	}
+	leave := &cobra.Command{
+		Use:   "leave",
+		Short: "take this node out of the cluster (stop its agent first): revoke its lease, remove its routes, rules and CNI configuration",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := newAgent(cmd)
+			if err != nil {
+				return report(err)
+			}
+			return report(a.Leave(cmd.Context()))
+		},
+	}
+	root.AddCommand(leave)
+
+	f := root.PersistentFlags()
+	f.StringVar(&configFile, "config", "", "YAML file of flag values (keys are flag names)")
+	f.StringVar(&cfg.NodeName, "node-name", "", "this node's name (default: hostname)")
+	f.StringVar(&cfg.Datastore, "datastore", cfg.Datastore, "embedded (run a single-node etcd in the agent) or etcd (use --etcd-endpoints)")
+	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs (an external cluster or the embedding agent's)")
+	f.StringVar(&cfg.EtcdCAFile, "etcd-cafile", "", "CA certificate of the etcd servers")
+	f.StringVar(&cfg.EtcdCertFile, "etcd-certfile", "", "client certificate for etcd")
+	f.StringVar(&cfg.EtcdKeyFile, "etcd-keyfile", "", "client key for etcd")
+	f.StringVar(&cfg.EtcdClientURL, "etcd-client-url", "", "embedded etcd: client URL to listen on and advertise (default http://<node IP>:2379)")
+	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-url", "", "embedded etcd: peer URL (default http://127.0.0.1:2380)")
+	f.StringVar(&cfg.Prefix, "etcd-prefix", cfg.Prefix, "key prefix of podnet's data in etcd")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "embedded etcd data and the node's last lease")
+	f.StringVar(&cfg.Cluster.ClusterCIDR, "cluster-cidr", cfg.Cluster.ClusterCIDR, "IPv4 pod network of the cluster")
+	f.StringVar(&cfg.Cluster.ClusterCIDR6, "cluster-cidr6", "", "IPv6 pod network of the cluster (dual-stack)")
+	f.IntVar(&cfg.Cluster.SubnetSize, "node-subnet-size", cfg.Cluster.SubnetSize, "prefix length of each node's IPv4 pod subnet")
+	f.IntVar(&cfg.Cluster.SubnetSize6, "node-subnet-size6", 0, "prefix length of each node's IPv6 pod subnet")
+	f.StringVar(&cfg.Cluster.Backend, "backend", cfg.Cluster.Backend, "auto (host-gw to peers on the same link, VXLAN to the others), host-gw or vxlan")
+	f.IntVar(&cfg.Cluster.VNI, "vxlan-vni", cfg.Cluster.VNI, "VXLAN network identifier")
+	f.IntVar(&cfg.Cluster.VXLANPort, "vxlan-port", cfg.Cluster.VXLANPort, "VXLAN UDP port")
+	f.IntVar(&cfg.Cluster.MTU, "mtu", 0, "pod MTU (0: the underlay's, minus the VXLAN overhead when VXLAN may be used)")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "grace period before a dead node's subnet is reclaimed and its routes removed")
+	f.StringVar(&cfg.Iface, "iface", "", "underlay interface (default: the one holding --node-ip, else the default route's)")
+	f.StringVar(&nodeIP, "node-ip", "", "this node's underlay IPv4 address (default: the interface's first)")
+	f.StringVar(&nodeIP6, "node-ip6", "", "this node's underlay IPv6 address (default: the interface's first global one)")
+	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "where the CNI plugins are installed")
+	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "where the CNI configuration is written")
+	f.StringVar(&cfg.CNIBinary, "cni-binary", "", "podnet-cni binary to install (default: beside podnet-agent)")
+	f.StringVar(&cfg.IPAMDir, "ipam-dir", cfg.IPAMDir, "host-local's state directory for the cluster network")
+	f.StringSliceVar(&cfg.Chain, "cni-chain", cfg.Chain, "plugins chained after podnet in the conflist")
+	f.BoolVar(&cfg.Egress, "egress-masquerade", cfg.Egress, "masquerade pod traffic leaving the cluster CIDRs")
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of /healthz, /readyz, /status and /metrics (empty: off)")
+	f.DurationVar(&cfg.Resync, "resync", cfg.Resync, "period of the full reconcile behind the event-driven one")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	return root
+}
+
+// applyFile sets every flag the file names and the command line did not.
+func applyFile(flags *pflag.FlagSet, path string) error {
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(b, &values); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for k, v := range values {
+		fl := flags.Lookup(k)
+		if fl == nil || k == "config" {
+			return fmt.Errorf("config file %s: unknown key %q", path, k)
+		}
+		if fl.Changed {
+			continue
+		}
+		s := fmt.Sprint(v)
+		if list, ok := v.([]any); ok {
+			parts := make([]string, len(list))
+			for i, e := range list {
+				parts[i] = fmt.Sprint(e)
+			}
+			s = strings.Join(parts, ",")
+		}
+		if err := flags.Set(k, s); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+func logger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("unknown log format %q (text or json)", format)
+}
+
+func report(err error) error {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "podnet-agent:", err)
+	}
+	return err
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, "agent.yaml")
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name, file string
+		args       []string
+		want       map[string]string
+		wantErr    string
+	}{
+		{
+			name: "file sets flags",
+			file: "node-name: n7\nbackend: vxlan\netcd-endpoints: [http://a:2379, http://b:2379]\nlease-ttl: 45s\negress-masquerade: false\n",
+			want: map[string]string{"node-name": "n7", "backend": "vxlan", "etcd-endpoints": "[http://a:2379,http://b:2379]", "lease-ttl": "45s", "egress-masquerade": "false"},
+		},
+		{
+			name: "command line wins",
+			file: "backend: vxlan\n",
+			args: []string{"--backend", "host-gw"},
+			want: map[string]string{"backend": "host-gw"},
+		},
+		{name: "unknown key", file: "bakend: vxlan\n", wantErr: `unknown key "bakend"`},
+		{name: "bad value", file: "lease-ttl: soon\n", wantErr: "lease-ttl"},
+		{name: "not YAML", file: "backend: [\n", wantErr: "agent.yaml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := command()
+			p := write(tc.file)
+			if err := cmd.ParseFlags(append([]string{"--config", p}, tc.args...)); err != nil {
+				t.Fatal(err)
+			}
+			err := applyFile(cmd.Flags(), p)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("applyFile = %v, want an error mentioning %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.want {
+				if got := cmd.Flags().Lookup(k).Value.String(); got != v {
+					t.Errorf("%s = %q, want %q", k, got, v)
+				}
+			}
+		})
+	}
+}

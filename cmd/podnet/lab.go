@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/podnet/podnet/internal/lab"
+	"github.com/podnet/podnet/internal/netns"
+)
+
+// labFlags are the flags every lab command shares.
+type labFlags struct {
+	name, base string
+}
+
+func newLab() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "A virtual multi-node podnet cluster on this machine, made of network namespaces",
+		Long: `lab builds a podnet cluster out of network namespaces: an underlay of one or
+more L2 segments joined by a router, an outside network beyond it, nodes that
+each run the real podnet-agent (the first embeds etcd, the others join it),
+and pods attached through the real CNI path. Nothing touches the machine's
+own network namespace. Needs root.`,
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if os.Geteuid() != 0 {
+				return errors.New("podnet lab needs root (it creates network namespaces): run it with sudo")
+			}
+			return nil
+		},
+	}
+	cmd.PersistentFlags().StringVar(&f.name, "name", "lab", "name of the lab (several labs can run side by side)")
+	cmd.PersistentFlags().StringVar(&f.base, "state-dir", lab.DefaultBaseDir, "where labs keep their state")
+	cmd.AddCommand(newLabUp(&f), newLabDemo(&f), newLabCheck(&f), newLabStatus(&f), newLabDown(&f),
+		newLabExec(&f), newLabPod(&f), newLabNode(&f))
+	return cmd
+}
+
+// specFlags binds the shape of a lab to flags.
+func specFlags(cmd *cobra.Command, s *lab.Spec, bins *lab.Binaries) {
+	fl := cmd.Flags()
+	fl.IntVar(&s.Nodes, "nodes", 3, "number of nodes")
+	fl.IntVar(&s.PodsPerNode, "pods-per-node", 2, "pods on each node")
+	fl.IntVar(&s.Segments, "segments", 1, "L2 segments of the underlay, joined by a router")
+	fl.StringVar(&s.Backend, "backend", "auto", "auto, host-gw or vxlan")
+	fl.BoolVar(&s.IPv6, "ipv6", false, "dual-stack underlay and pods")
+	fl.DurationVar(&s.LeaseTTL, "lease-ttl", 20*time.Second, "grace period before a dead node's subnet is reclaimed")
+	fl.StringVar(&bins.Agent, "agent-bin", "", "podnet-agent binary (default: next to this executable)")
+	fl.StringVar(&bins.CNI, "cni-bin", "", "podnet-cni binary (default: next to this executable)")
+}
+
+// locateBins fills unset binaries with the ones next to this executable.
+func locateBins(b *lab.Binaries) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	for _, x := range []struct {
+		dst  *string
+		name string
+	}{{&b.Agent, "podnet-agent"}, {&b.CNI, "podnet-cni"}} {
+		if *x.dst == "" {
+			*x.dst = filepath.Join(filepath.Dir(exe), x.name)
+		}
+		abs, err := filepath.Abs(*x.dst)
+		if err != nil {
+			return err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return fmt.Errorf("%s not found (make build builds it, or pass --%s-bin): %w", x.name, map[string]string{"podnet-agent": "agent", "podnet-cni": "cni"}[x.name], err)
+		}
+		*x.dst = abs
+	}
+	return nil
+}
+
+// signalContext is cancelled by SIGINT and SIGTERM.
+func signalContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+}
+
+func newLabUp(f *labFlags) *cobra.Command {
+	var s lab.Spec
+	var bins lab.Binaries
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Build a lab: underlay, nodes running podnet-agent, pods",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := locateBins(&bins); err != nil {
+				return err
+			}
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			out := cmd.OutOrStdout()
+			l, err := lab.New(f.base, f.name, s, bins, out)
+			if err != nil {
+				return err
+			}
+			if err := l.Up(ctx); err != nil {
+				return fmt.Errorf("%w\n(the lab is left as it is for inspection; podnet lab down --name %s removes it)", err, f.name)
+			}
+			l.PrintStatus(ctx, out)
+			return nil
+		},
+	}
+	specFlags(cmd, &s, &bins)
+	return cmd
+}
+
+func newLabDemo(f *labFlags) *cobra.Command {
+	var s lab.Spec
+	var bins lab.Binaries
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Build a lab, check every pod against every pod, tear it down; the exit code tells",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+			if err := locateBins(&bins); err != nil {
+				return err
+			}
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			out := cmd.OutOrStdout()
+			l, err := lab.New(f.base, f.name, s, bins, out)
+			if err != nil {
+				return err
+			}
+			if !keep {
+				defer func() {
+					fmt.Fprintf(out, "tearing lab %s down\n", f.name)
+					if derr := lab.Down(f.base, f.name); derr != nil && err == nil {
+						err = derr
+					}
+				}()
+			}
+			if err := l.Up(ctx); err != nil {
+				return err
+			}
+			l.PrintStatus(ctx, out)
+			return check(ctx, out, l)
+		},
+	}
+	specFlags(cmd, &s, &bins)
+	cmd.Flags().BoolVar(&keep, "keep", false, "leave the lab up afterwards")
+	return cmd
+}
+
+// onLab is a subcommand that works on an existing lab.
+func onLab(f *labFlags, use, short string, args cobra.PositionalArgs, run func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  args,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Open(f.base, f.name, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			return run(ctx, cmd.OutOrStdout(), l, args)
+		},
+	}
+}
+
+// check prints the connectivity matrix; any failed probe is an error.
+func check(ctx context.Context, out io.Writer, l *lab.Lab) error {
+	r, err := l.Check(ctx)
+	if err != nil {
+		return err
+	}
+	r.Print(out)
+	if n := r.Failures(); n > 0 {
+		return fmt.Errorf("%d connectivity probes failed", n)
+	}
+	return nil
+}
+
+func newLabCheck(f *labFlags) *cobra.Command {
+	return onLab(f, "check", "Test every pod against every pod (ICMP, TCP, no NAT) and the outside (masquerade)", cobra.NoArgs,
+		func(ctx context.Context, out io.Writer, l *lab.Lab, _ []string) error { return check(ctx, out, l) })
+}
+
+func newLabStatus(f *labFlags) *cobra.Command {
+	return onLab(f, "status", "Show the lab's nodes, subnets, backends per peer, agent memory, join times and pods", cobra.NoArgs,
+		func(ctx context.Context, out io.Writer, l *lab.Lab, _ []string) error {
+			l.PrintStatus(ctx, out)
+			return nil
+		})
+}
+
+func newLabDown(f *labFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Remove the lab: agents, namespaces, state (also after a crashed lab)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return lab.Down(f.base, f.name)
+		},
+	}
+}
+
+func newLabExec(f *labFlags) *cobra.Command {
+	return onLab(f, "exec POD|NODE -- COMMAND [ARG...]", "Run a command inside a pod's or a node's network namespace", cobra.MinimumNArgs(2),
+		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
+			nsName, err := l.Namespace(args[0])
+			if err != nil {
+				return err
+			}
+			ns, err := netns.OpenNamed(nsName)
+			if err != nil {
+				return err
+			}
+			defer ns.Close()
+			c := exec.CommandContext(ctx, args[1], args[2:]...)
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, out, os.Stderr
+			return ns.Do(c.Run)
+		})
+}
+
+func newLabPod(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "pod", Short: "Add or delete pods"}
+	cmd.AddCommand(
+		onLab(f, "add NODE", "Add a pod to a node through the node's CNI configuration", cobra.ExactArgs(1),
+			func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
+				p, err := l.AddPod(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "pod %s on %s: %v\n", p.Name, p.Node, p.IPs)
+				return nil
+			}),
+		onLab(f, "del POD", "Delete a pod (CNI DEL, then its namespace)", cobra.ExactArgs(1),
+			func(ctx context.Context, _ io.Writer, l *lab.Lab, args []string) error { return l.DelPod(ctx, args[0]) }),
+	)
+	return cmd
+}
+
+func newLabNode(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Short: "Add, delete, kill or restart nodes"}
+	cmd.AddCommand(
+		onLab(f, "add", "Add a node (and the lab's pods per node); prints its join time", cobra.NoArgs,
+			func(ctx context.Context, out io.Writer, l *lab.Lab, _ []string) error {
+				n, join, err := l.AddNode(ctx)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "node %s (%s) joined: routes on every other node %s after its lease\n", n.Name, n.IP, join.Round(100*time.Microsecond))
+				return nil
+			}),
+		onLab(f, "del NODE", "Delete a node: its pods, its agent, its lease (the others drop its routes)", cobra.ExactArgs(1),
+			func(ctx context.Context, _ io.Writer, l *lab.Lab, args []string) error {
+				return l.DelNode(ctx, args[0])
+			}),
+		onLab(f, "kill NODE", "Kill a node's agent with SIGKILL (its pods keep working)", cobra.ExactArgs(1),
+			func(_ context.Context, _ io.Writer, l *lab.Lab, args []string) error { return l.KillNode(args[0]) }),
+		onLab(f, "restart NODE", "Restart a node's agent and wait until it is ready", cobra.ExactArgs(1),
+			func(ctx context.Context, _ io.Writer, l *lab.Lab, args []string) error {
+				return l.RestartNode(ctx, args[0])
+			}),
+	)
+	return cmd
+}

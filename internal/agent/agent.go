@@ -1,0 +1,417 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/podnet/podnet/internal/datastore"
+	"github.com/podnet/podnet/internal/fabric"
+	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/plugins/all"
+)
+
+// Agent is one node's daemon.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+
+	mu      sync.Mutex
+	status  Status
+	leased  bool
+	fabOK   bool
+	confOK  bool
+	lastErr error
+}
+
+// Status is what the agent has built, for logs and the lab.
+type Status struct {
+	Node     datastore.Node          `json:"node"`
+	Cluster  datastore.ClusterConfig `json:"cluster"`
+	MTU      int                     `json:"mtu"`
+	Backends map[string]fabric.Mode  `json:"backends"` // per peer
+	Peers    int                     `json:"peers"`
+	Ready    bool                    `json:"ready"`
+	// Joined is when the node got its lease; PeersSince, when the routes
+	// to each peer were first in place. Together they time a join.
+	Joined     time.Time            `json:"joined"`
+	PeersSince map[string]time.Time `json:"peersSince"`
+}
+
+// New returns an agent for a validated configuration.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.CNIBinary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("locate podnet-cni: %w", err)
+		}
+		cfg.CNIBinary = filepath.Join(filepath.Dir(exe), "podnet-cni")
+	}
+	return &Agent{cfg: cfg, log: log, metrics: newMetrics()}, nil
+}
+
+// Status returns what the agent has built so far.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+// notReady says why the agent is not ready, or "" when it is.
+func (a *Agent) notReady() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var why []string
+	if !a.leased {
+		why = append(why, "no subnet lease")
+	}
+	if !a.fabOK {
+		why = append(why, "fabric not reconciled")
+	}
+	if !a.confOK {
+		why = append(why, "CNI configuration not written")
+	}
+	if len(why) > 0 && a.lastErr != nil {
+		why = append(why, "last error: "+a.lastErr.Error())
+	}
+	return strings.Join(why, "; ")
+}
+
+func (a *Agent) datastoreConfig(ip net.IP) datastore.Config {
+	c := datastore.Config{
+		Endpoints: a.cfg.EtcdEndpoints,
+		CAFile:    a.cfg.EtcdCAFile,
+		CertFile:  a.cfg.EtcdCertFile,
+		KeyFile:   a.cfg.EtcdKeyFile,
+		Prefix:    a.cfg.Prefix,
+	}
+	if a.cfg.Datastore == "embedded" {
+		client := a.cfg.EtcdClientURL
+		if client == "" {
+			client = "http://" + net.JoinHostPort(ip.String(), "2379")
+		}
+		peer := a.cfg.EtcdPeerURL
+		if peer == "" {
+			peer = "http://127.0.0.1:2380"
+		}
+		c.Endpoints = nil
+		c.Embed = &datastore.EmbedConfig{
+			Name:      a.cfg.NodeName,
+			DataDir:   filepath.Join(a.cfg.DataDir, "etcd"),
+			ClientURL: client,
+			PeerURL:   peer,
+		}
+	}
+	return c
+}
+
+// Run brings the node into the cluster network and keeps it converged
+// until ctx ends. Ending leaves the kernel as it is, so pods keep their
+// connectivity across an agent restart; Leave is the way out.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 4)
+	if a.cfg.Listen != "" {
+		go func() { errc <- a.serve(ctx, a.cfg.Listen) }()
+	}
+
+	ul, err := a.underlay()
+	if err != nil {
+		return err
+	}
+	a.log.Info("underlay", "iface", ul.Name, "ip", ul.IP, "ip6", ul.IP6, "mtu", ul.MTU)
+
+	store, err := datastore.Open(ctx, a.datastoreConfig(ul.IP))
+	if err != nil {
+		return fmt.Errorf("datastore: %w", err)
+	}
+	defer store.Close()
+	cluster, diffs, err := store.EnsureClusterConfig(ctx, a.cfg.Cluster)
+	if err != nil {
+		return fmt.Errorf("cluster configuration: %w", err)
+	}
+	for _, d := range diffs {
+		a.log.Warn("the cluster's stored configuration wins over this agent's", "difference", d)
+	}
+
+	prefer := a.loadLastLease()
+	self := datastore.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}
+	// A restarted agent republishes its VTEP MAC with the lease, so its
+	// peers never see its record without one (and never drop its routes).
+	if nodes, err := store.Nodes(ctx); err == nil {
+		for _, n := range nodes {
+			if n.Name == self.Name {
+				self.VTEPMAC = n.VTEPMAC
+			}
+		}
+	}
+	lease, err := store.Acquire(ctx, self, prefer, a.cfg.LeaseTTL)
+	if err != nil {
+		return fmt.Errorf("lease a pod subnet: %w", err)
+	}
+	joined := time.Now()
+	node := lease.Node()
+	a.saveLastLease(node)
+	a.metrics.watchLease(func() float64 { return float64(lease.Stats().Renewals) },
+		func() float64 { return float64(lease.Stats().Reacquisitions) })
+	a.log.Info("leased", "subnet", node.Subnet, "subnet6", node.Subnet6)
+	go func() { errc <- lease.Run(ctx) }()
+
+	fab, err := fabric.New(fabric.Config{
+		Mode: fabric.Mode(cluster.Backend), Underlay: ul.Name, LocalIP: ul.IP, LocalIP6: ul.IP6,
+		Subnet: node.Subnet, Subnet6: node.Subnet6, VNI: cluster.VNI, Port: cluster.VXLANPort, MTU: cluster.MTU,
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("fabric: %w", err)
+	}
+	mac, err := fab.Setup()
+	if err != nil {
+		return fmt.Errorf("fabric: %w", err)
+	}
+	if mac.String() != node.VTEPMAC {
+		node.VTEPMAC = mac.String()
+		if err := lease.Update(ctx, node); err != nil {
+			return fmt.Errorf("publish VTEP MAC: %w", err)
+		}
+	}
+	defer fab.Close()
+	mtu, err := fab.PodMTU()
+	if err != nil {
+		return fmt.Errorf("pod MTU: %w", err)
+	}
+	a.mu.Lock()
+	a.leased = true
+	a.status = Status{Node: node, Cluster: cluster, MTU: mtu, Joined: joined, PeersSince: map[string]time.Time{}}
+	a.mu.Unlock()
+
+	if err := a.installCNI(node, mtu); err != nil {
+		return err
+	}
+
+	trigger := make(chan struct{}, 1)
+	kick := func() {
+		select {
+		case trigger <- struct{}{}:
+		default:
+		}
+	}
+	var peersMu sync.Mutex
+	var peers []datastore.Node
+	go func() {
+		errc <- store.WatchNodes(ctx, func(nodes []datastore.Node) {
+			peersMu.Lock()
+			peers = nodes
+			peersMu.Unlock()
+			kick()
+		})
+	}()
+	// Subscribed before the first reconcile, so no disturbance is missed.
+	watcher, err := fab.Subscribe(ctx)
+	if err != nil {
+		return fmt.Errorf("fabric: %w", err)
+	}
+	go func() { errc <- watcher.Run(kick) }()
+
+	egress, err := nft.New(0)
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	defer egress.Close()
+
+	resync := time.NewTicker(a.cfg.Resync)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.log.Info("stopping; the node's network stays as it is")
+			return nil
+		case err := <-errc:
+			if err != nil && ctx.Err() == nil {
+				return err
+			}
+		case <-resync.C:
+			kick()
+		case <-trigger:
+			peersMu.Lock()
+			snapshot := peers
+			peersMu.Unlock()
+			a.reconcile(fab, egress, cluster, node, mtu, snapshot)
+		}
+	}
+}
+
+// reconcile converges the fabric, the egress rules and the CNI files.
+func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastore.ClusterConfig, self datastore.Node, mtu int, nodes []datastore.Node) {
+	start := time.Now()
+	var fp []fabric.Peer
+	for _, n := range nodes {
+		if n.Name == self.Name {
+			continue
+		}
+		p := fabric.Peer{Name: n.Name, IP: n.IP, IP6: n.IP6, Subnet: n.Subnet, Subnet6: n.Subnet6}
+		if n.VTEPMAC == "" && cluster.Backend != string(fabric.HostGW) {
+			// A node that just joined publishes its VTEP MAC right after
+			// its lease; its update triggers the next reconcile.
+			a.log.Debug("peer has not published its VTEP MAC yet", "peer", n.Name)
+			continue
+		}
+		if n.VTEPMAC != "" {
+			mac, err := net.ParseMAC(n.VTEPMAC)
+			if err != nil {
+				a.log.Warn("peer's VTEP MAC is malformed", "peer", n.Name, "mac", n.VTEPMAC)
+				continue
+			}
+			p.VTEPMAC = mac
+		}
+		fp = append(fp, p)
+	}
+	res, fabErr := fab.Reconcile(fp)
+	var errs []error
+	if fabErr != nil {
+		errs = append(errs, fmt.Errorf("fabric: %w", fabErr))
+	}
+	if a.cfg.Egress {
+		if _, err := egress.SyncEgress(clusterCIDRs(cluster)); err != nil {
+			errs = append(errs, err)
+		}
+	} else if err := egress.DelEgress(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.installCNI(self, mtu); err != nil {
+		errs = append(errs, err)
+	}
+	err := errors.Join(errs...)
+	took := time.Since(start)
+	a.metrics.reconcile.Observe(took.Seconds())
+	a.metrics.peers.Set(float64(len(fp)))
+	counts := map[fabric.Mode]int{fabric.HostGW: 0, fabric.VXLAN: 0}
+	for _, m := range res.Backends {
+		counts[m]++
+	}
+	for m, n := range counts {
+		a.metrics.routes.WithLabelValues(string(m)).Set(float64(n))
+	}
+	a.mu.Lock()
+	a.fabOK = a.fabOK || fabErr == nil
+	a.lastErr = err
+	a.status.Backends = res.Backends
+	a.status.Peers = len(fp)
+	now := time.Now()
+	for name := range res.Backends {
+		if _, ok := a.status.PeersSince[name]; !ok {
+			a.status.PeersSince[name] = now
+		}
+	}
+	for name := range a.status.PeersSince {
+		if _, ok := res.Backends[name]; !ok {
+			delete(a.status.PeersSince, name)
+		}
+	}
+	ready := a.leased && a.fabOK && a.confOK
+	a.status.Ready = ready
+	a.mu.Unlock()
+	if ready {
+		a.metrics.ready.Set(1)
+	}
+	if err != nil {
+		a.metrics.reconcileErrors.Inc()
+		a.log.Error("reconcile", "err", err, "took", took)
+		return
+	}
+	if res.Added > 0 || res.Removed > 0 {
+		a.log.Info("reconciled", "peers", len(fp), "added", res.Added, "removed", res.Removed, "took", took)
+	}
+}
+
+// installCNI installs the plugins and writes the node's conflist.
+func (a *Agent) installCNI(node datastore.Node, mtu int) error {
+	if err := installPlugins(a.cfg.CNIBinary, a.cfg.CNIBinDir, all.Names()); err != nil {
+		return err
+	}
+	var subnets []string
+	for _, s := range []*net.IPNet{node.Subnet, node.Subnet6} {
+		if s != nil {
+			subnets = append(subnets, s.String())
+		}
+	}
+	data, err := conflist(subnets, mtu, a.cfg.IPAMDir, a.cfg.Chain)
+	if err != nil {
+		return fmt.Errorf("CNI configuration: %w", err)
+	}
+	wrote, err := writeAtomic(filepath.Join(a.cfg.CNIConfDir, ConflistName), data)
+	if err != nil {
+		return err
+	}
+	if wrote {
+		a.log.Info("wrote CNI configuration", "path", filepath.Join(a.cfg.CNIConfDir, ConflistName))
+	}
+	a.mu.Lock()
+	a.confOK = true
+	a.mu.Unlock()
+	return nil
+}
+
+func clusterCIDRs(c datastore.ClusterConfig) []*net.IPNet {
+	var out []*net.IPNet
+	for _, s := range []string{c.ClusterCIDR, c.ClusterCIDR6} {
+		if _, n, err := net.ParseCIDR(s); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// lastLease is the node's subnets, kept on disk so a node whose lease
+// expired while it was down asks for the same subnets again.
+type lastLease struct {
+	Subnet  string `json:"subnet,omitempty"`
+	Subnet6 string `json:"subnet6,omitempty"`
+}
+
+func (a *Agent) leaseFile() string { return filepath.Join(a.cfg.DataDir, "lease.json") }
+
+func (a *Agent) loadLastLease() datastore.Node {
+	var n datastore.Node
+	b, err := os.ReadFile(a.leaseFile())
+	if err != nil {
+		return n
+	}
+	var l lastLease
+	if json.Unmarshal(b, &l) != nil {
+		return n
+	}
+	if _, s, err := net.ParseCIDR(l.Subnet); err == nil {
+		n.Subnet = s
+	}
+	if _, s, err := net.ParseCIDR(l.Subnet6); err == nil {
+		n.Subnet6 = s
+	}
+	return n
+}
+
+func (a *Agent) saveLastLease(n datastore.Node) {
+	var l lastLease
+	if n.Subnet != nil {
+		l.Subnet = n.Subnet.String()
+	}
+	if n.Subnet6 != nil {
+		l.Subnet6 = n.Subnet6.String()
+	}
+	b, _ := json.Marshal(l)
+	if _, err := writeAtomic(a.leaseFile(), b); err != nil {
+		a.log.Warn("cannot remember the lease", "err", err)
+	}
+}

@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+func TestValidate(t *testing.T) {
+	ok := Defaults()
+	ok.NodeName = "n1"
+	for _, tc := range []struct {
+		name    string
+		mutate  func(*Config)
+		wantErr string
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"no node name", func(c *Config) { c.NodeName = "" }, "node name"},
+		{"etcd without endpoints", func(c *Config) { c.Datastore = "etcd" }, "--etcd-endpoints"},
+		{"unknown datastore", func(c *Config) { c.Datastore = "consul" }, "unknown datastore"},
+		{"short lease", func(c *Config) { c.LeaseTTL = time.Second }, "lease TTL"},
+		{"bad cluster CIDR", func(c *Config) { c.Cluster.ClusterCIDR = "10.244.0.0/33" }, "10.244.0.0/33"},
+		{"unknown backend", func(c *Config) { c.Cluster.Backend = "ipip" }, "ipip"},
+		{"node IP not IPv4", func(c *Config) { c.NodeIP = []byte{0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1} }, "not IPv4"},
+		{"no CNI bin dir", func(c *Config) { c.CNIBinDir = "" }, "CNI bin dir"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ok
+			c.Cluster = ok.Cluster
+			tc.mutate(&c)
+			err := c.Validate()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("Validate = %v, want an error mentioning %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestConflist checks the agent's conflist is what libcni loads: the
+// podnet plugin over the node's subnets, then the chain.
+func TestConflist(t *testing.T) {
+	b, err := conflist([]string{"10.244.3.0/24", "fd00:10:244:3::/64"}, 1450, "/run/podnet/ipam", []string{"portmap", "bandwidth"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		t.Fatalf("libcni rejects the conflist: %v\n%s", err, b)
+	}
+	if list.Name != NetworkName || list.CNIVersion != "1.1.0" || len(list.Plugins) != 3 {
+		t.Fatalf("conflist %s/%s with %d plugins:\n%s", list.Name, list.CNIVersion, len(list.Plugins), b)
+	}
+	var first struct {
+		Type string `json:"type"`
+		MTU  int    `json:"mtu"`
+		IPAM struct {
+			Type   string              `json:"type"`
+			Ranges [][]json.RawMessage `json:"ranges"`
+		} `json:"ipam"`
+	}
+	if err := json.Unmarshal(list.Plugins[0].Bytes, &first); err != nil {
+		t.Fatal(err)
+	}
+	if first.Type != "podnet" || first.MTU != 1450 || first.IPAM.Type != "host-local" || len(first.IPAM.Ranges) != 2 {
+		t.Errorf("first plugin: %+v", first)
+	}
+	for i, want := range []string{"portmap", "bandwidth"} {
+		if got := list.Plugins[i+1].Network.Type; got != want {
+			t.Errorf("plugin %d is %s, want %s", i+1, got, want)
+		}
+	}
+	if !strings.Contains(string(list.Plugins[1].Bytes), `"portMappings":true`) {
+		t.Errorf("portmap lacks the portMappings capability: %s", list.Plugins[1].Bytes)
+	}
+}
+
+// TestInstallPlugins installs twice: the second run changes nothing (same
+// inodes), and a changed binary replaces every link atomically.
+func TestInstallPlugins(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "podnet-cni")
+	if err := os.WriteFile(src, []byte("v1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "opt", "cni", "bin")
+	names := []string{"podnet", "host-local", "portmap"}
+	if err := installPlugins(src, bin, names); err != nil {
+		t.Fatal(err)
+	}
+	inode := func(p string) uint64 {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
+	first := inode(filepath.Join(bin, "podnet"))
+	for _, n := range names {
+		if inode(filepath.Join(bin, n)) != inode(filepath.Join(bin, "podnet-cni")) {
+			t.Errorf("%s is not a link of podnet-cni", n)
+		}
+	}
+	if err := installPlugins(src, bin, names); err != nil {
+		t.Fatal(err)
+	}
+	if inode(filepath.Join(bin, "podnet")) != first {
+		t.Error("a second install of the same binary rewrote it")
+	}
+	if err := os.WriteFile(src, []byte("v2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := installPlugins(src, bin, names); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range append(names, "podnet-cni") {
+		b, err := os.ReadFile(filepath.Join(bin, n))
+		if err != nil || string(b) != "v2" {
+			t.Errorf("%s holds %q (%v) after the upgrade, want v2", n, b, err)
+		}
+	}
+	entries, _ := os.ReadDir(bin)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("temporary file %s left in the bin dir", e.Name())
+		}
+	}
+}
+
+func TestWriteAtomic(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "net.d", ConflistName)
+	for i, tc := range []struct {
+		data  string
+		wrote bool
+	}{{"a", true}, {"a", false}, {"b", true}} {
+		wrote, err := writeAtomic(p, []byte(tc.data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wrote != tc.wrote {
+			t.Errorf("write %d: wrote=%v, want %v", i, wrote, tc.wrote)
+		}
+	}
+	if b, _ := os.ReadFile(p); string(b) != "b" {
+		t.Errorf("file holds %q", b)
+	}
+}

@@ -1,0 +1,126 @@
+// Package agent is podnet's node daemon: it leases the node a pod subnet
+// from the datastore, connects the node to every other node (the fabric),
+// masquerades traffic leaving the cluster, installs the CNI plugins and
+// their configuration, and serves health and metrics. Each feature is a
+// small controller that converges the kernel to the desired state at start
+// and on every change, so a restart changes nothing that works.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/podnet/podnet/internal/datastore"
+)
+
+// Config is the agent's configuration (flags and the config file).
+type Config struct {
+	// NodeName identifies the node in the datastore (default: hostname).
+	NodeName string
+	// Datastore is "embedded" (run a single-node etcd in the agent) or
+	// "etcd" (connect to EtcdEndpoints).
+	Datastore     string
+	EtcdEndpoints []string
+	EtcdCAFile    string
+	EtcdCertFile  string
+	EtcdKeyFile   string
+	// EtcdClientURL and EtcdPeerURL are where the embedded server listens
+	// (defaults: http://<node IP>:2379 and http://127.0.0.1:2380).
+	EtcdClientURL string
+	EtcdPeerURL   string
+	// Prefix is the datastore key prefix.
+	Prefix string
+	// DataDir keeps the embedded etcd's data and the node's last lease.
+	DataDir string
+
+	// Cluster is the cluster configuration this agent proposes; the first
+	// agent's proposal is stored and wins.
+	Cluster datastore.ClusterConfig
+	// LeaseTTL is the grace period after which a dead node's subnet is
+	// reclaimed and its routes removed everywhere.
+	LeaseTTL time.Duration
+
+	// Iface is the underlay interface (default: the default route's);
+	// NodeIP and NodeIP6 default to its first global addresses.
+	Iface   string
+	NodeIP  net.IP
+	NodeIP6 net.IP
+
+	// CNIBinDir receives the plugin binary and its links, CNIConfDir the
+	// conflist; CNIBinary is the podnet-cni to install (default: beside
+	// the agent's executable); IPAMDir is host-local's dataDir.
+	CNIBinDir  string
+	CNIConfDir string
+	CNIBinary  string
+	IPAMDir    string
+	// Chain lists the plugins chained after podnet in the conflist.
+	Chain []string
+
+	// Egress masquerades pod traffic leaving the cluster CIDRs.
+	Egress bool
+	// Listen is the address of /healthz, /readyz and /metrics ("" = off).
+	Listen string
+	// Resync is the period of the full reconcile that backs up the
+	// event-driven one.
+	Resync time.Duration
+}
+
+// Defaults returns the configuration of a node that sets nothing.
+func Defaults() Config {
+	return Config{
+		Datastore:  "embedded",
+		Prefix:     "/podnet/",
+		DataDir:    "/var/lib/podnet",
+		Cluster:    datastore.ClusterConfig{ClusterCIDR: "10.244.0.0/16", SubnetSize: 24, Backend: "auto", VNI: 1, VXLANPort: 4789},
+		LeaseTTL:   60 * time.Second,
+		CNIBinDir:  "/opt/cni/bin",
+		CNIConfDir: "/etc/cni/net.d",
+		IPAMDir:    "/run/podnet/ipam",
+		Chain:      []string{"portmap", "bandwidth"},
+		Egress:     true,
+		Listen:     ":9099",
+		Resync:     30 * time.Second,
+	}
+}
+
+// Validate reports the first problem of a configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("node name is empty"))
+	}
+	switch c.Datastore {
+	case "embedded":
+	case "etcd":
+		if len(c.EtcdEndpoints) == 0 {
+			errs = append(errs, errors.New("--datastore=etcd needs --etcd-endpoints"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("unknown datastore %q (embedded or etcd)", c.Datastore))
+	}
+	if c.LeaseTTL < 5*time.Second {
+		errs = append(errs, fmt.Errorf("lease TTL %s is shorter than 5s", c.LeaseTTL))
+	}
+	if c.Resync <= 0 {
+		errs = append(errs, fmt.Errorf("resync period %s must be positive", c.Resync))
+	}
+	if c.NodeIP != nil && c.NodeIP.To4() == nil {
+		errs = append(errs, fmt.Errorf("node IP %s is not IPv4", c.NodeIP))
+	}
+	if c.NodeIP6 != nil && c.NodeIP6.To4() != nil {
+		errs = append(errs, fmt.Errorf("node IPv6 %s is not IPv6", c.NodeIP6))
+	}
+	cl := c.Cluster
+	cl.Default()
+	if err := cl.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range []struct{ name, dir string }{{"data dir", c.DataDir}, {"CNI bin dir", c.CNIBinDir}, {"CNI conf dir", c.CNIConfDir}, {"IPAM dir", c.IPAMDir}} {
+		if p.dir == "" {
+			errs = append(errs, fmt.Errorf("%s is empty", p.name))
+		}
+	}
+	return errors.Join(errs...)
+}

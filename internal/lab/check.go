@@ -1,0 +1,366 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+
+	"github.com/podnet/podnet/internal/netns"
+)
+
+// checkPort is where each pod's built-in server listens during a check.
+const checkPort = "7777"
+
+// probeTimeout bounds one probe.
+const probeTimeout = 3 * time.Second
+
+// Probe is one test of the connectivity matrix.
+type Probe struct {
+	From, To string // pod names ("outside" for the outside host)
+	Proto    string // icmp or tcp
+	Addr     string // destination address
+	// Seen is the source address the TCP server saw.
+	Seen string
+	Err  string
+}
+
+// OK tells whether the probe succeeded.
+func (p Probe) OK() bool { return p.Err == "" }
+
+// Report is the outcome of Check.
+type Report struct {
+	Pods    []string
+	Probes  []Probe // pod to pod
+	Outside []Probe // pod to the outside host
+}
+
+// Failures counts the failed probes.
+func (r *Report) Failures() int {
+	n := 0
+	for _, ps := range [][]Probe{r.Probes, r.Outside} {
+		for _, p := range ps {
+			if !p.OK() {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Check tests every pod against every pod, over ICMP and TCP, on every
+// address family the pods have: the TCP server in each pod (built into
+// this process, listening inside the pod's namespace) answers with the
+// source address it saw, which must be the sender's pod address (no NAT).
+// Every pod also reaches the outside host, which must see the pod's node
+// address (egress masquerade).
+func (l *Lab) Check(ctx context.Context) (*Report, error) {
+	l.mu.Lock()
+	pods := append([]*Pod(nil), l.Pods...)
+	l.mu.Unlock()
+	nodeIP := map[string][]string{}
+	for _, n := range l.Nodes {
+		nodeIP[n.Name] = []string{n.IP, n.IP6}
+	}
+
+	spaces := map[string]*netns.Temp{}
+	defer func() {
+		for _, s := range spaces {
+			s.Close()
+		}
+	}()
+	var stops []func()
+	defer func() {
+		for _, s := range stops {
+			s()
+		}
+	}()
+	serve := func(name, nsName string) error {
+		ns, err := netns.OpenNamed(nsName)
+		if err != nil {
+			return err
+		}
+		spaces[name] = ns
+		stop, err := serveSource(ns)
+		if err != nil {
+			return fmt.Errorf("server in %s: %w", name, err)
+		}
+		stops = append(stops, stop)
+		return nil
+	}
+	for _, p := range pods {
+		if err := serve(p.Name, p.NS); err != nil {
+			return nil, err
+		}
+	}
+	if err := serve("outside", l.nsName("outside")); err != nil {
+		return nil, err
+	}
+
+	r := &Report{}
+	var jobs []*Probe
+	for _, src := range pods {
+		r.Pods = append(r.Pods, src.Name)
+		for _, dst := range pods {
+			for _, ip := range dst.IPs {
+				for _, proto := range []string{"icmp", "tcp"} {
+					r.Probes = append(r.Probes, Probe{From: src.Name, To: dst.Name, Proto: proto, Addr: ip})
+				}
+			}
+		}
+		outs := []string{OutsideIP.String()}
+		if l.Spec.IPv6 {
+			outs = append(outs, OutsideIP6.String())
+		}
+		for _, ip := range outs {
+			r.Outside = append(r.Outside, Probe{From: src.Name, To: "outside", Proto: "tcp", Addr: ip})
+		}
+	}
+	for i := range r.Probes {
+		jobs = append(jobs, &r.Probes[i])
+	}
+	for i := range r.Outside {
+		jobs = append(jobs, &r.Outside[i])
+	}
+	podByName := map[string]*Pod{}
+	for _, p := range pods {
+		podByName[p.Name] = p
+	}
+	work := make(chan *Probe)
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for pr := range work {
+				src := podByName[pr.From]
+				ns := spaces[pr.From]
+				dst := net.ParseIP(pr.Addr)
+				var err error
+				switch pr.Proto {
+				case "icmp":
+					err = ping(ns.NS, dst, probeTimeout)
+				case "tcp":
+					pr.Seen, err = askSource(ctx, ns.NS, dst)
+					if err == nil {
+						want := sameFamily(dst, src.IPs)
+						if pr.To == "outside" {
+							want = sameFamily(dst, nodeIP[src.Node])
+						}
+						if pr.Seen != want {
+							err = fmt.Errorf("server saw %s, want %s", pr.Seen, want)
+						}
+					}
+				}
+				if err != nil {
+					pr.Err = err.Error()
+				}
+			}
+		}()
+	}
+	for _, j := range jobs {
+		work <- j
+	}
+	close(work)
+	wg.Wait()
+	return r, nil
+}
+
+// sameFamily picks the address of ip's family from a list.
+func sameFamily(ip net.IP, list []string) string {
+	for _, s := range list {
+		a := net.ParseIP(s)
+		if a != nil && (a.To4() != nil) == (ip.To4() != nil) {
+			return a.String()
+		}
+	}
+	return ""
+}
+
+// serveSource listens on checkPort inside ns and answers every connection
+// with the source address it came from.
+func serveSource(ns *netns.Temp) (func(), error) {
+	var ln net.Listener
+	err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", ":"+checkPort)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			fmt.Fprintln(c, net.ParseIP(host).String())
+			c.Close()
+		}
+	}()
+	return func() { ln.Close() }, nil
+}
+
+// askSource connects from ns to dst's server and returns the source
+// address the server saw.
+func askSource(ctx context.Context, ns *netns.NS, dst net.IP) (string, error) {
+	var c net.Conn
+	err := ns.Do(func() error {
+		var err error
+		d := net.Dialer{Timeout: probeTimeout}
+		c, err = d.DialContext(ctx, "tcp", net.JoinHostPort(dst.String(), checkPort))
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(probeTimeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("read answer: %w", err)
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// ping sends one ICMP echo request from ns to dst and waits for its reply.
+func ping(ns *netns.NS, dst net.IP, timeout time.Duration) error {
+	network, laddr, proto := "ip4:icmp", "0.0.0.0", 1
+	var typ icmp.Type = ipv4.ICMPTypeEcho
+	if dst.To4() == nil {
+		network, laddr, proto, typ = "ip6:ipv6-icmp", "::", 58, ipv6.ICMPTypeEchoRequest
+	}
+	var c *icmp.PacketConn
+	if err := ns.Do(func() error {
+		var err error
+		c, err = icmp.ListenPacket(network, laddr)
+		return err
+	}); err != nil {
+		return fmt.Errorf("icmp socket: %w", err)
+	}
+	defer c.Close()
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	id := int(binary.BigEndian.Uint16(b[:]))
+	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("podnet-lab")}}
+	wire, err := msg.Marshal(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := c.WriteTo(wire, &net.IPAddr{IP: dst}); err != nil {
+		return fmt.Errorf("send echo: %w", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 1500)
+	for {
+		n, peer, err := c.ReadFrom(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return errors.New("no echo reply")
+			}
+			return err
+		}
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil {
+			continue
+		}
+		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && (m.Type == ipv4.ICMPTypeEchoReply || m.Type == ipv6.ICMPTypeEchoReply) {
+			if a, ok := peer.(*net.IPAddr); ok && a.IP.Equal(dst) {
+				return nil
+			}
+		}
+	}
+}
+
+// Print writes the matrix (one cell per pod pair: every family and both
+// protocols), the outside column, the failures and a summary line.
+func (r *Report) Print(w io.Writer) {
+	type key struct{ from, to string }
+	cell := map[key][]Probe{}
+	for _, p := range r.Probes {
+		cell[key{p.From, p.To}] = append(cell[key{p.From, p.To}], p)
+	}
+	outside := map[string][]Probe{}
+	for _, p := range r.Outside {
+		outside[p.From] = append(outside[p.From], p)
+	}
+	width := 6
+	for _, p := range r.Pods {
+		if len(p) > width {
+			width = len(p)
+		}
+	}
+	fmt.Fprintf(w, "%-*s", width+2, "from\\to")
+	for _, p := range r.Pods {
+		fmt.Fprintf(w, " %-*s", width, p)
+	}
+	fmt.Fprintf(w, " %s\n", "outside")
+	mark := func(ps []Probe) string {
+		if len(ps) == 0 {
+			return "-"
+		}
+		for _, p := range ps {
+			if !p.OK() {
+				return "FAIL"
+			}
+		}
+		return "ok"
+	}
+	for _, from := range r.Pods {
+		fmt.Fprintf(w, "%-*s", width+2, from)
+		for _, to := range r.Pods {
+			fmt.Fprintf(w, " %-*s", width, mark(cell[key{from, to}]))
+		}
+		fmt.Fprintf(w, " %s\n", mark(outside[from]))
+	}
+	for _, ps := range [][]Probe{r.Probes, r.Outside} {
+		for _, p := range ps {
+			if !p.OK() {
+				fmt.Fprintf(w, "  FAIL %s → %s %s %s: %s\n", p.From, p.To, p.Proto, p.Addr, p.Err)
+			}
+		}
+	}
+	pairs, okPairs := 0, 0
+	for _, ps := range cell {
+		pairs++
+		if mark(ps) == "ok" {
+			okPairs++
+		}
+	}
+	outOK := 0
+	for _, ps := range outside {
+		if mark(ps) == "ok" {
+			outOK++
+		}
+	}
+	fmt.Fprintf(w, "%d/%d pod pairs reach each other over ICMP and TCP (%d probes; a pair is ok only if every receiver saw the sender's pod IP: no NAT); %d/%d pods reach the outside masqueraded as their node; %d failures\n",
+		okPairs, pairs, len(r.Probes), outOK, len(outside), r.Failures())
+}
+
+// Ping sends one ICMP echo from the pod to dst and waits for the reply.
+func (l *Lab) Ping(from string, dst net.IP, timeout time.Duration) error {
+	p, err := l.pod(from)
+	if err != nil {
+		return err
+	}
+	ns, err := netns.OpenNamed(p.NS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return ping(ns.NS, dst, timeout)
+}

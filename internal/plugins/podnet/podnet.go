@@ -1,0 +1,209 @@
+// Package podnet is the plugin of podnet's own cluster network: a routed
+// veth without a bridge, as Calico attaches pods. The pod holds its address
+// as a /32 or /128 and sends everything to a link-local gateway on its
+// interface; the host end answers for that gateway and the host routes the
+// pod's address to it. Addresses come from the IPAM plugin of the
+// configuration (the node agent writes host-local over the node's leased
+// subnet), so ADD, DEL and GC never need the agent to be running.
+package podnet
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/attach"
+	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/link"
+)
+
+// The gateways every pod routes through. The host end of each pod's veth
+// holds them (the same addresses on every host veth, as the reference ptp
+// gives every host end the subnet's gateway); being link-local, they never
+// leave the link and never collide with pod or node addresses.
+var (
+	Gateway4 = net.IPv4(169, 254, 1, 1).To4()
+	Gateway6 = net.ParseIP("fe80::1")
+)
+
+// Plugin returns the podnet plugin.
+func Plugin() cniplugin.Plugin {
+	del, gc, status := attach.Teardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
+		c, err := load(args.StdinData)
+		if err != nil {
+			return nil, err
+		}
+		return &c.NetConf, nil
+	})
+	return cniplugin.Plugin{Add: add, Del: del, Check: check, GC: gc, Status: status}
+}
+
+// Conf is the podnet plugin's configuration.
+type Conf struct {
+	cniplugin.NetConf
+	// MTU of the pod's interface; the agent sets it to the fabric's MTU.
+	MTU int `json:"mtu"`
+}
+
+// containerIdx is the container interface's position in the result, after
+// the host end.
+const containerIdx = 1
+
+func load(data []byte) (*Conf, error) {
+	c := &Conf{}
+	if err := cniplugin.Decode(data, c); err != nil {
+		return nil, err
+	}
+	if c.IPAM.Type == "" {
+		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "podnet needs an IPAM plugin")
+	}
+	if c.MTU < 0 || (c.MTU > 0 && c.MTU < 68) || c.MTU > 65535 {
+		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "invalid mtu %d", c.MTU)
+	}
+	return c, nil
+}
+
+// gatewayOf is the pod's gateway for an address's family.
+func gatewayOf(ip net.IP) net.IP {
+	if ip.To4() != nil {
+		return Gateway4
+	}
+	return Gateway6
+}
+
+func add(args *skel.CmdArgs) (types.Result, error) {
+	c, err := load(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	s, err := attach.Begin(args, &c.NetConf)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+
+	res, err := s.AllocateIPs()
+	if err != nil {
+		return nil, err
+	}
+	routed(res)
+	if err := link.EnableForwarding(res.IPs); err != nil {
+		return nil, err
+	}
+	veth, err := s.CreateVeth(c.MTU, nil)
+	if err != nil {
+		return nil, err
+	}
+	res.Interfaces = []*current.Interface{
+		{Name: veth.Host.Attrs().Name, Mac: veth.Host.Attrs().HardwareAddr.String()},
+		{Name: args.IfName, Mac: veth.Container.Attrs().HardwareAddr.String(), Sandbox: args.Netns},
+	}
+	// Addresses first: the routes need the link up and the gateway on it.
+	routes := res.Routes
+	res.Routes = nil
+	if err := s.Iface(veth.Container).Configure(res, containerIdx, false); err != nil {
+		return nil, err
+	}
+	res.Routes = routes
+	if err := routeViaGateway(s.Cont, veth.Container, res); err != nil {
+		return nil, err
+	}
+	if err := link.RouteToContainer(s.Host, veth.Host, res); err != nil {
+		return nil, err
+	}
+	attach.ApplyDNS(res, &c.NetConf)
+	s.Done()
+	return res, nil
+}
+
+// routed turns an IPAM result into the routed pod's: each address as a
+// host address with the link-local gateway of its family, and the routes
+// (a default route per family when IPAM gives none) through that gateway.
+func routed(res *current.Result) {
+	v4, v6 := false, false
+	for _, ipc := range res.IPs {
+		ipc.Address = *link.HostNet(ipc.Address.IP)
+		ipc.Gateway = gatewayOf(ipc.Address.IP)
+		ipc.Interface = current.Int(containerIdx)
+		if ipc.Address.IP.To4() != nil {
+			v4 = true
+		} else {
+			v6 = true
+		}
+	}
+	var routes []*types.Route
+	for _, r := range res.Routes {
+		if (r.Dst.IP.To4() != nil && v4) || (r.Dst.IP.To4() == nil && v6) {
+			routes = append(routes, &types.Route{Dst: r.Dst, GW: gatewayOf(r.Dst.IP)})
+		}
+	}
+	if len(routes) == 0 {
+		if v4 {
+			routes = append(routes, &types.Route{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: Gateway4})
+		}
+		if v6 {
+			routes = append(routes, &types.Route{Dst: net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, GW: Gateway6})
+		}
+	}
+	res.Routes = routes
+}
+
+// routeViaGateway gives the container an on-link route to its IPv4
+// gateway (the IPv6 one is link-local, on-link by definition) and then the
+// result's routes through it.
+func routeViaGateway(h *netlink.Handle, l netlink.Link, res *current.Result) error {
+	idx := l.Attrs().Index
+	for _, ipc := range res.IPs {
+		if ipc.Address.IP.To4() == nil {
+			continue
+		}
+		r := &netlink.Route{LinkIndex: idx, Dst: link.HostNet(Gateway4), Scope: netlink.SCOPE_LINK, Src: ipc.Address.IP}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route to gateway %s: %w", Gateway4, err)
+		}
+		break
+	}
+	for _, rt := range res.Routes {
+		r := &netlink.Route{LinkIndex: idx, Dst: &rt.Dst, Gw: rt.GW}
+		if err := h.RouteReplace(r); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add route %s via %s: %w", rt.Dst.String(), rt.GW, err)
+		}
+	}
+	return nil
+}
+
+func check(args *skel.CmdArgs) error {
+	c, err := load(args.StdinData)
+	if err != nil {
+		return err
+	}
+	s, prev, err := attach.BeginCheck(args, &c.NetConf)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	_, host, _, err := s.CheckVeth(prev)
+	if err != nil {
+		return err
+	}
+	for _, ipc := range prev.IPs {
+		routes, err := s.Host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: link.HostNet(ipc.Address.IP)}, netlink.RT_FILTER_DST)
+		if err != nil {
+			return fmt.Errorf("list host routes: %w", err)
+		}
+		found := false
+		for _, r := range routes {
+			found = found || r.LinkIndex == host.Attrs().Index
+		}
+		if !found {
+			return fmt.Errorf("host route to %s via %s is missing", ipc.Address.IP, host.Attrs().Name)
+		}
+	}
+	return nil
+}
