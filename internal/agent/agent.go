@@ -136,7 +136,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	store, err := datastore.Open(ctx, a.datastoreConfig(ul.IP))
 	if err != nil {
-		return fmt.Errorf("datastore: %w", err)
+		return err
 	}
 	defer store.Close()
 	cluster, diffs, err := store.EnsureClusterConfig(ctx, a.cfg.Cluster)
@@ -175,11 +175,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		Subnet: node.Subnet, Subnet6: node.Subnet6, VNI: cluster.VNI, Port: cluster.VXLANPort, MTU: cluster.MTU,
 	}, nil)
 	if err != nil {
-		return fmt.Errorf("fabric: %w", err)
+		return err
 	}
 	mac, err := fab.Setup()
 	if err != nil {
-		return fmt.Errorf("fabric: %w", err)
+		return err
 	}
 	if mac.String() != node.VTEPMAC {
 		node.VTEPMAC = mac.String()
@@ -221,7 +221,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Subscribed before the first reconcile, so no disturbance is missed.
 	watcher, err := fab.Subscribe(ctx)
 	if err != nil {
-		return fmt.Errorf("fabric: %w", err)
+		return err
 	}
 	go func() { errc <- watcher.Run(kick) }()
 
@@ -281,7 +281,7 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 	res, fabErr := fab.Reconcile(fp)
 	var errs []error
 	if fabErr != nil {
-		errs = append(errs, fmt.Errorf("fabric: %w", fabErr))
+		errs = append(errs, fabErr)
 	}
 	if a.cfg.Egress {
 		if _, err := egress.SyncEgress(clusterCIDRs(cluster)); err != nil {

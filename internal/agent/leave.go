@@ -26,7 +26,7 @@ func (a *Agent) Leave(ctx context.Context) error {
 	node := a.loadLastLease()
 	store, err := datastore.Open(ctx, a.datastoreConfig(ul.IP))
 	if err != nil {
-		errs = append(errs, fmt.Errorf("datastore: %w", err))
+		errs = append(errs, err)
 	} else {
 		defer store.Close()
 		// Taking the lease over gives back the node's own subnets under a
@@ -47,7 +47,7 @@ func (a *Agent) Leave(ctx context.Context) error {
 			fab.Close()
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("fabric: %w", err))
+			errs = append(errs, err)
 		}
 	}
 	if c, err := nft.New(0); err != nil {
