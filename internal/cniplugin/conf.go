@@ -57,6 +57,18 @@ func Decode(data []byte, conf Conf) error {
 	return nil
 }
 
+// DecodeNew decodes data into a new configuration of type T (see Decode).
+func DecodeNew[T any, P interface {
+	*T
+	Conf
+}](data []byte) (P, error) {
+	c := P(new(T))
+	if err := Decode(data, c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
 func supported(v string) bool {
 	for _, s := range SupportedVersions.SupportedVersions() {
 		if s == v {

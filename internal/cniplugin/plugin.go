@@ -113,6 +113,11 @@ func NewError(code uint, msg, details string) *types.Error {
 	return types.NewError(code, msg, details)
 }
 
+// Invalid is an invalid-configuration error (7) with a formatted message.
+func Invalid(format string, a ...any) *types.Error {
+	return Errorf(types.ErrInvalidNetworkConfig, format, a...)
+}
+
 // Errorf builds a spec error whose message is formatted.
 func Errorf(code uint, format string, a ...any) *types.Error {
 	return types.NewError(code, fmt.Sprintf(format, a...), "")

@@ -41,7 +41,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 		return prev, nil
 	}
 	if c.NetConf.PrevResult == nil {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "bandwidth must be called as a chained plugin: no prevResult")
+		return nil, cniplugin.Invalid("bandwidth must be called as a chained plugin: no prevResult")
 	}
 	s, err := attach.Begin(args, &c.NetConf)
 	if err != nil {

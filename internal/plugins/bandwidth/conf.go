@@ -10,7 +10,6 @@ package bandwidth
 import (
 	"math"
 
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
 	"github.com/podnet/podnet/internal/cniplugin"
@@ -86,24 +85,24 @@ func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err 
 	case rateBits == 0 && burstBits == 0:
 		return shaping{}, false, nil
 	case burstBits == 0:
-		return shaping{}, false, invalid("%sRate is set, so %sBurst must also be set", dir, dir)
+		return shaping{}, false, cniplugin.Invalid("%sRate is set, so %sBurst must also be set", dir, dir)
 	case rateBits == 0:
-		return shaping{}, false, invalid("%sBurst is set, so %sRate must also be set", dir, dir)
+		return shaping{}, false, cniplugin.Invalid("%sBurst is set, so %sRate must also be set", dir, dir)
 	case burstBits/8 >= math.MaxUint32:
-		return shaping{}, false, invalid("%sBurst cannot be more than 4GB", dir)
+		return shaping{}, false, cniplugin.Invalid("%sBurst cannot be more than 4GB", dir)
 	case rateBits < 8:
-		return shaping{}, false, invalid("%sRate %d is below one byte per second", dir, rateBits)
+		return shaping{}, false, cniplugin.Invalid("%sRate %d is below one byte per second", dir, rateBits)
 	}
 	s.rate = rateBits / 8
 	s.burst = uint32(burstBits / 8)
 	ticks := float64(netlink.TIME_UNITS_PER_SEC) * float64(s.burst) / float64(s.rate) * netlink.TickInUsec()
 	if ticks >= math.MaxUint32 {
-		return shaping{}, false, invalid("%sBurst %d bits takes too long to send at %d bits/s for the kernel's token bucket", dir, burstBits, rateBits)
+		return shaping{}, false, cniplugin.Invalid("%sBurst %d bits takes too long to send at %d bits/s for the kernel's token bucket", dir, burstBits, rateBits)
 	}
 	s.buffer = netlink.Xmittime(s.rate, s.burst)
 	queued := float64(s.rate)*latencyUsec/netlink.TIME_UNITS_PER_SEC + float64(s.burst)
 	if queued >= math.MaxUint32 {
-		return shaping{}, false, invalid("%sRate %d bits/s queues more than 4GB in %d ms", dir, rateBits, latencyUsec/1000)
+		return shaping{}, false, cniplugin.Invalid("%sRate %d bits/s queues more than 4GB in %d ms", dir, rateBits, latencyUsec/1000)
 	}
 	s.limit = uint32(queued)
 	return s, true, nil
@@ -124,7 +123,7 @@ func planOf(l *Limits) (plan, error) {
 		return p, nil
 	}
 	if len(l.UnshapedSubnets) > 0 || len(l.ShapedSubnets) > 0 {
-		return p, invalid("unshapedSubnets and shapedSubnets are not supported: podnet shapes all of a pod's traffic")
+		return p, cniplugin.Invalid("unshapedSubnets and shapedSubnets are not supported: podnet shapes all of a pod's traffic")
 	}
 	var err error
 	if p.ingress, p.hasIngress, err = shapingOf("ingress", l.IngressRate, l.IngressBurst); err != nil {
@@ -136,18 +135,8 @@ func planOf(l *Limits) (plan, error) {
 	return p, nil
 }
 
-func invalid(format string, a ...any) error {
-	return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
-}
-
 // decode reads the configuration without judging the limits (DEL and GC).
-func decode(data []byte) (*Conf, error) {
-	c := &Conf{}
-	if err := cniplugin.Decode(data, c); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
+func decode(data []byte) (*Conf, error) { return cniplugin.DecodeNew[Conf](data) }
 
 // load reads the configuration and validates the limits in force.
 func load(data []byte) (*Conf, plan, error) {

@@ -179,7 +179,7 @@ func ensureBridge(h *netlink.Handle, c *Conf) (*netlink.Bridge, error) {
 	}
 	b, ok := l.(*netlink.Bridge)
 	if !ok {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "%q already exists but is not a bridge", c.BrName)
+		return nil, cniplugin.Invalid("%q already exists but is not a bridge", c.BrName)
 	}
 	if c.PromiscMode && b.Attrs().Promisc == 0 {
 		if err := h.SetPromiscOn(b); err != nil {
@@ -346,7 +346,7 @@ func setGateways(h *netlink.Handle, br *netlink.Bridge, gws []net.IPNet, force b
 			}
 			if family == netlink.FAMILY_V4 || a.IPNet.Contains(gw.IP) || gw.Contains(a.IP) {
 				if !force {
-					return cniplugin.Errorf(types.ErrInvalidNetworkConfig, "%q already has an IP address different from %v", br.Attrs().Name, gw.String())
+					return cniplugin.Invalid("%q already has an IP address different from %v", br.Attrs().Name, gw.String())
 				}
 				if err := h.AddrDel(br, &a); err != nil {
 					return fmt.Errorf("remove %s from %s: %w", a.IPNet, br.Attrs().Name, err)

@@ -4,8 +4,6 @@ import (
 	"net"
 	"sort"
 
-	"github.com/containernetworking/cni/pkg/types"
-
 	"github.com/podnet/podnet/internal/cniplugin"
 )
 
@@ -53,10 +51,6 @@ type VlanTrunk struct {
 	ID    *int `json:"id,omitempty"`
 }
 
-func invalid(format string, a ...any) error {
-	return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
-}
-
 // load decodes and validates the configuration and CNI_ARGS.
 func load(data []byte, envArgs string) (*Conf, error) {
 	c := &Conf{BrName: defaultBridge, PreserveDefaultVlan: true}
@@ -67,26 +61,26 @@ func load(data []byte, envArgs string) (*Conf, error) {
 		c.BrName = defaultBridge
 	}
 	if len(c.BrName) > 15 {
-		return nil, invalid("bridge name %q is longer than 15 characters", c.BrName)
+		return nil, cniplugin.Invalid("bridge name %q is longer than 15 characters", c.BrName)
 	}
 	if c.MTU < 0 || c.MTU > 65535 {
-		return nil, invalid("invalid mtu %d", c.MTU)
+		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
 	}
 	if c.Vlan < 0 || c.Vlan > 4094 {
-		return nil, invalid("invalid VLAN ID %d (must be between 0 and 4094)", c.Vlan)
+		return nil, cniplugin.Invalid("invalid VLAN ID %d (must be between 0 and 4094)", c.Vlan)
 	}
 	var err error
 	if c.vlans, err = trunkVlans(c.VlanTrunk); err != nil {
 		return nil, err
 	}
 	if c.Vlan > 0 && c.vlans != nil {
-		return nil, invalid("cannot set vlan and vlanTrunk at the same time")
+		return nil, cniplugin.Invalid("cannot set vlan and vlanTrunk at the same time")
 	}
 	if c.HairpinMode && c.PromiscMode {
-		return nil, invalid("cannot set hairpin mode and promiscuous mode at the same time")
+		return nil, cniplugin.Invalid("cannot set hairpin mode and promiscuous mode at the same time")
 	}
 	if c.DisableContainerInterface && c.IPAM.Type != "" {
-		return nil, invalid("disableContainerInterface cannot be used with IPAM")
+		return nil, cniplugin.Invalid("disableContainerInterface cannot be used with IPAM")
 	}
 	if c.IsDefaultGW {
 		c.IsGW = true
@@ -104,7 +98,7 @@ func load(data []byte, envArgs string) (*Conf, error) {
 	}
 	if mac != "" {
 		if c.mac, err = net.ParseMAC(mac); err != nil {
-			return nil, invalid("invalid MAC address %q: %v", mac, err)
+			return nil, cniplugin.Invalid("invalid MAC address %q: %v", mac, err)
 		}
 	}
 	return c, nil
@@ -124,20 +118,20 @@ func trunkVlans(trunks []*VlanTrunk) ([]int, error) {
 		switch {
 		case t.MinID != nil && t.MaxID != nil:
 			if !valid(*t.MinID) || !valid(*t.MaxID) {
-				return nil, invalid("incorrect trunk minID/maxID parameter")
+				return nil, cniplugin.Invalid("incorrect trunk minID/maxID parameter")
 			}
 			if *t.MaxID < *t.MinID {
-				return nil, invalid("minID is greater than maxID in trunk parameter")
+				return nil, cniplugin.Invalid("minID is greater than maxID in trunk parameter")
 			}
 			for v := *t.MinID; v <= *t.MaxID; v++ {
 				set[v] = struct{}{}
 			}
 		case t.MinID != nil || t.MaxID != nil:
-			return nil, invalid("minID and maxID should be configured simultaneously")
+			return nil, cniplugin.Invalid("minID and maxID should be configured simultaneously")
 		}
 		if t.ID != nil {
 			if !valid(*t.ID) {
-				return nil, invalid("incorrect trunk id parameter")
+				return nil, cniplugin.Invalid("incorrect trunk id parameter")
 			}
 			set[*t.ID] = struct{}{}
 		}

@@ -44,13 +44,7 @@ func Plugin() cniplugin.Plugin {
 	return cniplugin.Plugin{Add: add, Del: del, Check: check, GC: gc}
 }
 
-func decode(data []byte) (*Conf, error) {
-	c := &Conf{}
-	if err := cniplugin.Decode(data, c); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
+func decode(data []byte) (*Conf, error) { return cniplugin.DecodeNew[Conf](data) }
 
 // load decodes and validates the configuration for ADD and CHECK.
 func load(data []byte) (*Conf, error) {
@@ -61,13 +55,13 @@ func load(data []byte) (*Conf, error) {
 	switch c.Backend {
 	case "", "iptables", "firewalld", "nftables":
 	default:
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "unknown firewall backend %q (iptables, firewalld or nftables)", c.Backend)
+		return nil, cniplugin.Invalid("unknown firewall backend %q (iptables, firewalld or nftables)", c.Backend)
 	}
 	if _, ok := policies[c.IngressPolicy]; !ok {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "unknown ingress policy %q (open, same-bridge or isolated)", c.IngressPolicy)
+		return nil, cniplugin.Invalid("unknown ingress policy %q (open, same-bridge or isolated)", c.IngressPolicy)
 	}
 	if c.NetConf.PrevResult == nil {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "firewall is a chained plugin: missing prevResult from an earlier plugin")
+		return nil, cniplugin.Invalid("firewall is a chained plugin: missing prevResult from an earlier plugin")
 	}
 	return c, nil
 }
@@ -86,7 +80,7 @@ func spec(c *Conf) (nft.Firewall, error) {
 	}
 	if f.Isolation != nft.Open {
 		if len(prev.Interfaces) == 0 || prev.Interfaces[0] == nil || prev.Interfaces[0].Name == "" {
-			return nft.Firewall{}, cniplugin.Errorf(types.ErrInvalidNetworkConfig,
+			return nft.Firewall{}, cniplugin.Invalid(
 				"ingress policy %q needs the bridge as prevResult's first interface: chain firewall after bridge", c.IngressPolicy)
 		}
 		f.Bridge = prev.Interfaces[0].Name

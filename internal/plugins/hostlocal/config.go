@@ -44,10 +44,6 @@ type IPAMConf struct {
 	requested []net.IP
 }
 
-func invalid(format string, a ...any) error {
-	return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
-}
-
 // decode reads the configuration without validating the ranges: DEL and GC
 // need no more than the network name and the data dir.
 func decode(data []byte) (*Conf, error) {
@@ -56,7 +52,7 @@ func decode(data []byte) (*Conf, error) {
 		return nil, err
 	}
 	if c.IPAM == nil {
-		return nil, invalid("IPAM config missing 'ipam' key")
+		return nil, cniplugin.Invalid("IPAM config missing 'ipam' key")
 	}
 	return c, nil
 }
@@ -81,7 +77,7 @@ func load(data []byte, envArgs string) (*Conf, error) {
 	for _, s := range reqs {
 		ip := parseIP(s)
 		if ip == nil {
-			return nil, invalid("cannot understand requested ip %q", s)
+			return nil, cniplugin.Invalid("cannot understand requested ip %q", s)
 		}
 		n.requested = append(n.requested, ip)
 	}
@@ -97,12 +93,12 @@ func load(data []byte, envArgs string) (*Conf, error) {
 		n.Ranges = append(c.RuntimeConfig.IPRanges, n.Ranges...)
 	}
 	if len(n.Ranges) == 0 {
-		return nil, invalid("no IP ranges specified")
+		return nil, cniplugin.Invalid("no IP ranges specified")
 	}
 	v4, v6 := 0, 0
 	for i := range n.Ranges {
 		if err := n.Ranges[i].Canonicalize(); err != nil {
-			return nil, invalid("invalid range set %d: %v", i, err)
+			return nil, cniplugin.Invalid("invalid range set %d: %v", i, err)
 		}
 		if n.Ranges[i].IsV4() {
 			v4++
@@ -112,19 +108,19 @@ func load(data []byte, envArgs string) (*Conf, error) {
 	}
 	if v4 > 1 || v6 > 1 {
 		if ok, _ := version.GreaterThanOrEqualTo(c.CNIVersion, "0.3.0"); !ok {
-			return nil, invalid("CNI version %v does not support more than 1 address per family", c.CNIVersion)
+			return nil, cniplugin.Invalid("CNI version %v does not support more than 1 address per family", c.CNIVersion)
 		}
 	}
 	for i := range n.Ranges {
 		for j := i + 1; j < len(n.Ranges); j++ {
 			if n.Ranges[i].Overlaps(n.Ranges[j]) {
-				return nil, invalid("range set %d overlaps with %d", i, j)
+				return nil, cniplugin.Invalid("range set %d overlaps with %d", i, j)
 			}
 		}
 	}
 	for _, r := range n.Routes {
 		if r == nil || r.Dst.IP == nil {
-			return nil, invalid("route without dst")
+			return nil, cniplugin.Invalid("route without dst")
 		}
 	}
 	return c, nil
@@ -133,7 +129,7 @@ func load(data []byte, envArgs string) (*Conf, error) {
 func legacyRange(n *IPAMConf) (ipam.Range, error) {
 	ip, sub, err := net.ParseCIDR(n.Subnet)
 	if err != nil {
-		return ipam.Range{}, invalid("invalid subnet %q: %v", n.Subnet, err)
+		return ipam.Range{}, cniplugin.Invalid("invalid subnet %q: %v", n.Subnet, err)
 	}
 	return ipam.Range{Subnet: net.IPNet{IP: ip, Mask: sub.Mask}, RangeStart: n.RangeStart, RangeEnd: n.RangeEnd, Gateway: n.Gateway}, nil
 }

@@ -75,7 +75,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 		res.IPs = append(res.IPs, &current.IPConfig{Address: *addr, Gateway: gw})
 	}
 	if len(requested) > 0 {
-		return fail(cniplugin.Errorf(types.ErrInvalidNetworkConfig, "failed to allocate all requested IPs: %v", requested))
+		return fail(cniplugin.Invalid("failed to allocate all requested IPs: %v", requested))
 	}
 	if err := store.SetAddresses(o, union(held, got)); err != nil {
 		return fail(err)

@@ -35,20 +35,10 @@ type Conf struct {
 	mac net.HardwareAddr
 }
 
-func invalid(format string, a ...any) error {
-	return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
-}
-
 // decode parses the configuration without validating what only ADD and
 // CHECK need: DEL, GC and STATUS must work with any configuration that
 // parses.
-func decode(data []byte) (*Conf, error) {
-	c := &Conf{}
-	if err := cniplugin.Decode(data, c); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
+func decode(data []byte) (*Conf, error) { return cniplugin.DecodeNew[Conf](data) }
 
 // load decodes and validates the configuration for ADD and CHECK; envArgs
 // is CNI_ARGS. The master is resolved later, in the namespace it lives in.
@@ -58,13 +48,13 @@ func load(k *kind, data []byte, envArgs string) (*Conf, error) {
 		return nil, err
 	}
 	if _, ok := k.mode(c.Mode); !ok {
-		return nil, invalid("unknown %s mode %q (one of %v)", k.name, c.Mode, k.modes)
+		return nil, cniplugin.Invalid("unknown %s mode %q (one of %v)", k.name, c.Mode, k.modes)
 	}
 	if c.MTU < 0 || c.MTU > 65535 {
-		return nil, invalid("invalid mtu %d", c.MTU)
+		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
 	}
 	if len(c.Master) > 15 {
-		return nil, invalid("master name %q is longer than 15 characters", c.Master)
+		return nil, cniplugin.Invalid("master name %q is longer than 15 characters", c.Master)
 	}
 	if k.ipamRequired && c.IPAM.Type == "" {
 		prev, err := c.Prev()
@@ -72,7 +62,7 @@ func load(k *kind, data []byte, envArgs string) (*Conf, error) {
 			return nil, err
 		}
 		if len(prev.IPs) == 0 {
-			return nil, invalid("%s needs an IPAM plugin, or a prevResult with addresses when chained", k.name)
+			return nil, cniplugin.Invalid("%s needs an IPAM plugin, or a prevResult with addresses when chained", k.name)
 		}
 	}
 	if !k.hasMAC {
@@ -82,7 +72,7 @@ func load(k *kind, data []byte, envArgs string) (*Conf, error) {
 	// "mac" capability.
 	if c.Mac != "" {
 		if c.mac, err = net.ParseMAC(c.Mac); err != nil {
-			return nil, invalid("invalid mac %q: %v", c.Mac, err)
+			return nil, cniplugin.Invalid("invalid mac %q: %v", c.Mac, err)
 		}
 	}
 	if envArgs != "" {
@@ -98,11 +88,11 @@ func load(k *kind, data []byte, envArgs string) (*Conf, error) {
 	}
 	if m := c.RuntimeConfig.Mac; m != "" {
 		if c.mac, err = net.ParseMAC(m); err != nil {
-			return nil, invalid("invalid runtimeConfig mac %q: %v", m, err)
+			return nil, cniplugin.Invalid("invalid runtimeConfig mac %q: %v", m, err)
 		}
 	}
 	if c.mac != nil && (len(c.mac) != 6 || c.mac[0]&1 != 0) {
-		return nil, invalid("mac %s is not a unicast Ethernet address", c.mac)
+		return nil, cniplugin.Invalid("mac %s is not a unicast Ethernet address", c.mac)
 	}
 	return c, nil
 }
@@ -119,7 +109,7 @@ func (c *Conf) chainedMaster() (string, error) {
 		return "", err
 	}
 	if len(prev.Interfaces) != 1 || prev.Interfaces[0].Name == "" {
-		return "", invalid("no master given and prevResult does not have a single named interface to use as master")
+		return "", cniplugin.Invalid("no master given and prevResult does not have a single named interface to use as master")
 	}
 	return prev.Interfaces[0].Name, nil
 }

@@ -144,7 +144,7 @@ func (k *kind) add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	if c.MTU > master.Attrs().MTU {
-		return nil, invalid("invalid mtu %d: larger than the MTU %d of master %s", c.MTU, master.Attrs().MTU, master.Attrs().Name)
+		return nil, cniplugin.Invalid("invalid mtu %d: larger than the MTU %d of master %s", c.MTU, master.Attrs().MTU, master.Attrs().Name)
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = args.IfName
@@ -235,7 +235,7 @@ func (k *kind) master(c *Conf, s *attach.Session, check bool) (netlink.Link, *ne
 			return nil, nil, err
 		}
 		if l == nil {
-			return nil, nil, invalid("no master given and the %s namespace has no default route to take it from", where)
+			return nil, nil, cniplugin.Invalid("no master given and the %s namespace has no default route to take it from", where)
 		}
 		return l, h, nil
 	}
@@ -243,7 +243,7 @@ func (k *kind) master(c *Conf, s *attach.Session, check bool) (netlink.Link, *ne
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return nil, nil, invalid("master %q not found in the %s namespace", name, where)
+			return nil, nil, cniplugin.Invalid("master %q not found in the %s namespace", name, where)
 		}
 		return nil, nil, fmt.Errorf("look up master %q: %w", name, err)
 	}

@@ -61,10 +61,10 @@ func load(data []byte) (*Conf, error) {
 		return nil, err
 	}
 	if c.IPAM.Type == "" {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "podnet needs an IPAM plugin")
+		return nil, cniplugin.Invalid("podnet needs an IPAM plugin")
 	}
 	if c.MTU < 0 || (c.MTU > 0 && c.MTU < 68) || c.MTU > 65535 {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "invalid mtu %d", c.MTU)
+		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
 	}
 	return c, nil
 }

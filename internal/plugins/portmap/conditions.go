@@ -56,7 +56,7 @@ func (p *condParser) unsupported(tok string) error {
 }
 
 func (p *condParser) invalid(format string, a ...any) error {
-	return cniplugin.Errorf(types.ErrInvalidNetworkConfig, "portmap condition: "+format, a...)
+	return cniplugin.Invalid("portmap condition: "+format, a...)
 }
 
 // next returns the argument of the option at p.i-1.

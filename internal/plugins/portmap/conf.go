@@ -5,7 +5,6 @@ import (
 	"net"
 	"strings"
 
-	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -76,7 +75,7 @@ func load(data []byte) (*Conf, error) {
 		return nil, err
 	}
 	invalid := func(format string, a ...any) error {
-		return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
+		return cniplugin.Invalid(format, a...)
 	}
 	c.snat = c.SNAT == nil || *c.SNAT
 	if c.MarkMasqBit != nil && c.ExternalSetMarkChain != nil {

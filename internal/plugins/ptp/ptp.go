@@ -75,10 +75,10 @@ func load(data []byte) (*Conf, error) {
 		return nil, err
 	}
 	if c.IPAM.Type == "" {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "ptp needs an IPAM plugin")
+		return nil, cniplugin.Invalid("ptp needs an IPAM plugin")
 	}
 	if c.MTU < 0 || c.MTU > 65535 {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "invalid mtu %d", c.MTU)
+		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
 	}
 	return c, nil
 }
@@ -103,7 +103,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	for _, ipc := range res.IPs {
 		if ipc.Gateway == nil {
-			return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "ptp needs a gateway for %s from IPAM", ipc.Address.String())
+			return nil, cniplugin.Invalid("ptp needs a gateway for %s from IPAM", ipc.Address.String())
 		}
 		ipc.Interface = current.Int(containerIdx)
 	}

@@ -29,7 +29,7 @@ func decode(args *skel.CmdArgs) (*Conf, error) {
 		return nil, err
 	}
 	if c.IPAM == nil {
-		return nil, invalid("IPAM config missing 'ipam' key")
+		return nil, cniplugin.Invalid("IPAM config missing 'ipam' key")
 	}
 	return c, nil
 }
@@ -57,10 +57,6 @@ type Address struct {
 	AddressStr string `json:"address"`
 	Gateway    net.IP `json:"gateway,omitempty"`
 	address    net.IPNet
-}
-
-func invalid(format string, a ...any) error {
-	return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
 }
 
 // load reads the configuration with the reference's precedence: the ips
@@ -96,7 +92,7 @@ func load(args *skel.CmdArgs) (*Conf, error) {
 	for i := range addrs {
 		ip, n, err := net.ParseCIDR(strings.TrimSpace(addrs[i].AddressStr))
 		if err != nil {
-			return nil, invalid("invalid CIDR %s: %v", addrs[i].AddressStr, err)
+			return nil, cniplugin.Invalid("invalid CIDR %s: %v", addrs[i].AddressStr, err)
 		}
 		if v4ip := ip.To4(); v4ip != nil {
 			ip = v4ip
@@ -120,11 +116,11 @@ func load(args *skel.CmdArgs) (*Conf, error) {
 		}
 	}
 	if len(addrs) == 0 {
-		return nil, invalid("static IPAM has no addresses")
+		return nil, cniplugin.Invalid("static IPAM has no addresses")
 	}
 	if v4 > 1 || v6 > 1 {
 		if ok, _ := version.GreaterThanOrEqualTo(c.CNIVersion, "0.3.0"); !ok {
-			return nil, invalid("CNI version %v does not support more than 1 address per family", c.CNIVersion)
+			return nil, cniplugin.Invalid("CNI version %v does not support more than 1 address per family", c.CNIVersion)
 		}
 	}
 	c.IPAM.Addresses = addrs

@@ -130,10 +130,6 @@ func (s *Sysctls) set(kv Sysctl) {
 	*s = append(*s, kv)
 }
 
-func invalid(format string, a ...any) error {
-	return cniplugin.Errorf(types.ErrInvalidNetworkConfig, format, a...)
-}
-
 // decode reads the configuration and checks what names state paths; DEL
 // and GC need no more.
 func decode(data []byte) (*Conf, error) {
@@ -145,7 +141,7 @@ func decode(data []byte) (*Conf, error) {
 		c.DataDir = DefaultDataDir
 	}
 	if !safeName(c.Name) {
-		return nil, invalid("network name %q cannot name a state directory", c.Name)
+		return nil, cniplugin.Invalid("network name %q cannot name a state directory", c.Name)
 	}
 	return c, nil
 }
@@ -194,14 +190,14 @@ func load(data []byte, envArgs, ifName string) (*Conf, error) {
 	}
 	if c.Mac != "" {
 		if c.mac, err = net.ParseMAC(c.Mac); err != nil {
-			return nil, invalid("invalid mac %q: %v", c.Mac, err)
+			return nil, cniplugin.Invalid("invalid mac %q: %v", c.Mac, err)
 		}
 	}
 	if c.MTU < 0 || c.MTU > 65535 {
-		return nil, invalid("invalid mtu %d", c.MTU)
+		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
 	}
 	if c.TxQLen != nil && *c.TxQLen < 0 {
-		return nil, invalid("invalid txQLen %d", *c.TxQLen)
+		return nil, cniplugin.Invalid("invalid txQLen %d", *c.TxQLen)
 	}
 	allow, err := readAllowlist()
 	if err != nil {
@@ -255,14 +251,14 @@ func parseKey(key, ifName string, allow []*regexp.Regexp) (sysctl, error) {
 			p = ifName
 		}
 		if p == "" || p == "." || p == ".." || strings.ContainsAny(p, "/\x00") {
-			return sysctl{}, invalid("invalid sysctl key %q: element %q is not a plain name", key, p)
+			return sysctl{}, cniplugin.Invalid("invalid sysctl key %q: element %q is not a plain name", key, p)
 		}
 	}
 	if len(parts) < 3 || parts[0] != "net" {
-		return sysctl{}, invalid("invalid sysctl key %q: only net.* sysctls of the pod's namespace may be set", key)
+		return sysctl{}, cniplugin.Invalid("invalid sysctl key %q: only net.* sysctls of the pod's namespace may be set", key)
 	}
 	if perInterface[parts[1]+"/"+parts[2]] && len(parts) < 5 {
-		return sysctl{}, invalid("invalid sysctl key %q: net.%s.%s.<interface>.<setting> expected", key, parts[1], parts[2])
+		return sysctl{}, cniplugin.Invalid("invalid sysctl key %q: net.%s.%s.<interface>.<setting> expected", key, parts[1], parts[2])
 	}
 	if allow != nil {
 		ok := false
@@ -273,12 +269,12 @@ func parseKey(key, ifName string, allow []*regexp.Regexp) (sysctl, error) {
 			}
 		}
 		if !ok {
-			return sysctl{}, invalid("sysctl %q is not allowed by %s", key, AllowlistFile)
+			return sysctl{}, cniplugin.Invalid("sysctl %q is not allowed by %s", key, AllowlistFile)
 		}
 	}
 	p := filepath.Join(parts...)
 	if !strings.HasPrefix(filepath.Join("/proc/sys", p), "/proc/sys/net/") {
-		return sysctl{}, invalid("invalid sysctl key %q", key)
+		return sysctl{}, cniplugin.Invalid("invalid sysctl key %q", key)
 	}
 	return sysctl{key: key, path: p}, nil
 }
@@ -300,7 +296,7 @@ func readAllowlist() ([]*regexp.Regexp, error) {
 		}
 		re, err := regexp.Compile(line)
 		if err != nil {
-			return nil, invalid("sysctl allowlist %s: %v", AllowlistFile, err)
+			return nil, cniplugin.Invalid("sysctl allowlist %s: %v", AllowlistFile, err)
 		}
 		out = append(out, re)
 	}

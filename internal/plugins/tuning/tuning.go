@@ -30,7 +30,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	if c.NetConf.PrevResult == nil {
-		return nil, cniplugin.Errorf(types.ErrInvalidNetworkConfig, "tuning must be called as a chained plugin: no prevResult")
+		return nil, cniplugin.Invalid("tuning must be called as a chained plugin: no prevResult")
 	}
 	prev, err := c.Prev()
 	if err != nil {
