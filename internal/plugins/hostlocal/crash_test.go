@@ -33,7 +33,19 @@ func TestCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := crashConf(dir)
+	// As a restarted runtime does, first delete what earlier (killed)
+	// children left attached, so the small range never runs dry.
 	live := map[string]bool{}
+	for id, attached := range journaled(t, dir) {
+		if !attached {
+			continue
+		}
+		live[id] = true
+		if Plugin().Del(cmdArgs(c, id, "eth0", "")) == nil {
+			fmt.Fprintf(journal, "del %s\n", id)
+			delete(live, id)
+		}
+	}
 	for i := 0; ; i++ {
 		id := fmt.Sprintf("p%d-%d", os.Getpid(), i)
 		if _, err := Plugin().Add(cmdArgs(c, id, "eth0", "")); err == nil {
@@ -62,25 +74,29 @@ func TestKill9NeverDuplicatesNorLeaks(t *testing.T) {
 	for round := 0; round < 25; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+		before := journalSize(dir)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(50+rnd.Intn(150)) * time.Millisecond)
+		// Kill at a random moment once the child is allocating (its
+		// start-up takes long on a loaded machine, the race detector on).
+		deadline := time.Now().Add(time.Minute)
+		for journalSize(dir) == before {
+			if time.Now().After(deadline) {
+				_ = cmd.Process.Kill()
+				t.Fatalf("round %d: the child made no progress in a minute", round)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(time.Duration(rnd.Intn(100)) * time.Millisecond)
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
 	}
 
-	live := map[string]bool{}
-	f, err := os.Open(filepath.Join(dir, "journal"))
-	if err != nil {
-		t.Fatalf("no child completed an ADD: %v", err)
+	if journalSize(dir) == 0 {
+		t.Fatal("no child completed an ADD")
 	}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		verb, id, _ := strings.Cut(sc.Text(), " ")
-		live[id] = verb == "add"
-	}
-	f.Close()
+	live := journaled(t, dir)
 
 	// No attachment holds two addresses of a family, before GC.
 	owners := ownersByFamily(t, dir)
@@ -125,6 +141,36 @@ func TestKill9NeverDuplicatesNorLeaks(t *testing.T) {
 		t.Errorf("STATUS after the crashes: %v", err)
 	}
 	t.Logf("%d rounds, %d live attachments", 25, len(valid))
+}
+
+// journaled returns the attachments the journal shows live (true) or
+// deleted (false).
+func journaled(t *testing.T, dir string) map[string]bool {
+	t.Helper()
+	live := map[string]bool{}
+	f, err := os.Open(filepath.Join(dir, "journal"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return live
+		}
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		verb, id, _ := strings.Cut(sc.Text(), " ")
+		live[id] = verb == "add"
+	}
+	return live
+}
+
+// journalSize is the size of the children's journal (0 before the first).
+func journalSize(dir string) int64 {
+	fi, err := os.Stat(filepath.Join(dir, "journal"))
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
 
 // ownersByFamily counts the addresses each container holds per family.
