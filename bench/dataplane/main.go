@@ -80,7 +80,7 @@ type path struct {
 	Client endpoint `json:"client"`
 	Server endpoint `json:"server"`
 
-	Runs []throughput   `json:"runs"`
+	Runs []throughput    `json:"runs"`
 	RTTs []time.Duration `json:"-"`
 
 	// Summary, filled by summarize.
