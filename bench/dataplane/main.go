@@ -165,17 +165,7 @@ func run(ctx context.Context, o options) (err error) {
 	res.Took = time.Since(start).Round(time.Second)
 	text := report(res)
 	fmt.Print(text)
-	if o.md != "" {
-		if err := benchdoc.WriteSection(o.md, "bench/dataplane", markdown(res, text)); err != nil {
-			return err
-		}
-	}
-	if o.json != "" {
-		if err := benchdoc.WriteJSON(o.json, res); err != nil {
-			return err
-		}
-	}
-	return nil
+	return benchdoc.Publish(o.md, "bench/dataplane", markdown(res, text), o.json, res)
 }
 
 // alternate returns the paths in order on even repetitions, reversed on

@@ -19,8 +19,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -315,18 +315,8 @@ func (e endpoint) dfPing(dst net.IP, size int) error {
 		return fmt.Errorf("icmp socket in %s: %w", e.Label, err)
 	}
 	defer c.Close()
-	raw, err := c.SyscallConn()
-	if err != nil {
+	if err := link.DontFragment(c); err != nil {
 		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("set DF: %w", serr)
 	}
 	id := os.Getpid() & 0xffff
 	buf := make([]byte, 65536)

@@ -29,7 +29,16 @@ func summarize(paths []*path) {
 		if ref == nil || ref.Gbps == 0 {
 			continue
 		}
-		p.Ratio = p.Gbps / ref.Gbps
+		// Each repetition's run over its reference's run of the same
+		// repetition, the median of those: drift of a noisy machine
+		// between repetitions cancels out.
+		var ratios []float64
+		for i := range min(len(p.Runs), len(ref.Runs)) {
+			if ref.Runs[i].BitsPerSecond > 0 {
+				ratios = append(ratios, p.Runs[i].BitsPerSecond/ref.Runs[i].BitsPerSecond)
+			}
+		}
+		p.Ratio = benchdoc.Median(ratios)
 		if ref.RTTp50us > 0 {
 			p.RTTRatio = p.RTTp50us / ref.RTTp50us
 		}
@@ -44,7 +53,7 @@ func us(d time.Duration) float64 { return float64(d) / 1e3 }
 // report is the plain-text report.
 func report(r *result) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Data plane: iperf3 TCP (1 stream, %d s, first %d s omitted) and TCP request/response (1 byte each way, %d round trips), %d repetitions alternating, medians\n",
+	fmt.Fprintf(&b, "Data plane: iperf3 TCP (1 stream, %d s, first %d s omitted) and TCP request/response (1 byte each way, %d round trips), %d repetitions alternating, medians; ratio = median of the per-repetition ratios to the reference\n",
 		r.Seconds, omitted(r.Seconds), r.RoundTrips, r.Reps)
 	fmt.Fprintf(&b, "machine: %s; run took %s\n\n", r.Machine, r.Took)
 	fmt.Fprintf(&b, "%-30s %10s %8s %-7s %-7s %10s %10s %9s %8s  %s\n", "path", "Gbit/s", "ratio", "bar", "verdict", "RTT p50", "RTT p99", "RTT ratio", "retrans", "runs (Gbit/s)")
@@ -99,7 +108,8 @@ func markdown(r *result, text string) string {
 		r.Seconds, r.Reps, r.Machine.Date.Format("2006-01-02 15:04 MST"))
 	b.WriteString("Machine: " + r.Machine.String() + ".\n\n")
 	b.WriteString("Every path is measured in the same run, alternating (the order flips every repetition); each\n")
-	b.WriteString("figure is the median over the repetitions and is compared to its reference from the same run:\n")
+	b.WriteString("figure is the median over the repetitions; a ratio is the median over the repetitions of the\n")
+	b.WriteString("path's run divided by its reference's run of the same repetition (so drift cancels), the reference:\n")
 	b.WriteString("a bare veth pair between two namespaces for pods on one node, the bare underlay between two\n")
 	b.WriteString("lab nodes (eth0 through the segment's switch) for pods across nodes. \"routed\" is podnet's own\n")
 	b.WriteString("`podnet` plugin on a lab node run by the real `podnet-agent`; \"bridge\" is podnet's `bridge`\n")

@@ -169,3 +169,17 @@ func writeAtomic(path string, b []byte) error {
 	}
 	return nil
 }
+
+// Publish writes a benchmark's report: section as the Markdown section id
+// of the file md, and v as JSON to jsonPath; an empty path skips that form.
+func Publish(md, id, section, jsonPath string, v any) error {
+	if md != "" {
+		if err := WriteSection(md, id, section); err != nil {
+			return err
+		}
+	}
+	if jsonPath != "" {
+		return WriteJSON(jsonPath, v)
+	}
+	return nil
+}
