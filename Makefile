@@ -8,10 +8,19 @@ N           ?= 100
 BURST       ?= 50
 ROUNDS      ?= 3
 BENCH_FLAGS ?=
+# bench-dataplane: iperf3 seconds per run and repetitions; bench-agent:
+# nodes the lab comes up with and nodes added one by one after; extra
+# flags in DP_FLAGS / AGENT_FLAGS.
+DP_SECS     ?= 10
+DP_REPS     ?= 3
+AGENT_NODES ?= 10
+AGENT_ADD   ?= 5
+DP_FLAGS    ?=
+AGENT_FLAGS ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build deps test demo bench clean
+.PHONY: build deps test demo bench bench-dataplane bench-agent clean
 
 # The plugin binary and one hard link per plugin type, the node agent and
 # the user CLI.
@@ -45,6 +54,21 @@ test: deps build
 # docs/performance.md (needs root, a few minutes).
 bench: build
 	$(GO) run ./bench/cniadd -cni-bin $(CURDIR)/$(BIN)/podnet-cni -n $(N) -burst $(BURST) -burst-rounds $(ROUNDS) -md docs/performance.md $(BENCH_FLAGS)
+
+# Data plane: iperf3 TCP and request/response latency of pods (same node:
+# podnet routed and bridge; across nodes: host-gw and VXLAN) as ratios to a
+# bare veth pair / the bare underlay, same run; writes its section of
+# docs/performance.md and docs/performance-dataplane.json (needs root).
+bench-dataplane: deps build
+	$(GO) run ./bench/dataplane -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -t $(DP_SECS) -reps $(DP_REPS) \
+		-md docs/performance.md -json docs/performance-dataplane.json $(DP_FLAGS)
+
+# Agent: node join → routes everywhere, reconcile time and agent memory on
+# a lab of AGENT_NODES nodes plus AGENT_ADD added one by one; writes its
+# section of docs/performance.md and docs/performance-agent.json (needs root).
+bench-agent: build
+	$(GO) run ./bench/agent -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -nodes $(AGENT_NODES) -add $(AGENT_ADD) \
+		-md docs/performance.md -json docs/performance-agent.json $(AGENT_FLAGS)
 
 clean:
 	rm -rf $(BIN)

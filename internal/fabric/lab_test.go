@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -410,18 +411,8 @@ func udpDF(from, to *node, payload int) error {
 			return err
 		}
 		defer c.Close()
-		rc, err := c.SyscallConn()
-		if err != nil {
+		if err := link.DontFragment(c); err != nil {
 			return err
-		}
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
-		}); err != nil {
-			return err
-		}
-		if serr != nil {
-			return serr
 		}
 		_, err = c.Write(bytes.Repeat([]byte{'x'}, payload))
 		return err
