@@ -2,8 +2,11 @@
 GO      ?= go
 BIN     := bin
 
-# bench: pods per configuration; extra flags for go run ./bench/cniadd.
+# bench: pods per configuration, pods added at once in the burst and burst
+# rounds per suite; extra flags for go run ./bench/cniadd.
 N           ?= 100
+BURST       ?= 50
+ROUNDS      ?= 3
 BENCH_FLAGS ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
@@ -37,10 +40,11 @@ test: deps build
 	$(GO) build ./...
 	PODNET_CNI_BIN=$(CURDIR)/$(BIN)/podnet-cni PODNET_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 15m $(TEST_FLAGS) ./...
 
-# ADD latency of podnet vs the reference plugins through cnitool; the
-# report also goes to docs/performance.md (needs root).
+# ADD latency (bridge+host-local and the full chain) and the 50-pod burst,
+# podnet vs the reference plugins through cnitool; the report also goes to
+# docs/performance.md (needs root, a few minutes).
 bench: build
-	$(GO) run ./bench/cniadd -cni-bin $(CURDIR)/$(BIN)/podnet-cni -n $(N) -md docs/performance.md $(BENCH_FLAGS)
+	$(GO) run ./bench/cniadd -cni-bin $(CURDIR)/$(BIN)/podnet-cni -n $(N) -burst $(BURST) -burst-rounds $(ROUNDS) -md docs/performance.md $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)
