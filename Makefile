@@ -4,8 +4,8 @@ BIN     := bin
 
 # bench: pods per configuration, pods added at once in the burst and burst
 # rounds per suite; extra flags for go run ./bench/cniadd.
-N           ?= 100
-BURST       ?= 50
+N           ?= 200
+BURST       ?= 100,50
 ROUNDS      ?= 3
 BENCH_FLAGS ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
@@ -40,11 +40,12 @@ test: deps build
 	$(GO) build ./...
 	PODNET_CNI_BIN=$(CURDIR)/$(BIN)/podnet-cni PODNET_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 15m $(TEST_FLAGS) ./...
 
-# ADD latency (bridge+host-local and the full chain) and the 50-pod burst,
-# podnet vs the reference plugins through cnitool; the report also goes to
-# docs/performance.md (needs root, a few minutes).
+# CNI ADD and DEL latency (bridge, ptp, the full chain, the cluster
+# conflist), the 100- and 50-pod bursts and the plugin footprint, podnet vs
+# the reference plugins through cnitool; the report goes to its own section
+# of docs/performance.md and to docs/performance.json (needs root, ~30 min).
 bench: build
-	$(GO) run ./bench/cniadd -cni-bin $(CURDIR)/$(BIN)/podnet-cni -n $(N) -burst $(BURST) -burst-rounds $(ROUNDS) -md docs/performance.md $(BENCH_FLAGS)
+	$(GO) run ./bench/cniadd -cni-bin $(CURDIR)/$(BIN)/podnet-cni -n $(N) -burst $(BURST) -burst-rounds $(ROUNDS) -md docs/performance.md -json docs/performance.json $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)
