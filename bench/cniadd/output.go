@@ -35,7 +35,6 @@ type jsonReport struct {
 	Bursts     []burstFigure  `json:"bursts"`
 	Footprint  *footprint     `json:"footprint,omitempty"`
 	ADDProfile []rssResult    `json:"add_profile"`
-	Notes      []string       `json:"notes"`
 	Errors     []string       `json:"errors,omitempty"`
 	byKey      map[string]int // Checks index by what+basis
 }
