@@ -20,6 +20,8 @@ import (
 
 // burstResult is one round of the burst for one suite.
 type burstResult struct {
+	suite     string
+	size      int // pods added at once
 	round     int
 	wall      time.Duration // first ADD started to last ADD exited
 	cpu       time.Duration // user+sys of every cnitool ADD and the plugins it ran
@@ -31,21 +33,24 @@ type burstResult struct {
 	leftovers []string
 }
 
-// bursts runs the burst rounds, the suites alternating (the order rotates
-// each round), and returns each suite's rounds (those done, on an error).
-func (b *bench) bursts(suites []*suite, tmp string) (map[string][]burstResult, error) {
-	fmt.Fprintf(os.Stderr, "burst: %d full-chain pods at once, %d rounds per suite, alternating …\n", b.o.burst, b.o.burstRounds)
-	out := map[string][]burstResult{}
-	for round := 0; round < b.o.burstRounds; round++ {
-		for j := range suites {
-			s := suites[(round+j)%len(suites)]
-			r, err := b.burst(s, round, tmp)
-			if err != nil {
-				return out, fmt.Errorf("burst %s round %d: %w", s.name, round+1, err)
+// bursts runs the burst rounds of each size, the suites alternating (the
+// order rotates each round), and returns the rounds (those done, on an
+// error).
+func (b *bench) bursts(suites []*suite, tmp string) ([]burstResult, error) {
+	var out []burstResult
+	for _, size := range b.o.burst {
+		fmt.Fprintf(os.Stderr, "burst: %d full-chain pods at once, %d rounds per suite, alternating …\n", size, b.o.burstRounds)
+		for round := 0; round < b.o.burstRounds; round++ {
+			for j := range suites {
+				s := suites[(round+j)%len(suites)]
+				r, err := b.burst(s, size, round, tmp)
+				if err != nil {
+					return out, fmt.Errorf("burst of %d, %s round %d: %w", size, s.name, round+1, err)
+				}
+				out = append(out, r)
+				fmt.Fprintf(os.Stderr, "  %-9s round %d: ADD %s, DEL %s, %d failures\n", s.name, round+1,
+					r.wall.Round(time.Millisecond), r.delWall.Round(time.Millisecond), r.failures)
 			}
-			out[s.name] = append(out[s.name], r)
-			fmt.Fprintf(os.Stderr, "  %-9s round %d: ADD %s, DEL %s, %d failures\n", s.name, round+1,
-				r.wall.Round(time.Millisecond), r.delWall.Round(time.Millisecond), r.failures)
 		}
 	}
 	return out, nil
@@ -56,9 +61,9 @@ func (b *bench) bursts(suites []*suite, tmp string) (map[string][]burstResult, e
 // bridge and the NAT chains exist, then b.o.burst pods, each in its own
 // namespace, added at once by one cnitool process each; then all deleted
 // at once, and what is left on the node compared with the warmed-up node.
-func (b *bench) burst(s *suite, round int, tmp string) (burstResult, error) {
-	res := burstResult{round: round + 1}
-	dir := filepath.Join(tmp, s.name, fmt.Sprintf("burst%d", round+1))
+func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error) {
+	res := burstResult{suite: s.name, size: size, round: round + 1}
+	dir := filepath.Join(tmp, s.name, fmt.Sprintf("burst%d-%d", size, round+1))
 	node := &suite{name: s.name, binDir: s.binDir, netDir: filepath.Join(dir, "net.d")}
 	if err := os.MkdirAll(node.netDir, 0o755); err != nil {
 		return res, err
@@ -72,7 +77,7 @@ func (b *bench) burst(s *suite, round int, tmp string) (burstResult, error) {
 		return res, err
 	}
 	defer node.host.Remove()
-	if _, _, err := b.addDel(node, "burst"); err != nil {
+	if _, err := b.addDel(node, "burst"); err != nil {
 		return res, fmt.Errorf("warm-up pod: %w", err)
 	}
 	before, err := nodeState(node.host)
@@ -80,13 +85,13 @@ func (b *bench) burst(s *suite, round int, tmp string) (burstResult, error) {
 		return res, err
 	}
 
-	pods := make([]*netns.Temp, 0, b.o.burst)
+	pods := make([]*netns.Temp, 0, size)
 	defer func() {
 		for _, p := range pods {
 			p.Remove()
 		}
 	}()
-	for range b.o.burst {
+	for range size {
 		p, err := netns.NewTemp("pnburstpod")
 		if err != nil {
 			return res, err
@@ -97,7 +102,7 @@ func (b *bench) burst(s *suite, round int, tmp string) (burstResult, error) {
 		cs := make([]*exec.Cmd, len(pods))
 		for i, p := range pods {
 			cs[i] = exec.Command(b.cnitool, verb, "burst", p.Path())
-			cs[i].Env = cnitoolEnv(node.netDir, node.binDir, "eth0", chainCaps(31000+i))
+			cs[i].Env = cnitoolEnv(node.netDir, node.binDir, "eth0", chainCaps("burst", 31000+i))
 		}
 		return cs
 	}
@@ -303,49 +308,85 @@ func median(rs []burstResult, f func(burstResult) time.Duration) time.Duration {
 	return pct(ds, .5)
 }
 
-func reportBursts(w io.Writer, o options, bursts map[string][]burstResult) {
-	fmt.Fprintf(w, "\nburst: %d full-chain pods added at once (one cnitool process each, all started together), then all deleted at once;\n", o.burst)
+func reportBursts(w io.Writer, o options, bursts []burstResult, j *jsonReport) {
+	for _, size := range o.burst {
+		var rs []burstResult
+		for _, r := range bursts {
+			if r.size == size {
+				rs = append(rs, r)
+			}
+		}
+		reportBurst(w, o, size, rs, j)
+	}
+}
+
+// reportBurst reports the rounds of one burst size.
+func reportBurst(w io.Writer, o options, size int, rs []burstResult, j *jsonReport) {
+	of := func(suite string) []burstResult {
+		var out []burstResult
+		for _, r := range rs {
+			if r.suite == suite {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	fmt.Fprintf(w, "\nburst: %d full-chain pods added at once (one cnitool process each, all started together), then all deleted at once;\n", size)
 	fmt.Fprintf(w, "a fresh node per round, warmed up by one pod; %d rounds per suite, the suites alternating\n", o.burstRounds)
 	fmt.Fprintf(w, "%-10s %5s %10s %10s %8s %8s %10s %8s %6s %7s  %s\n", "suite", "round", "ADD wall", "ADD CPU", "CPU/pod", "cores", "DEL wall",
 		"failures", "addrs", "dup IPs", "left behind after DEL")
 	for _, name := range []string{"podnet", "reference"} {
-		for _, r := range bursts[name] {
+		for _, r := range of(name) {
 			left := "nothing"
 			if len(r.leftovers) > 0 {
 				left = strings.Join(r.leftovers, ", ")
 			}
+			j.Bursts = append(j.Bursts, burstFigure{Pods: size, Suite: name, Round: r.round, AddWall: r.wall.Seconds(), AddCPU: r.cpu.Seconds(),
+				DelWall: r.delWall.Seconds(), Failures: r.failures, Addrs: r.addrs, DupIPs: r.dupIPs, Leftovers: r.leftovers, FirstErr: r.firstErr})
 			fmt.Fprintf(w, "%-10s %5d %10s %10s %8s %8.2f %10s %8d %6d %7d  %s\n", name, r.round, sec(r.wall), sec(r.cpu),
-				ms(r.cpu/time.Duration(max(o.burst, 1))), r.cpu.Seconds()/max(r.wall.Seconds(), 1e-9), sec(r.delWall),
+				ms(r.cpu/time.Duration(max(size, 1))), r.cpu.Seconds()/max(r.wall.Seconds(), 1e-9), sec(r.delWall),
 				r.failures, r.addrs, r.dupIPs, left)
 		}
 	}
 	fmt.Fprintf(w, "(ADD CPU: user+sys of the cnitool processes and the plugins they ran; cores: ADD CPU / ADD wall)\n")
-	p := median(bursts["podnet"], func(r burstResult) time.Duration { return r.wall })
-	ref := median(bursts["reference"], func(r burstResult) time.Duration { return r.wall })
+	pr, rr := of("podnet"), of("reference")
+	p := median(pr, func(r burstResult) time.Duration { return r.wall })
+	ref := median(rr, func(r burstResult) time.Duration { return r.wall })
 	fmt.Fprintln(w)
-	if ref > 0 {
-		ratio := float64(p) / float64(ref)
-		fmt.Fprintf(w, "burst ADD wall, median of %d: podnet %s / reference %s = %.2f (bar <= %.2f): %s\n",
-			o.burstRounds, sec(p), sec(ref), ratio, bar, verdict(ratio))
+	source := "VISION.md (50 pods added at once, full chain)"
+	if size != 50 {
+		source = fmt.Sprintf("VISION.md's 50-pod bar applied to %d pods", size)
 	}
-	pd := median(bursts["podnet"], func(r burstResult) time.Duration { return r.delWall })
-	rd := median(bursts["reference"], func(r burstResult) time.Duration { return r.delWall })
+	if ref > 0 {
+		c := j.ratio(fmt.Sprintf("burst of %d, ADD wall time", size), fmt.Sprintf("median of %d rounds", len(pr)), p.Seconds(), ref.Seconds(), "s", bar, source)
+		fmt.Fprintf(w, "burst of %d, ADD wall, median of %d: podnet %s / reference %s = %.2f (bar <= %.2f): %s\n",
+			size, len(pr), sec(p), sec(ref), c.Ratio, bar, c.Verdict)
+	}
+	pd := median(pr, func(r burstResult) time.Duration { return r.delWall })
+	rd := median(rr, func(r burstResult) time.Duration { return r.delWall })
 	if rd > 0 {
-		fmt.Fprintf(w, "burst DEL wall, median of %d: podnet %s / reference %s = %.2f (no bar)\n", o.burstRounds, sec(pd), sec(rd), float64(pd)/float64(rd))
+		c := j.ratio(fmt.Sprintf("burst of %d, DEL wall time", size), fmt.Sprintf("median of %d rounds", len(pr)), pd.Seconds(), rd.Seconds(), "s", 0, "")
+		fmt.Fprintf(w, "burst of %d, DEL wall, median of %d: podnet %s / reference %s = %.2f (no bar)\n", size, len(pr), sec(pd), sec(rd), c.Ratio)
 	}
 	for _, name := range []string{"podnet", "reference"} {
 		fails, dups, leaks := 0, 0, 0
-		for _, r := range bursts[name] {
+		for _, r := range of(name) {
 			fails += r.failures
 			dups += r.dupIPs
 			leaks += len(r.leftovers)
 		}
 		ok := "all succeeded, no duplicate IP, nothing left behind"
+		verdict := "meets"
 		if fails+dups+leaks > 0 {
 			ok = fmt.Sprintf("%d failures, %d duplicate addresses, %d kinds of leftovers", fails, dups, leaks)
+			verdict = "misses"
 		}
-		fmt.Fprintf(w, "%s burst: %s\n", name, ok)
-		for _, r := range bursts[name] {
+		if name == "podnet" {
+			j.Checks = append(j.Checks, check{What: fmt.Sprintf("burst of %d: all succeed, no duplicate IP", size), Unit: "failures+duplicates+leftovers",
+				Podnet: float64(fails + dups + leaks), BarSource: source, Verdict: verdict})
+		}
+		fmt.Fprintf(w, "%s burst of %d: %s\n", name, size, ok)
+		for _, r := range of(name) {
 			if r.firstErr != "" {
 				fmt.Fprintf(w, "  round %d, first error: %s\n", r.round, r.firstErr)
 			}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
 	"github.com/podnet/podnet/internal/nft"
@@ -347,7 +348,7 @@ func (a *Agent) installCNI(node datastore.Node, mtu int) error {
 			subnets = append(subnets, s.String())
 		}
 	}
-	data, err := conflist(subnets, mtu, a.cfg.IPAMDir, a.cfg.Chain)
+	data, err := cniconf.Cluster{Subnets: subnets, MTU: mtu, IPAMDir: a.cfg.IPAMDir, Chain: a.cfg.Chain}.Conflist()
 	if err != nil {
 		return fmt.Errorf("CNI configuration: %w", err)
 	}

@@ -1,15 +1,12 @@
 package agent
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/containernetworking/cni/libcni"
 )
 
 func TestValidate(t *testing.T) {
@@ -42,44 +39,6 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate = %v, want an error mentioning %q", err, tc.wantErr)
 			}
 		})
-	}
-}
-
-// TestConflist checks the agent's conflist is what libcni loads: the
-// podnet plugin over the node's subnets, then the chain.
-func TestConflist(t *testing.T) {
-	b, err := conflist([]string{"10.244.3.0/24", "fd00:10:244:3::/64"}, 1450, "/run/podnet/ipam", []string{"portmap", "bandwidth"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	list, err := libcni.ConfListFromBytes(b)
-	if err != nil {
-		t.Fatalf("libcni rejects the conflist: %v\n%s", err, b)
-	}
-	if list.Name != NetworkName || list.CNIVersion != "1.1.0" || len(list.Plugins) != 3 {
-		t.Fatalf("conflist %s/%s with %d plugins:\n%s", list.Name, list.CNIVersion, len(list.Plugins), b)
-	}
-	var first struct {
-		Type string `json:"type"`
-		MTU  int    `json:"mtu"`
-		IPAM struct {
-			Type   string              `json:"type"`
-			Ranges [][]json.RawMessage `json:"ranges"`
-		} `json:"ipam"`
-	}
-	if err := json.Unmarshal(list.Plugins[0].Bytes, &first); err != nil {
-		t.Fatal(err)
-	}
-	if first.Type != "podnet" || first.MTU != 1450 || first.IPAM.Type != "host-local" || len(first.IPAM.Ranges) != 2 {
-		t.Errorf("first plugin: %+v", first)
-	}
-	for i, want := range []string{"portmap", "bandwidth"} {
-		if got := list.Plugins[i+1].Network.Type; got != want {
-			t.Errorf("plugin %d is %s, want %s", i+1, got, want)
-		}
-	}
-	if !strings.Contains(string(list.Plugins[1].Bytes), `"portMappings":true`) {
-		t.Errorf("portmap lacks the portMappings capability: %s", list.Plugins[1].Bytes)
 	}
 }
 

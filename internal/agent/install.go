@@ -3,11 +3,12 @@ package agent
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/podnet/podnet/internal/cniconf"
 )
 
 // ConflistName is the file the agent writes into the CNI conf dir; the
@@ -15,7 +16,7 @@ import (
 const ConflistName = "10-podnet.conflist"
 
 // NetworkName is the name of podnet's cluster network.
-const NetworkName = "podnet"
+const NetworkName = cniconf.NetworkName
 
 // installPlugins copies the podnet-cni binary into binDir (unless an
 // identical one is there) and makes each plugin name a hard link to it.
@@ -107,36 +108,6 @@ func copyAtomic(src, dst string) error {
 		return fmt.Errorf("install plugin binary: %w", err)
 	}
 	return nil
-}
-
-// conflist is the configuration of the cluster network on this node: the
-// podnet plugin over the node's subnets, then the chained plugins.
-func conflist(subnets []string, mtu int, ipamDir string, chain []string) ([]byte, error) {
-	ranges := make([]any, 0, len(subnets))
-	for _, s := range subnets {
-		ranges = append(ranges, []any{map[string]any{"subnet": s}})
-	}
-	plugins := []any{map[string]any{
-		"type": "podnet",
-		"mtu":  mtu,
-		"ipam": map[string]any{"type": "host-local", "ranges": ranges, "dataDir": ipamDir},
-	}}
-	for _, p := range chain {
-		c := map[string]any{"type": p}
-		switch p {
-		case "portmap":
-			c["capabilities"] = map[string]bool{"portMappings": true}
-			c["snat"] = true
-		case "bandwidth":
-			c["capabilities"] = map[string]bool{"bandwidth": true}
-		}
-		plugins = append(plugins, c)
-	}
-	return json.MarshalIndent(map[string]any{
-		"cniVersion": "1.1.0",
-		"name":       NetworkName,
-		"plugins":    plugins,
-	}, "", "  ")
 }
 
 // writeAtomic writes data to path through a temporary file and a rename,

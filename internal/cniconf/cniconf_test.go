@@ -1,0 +1,70 @@
+package cniconf
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+// TestConflist checks the cluster conflist is what libcni loads: the
+// interface plugin over the node's subnets, then the chain; the defaults
+// are the agent's network, an explicit type and version the reference
+// counterpart.
+func TestConflist(t *testing.T) {
+	for _, tc := range []struct {
+		name                    string
+		c                       Cluster
+		wantName, wantVer, typ  string
+		wantRanges, wantPlugins int
+	}{
+		{"agent defaults, dual stack",
+			Cluster{Subnets: []string{"10.244.3.0/24", "fd00:10:244:3::/64"}, MTU: 1450, IPAMDir: "/run/podnet/ipam", Chain: []string{"portmap", "bandwidth"}},
+			NetworkName, Version, "podnet", 2, 3},
+		{"reference counterpart",
+			Cluster{Subnets: []string{"10.244.3.0/24"}, MTU: 1500, IPAMDir: "/tmp/ipam", Chain: []string{"portmap", "bandwidth"}, Type: "ptp", CNIVersion: "1.0.0", Name: "ref"},
+			"ref", "1.0.0", "ptp", 1, 3},
+		{"no chain",
+			Cluster{Subnets: []string{"10.244.3.0/24"}, MTU: 1450, IPAMDir: "/run/podnet/ipam"},
+			NetworkName, Version, "podnet", 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := tc.c.Conflist()
+			if err != nil {
+				t.Fatal(err)
+			}
+			list, err := libcni.ConfListFromBytes(b)
+			if err != nil {
+				t.Fatalf("libcni rejects the conflist: %v\n%s", err, b)
+			}
+			if list.Name != tc.wantName || list.CNIVersion != tc.wantVer || len(list.Plugins) != tc.wantPlugins {
+				t.Fatalf("conflist %s/%s with %d plugins:\n%s", list.Name, list.CNIVersion, len(list.Plugins), b)
+			}
+			var first struct {
+				Type string `json:"type"`
+				MTU  int    `json:"mtu"`
+				IPAM struct {
+					Type    string              `json:"type"`
+					Ranges  [][]json.RawMessage `json:"ranges"`
+					DataDir string              `json:"dataDir"`
+				} `json:"ipam"`
+			}
+			if err := json.Unmarshal(list.Plugins[0].Bytes, &first); err != nil {
+				t.Fatal(err)
+			}
+			if first.Type != tc.typ || first.MTU != tc.c.MTU || first.IPAM.Type != "host-local" ||
+				len(first.IPAM.Ranges) != tc.wantRanges || first.IPAM.DataDir != tc.c.IPAMDir {
+				t.Errorf("first plugin: %+v", first)
+			}
+			for i, want := range tc.c.Chain {
+				if got := list.Plugins[i+1].Network.Type; got != want {
+					t.Errorf("plugin %d is %s, want %s", i+1, got, want)
+				}
+			}
+			if tc.wantPlugins > 1 && !strings.Contains(string(list.Plugins[1].Bytes), `"portMappings":true`) {
+				t.Errorf("portmap lacks the portMappings capability: %s", list.Plugins[1].Bytes)
+			}
+		})
+	}
+}
