@@ -352,12 +352,12 @@ func (a *Agent) installCNI(node datastore.Node, mtu int) error {
 	if err != nil {
 		return fmt.Errorf("CNI configuration: %w", err)
 	}
-	wrote, err := writeAtomic(filepath.Join(a.cfg.CNIConfDir, ConflistName), data)
+	wrote, err := writeAtomic(filepath.Join(a.cfg.CNIConfDir, cniconf.FileName), data)
 	if err != nil {
 		return err
 	}
 	if wrote {
-		a.log.Info("wrote CNI configuration", "path", filepath.Join(a.cfg.CNIConfDir, ConflistName))
+		a.log.Info("wrote CNI configuration", "path", filepath.Join(a.cfg.CNIConfDir, cniconf.FileName))
 	}
 	a.mu.Lock()
 	a.confOK = true

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/cniconf"
 )
 
 func TestValidate(t *testing.T) {
@@ -95,7 +97,7 @@ func TestInstallPlugins(t *testing.T) {
 }
 
 func TestWriteAtomic(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "net.d", ConflistName)
+	p := filepath.Join(t.TempDir(), "net.d", cniconf.FileName)
 	for i, tc := range []struct {
 		data  string
 		wrote bool

@@ -7,16 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-
-	"github.com/podnet/podnet/internal/cniconf"
 )
-
-// ConflistName is the file the agent writes into the CNI conf dir; the
-// "10-" sorts it before the usual defaults so runtimes pick it.
-const ConflistName = "10-podnet.conflist"
-
-// NetworkName is the name of podnet's cluster network.
-const NetworkName = cniconf.NetworkName
 
 // installPlugins copies the podnet-cni binary into binDir (unless an
 // identical one is there) and makes each plugin name a hard link to it.

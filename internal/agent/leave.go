@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
 	"github.com/podnet/podnet/internal/nft"
@@ -56,7 +57,7 @@ func (a *Agent) Leave(ctx context.Context) error {
 		errs = append(errs, c.DelEgress())
 		c.Close()
 	}
-	for _, p := range []string{filepath.Join(a.cfg.CNIConfDir, ConflistName), a.leaseFile()} {
+	for _, p := range []string{filepath.Join(a.cfg.CNIConfDir, cniconf.FileName), a.leaseFile()} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -9,6 +9,10 @@ import "encoding/json"
 // NetworkName is the name of podnet's cluster network.
 const NetworkName = "podnet"
 
+// FileName is the conflist's file in the CNI conf dir; "10-" sorts it
+// before the usual defaults, so runtimes pick it.
+const FileName = "10-podnet.conflist"
+
 // Version is the cniVersion of the cluster conflist.
 const Version = "1.1.0"
 

@@ -9,7 +9,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/podnet/podnet/internal/agent"
+	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/sandbox"
 )
@@ -21,7 +21,7 @@ func runtimeOf(n *Node) (*sandbox.Runtime, *libcni.NetworkConfigList, func(), er
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	list, err := libcni.LoadConfList(filepath.Join(n.Dir, "net.d"), agent.NetworkName)
+	list, err := libcni.LoadConfList(filepath.Join(n.Dir, "net.d"), cniconf.NetworkName)
 	if err != nil {
 		ns.Close()
 		return nil, nil, nil, fmt.Errorf("CNI configuration of %s: %w", n.Name, err)
