@@ -198,7 +198,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.status = Status{Node: node, Cluster: cluster, MTU: mtu, Joined: joined, PeersSince: map[string]time.Time{}}
 	a.mu.Unlock()
 
-	if err := a.installCNI(node, mtu); err != nil {
+	conf, err := conflistOf(node, mtu, a.cfg)
+	if err != nil {
+		return err
+	}
+	if err := a.installCNI(conf, true); err != nil {
 		return err
 	}
 
@@ -234,6 +238,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	resync := time.NewTicker(a.cfg.Resync)
 	defer resync.Stop()
+	full := false // the next reconcile also checks the installed plugins
 	for {
 		select {
 		case <-ctx.Done():
@@ -244,18 +249,21 @@ func (a *Agent) Run(ctx context.Context) error {
 				return err
 			}
 		case <-resync.C:
+			full = true
 			kick()
 		case <-trigger:
 			peersMu.Lock()
 			snapshot := peers
 			peersMu.Unlock()
-			a.reconcile(fab, egress, cluster, node, mtu, snapshot)
+			a.reconcile(fab, egress, cluster, node, conf, full, snapshot)
+			full = false
 		}
 	}
 }
 
-// reconcile converges the fabric, the egress rules and the CNI files.
-func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastore.ClusterConfig, self datastore.Node, mtu int, nodes []datastore.Node) {
+// reconcile converges the fabric, the egress rules and the conflist; with
+// full (the periodic resync), the installed plugin binary too.
+func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastore.ClusterConfig, self datastore.Node, conf []byte, full bool, nodes []datastore.Node) {
 	start := time.Now()
 	var fp []fabric.Peer
 	for _, n := range nodes {
@@ -263,12 +271,6 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 			continue
 		}
 		p := fabric.Peer{Name: n.Name, IP: n.IP, IP6: n.IP6, Subnet: n.Subnet, Subnet6: n.Subnet6}
-		if n.VTEPMAC == "" && cluster.Backend != string(fabric.HostGW) {
-			// A node that just joined publishes its VTEP MAC right after
-			// its lease; its update triggers the next reconcile.
-			a.log.Debug("peer has not published its VTEP MAC yet", "peer", n.Name)
-			continue
-		}
 		if n.VTEPMAC != "" {
 			mac, err := net.ParseMAC(n.VTEPMAC)
 			if err != nil {
@@ -280,6 +282,11 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 		fp = append(fp, p)
 	}
 	res, fabErr := fab.Reconcile(fp)
+	if len(res.Pending) > 0 {
+		// A node that just joined publishes its VTEP MAC right after its
+		// lease; that update triggers the next reconcile.
+		a.log.Debug("peers without a VTEP MAC yet", "peers", res.Pending)
+	}
 	var errs []error
 	if fabErr != nil {
 		errs = append(errs, fabErr)
@@ -291,7 +298,7 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 	} else if err := egress.DelEgress(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := a.installCNI(self, mtu); err != nil {
+	if err := a.installCNI(conf, full); err != nil {
 		errs = append(errs, err)
 	}
 	err := errors.Join(errs...)
@@ -337,27 +344,38 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 	}
 }
 
-// installCNI installs the plugins and writes the node's conflist.
-func (a *Agent) installCNI(node datastore.Node, mtu int) error {
-	if err := installPlugins(a.cfg.CNIBinary, a.cfg.CNIBinDir, all.Names()); err != nil {
-		return err
-	}
+// conflistOf is the node's conflist: it depends only on the node's lease
+// and MTU, so the agent computes it once.
+func conflistOf(node datastore.Node, mtu int, cfg Config) ([]byte, error) {
 	var subnets []string
 	for _, s := range []*net.IPNet{node.Subnet, node.Subnet6} {
 		if s != nil {
 			subnets = append(subnets, s.String())
 		}
 	}
-	data, err := cniconf.Cluster{Subnets: subnets, MTU: mtu, IPAMDir: a.cfg.IPAMDir, Chain: a.cfg.Chain}.Conflist()
+	data, err := cniconf.Cluster{Subnets: subnets, MTU: mtu, IPAMDir: cfg.IPAMDir, Chain: cfg.Chain}.Conflist()
 	if err != nil {
-		return fmt.Errorf("CNI configuration: %w", err)
+		return nil, fmt.Errorf("CNI configuration: %w", err)
 	}
-	wrote, err := writeAtomic(filepath.Join(a.cfg.CNIConfDir, cniconf.FileName), data)
+	return data, nil
+}
+
+// installCNI writes the conflist unless it is already in place and, with
+// plugins, installs the plugin binary unless an identical one is there
+// (which costs reading both binaries, so not on every reconcile).
+func (a *Agent) installCNI(conf []byte, plugins bool) error {
+	if plugins {
+		if err := installPlugins(a.cfg.CNIBinary, a.cfg.CNIBinDir, all.Names()); err != nil {
+			return err
+		}
+	}
+	path := filepath.Join(a.cfg.CNIConfDir, cniconf.FileName)
+	wrote, err := writeAtomic(path, conf)
 	if err != nil {
 		return err
 	}
 	if wrote {
-		a.log.Info("wrote CNI configuration", "path", filepath.Join(a.cfg.CNIConfDir, cniconf.FileName))
+		a.log.Info("wrote CNI configuration", "path", path)
 	}
 	a.mu.Lock()
 	a.confOK = true

@@ -103,6 +103,9 @@ type Result struct {
 	Added, Changed, Removed int
 	// DeviceCreated is set when the VXLAN device had to be (re)created.
 	DeviceCreated bool
+	// Pending names the peers (once per subnet) that need VXLAN but have
+	// not published their VTEP MAC yet: not programmed, and no error.
+	Pending []string
 }
 
 // Fabric programs one node's namespace.

@@ -465,3 +465,30 @@ func TestWatchAndRecreate(t *testing.T) {
 	}
 	mustReach(t, false, [2]*node{n1, n2})
 }
+
+// TestPeerWithoutVTEPMAC: in auto mode, a peer across the router that has
+// not published its VTEP MAC yet is pending (no error, not programmed),
+// while the same-segment peer is reached over host-gw at once.
+func TestPeerWithoutVTEPMAC(t *testing.T) {
+	l := newLab(t, 1450, 2, 1)
+	o := opts{mode: Auto}
+	l.start(t, o)
+	n1 := l.nodes[0]
+	peers := l.peers(o, "n1")
+	for i := range peers {
+		if peers[i].Name == "n3" {
+			peers[i].VTEPMAC = nil
+		}
+	}
+	res, err := n1.fab.Reconcile(peers)
+	if err != nil {
+		t.Fatalf("Reconcile with a peer lacking its VTEP MAC: %v", err)
+	}
+	checkBackends(t, "n1", res.Backends, map[string]Mode{"n2": HostGW})
+	if len(res.Pending) != 1 || res.Pending[0] != "n3" {
+		t.Errorf("pending peers %v, want [n3]", res.Pending)
+	}
+	if routes := ownedRoutesText(t, n1); strings.Contains(routes, "podnet.vxlan") {
+		t.Errorf("a route over VXLAN to the pending peer:\n%s", routes)
+	}
+}

@@ -87,7 +87,12 @@ func connected(conn []netlink.Addr, ip net.IP) bool {
 	return false
 }
 
-// plan adds one peer's desired state and records its backends.
+// errNoVTEPMAC marks a peer that needs VXLAN but has not published its
+// VTEP MAC yet (it does right after its lease): it is pending, not failed.
+var errNoVTEPMAC = errors.New("the peer has not published its VTEP MAC yet")
+
+// plan adds one peer's desired state and records its backends; a subnet
+// whose peer has no VTEP MAC yet is recorded in res.Pending.
 func (f *Fabric) plan(want *desired, res *Result, p Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) error {
 	if p.Subnet == nil && p.Subnet6 == nil {
 		return errors.New("no pod subnet")
@@ -95,7 +100,9 @@ func (f *Fabric) plan(want *desired, res *Result, p Peer, underlay int, vx *netl
 	var errs []error
 	if p.Subnet != nil {
 		mode, err := f.plan4(want, p, underlay, vx, conn)
-		if err != nil {
+		if errors.Is(err, errNoVTEPMAC) {
+			res.Pending = append(res.Pending, p.Name)
+		} else if err != nil {
 			errs = append(errs, err)
 		} else {
 			res.Backends[p.Name] = mode
@@ -103,7 +110,9 @@ func (f *Fabric) plan(want *desired, res *Result, p Peer, underlay int, vx *netl
 	}
 	if p.Subnet6 != nil {
 		mode, err := f.plan6(want, p, underlay, vx, conn)
-		if err != nil {
+		if errors.Is(err, errNoVTEPMAC) {
+			res.Pending = append(res.Pending, p.Name)
+		} else if err != nil {
 			errs = append(errs, err)
 		} else {
 			res.Backends6[p.Name] = mode
@@ -173,7 +182,7 @@ func (f *Fabric) planVXLAN(want *desired, p Peer, subnet *net.IPNet, vx *netlink
 		return errors.New("no VXLAN device")
 	}
 	if len(p.VTEPMAC) != 6 {
-		return fmt.Errorf("VXLAN to %s needs the peer's VTEP MAC", subnet)
+		return fmt.Errorf("VXLAN to %s: %w", subnet, errNoVTEPMAC)
 	}
 	dst := p.IP.To4()
 	if f.underlayV6() {
