@@ -709,11 +709,3 @@ func p50of(cs []*series, suite, net, op string) time.Duration {
 func cost50(cs []*series, suite, net, op string) time.Duration {
 	return p50of(cs, suite, net, op) - p50of(cs, suite, "floor", op)
 }
-
-// verdict says whether a ratio podnet/reference meets the bar.
-func verdict(ratio float64) string {
-	if ratio <= bar {
-		return "meets"
-	}
-	return "misses"
-}

@@ -10,21 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Watch calls trigger whenever the kernel state podnet owns may have been
-// disturbed: the VXLAN device or the underlay deleted or down, a route with
-// podnet's protocol deleted, a neighbour or FDB entry deleted from the VXLAN
-// device. It subscribes in the fabric's namespace and returns when ctx ends
-// (nil) or a subscription fails. trigger runs on Watch's goroutine: it
-// should only signal the agent's reconcile loop (which coalesces), since
-// podnet's own reconciling also raises events. Watch is Subscribe then Run.
-func (f *Fabric) Watch(ctx context.Context, trigger func()) error {
-	w, err := f.Subscribe(ctx)
-	if err != nil {
-		return err
-	}
-	return w.Run(trigger)
-}
-
 // Watcher holds netlink subscriptions in the fabric's namespace.
 type Watcher struct {
 	f      *Fabric
@@ -38,9 +23,10 @@ type Watcher struct {
 	devIndex int
 }
 
-// Subscribe opens the subscriptions Watch uses and returns once they are in
-// place: an agent that subscribes before its first Reconcile misses no
-// disturbance. They are closed when ctx ends.
+// Subscribe opens link, route and neighbour subscriptions in the fabric's
+// namespace and returns once they are in place: an agent that subscribes
+// before its first Reconcile misses no disturbance. They are closed when
+// ctx ends.
 func (f *Fabric) Subscribe(ctx context.Context) (*Watcher, error) {
 	w := &Watcher{
 		f: f, ctx: ctx, done: make(chan struct{}), errc: make(chan error, 3),
@@ -83,8 +69,13 @@ func (f *Fabric) Subscribe(ctx context.Context) (*Watcher, error) {
 	return w, nil
 }
 
-// Run calls trigger for each disturbing event (see Watch) until the
-// Watcher's context ends (nil) or a subscription fails.
+// Run calls trigger whenever the kernel state podnet owns may have been
+// disturbed — the VXLAN device or the underlay deleted or down, a route
+// with podnet's protocol deleted, a neighbour or FDB entry deleted from the
+// VXLAN device — until the Watcher's context ends (nil) or a subscription
+// fails. trigger runs on Run's goroutine: it should only signal the
+// agent's reconcile loop (which coalesces), since podnet's own reconciling
+// also raises events.
 func (w *Watcher) Run(trigger func()) error {
 	f, devIndex := w.f, w.devIndex
 	ctx, errc, links, routes, neighs := w.ctx, w.errc, w.links, w.routes, w.neighs

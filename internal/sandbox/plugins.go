@@ -134,22 +134,6 @@ func PodnetLinks(podnetCNI string) (map[string]string, error) {
 	return m, nil
 }
 
-// ReferenceLinks maps each type installed in ReferenceDir to its binary; it
-// is empty when the reference plugins are not installed.
-func ReferenceLinks() map[string]string {
-	m := map[string]string{}
-	entries, err := os.ReadDir(ReferenceDir)
-	if err != nil {
-		return m
-	}
-	for _, e := range entries {
-		if !e.IsDir() {
-			m[e.Name()] = filepath.Join(ReferenceDir, e.Name())
-		}
-	}
-	return m
-}
-
 // HaveReference tells whether the reference plugins of these types are
 // installed in ReferenceDir.
 func HaveReference(types ...string) error {
@@ -159,17 +143,6 @@ func HaveReference(types ...string) error {
 		}
 	}
 	return nil
-}
-
-// Merge returns the union of link maps, later maps winning.
-func Merge(maps ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, m := range maps {
-		for k, v := range m {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // LinkBinDir fills dir with one entry per plugin type pointing at its
