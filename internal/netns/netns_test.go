@@ -2,6 +2,7 @@ package netns
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -66,5 +67,31 @@ func TestTempAndDo(t *testing.T) {
 	}
 	if _, err := os.Stat(tmp.Path()); !os.IsNotExist(err) {
 		t.Errorf("netns file remains: %v", err)
+	}
+}
+
+// TestDeleteNamedLeftovers covers what a process killed inside Create
+// leaves: a binding file without its mount. DeleteNamed removes it, and a
+// second delete of the same name is no error.
+func TestDeleteNamedLeftovers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	tmp, err := NewTemp("pntest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp.Close()
+	bare := tmp.Name + "-bare"
+	if err := os.WriteFile(filepath.Join(RunDir, bare), nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{tmp.Name, bare, tmp.Name, bare} {
+		if err := DeleteNamed(name); err != nil {
+			t.Errorf("DeleteNamed(%s): %v", name, err)
+		}
+		if _, err := os.Stat(filepath.Join(RunDir, name)); !os.IsNotExist(err) {
+			t.Errorf("%s remains: %v", name, err)
+		}
 	}
 }

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"runtime"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // RunDir is where named namespaces are bound, as iproute2 does it.
@@ -52,7 +54,7 @@ func Create(name string) (*Temp, error) {
 	}
 	ns, err := Open(filepath.Join(RunDir, name))
 	if err != nil {
-		_ = netns.DeleteNamed(name)
+		_ = DeleteNamed(name)
 		return nil, err
 	}
 	t := &Temp{NS: ns, Name: name}
@@ -73,9 +75,19 @@ func OpenNamed(name string) (*Temp, error) {
 }
 
 // DeleteNamed deletes the named namespace's binding; its links go with
-// it once no process holds it. A name that does not exist is no error.
+// it once no process holds it. A name that does not exist is no error, and
+// neither is a binding file without its mount: a process killed inside
+// Create leaves one, and the file alone is removed.
 func DeleteNamed(name string) error {
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	path := filepath.Join(RunDir, name)
+	err := unix.Unmount(path, unix.MNT_DETACH)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil && !errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("delete netns %s: unmount: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete netns %s: %w", name, err)
 	}
 	return nil
@@ -84,8 +96,5 @@ func DeleteNamed(name string) error {
 // Remove closes and deletes the namespace.
 func (t *Temp) Remove() error {
 	t.Close()
-	if err := netns.DeleteNamed(t.Name); err != nil {
-		return fmt.Errorf("delete netns %s: %w", t.Name, err)
-	}
-	return nil
+	return DeleteNamed(t.Name)
 }
