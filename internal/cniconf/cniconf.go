@@ -13,8 +13,14 @@ const NetworkName = "podnet"
 // before the usual defaults, so runtimes pick it.
 const FileName = "10-podnet.conflist"
 
-// Version is the cniVersion of the cluster conflist.
+// Version is the CNI version a runtime of spec 1.1 (libcni 1.2 and later:
+// containerd 2, CRI-O 1.30) picks from the conflist's cniVersions.
 const Version = "1.1.0"
+
+// CompatVersion is the conflist's cniVersion, which runtimes that predate
+// cniVersions (containerd 1.6 and 1.7, whose libcni knows results up to
+// 1.0.0) read instead, so that they can run podnet's network too.
+const CompatVersion = "1.0.0"
 
 // Cluster describes a node's cluster network configuration.
 type Cluster struct {
@@ -33,7 +39,9 @@ type Cluster struct {
 	// the same fields (the reference "ptp") gives the closest reference
 	// counterpart of the same network.
 	Type string
-	// CNIVersion defaults to Version; Name to NetworkName.
+	// CNIVersion, when set, is the conflist's only version; by default
+	// runtimes pick Version, or CompatVersion when they are older.
+	// Name defaults to NetworkName.
 	CNIVersion, Name string
 }
 
@@ -41,12 +49,14 @@ type Cluster struct {
 // interface plugin over the node's subnets with host-local IPAM, then the
 // chained plugins.
 func (c Cluster) Conflist() ([]byte, error) {
-	typ, version, name := c.Type, c.CNIVersion, c.Name
+	typ, name := c.Type, c.Name
 	if typ == "" {
 		typ = "podnet"
 	}
-	if version == "" {
-		version = Version
+	list := map[string]any{"cniVersion": c.CNIVersion}
+	if c.CNIVersion == "" {
+		list["cniVersion"] = CompatVersion
+		list["cniVersions"] = []string{CompatVersion, Version}
 	}
 	if name == "" {
 		name = NetworkName
@@ -71,9 +81,6 @@ func (c Cluster) Conflist() ([]byte, error) {
 		}
 		plugins = append(plugins, conf)
 	}
-	return json.MarshalIndent(map[string]any{
-		"cniVersion": version,
-		"name":       name,
-		"plugins":    plugins,
-	}, "", "  ")
+	list["name"], list["plugins"] = name, plugins
+	return json.MarshalIndent(list, "", "  ")
 }

@@ -11,23 +11,25 @@ import (
 // TestConflist checks the cluster conflist is what libcni loads: the
 // interface plugin over the node's subnets, then the chain; the defaults
 // are the agent's network, an explicit type and version the reference
-// counterpart.
+// counterpart. By default libcni picks Version from cniVersions while a
+// runtime that reads only cniVersion gets CompatVersion.
 func TestConflist(t *testing.T) {
 	for _, tc := range []struct {
 		name                    string
 		c                       Cluster
 		wantName, wantVer, typ  string
+		wantCompat              string
 		wantRanges, wantPlugins int
 	}{
 		{"agent defaults, dual stack",
 			Cluster{Subnets: []string{"10.244.3.0/24", "fd00:10:244:3::/64"}, MTU: 1450, IPAMDir: "/run/podnet/ipam", Chain: []string{"portmap", "bandwidth"}},
-			NetworkName, Version, "podnet", 2, 3},
+			NetworkName, Version, "podnet", CompatVersion, 2, 3},
 		{"reference counterpart",
 			Cluster{Subnets: []string{"10.244.3.0/24"}, MTU: 1500, IPAMDir: "/tmp/ipam", Chain: []string{"portmap", "bandwidth"}, Type: "ptp", CNIVersion: "1.0.0", Name: "ref"},
-			"ref", "1.0.0", "ptp", 1, 3},
+			"ref", "1.0.0", "ptp", "1.0.0", 1, 3},
 		{"no chain",
 			Cluster{Subnets: []string{"10.244.3.0/24"}, MTU: 1450, IPAMDir: "/run/podnet/ipam"},
-			NetworkName, Version, "podnet", 1, 1},
+			NetworkName, Version, "podnet", CompatVersion, 1, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := tc.c.Conflist()
@@ -40,6 +42,12 @@ func TestConflist(t *testing.T) {
 			}
 			if list.Name != tc.wantName || list.CNIVersion != tc.wantVer || len(list.Plugins) != tc.wantPlugins {
 				t.Fatalf("conflist %s/%s with %d plugins:\n%s", list.Name, list.CNIVersion, len(list.Plugins), b)
+			}
+			var old struct {
+				CNIVersion string `json:"cniVersion"`
+			}
+			if err := json.Unmarshal(b, &old); err != nil || old.CNIVersion != tc.wantCompat {
+				t.Errorf("cniVersion for runtimes before cniVersions = %q (%v), want %q", old.CNIVersion, err, tc.wantCompat)
 			}
 			var first struct {
 				Type string `json:"type"`
