@@ -260,14 +260,15 @@ func TestStoreIOFailure(t *testing.T) {
 
 // TestStatusLimitedConnectivity: STATUS is 51 when the network's existing
 // pods are cut off while ADD would still work — the bridge set down, IP
-// forwarding turned off in the host for a family the gateways route — and
+// forwarding turned off in the host for a family the gateways or the
+// routed veths route — and
 // healthy again once repaired; 50 when the bridge's name is taken by a
 // link that is not a bridge. A bridge that is not a gateway does not care
 // about forwarding.
 func TestStatusLimitedConnectivity(t *testing.T) {
 	requireRoot(t)
 	bin := podnetBin(t)
-	requirePlugins(t, bin, "bridge", "ptp", "host-local")
+	requirePlugins(t, bin, "bridge", "ptp", "podnet", "host-local")
 	dualStack := func(d string) sandbox.Conf {
 		return sandbox.Conf{"type": "host-local", "dataDir": d, "ranges": []any{
 			[]any{sandbox.Conf{"subnet": "10.75.0.0/24"}},
@@ -311,6 +312,18 @@ func TestStatusLimitedConnectivity(t *testing.T) {
 		{
 			name:   "ptp dual-stack, IPv6 forwarding off",
 			conf:   func(d string) sandbox.Conf { return sandbox.PTP(dualStack(d)) },
+			break_: sysctlOff("net/ipv6/conf/all/forwarding"),
+			code:   51, mention: "net.ipv6.conf.all.forwarding = 0",
+		},
+		{
+			name:   "podnet dual-stack, IPv4 forwarding off",
+			conf:   func(d string) sandbox.Conf { return sandbox.Routed(1500, dualStack(d)) },
+			break_: sysctlOff("net/ipv4/ip_forward"),
+			code:   51, mention: "net.ipv4.ip_forward = 0",
+		},
+		{
+			name:   "podnet dual-stack, IPv6 forwarding off",
+			conf:   func(d string) sandbox.Conf { return sandbox.Routed(1500, dualStack(d)) },
 			break_: sysctlOff("net/ipv6/conf/all/forwarding"),
 			code:   51, mention: "net.ipv6.conf.all.forwarding = 0",
 		},

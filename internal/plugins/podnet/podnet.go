@@ -34,7 +34,7 @@ var (
 
 // Plugin returns the podnet plugin.
 func Plugin() cniplugin.Plugin {
-	del, gc, status := attach.Teardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
+	del, gc, status := attach.RoutedTeardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
 		c, err := load(args.StdinData)
 		if err != nil {
 			return nil, err
@@ -50,10 +50,6 @@ type Conf struct {
 	// MTU of the pod's interface; the agent sets it to the fabric's MTU.
 	MTU int `json:"mtu"`
 }
-
-// containerIdx is the container interface's position in the result, after
-// the host end.
-const containerIdx = 1
 
 func load(data []byte) (*Conf, error) {
 	c := &Conf{}
@@ -93,21 +89,14 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	routed(res)
-	if err := link.EnableForwarding(res.IPs); err != nil {
-		return nil, err
-	}
-	veth, err := s.CreateVeth(c.MTU, nil)
+	veth, err := s.RoutedVeth(res, c.MTU)
 	if err != nil {
 		return nil, err
-	}
-	res.Interfaces = []*current.Interface{
-		{Name: veth.Host.Attrs().Name, Mac: veth.Host.Attrs().HardwareAddr.String()},
-		{Name: args.IfName, Mac: veth.Container.Attrs().HardwareAddr.String(), Sandbox: args.Netns},
 	}
 	// Addresses first: the routes need the link up and the gateway on it.
 	routes := res.Routes
 	res.Routes = nil
-	if err := s.Iface(veth.Container).Configure(res, containerIdx, false); err != nil {
+	if err := s.Iface(veth.Container).Configure(res, attach.RoutedIdx, false); err != nil {
 		return nil, err
 	}
 	res.Routes = routes
@@ -130,7 +119,6 @@ func routed(res *current.Result) {
 	for _, ipc := range res.IPs {
 		ipc.Address = *link.HostNet(ipc.Address.IP)
 		ipc.Gateway = gatewayOf(ipc.Address.IP)
-		ipc.Interface = current.Int(containerIdx)
 		if ipc.Address.IP.To4() != nil {
 			v4 = true
 		} else {
@@ -188,22 +176,5 @@ func check(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.Close()
-	_, host, _, err := s.CheckVeth(prev)
-	if err != nil {
-		return err
-	}
-	for _, ipc := range prev.IPs {
-		routes, err := s.Host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: link.HostNet(ipc.Address.IP)}, netlink.RT_FILTER_DST)
-		if err != nil {
-			return fmt.Errorf("list host routes: %w", err)
-		}
-		found := false
-		for _, r := range routes {
-			found = found || r.LinkIndex == host.Attrs().Index
-		}
-		if !found {
-			return fmt.Errorf("host route to %s via %s is missing", ipc.Address.IP, host.Attrs().Name)
-		}
-	}
-	return nil
+	return s.CheckRouted(prev)
 }

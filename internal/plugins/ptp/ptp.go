@@ -21,7 +21,7 @@ import (
 
 // Plugin returns the ptp plugin.
 func Plugin() cniplugin.Plugin {
-	del, gc, _ := attach.Teardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
+	del, gc, status := attach.RoutedTeardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
 		c, err := load(args.StdinData)
 		if err != nil {
 			return nil, err
@@ -29,30 +29,6 @@ func Plugin() cniplugin.Plugin {
 		return &c.NetConf, nil
 	})
 	return cniplugin.Plugin{Add: add, Del: del, Check: check, GC: gc, Status: status}
-}
-
-// status is 51 when IP forwarding, which every ptp pod relies on, is off
-// for a family its host veths route, else the IPAM plugin's status.
-func status(args *skel.CmdArgs) error {
-	c, err := load(args.StdinData)
-	if err != nil {
-		return err
-	}
-	return attach.StatusWith(args, &c.NetConf, func(h *netlink.Handle) error {
-		links, err := link.HostLinks(h, c.Name)
-		if err != nil {
-			return err
-		}
-		hostEnds := make([]netlink.Link, 0, len(links))
-		for _, l := range links {
-			hostEnds = append(hostEnds, l)
-		}
-		gws, err := attach.GlobalAddrs(h, hostEnds...)
-		if err != nil {
-			return err
-		}
-		return attach.CheckForwarding(gws)
-	})
 }
 
 // Conf is the ptp plugin's configuration.
@@ -64,10 +40,6 @@ type Conf struct {
 	IPMasqBackend *string `json:"ipMasqBackend,omitempty"`
 	MTU           int     `json:"mtu"`
 }
-
-// containerIdx is the container interface's position in the result, after
-// the host end.
-const containerIdx = 1
 
 func load(data []byte) (*Conf, error) {
 	c := &Conf{}
@@ -105,20 +77,12 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 		if ipc.Gateway == nil {
 			return nil, cniplugin.Invalid("ptp needs a gateway for %s from IPAM", ipc.Address.String())
 		}
-		ipc.Interface = current.Int(containerIdx)
 	}
-	if err := link.EnableForwarding(res.IPs); err != nil {
-		return nil, err
-	}
-	veth, err := s.CreateVeth(c.MTU, nil)
+	veth, err := s.RoutedVeth(res, c.MTU)
 	if err != nil {
 		return nil, err
 	}
-	res.Interfaces = []*current.Interface{
-		{Name: veth.Host.Attrs().Name, Mac: veth.Host.Attrs().HardwareAddr.String()},
-		{Name: args.IfName, Mac: veth.Container.Attrs().HardwareAddr.String(), Sandbox: args.Netns},
-	}
-	if err := s.Iface(veth.Container).Configure(res, containerIdx, false); err != nil {
+	if err := s.Iface(veth.Container).Configure(res, attach.RoutedIdx, false); err != nil {
 		return nil, err
 	}
 	if err := routeViaGateway(s.Cont, veth.Container, res); err != nil {
@@ -169,7 +133,7 @@ func check(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.Close()
-	if _, _, _, err := s.CheckVeth(prev); err != nil {
+	if err := s.CheckRouted(prev); err != nil {
 		return err
 	}
 	if !c.IPMasq {
