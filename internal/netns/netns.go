@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netns"
@@ -22,7 +23,11 @@ type NS struct {
 
 // Open opens the network namespace at path. A path that does not exist is a
 // spec "container unknown" error (3); a path that is not a network
-// namespace is an invalid-environment error (4).
+// namespace, or that is the process's own (a plugin given the host's
+// namespace as the container's would configure, or on DEL delete, the
+// host's interfaces), is an invalid-environment error (4). As in the CNI
+// library's skel, CNI_NETNS_OVERRIDE=1 (or true) allows the own namespace;
+// skel checks only after ADD and DEL have run, which is too late.
 func Open(path string) (*NS, error) {
 	if path == "" {
 		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
@@ -49,7 +54,38 @@ func Open(path string) (*NS, error) {
 		h.Close()
 		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is not a network namespace", fmt.Sprintf("%s: %v", path, err))
 	}
+	if own, err := isOwn(fd); (err != nil || own) && !ownAllowed() {
+		h.Close()
+		if err == nil {
+			err = errors.New("the container's namespace must be another")
+		}
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is the plugin's own network namespace", fmt.Sprintf("%s: %v", path, err))
+	}
 	return &NS{path: path, handle: h}, nil
+}
+
+// ownAllowed reports whether the runtime allows the plugin's own namespace
+// as the container's (skel's CNI_NETNS_OVERRIDE).
+func ownAllowed() bool {
+	v := os.Getenv("CNI_NETNS_OVERRIDE")
+	return v == "1" || strings.EqualFold(v, "true")
+}
+
+// isOwn reports whether fd is the process's own network namespace: that
+// of the calling thread, which is not one that Do or Create moved (those
+// stay locked to their goroutines). /proc/self would name the main
+// thread's, which Create may have left in a namespace it made.
+func isOwn(fd int) (bool, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var ns, own unix.Stat_t
+	if err := unix.Fstat(fd, &ns); err != nil {
+		return false, err
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &own); err != nil {
+		return false, err
+	}
+	return ns.Dev == own.Dev && ns.Ino == own.Ino, nil
 }
 
 // checkNetType asks the kernel which kind of namespace fd refers to.

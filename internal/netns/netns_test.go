@@ -22,6 +22,7 @@ func TestOpenErrors(t *testing.T) {
 		{"/nonexistent/netns", types.ErrUnknownContainer},
 		{f.Name(), types.ErrInvalidEnvironmentVariables},
 		{"/proc/self/ns/uts", types.ErrInvalidEnvironmentVariables},
+		{"/proc/thread-self/ns/net", types.ErrInvalidEnvironmentVariables},
 	} {
 		_, err := Open(tc.path)
 		e, ok := err.(*types.Error)
@@ -29,6 +30,12 @@ func TestOpenErrors(t *testing.T) {
 			t.Errorf("Open(%q) = %v, want code %d", tc.path, err, tc.code)
 		}
 	}
+	t.Setenv("CNI_NETNS_OVERRIDE", "1")
+	ns, err := Open("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatalf("own namespace with CNI_NETNS_OVERRIDE=1: %v", err)
+	}
+	ns.Close()
 }
 
 func TestTempAndDo(t *testing.T) {

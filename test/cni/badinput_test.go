@@ -94,6 +94,11 @@ func TestBadInput(t *testing.T) {
 		{name: "CNI_NETNS not a netns", env: map[string]string{"CNI_NETNS": notNS}, code: codeInvalidEnv},
 		{name: "CNI_NETNS another namespace type", env: map[string]string{"CNI_NETNS": "/proc/self/ns/uts"}, code: codeInvalidEnv},
 		{name: "CNI_NETNS nonexistent", env: map[string]string{"CNI_NETNS": "/var/run/netns/podnet-no-such-ns"}, code: codeUnknownCont},
+		// The host's own namespace as the container's: ADD would configure
+		// the host's links, DEL delete the host's bridge.
+		{name: "CNI_NETNS is the plugin's own", env: map[string]string{"CNI_NETNS": "/proc/self/ns/net"}, code: codeInvalidEnv},
+		{name: "CNI_NETNS is the host's, by name", env: map[string]string{"CNI_NETNS": sb.Host.Path()}, code: codeInvalidEnv},
+		{name: "DEL of the host's bridge", command: "DEL", env: map[string]string{"CNI_NETNS": sb.Host.Path(), "CNI_IFNAME": "cni0"}, code: codeInvalidEnv},
 		{name: "ifname over 15 chars", env: map[string]string{"CNI_IFNAME": "eth0123456789abc"}, code: codeInvalidEnv},
 		{name: "ifname with a slash", env: map[string]string{"CNI_IFNAME": "eth/0"}, code: codeInvalidEnv},
 		{name: "CNI_COMMAND missing", env: map[string]string{"CNI_COMMAND": "-"}, code: codeInvalidEnv},
