@@ -31,12 +31,13 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/lab"
 )
 
 type options struct {
 	nodes, add, pods int
-	backend          string
+	backend          cluster.Backend
 	agentBin, cniBin string
 	md, json         string
 }
@@ -46,7 +47,7 @@ func main() {
 	flag.IntVar(&o.nodes, "nodes", 10, "nodes the lab comes up with")
 	flag.IntVar(&o.add, "add", 5, "nodes then added one by one to the running lab")
 	flag.IntVar(&o.pods, "pods-per-node", 1, "pods on every node")
-	flag.StringVar(&o.backend, "backend", "auto", "fabric backend: auto, host-gw or vxlan")
+	flag.StringVar((*string)(&o.backend), "backend", string(cluster.Auto), "fabric backend: auto, host-gw or vxlan")
 	flag.StringVar(&o.agentBin, "agent-bin", "bin/podnet-agent", "podnet-agent binary")
 	flag.StringVar(&o.cniBin, "cni-bin", "bin/podnet-cni", "podnet-cni binary")
 	flag.StringVar(&o.md, "md", "", "write the report as a section of this Markdown file (other sections are kept)")
@@ -84,7 +85,7 @@ type memory struct {
 
 type result struct {
 	Machine   benchdoc.Machine `json:"machine"`
-	Backend   string           `json:"backend"`
+	Backend   cluster.Backend  `json:"backend"`
 	Pods      int              `json:"podsPerNode"`
 	Joins     []join           `json:"joins"`
 	Reconcile histogram        `json:"reconcile"`

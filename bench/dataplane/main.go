@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/sandbox"
 )
@@ -205,7 +206,7 @@ func build(ctx context.Context, c *cleanup, o options, bins lab.Binaries) ([]*pa
 	add(refVeth, sameNode, "", 0, a, b)
 
 	fmt.Fprintln(os.Stderr, "lab with the host-gw backend …")
-	hg, err := twoNodeLab(ctx, c, "hg", "host-gw", bins, os.Stderr)
+	hg, err := twoNodeLab(ctx, c, "hg", cluster.HostGW, bins, os.Stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +255,7 @@ func build(ctx context.Context, c *cleanup, o options, bins lab.Binaries) ([]*pa
 	add("podnet host-gw", acrossHGW, refHGW, 0.90, eps[0], eps[2])
 
 	fmt.Fprintln(os.Stderr, "lab with the vxlan backend …")
-	vx, err := twoNodeLab(ctx, c, "vx", "vxlan", bins, os.Stderr)
+	vx, err := twoNodeLab(ctx, c, "vx", cluster.VXLAN, bins, os.Stderr)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/sandbox"
@@ -142,7 +143,7 @@ func labBins(agentBin, cniBin string) (lab.Binaries, error) {
 
 // twoNodeLab brings up a lab of two nodes on one segment with the backend,
 // two pods on n1 and one on n2; it is taken down by the cleanup.
-func twoNodeLab(ctx context.Context, c *cleanup, tag, backend string, bins lab.Binaries, progress io.Writer) (*lab.Lab, error) {
+func twoNodeLab(ctx context.Context, c *cleanup, tag string, backend cluster.Backend, bins lab.Binaries, progress io.Writer) (*lab.Lab, error) {
 	name := "bdp-" + tag + "-" + randomSuffix()
 	l, err := lab.New("", name, lab.Spec{Nodes: 2, Segments: 1, Backend: backend, PodsPerNode: 0}, bins, progress)
 	if err != nil {

@@ -110,7 +110,7 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.Cluster.ClusterCIDR6, "cluster-cidr6", "", "IPv6 pod network of the cluster (dual-stack)")
 	f.IntVar(&cfg.Cluster.SubnetSize, "node-subnet-size", cfg.Cluster.SubnetSize, "prefix length of each node's IPv4 pod subnet")
 	f.IntVar(&cfg.Cluster.SubnetSize6, "node-subnet-size6", 0, "prefix length of each node's IPv6 pod subnet")
-	f.StringVar(&cfg.Cluster.Backend, "backend", cfg.Cluster.Backend, "auto (host-gw to peers on the same link, VXLAN to the others), host-gw or vxlan")
+	f.StringVar((*string)(&cfg.Cluster.Backend), "backend", string(cfg.Cluster.Backend), "auto (host-gw to peers on the same link, VXLAN to the others), host-gw or vxlan")
 	f.IntVar(&cfg.Cluster.VNI, "vxlan-vni", cfg.Cluster.VNI, "VXLAN network identifier")
 	f.IntVar(&cfg.Cluster.VXLANPort, "vxlan-port", cfg.Cluster.VXLANPort, "VXLAN UDP port")
 	f.IntVar(&cfg.Cluster.MTU, "mtu", 0, "pod MTU (0: the underlay's, minus the VXLAN overhead when VXLAN may be used)")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
 )
@@ -53,7 +54,7 @@ func specFlags(cmd *cobra.Command, s *lab.Spec, bins *lab.Binaries) {
 	fl.IntVar(&s.Nodes, "nodes", 3, "number of nodes")
 	fl.IntVar(&s.PodsPerNode, "pods-per-node", 2, "pods on each node")
 	fl.IntVar(&s.Segments, "segments", 1, "L2 segments of the underlay, joined by a router")
-	fl.StringVar(&s.Backend, "backend", "auto", "auto, host-gw or vxlan")
+	fl.StringVar((*string)(&s.Backend), "backend", string(cluster.Auto), "auto, host-gw or vxlan")
 	fl.BoolVar(&s.IPv6, "ipv6", false, "dual-stack underlay and pods")
 	fl.DurationVar(&s.LeaseTTL, "lease-ttl", 20*time.Second, "grace period before a dead node's subnet is reclaimed")
 	fl.StringVar(&bins.Agent, "agent-bin", "", "podnet-agent binary (default: next to this executable)")

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
@@ -27,25 +28,11 @@ type Agent struct {
 	metrics *metrics
 
 	mu      sync.Mutex
-	status  Status
+	status  cluster.NodeStatus
 	leased  bool
 	fabOK   bool
 	confOK  bool
 	lastErr error
-}
-
-// Status is what the agent has built, for logs and the lab.
-type Status struct {
-	Node     datastore.Node          `json:"node"`
-	Cluster  datastore.ClusterConfig `json:"cluster"`
-	MTU      int                     `json:"mtu"`
-	Backends map[string]fabric.Mode  `json:"backends"` // per peer
-	Peers    int                     `json:"peers"`
-	Ready    bool                    `json:"ready"`
-	// Joined is when the node got its lease; PeersSince, when the routes
-	// to each peer were first in place. Together they time a join.
-	Joined     time.Time            `json:"joined"`
-	PeersSince map[string]time.Time `json:"peersSince"`
 }
 
 // New returns an agent for a validated configuration.
@@ -64,7 +51,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 }
 
 // Status returns what the agent has built so far.
-func (a *Agent) Status() Status {
+func (a *Agent) Status() cluster.NodeStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.status
@@ -140,7 +127,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer store.Close()
-	cluster, diffs, err := store.EnsureClusterConfig(ctx, a.cfg.Cluster)
+	clusterCfg, diffs, err := store.EnsureClusterConfig(ctx, a.cfg.Cluster)
 	if err != nil {
 		return fmt.Errorf("cluster configuration: %w", err)
 	}
@@ -149,7 +136,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	prefer := a.loadLastLease()
-	self := datastore.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}
+	self := cluster.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}
 	// A restarted agent republishes its VTEP MAC with the lease, so its
 	// peers never see its record without one (and never drop its routes).
 	if nodes, err := store.Nodes(ctx); err == nil {
@@ -172,8 +159,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { errc <- lease.Run(ctx) }()
 
 	fab, err := fabric.New(fabric.Config{
-		Mode: fabric.Mode(cluster.Backend), Underlay: ul.Name, LocalIP: ul.IP, LocalIP6: ul.IP6,
-		Subnet: node.Subnet, Subnet6: node.Subnet6, VNI: cluster.VNI, Port: cluster.VXLANPort, MTU: cluster.MTU,
+		Mode: clusterCfg.Backend, Underlay: ul.Name, LocalIP: ul.IP, LocalIP6: ul.IP6,
+		Subnet: node.Subnet, Subnet6: node.Subnet6, VNI: clusterCfg.VNI, Port: clusterCfg.VXLANPort, MTU: clusterCfg.MTU,
 	}, nil)
 	if err != nil {
 		return err
@@ -195,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.mu.Lock()
 	a.leased = true
-	a.status = Status{Node: node, Cluster: cluster, MTU: mtu, Joined: joined, PeersSince: map[string]time.Time{}}
+	a.status = cluster.NodeStatus{Node: node, Cluster: clusterCfg, MTU: mtu, Joined: joined, PeersSince: map[string]time.Time{}}
 	a.mu.Unlock()
 
 	conf, err := conflistOf(node, mtu, a.cfg)
@@ -214,9 +201,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var peersMu sync.Mutex
-	var peers []datastore.Node
+	var peers []cluster.Node
 	go func() {
-		errc <- store.WatchNodes(ctx, func(nodes []datastore.Node) {
+		errc <- store.WatchNodes(ctx, func(nodes []cluster.Node) {
 			peersMu.Lock()
 			peers = nodes
 			peersMu.Unlock()
@@ -255,7 +242,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			peersMu.Lock()
 			snapshot := peers
 			peersMu.Unlock()
-			a.reconcile(fab, egress, cluster, node, conf, full, snapshot)
+			a.reconcile(fab, egress, clusterCfg, node, conf, full, snapshot)
 			full = false
 		}
 	}
@@ -263,7 +250,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // reconcile converges the fabric, the egress rules and the conflist; with
 // full (the periodic resync), the installed plugin binary too.
-func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastore.ClusterConfig, self datastore.Node, conf []byte, full bool, nodes []datastore.Node) {
+func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, clusterCfg cluster.Config, self cluster.Node, conf []byte, full bool, nodes []cluster.Node) {
 	start := time.Now()
 	var fp []fabric.Peer
 	for _, n := range nodes {
@@ -292,7 +279,7 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 		errs = append(errs, fabErr)
 	}
 	if a.cfg.Egress {
-		if _, err := egress.SyncEgress(clusterCIDRs(cluster)); err != nil {
+		if _, err := egress.SyncEgress(clusterCIDRs(clusterCfg)); err != nil {
 			errs = append(errs, err)
 		}
 	} else if err := egress.DelEgress(); err != nil {
@@ -305,7 +292,7 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 	took := time.Since(start)
 	a.metrics.reconcile.Observe(took.Seconds())
 	a.metrics.peers.Set(float64(len(fp)))
-	counts := map[fabric.Mode]int{fabric.HostGW: 0, fabric.VXLAN: 0}
+	counts := map[cluster.Backend]int{cluster.HostGW: 0, cluster.VXLAN: 0}
 	for _, m := range res.Backends {
 		counts[m]++
 	}
@@ -346,7 +333,7 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, cluster datastor
 
 // conflistOf is the node's conflist: it depends only on the node's lease
 // and MTU, so the agent computes it once.
-func conflistOf(node datastore.Node, mtu int, cfg Config) ([]byte, error) {
+func conflistOf(node cluster.Node, mtu int, cfg Config) ([]byte, error) {
 	var subnets []string
 	for _, s := range []*net.IPNet{node.Subnet, node.Subnet6} {
 		if s != nil {
@@ -383,7 +370,7 @@ func (a *Agent) installCNI(conf []byte, plugins bool) error {
 	return nil
 }
 
-func clusterCIDRs(c datastore.ClusterConfig) []*net.IPNet {
+func clusterCIDRs(c cluster.Config) []*net.IPNet {
 	var out []*net.IPNet
 	for _, s := range []string{c.ClusterCIDR, c.ClusterCIDR6} {
 		if _, n, err := net.ParseCIDR(s); err == nil {
@@ -402,8 +389,8 @@ type lastLease struct {
 
 func (a *Agent) leaseFile() string { return filepath.Join(a.cfg.DataDir, "lease.json") }
 
-func (a *Agent) loadLastLease() datastore.Node {
-	var n datastore.Node
+func (a *Agent) loadLastLease() cluster.Node {
+	var n cluster.Node
 	b, err := os.ReadFile(a.leaseFile())
 	if err != nil {
 		return n
@@ -421,7 +408,7 @@ func (a *Agent) loadLastLease() datastore.Node {
 	return n
 }
 
-func (a *Agent) saveLastLease(n datastore.Node) {
+func (a *Agent) saveLastLease(n cluster.Node) {
 	var l lastLease
 	if n.Subnet != nil {
 		l.Subnet = n.Subnet.String()

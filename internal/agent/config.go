@@ -12,7 +12,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/podnet/podnet/internal/datastore"
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 // Config is the agent's configuration (flags and the config file).
@@ -37,7 +37,7 @@ type Config struct {
 
 	// Cluster is the cluster configuration this agent proposes; the first
 	// agent's proposal is stored and wins.
-	Cluster datastore.ClusterConfig
+	Cluster cluster.Config
 	// LeaseTTL is the grace period after which a dead node's subnet is
 	// reclaimed and its routes removed everywhere.
 	LeaseTTL time.Duration
@@ -73,7 +73,7 @@ func Defaults() Config {
 		Datastore:  "embedded",
 		Prefix:     "/podnet/",
 		DataDir:    "/var/lib/podnet",
-		Cluster:    datastore.ClusterConfig{ClusterCIDR: "10.244.0.0/16", SubnetSize: 24, Backend: "auto", VNI: 1, VXLANPort: 4789},
+		Cluster:    cluster.Config{ClusterCIDR: "10.244.0.0/16", SubnetSize: 24, Backend: cluster.Auto, VNI: 1, VXLANPort: 4789},
 		LeaseTTL:   60 * time.Second,
 		CNIBinDir:  "/opt/cni/bin",
 		CNIConfDir: "/etc/cni/net.d",

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
@@ -32,7 +33,7 @@ func (a *Agent) Leave(ctx context.Context) error {
 		defer store.Close()
 		// Taking the lease over gives back the node's own subnets under a
 		// lease this process holds, which it then revokes.
-		lease, err := store.Acquire(ctx, datastore.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}, node, a.cfg.LeaseTTL)
+		lease, err := store.Acquire(ctx, cluster.Node{Name: a.cfg.NodeName, IP: ul.IP, IP6: ul.IP6}, node, a.cfg.LeaseTTL)
 		if err == nil {
 			node = lease.Node()
 			err = lease.Release(ctx)
@@ -42,7 +43,7 @@ func (a *Agent) Leave(ctx context.Context) error {
 		}
 	}
 	if node.Subnet != nil || node.Subnet6 != nil {
-		fab, err := fabric.New(fabric.Config{Mode: fabric.Auto, Underlay: ul.Name, LocalIP: ul.IP, LocalIP6: ul.IP6, Subnet: node.Subnet, Subnet6: node.Subnet6}, nil)
+		fab, err := fabric.New(fabric.Config{Mode: cluster.Auto, Underlay: ul.Name, LocalIP: ul.IP, LocalIP6: ul.IP6, Subnet: node.Subnet, Subnet6: node.Subnet6}, nil)
 		if err == nil {
 			err = fab.Teardown()
 			fab.Close()

@@ -5,8 +5,8 @@
 // client of an external etcd cluster, or of another agent's embedded server
 // (Config.Endpoints). Every key lives under one prefix (default "/podnet/"):
 //
-//	<prefix>config                 the ClusterConfig, JSON, created once
-//	<prefix>nodes/<name>           a Node record, JSON, bound to the node's etcd lease
+//	<prefix>config                 the cluster.Config, JSON, created once
+//	<prefix>nodes/<name>           a cluster.Node record, JSON, bound to the node's etcd lease
 //	<prefix>subnets/<cidr, / as _> the name of the node holding that subnet, same lease
 //
 // Writes that must not race are etcd transactions: the config is created only

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 func TestEmbeddedServerAndExternalClient(t *testing.T) {
@@ -35,8 +37,8 @@ func TestEmbeddedServerAndExternalClient(t *testing.T) {
 	}
 	defer b.Close()
 	withConfig(t, b, v4Config)
-	lb := acquire(t, b, "b", Node{}, time.Minute)
-	la := acquire(t, a, "a", Node{}, time.Minute)
+	lb := acquire(t, b, "b", cluster.Node{}, time.Minute)
+	la := acquire(t, a, "a", cluster.Node{}, time.Minute)
 	nodes, err := a.Nodes(testCtx(t))
 	if err != nil || len(nodes) != 2 || nodes[1].Subnet.String() != "10.244.0.0/24" || nodes[0].Subnet.String() != "10.244.1.0/24" {
 		t.Fatalf("nodes seen by the embedding agent: %+v %v", nodes, err)
@@ -163,7 +165,7 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if got := acquire(t, b, "b", Node{}, time.Minute).Node().Subnet.String(); got != "10.244.0.0/24" {
+	if got := acquire(t, b, "b", cluster.Node{}, time.Minute).Node().Subnet.String(); got != "10.244.0.0/24" {
 		t.Fatalf("over TLS b got %s", got)
 	}
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 // The tests share one embedded etcd server (started on first use); each
@@ -90,7 +92,7 @@ func newStore(t testing.TB) *Store {
 }
 
 // withConfig stores c in s.
-func withConfig(t testing.TB, s *Store, c ClusterConfig) {
+func withConfig(t testing.TB, s *Store, c cluster.Config) {
 	t.Helper()
 	if _, _, err := s.EnsureClusterConfig(testCtx(t), c); err != nil {
 		t.Fatal(err)

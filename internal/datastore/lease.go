@@ -14,6 +14,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 // Lease is a node's hold on its record and pod subnets: etcd keys bound to
@@ -23,10 +25,10 @@ type Lease struct {
 	ttl time.Duration
 
 	mu        sync.Mutex
-	node      Node
+	node      cluster.Node
 	id        clientv3.LeaseID
 	released  bool
-	onReacq   func(old, cur Node)
+	onReacq   func(old, cur cluster.Node)
 	renewals  atomic.Uint64
 	reacquire atomic.Uint64
 }
@@ -53,7 +55,7 @@ type LeaseStats struct {
 // When a family has no free subnet the error wraps ErrExhausted and names
 // the CIDR and subnet size. n's Subnet fields are ignored. A node name must
 // be held by one agent at a time.
-func (s *Store) Acquire(ctx context.Context, n Node, prefer Node, ttl time.Duration) (*Lease, error) {
+func (s *Store) Acquire(ctx context.Context, n cluster.Node, prefer cluster.Node, ttl time.Duration) (*Lease, error) {
 	if n.Name == "" || strings.Contains(n.Name, "/") {
 		return nil, fmt.Errorf("datastore: acquire: bad node name %q", n.Name)
 	}
@@ -70,23 +72,23 @@ func (s *Store) Acquire(ctx context.Context, n Node, prefer Node, ttl time.Durat
 }
 
 // acquire grants a lease and binds n's record and subnets to it.
-func (l *Lease) acquire(ctx context.Context, n Node, prefer Node) (Node, clientv3.LeaseID, error) {
+func (l *Lease) acquire(ctx context.Context, n cluster.Node, prefer cluster.Node) (cluster.Node, clientv3.LeaseID, error) {
 	s := l.s
 	cfg, err := s.ClusterConfig(ctx)
 	if err != nil {
-		return Node{}, 0, fmt.Errorf("datastore: acquire %s: %w", n.Name, err)
+		return cluster.Node{}, 0, fmt.Errorf("datastore: acquire %s: %w", n.Name, err)
 	}
 	ttlSec := int64(math.Ceil(l.ttl.Seconds()))
 	g, err := s.cli.Grant(ctx, ttlSec)
 	if err != nil {
-		return Node{}, 0, fmt.Errorf("datastore: acquire %s: grant lease: %w", n.Name, err)
+		return cluster.Node{}, 0, fmt.Errorf("datastore: acquire %s: grant lease: %w", n.Name, err)
 	}
 	node, old, err := s.bind(ctx, g.ID, n, prefer, cfg)
 	if err != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		s.cli.Revoke(rctx, g.ID)
 		cancel()
-		return Node{}, 0, fmt.Errorf("datastore: acquire %s: %w", n.Name, err)
+		return cluster.Node{}, 0, fmt.Errorf("datastore: acquire %s: %w", n.Name, err)
 	}
 	for _, o := range old {
 		if _, err := s.cli.Revoke(ctx, o); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -99,7 +101,7 @@ func (l *Lease) acquire(ctx context.Context, n Node, prefer Node) (Node, clientv
 // bind writes n's record and one subnet key per family under lease id in a
 // transaction, retrying when another node won a subnet first. It returns
 // the record and the node's other leases (to revoke).
-func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n Node, prefer Node, cfg ClusterConfig) (Node, []clientv3.LeaseID, error) {
+func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n cluster.Node, prefer cluster.Node, cfg cluster.Config) (cluster.Node, []clientv3.LeaseID, error) {
 	v4, v6 := pools(cfg)
 	nodeKey := s.key(keyNodes + n.Name)
 	for ctx.Err() == nil {
@@ -108,7 +110,7 @@ func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n Node, prefer No
 			clientv3.OpGet(nodeKey),
 		).Commit()
 		if err != nil {
-			return Node{}, nil, fmt.Errorf("read subnets: %w", err)
+			return cluster.Node{}, nil, fmt.Errorf("read subnets: %w", err)
 		}
 		taken := map[string]bool{}
 		held := map[string]bool{}
@@ -153,19 +155,19 @@ func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n Node, prefer No
 			return sn, nil
 		}
 		if rec.Subnet, err = pick(v4, prefer.Subnet); err != nil {
-			return Node{}, nil, err
+			return cluster.Node{}, nil, err
 		}
 		if rec.Subnet6, err = pick(v6, prefer.Subnet6); err != nil {
-			return Node{}, nil, err
+			return cluster.Node{}, nil, err
 		}
 		val, err := json.Marshal(rec)
 		if err != nil {
-			return Node{}, nil, err
+			return cluster.Node{}, nil, err
 		}
 		ops = append(ops, clientv3.OpPut(nodeKey, string(val), clientv3.WithLease(id)))
 		tr, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return Node{}, nil, fmt.Errorf("lease subnets: %w", err)
+			return cluster.Node{}, nil, fmt.Errorf("lease subnets: %w", err)
 		}
 		if !tr.Succeeded {
 			continue // another node took a subnet between read and write
@@ -178,7 +180,7 @@ func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n Node, prefer No
 		}
 		return rec, old, nil
 	}
-	return Node{}, nil, ctx.Err()
+	return cluster.Node{}, nil, ctx.Err()
 }
 
 // heldIn is a subnet of p among the node's held subnet keys, or nil.
@@ -197,7 +199,7 @@ func heldIn(p *pool, held map[string]bool) *net.IPNet {
 }
 
 // Node is the node's record as last written.
-func (l *Lease) Node() Node {
+func (l *Lease) Node() cluster.Node {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.node
@@ -218,7 +220,7 @@ func (l *Lease) Stats() LeaseStats {
 // OnReacquire sets a function Run calls after each re-acquisition with the
 // record before and after; the subnets differ only when another node took
 // them while the lease was lost.
-func (l *Lease) OnReacquire(f func(old, cur Node)) {
+func (l *Lease) OnReacquire(f func(old, cur cluster.Node)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.onReacq = f
@@ -307,7 +309,7 @@ func (l *Lease) isReleased() bool {
 // the same lease; the name and the leased subnets stay as they are. When
 // the lease is lost the error says so, and Run's re-acquisition writes the
 // updated record.
-func (l *Lease) Update(ctx context.Context, n Node) error {
+func (l *Lease) Update(ctx context.Context, n cluster.Node) error {
 	l.mu.Lock()
 	if n.Name != l.node.Name {
 		l.mu.Unlock()

@@ -2,7 +2,6 @@ package datastore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -12,15 +11,17 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 const testTTL = 10 * time.Second
 
-var v4Config = ClusterConfig{ClusterCIDR: "10.244.0.0/16"}
+var v4Config = cluster.Config{ClusterCIDR: "10.244.0.0/16"}
 
-func acquire(t testing.TB, s *Store, name string, prefer Node, ttl time.Duration) *Lease {
+func acquire(t testing.TB, s *Store, name string, prefer cluster.Node, ttl time.Duration) *Lease {
 	t.Helper()
-	l, err := s.Acquire(testCtx(t), Node{Name: name, IP: net.ParseIP("192.0.2.1")}, prefer, ttl)
+	l, err := s.Acquire(testCtx(t), cluster.Node{Name: name, IP: net.ParseIP("192.0.2.1")}, prefer, ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,29 +42,6 @@ func subnetOwners(t testing.TB, s *Store) map[string]string {
 	return m
 }
 
-func TestNodeJSON(t *testing.T) {
-	n := Node{Name: "a", IP: net.ParseIP("192.0.2.1").To4(), IP6: net.ParseIP("2001:db8::1"),
-		Subnet: mustCIDR(t, "10.244.3.0/24"), Subnet6: mustCIDR(t, "fd00::/64"), VTEPMAC: "02:00:00:00:00:01", LeaseID: 7}
-	b, err := json.Marshal(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := `{"name":"a","ip":"192.0.2.1","ip6":"2001:db8::1","subnet":"10.244.3.0/24","subnet6":"fd00::/64","vtepMAC":"02:00:00:00:00:01"}`; string(b) != want {
-		t.Fatalf("json = %s, want %s", b, want)
-	}
-	var back Node
-	if err := json.Unmarshal(b, &back); err != nil {
-		t.Fatal(err)
-	}
-	n.LeaseID = 0
-	if fmt.Sprint(back) != fmt.Sprint(n) {
-		t.Fatalf("round trip = %+v, want %+v", back, n)
-	}
-	if err := json.Unmarshal([]byte(`{"name":"a","subnet":"10.244.3.0/33"}`), &back); err == nil {
-		t.Fatal("bad subnet decoded")
-	}
-}
-
 func TestAcquireConcurrentDistinct(t *testing.T) {
 	s := newStore(t)
 	withConfig(t, s, v4Config)
@@ -72,7 +50,7 @@ func TestAcquireConcurrentDistinct(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			l, err := s.Acquire(testCtx(t), Node{Name: fmt.Sprintf("node-%02d", i)}, Node{}, testTTL)
+			l, err := s.Acquire(testCtx(t), cluster.Node{Name: fmt.Sprintf("node-%02d", i)}, cluster.Node{}, testTTL)
 			if err != nil {
 				t.Error(err)
 				return
@@ -147,9 +125,9 @@ func (s *Store) mustLease(t testing.TB, name string) clientv3.LeaseID {
 func TestAcquireRestartKeepsSubnet(t *testing.T) {
 	s := newStore(t)
 	withConfig(t, s, v4Config)
-	acquire(t, s, "a", Node{}, testTTL)
-	old := acquire(t, s, "b", Node{}, testTTL)
-	acquire(t, s, "c", Node{}, testTTL)
+	acquire(t, s, "a", cluster.Node{}, testTTL)
+	old := acquire(t, s, "b", cluster.Node{}, testTTL)
+	acquire(t, s, "c", cluster.Node{}, testTTL)
 
 	// A restarted agent: a new client, no local state, the old lease alive.
 	s2, err := Open(testCtx(t), Config{Endpoints: []string{sharedURL(t)}, Prefix: s.Prefix()})
@@ -157,7 +135,7 @@ func TestAcquireRestartKeepsSubnet(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	l := acquire(t, s2, "b", Node{}, testTTL)
+	l := acquire(t, s2, "b", cluster.Node{}, testTTL)
 	if got, want := cidrString(l.Node().Subnet), cidrString(old.Node().Subnet); got != want {
 		t.Fatalf("restarted b got %s, want its old %s", got, want)
 	}
@@ -182,17 +160,17 @@ func TestAcquireRestartKeepsSubnet(t *testing.T) {
 
 func TestAcquirePrefer(t *testing.T) {
 	s := newStore(t)
-	withConfig(t, s, ClusterConfig{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"})
-	acquire(t, s, "a", Node{}, testTTL) // holds 10.244.0.0/24, fd00:10:244::/64
+	withConfig(t, s, cluster.Config{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"})
+	acquire(t, s, "a", cluster.Node{}, testTTL) // holds 10.244.0.0/24, fd00:10:244::/64
 	for _, tc := range []struct {
 		name         string
-		prefer       Node
+		prefer       cluster.Node
 		want4, want6 string
 	}{
-		{"free", Node{Subnet: mustCIDR(t, "10.244.7.0/24"), Subnet6: mustCIDR(t, "fd00:10:244:9::/64")}, "10.244.7.0/24", "fd00:10:244:9::/64"},
-		{"taken", Node{Subnet: mustCIDR(t, "10.244.0.0/24"), Subnet6: mustCIDR(t, "fd00:10:244::/64")}, "10.244.1.0/24", "fd00:10:244:1::/64"},
-		{"outside", Node{Subnet: mustCIDR(t, "10.9.0.0/24"), Subnet6: mustCIDR(t, "fd00:99::/64")}, "10.244.2.0/24", "fd00:10:244:2::/64"},
-		{"wrong size", Node{Subnet: mustCIDR(t, "10.244.8.0/25"), Subnet6: mustCIDR(t, "fd00:10:244:8::/80")}, "10.244.3.0/24", "fd00:10:244:3::/64"},
+		{"free", cluster.Node{Subnet: mustCIDR(t, "10.244.7.0/24"), Subnet6: mustCIDR(t, "fd00:10:244:9::/64")}, "10.244.7.0/24", "fd00:10:244:9::/64"},
+		{"taken", cluster.Node{Subnet: mustCIDR(t, "10.244.0.0/24"), Subnet6: mustCIDR(t, "fd00:10:244::/64")}, "10.244.1.0/24", "fd00:10:244:1::/64"},
+		{"outside", cluster.Node{Subnet: mustCIDR(t, "10.9.0.0/24"), Subnet6: mustCIDR(t, "fd00:99::/64")}, "10.244.2.0/24", "fd00:10:244:2::/64"},
+		{"wrong size", cluster.Node{Subnet: mustCIDR(t, "10.244.8.0/25"), Subnet6: mustCIDR(t, "fd00:10:244:8::/80")}, "10.244.3.0/24", "fd00:10:244:3::/64"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := acquire(t, s, tc.name, tc.prefer, testTTL).Node()
@@ -205,12 +183,12 @@ func TestAcquirePrefer(t *testing.T) {
 
 func TestAcquireExhausted(t *testing.T) {
 	s := newStore(t)
-	withConfig(t, s, ClusterConfig{ClusterCIDR: "10.9.0.0/28", SubnetSize: 30})
+	withConfig(t, s, cluster.Config{ClusterCIDR: "10.9.0.0/28", SubnetSize: 30})
 	for i := range 4 {
-		acquire(t, s, fmt.Sprintf("n%d", i), Node{}, testTTL)
+		acquire(t, s, fmt.Sprintf("n%d", i), cluster.Node{}, testTTL)
 	}
 	before := leaseCount(t, s)
-	_, err := s.Acquire(testCtx(t), Node{Name: "n4"}, Node{}, testTTL)
+	_, err := s.Acquire(testCtx(t), cluster.Node{Name: "n4"}, cluster.Node{}, testTTL)
 	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "all 4 /30 subnets of 10.9.0.0/28 are leased") {
 		t.Fatalf("fifth node: err = %v, want exhaustion naming 10.9.0.0/28 and /30", err)
 	}
@@ -221,7 +199,7 @@ func TestAcquireExhausted(t *testing.T) {
 	if after := leaseCount(t, s); after != before {
 		t.Fatalf("%d etcd leases before the failed acquire, %d after", before, after)
 	}
-	if _, err := s.Acquire(testCtx(t), Node{Name: "x/y"}, Node{}, testTTL); err == nil {
+	if _, err := s.Acquire(testCtx(t), cluster.Node{Name: "x/y"}, cluster.Node{}, testTTL); err == nil {
 		t.Fatal("node name with / accepted")
 	}
 }
@@ -229,19 +207,19 @@ func TestAcquireExhausted(t *testing.T) {
 func TestAcquireDualStackAndV6Only(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
-		cfg          ClusterConfig
+		cfg          cluster.Config
 		want4, want6 []string
 	}{
-		{"dual", ClusterConfig{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"},
+		{"dual", cluster.Config{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"},
 			[]string{"10.244.0.0/24", "10.244.1.0/24"}, []string{"fd00:10:244::/64", "fd00:10:244:1::/64"}},
-		{"v6only", ClusterConfig{ClusterCIDR6: "fd00:10:244::/64", SubnetSize6: 112},
+		{"v6only", cluster.Config{ClusterCIDR6: "fd00:10:244::/64", SubnetSize6: 112},
 			[]string{"", ""}, []string{"fd00:10:244::/112", "fd00:10:244::1:0/112"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
 			withConfig(t, s, tc.cfg)
 			for i := range 2 {
-				l, err := s.Acquire(testCtx(t), Node{Name: fmt.Sprint(i), IP6: net.ParseIP("2001:db8::1")}, Node{}, testTTL)
+				l, err := s.Acquire(testCtx(t), cluster.Node{Name: fmt.Sprint(i), IP6: net.ParseIP("2001:db8::1")}, cluster.Node{}, testTTL)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -263,7 +241,7 @@ func TestAcquireDualStackAndV6Only(t *testing.T) {
 
 func TestAcquireNeedsConfig(t *testing.T) {
 	s := newStore(t)
-	if _, err := s.Acquire(testCtx(t), Node{Name: "a"}, Node{}, testTTL); !errors.Is(err, ErrNoClusterConfig) {
+	if _, err := s.Acquire(testCtx(t), cluster.Node{Name: "a"}, cluster.Node{}, testTTL); !errors.Is(err, ErrNoClusterConfig) {
 		t.Fatalf("acquire without config: %v", err)
 	}
 }
@@ -276,7 +254,7 @@ func watch(t testing.TB, s *Store) <-chan string {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.WatchNodes(ctx, func(nodes []Node) {
+		s.WatchNodes(ctx, func(nodes []cluster.Node) {
 			var b []string
 			for _, n := range nodes {
 				b = append(b, n.Name+"="+cidrString(n.Subnet))
@@ -309,19 +287,19 @@ func expect(t testing.TB, ch <-chan string, want string) {
 func TestWatchNodesJoinLeaveRelease(t *testing.T) {
 	s := newStore(t)
 	withConfig(t, s, v4Config)
-	a := acquire(t, s, "a", Node{}, testTTL)
+	a := acquire(t, s, "a", cluster.Node{}, testTTL)
 	ch := watch(t, s)
 	expect(t, ch, "a=10.244.0.0/24")
-	b := acquire(t, s, "b", Node{}, testTTL)
+	b := acquire(t, s, "b", cluster.Node{}, testTTL)
 	expect(t, ch, "a=10.244.0.0/24 b=10.244.1.0/24")
-	if err := b.Update(testCtx(t), Node{Name: "b", VTEPMAC: "02:00:00:00:00:0b"}); err != nil {
+	if err := b.Update(testCtx(t), cluster.Node{Name: "b", VTEPMAC: "02:00:00:00:00:0b"}); err != nil {
 		t.Fatal(err)
 	}
 	nodes, _ := s.Nodes(testCtx(t))
 	if nodes[1].VTEPMAC != "02:00:00:00:00:0b" || cidrString(nodes[1].Subnet) != "10.244.1.0/24" {
 		t.Fatalf("after update: %+v", nodes[1])
 	}
-	if err := b.Update(testCtx(t), Node{Name: "c"}); err == nil {
+	if err := b.Update(testCtx(t), cluster.Node{Name: "c"}); err == nil {
 		t.Fatal("update of another node's record accepted")
 	}
 
@@ -340,7 +318,7 @@ func TestWatchNodesJoinLeaveRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The released subnet is free again.
-	if got := acquire(t, s, "c", Node{}, testTTL).Node().Subnet.String(); got != "10.244.0.0/24" {
+	if got := acquire(t, s, "c", cluster.Node{}, testTTL).Node().Subnet.String(); got != "10.244.0.0/24" {
 		t.Fatalf("after release the next node got %s, want 10.244.0.0/24", got)
 	}
 	expect(t, ch, "b=10.244.1.0/24 c=10.244.0.0/24")
@@ -351,18 +329,18 @@ func TestLeaseExpiryReclaims(t *testing.T) {
 	withConfig(t, s, v4Config)
 	ch := watch(t, s)
 	expect(t, ch, "")
-	keep := acquire(t, s, "keep", Node{}, 2*time.Second)
+	keep := acquire(t, s, "keep", cluster.Node{}, 2*time.Second)
 	runCtx, stop := context.WithCancel(context.Background())
 	ran := make(chan error)
 	go func() { ran <- keep.Run(runCtx) }()
 	defer func() { stop(); <-ran }()
-	acquire(t, s, "dead", Node{}, 2*time.Second) // nobody keeps it alive
+	acquire(t, s, "dead", cluster.Node{}, 2*time.Second) // nobody keeps it alive
 	expect(t, ch, "dead=10.244.1.0/24 keep=10.244.0.0/24")
 	expect(t, ch, "keep=10.244.0.0/24")
 	if owners := subnetOwners(t, s); len(owners) != 1 {
 		t.Fatalf("after expiry: %v", owners)
 	}
-	if got := acquire(t, s, "new", Node{}, testTTL).Node().Subnet.String(); got != "10.244.1.0/24" {
+	if got := acquire(t, s, "new", cluster.Node{}, testTTL).Node().Subnet.String(); got != "10.244.1.0/24" {
 		t.Fatalf("reclaimed subnet went elsewhere: new got %s", got)
 	}
 	if st := keep.Stats(); st.Renewals == 0 || st.Reacquisitions != 0 {
@@ -373,14 +351,14 @@ func TestLeaseExpiryReclaims(t *testing.T) {
 func TestRunReacquiresRevokedLease(t *testing.T) {
 	s := newStore(t)
 	withConfig(t, s, v4Config)
-	acquire(t, s, "a", Node{}, testTTL)
-	l := acquire(t, s, "b", Node{}, 2*time.Second)
-	if err := l.Update(testCtx(t), Node{Name: "b", VTEPMAC: "02:00:00:00:00:0b"}); err != nil {
+	acquire(t, s, "a", cluster.Node{}, testTTL)
+	l := acquire(t, s, "b", cluster.Node{}, 2*time.Second)
+	if err := l.Update(testCtx(t), cluster.Node{Name: "b", VTEPMAC: "02:00:00:00:00:0b"}); err != nil {
 		t.Fatal(err)
 	}
-	type change struct{ old, cur Node }
+	type change struct{ old, cur cluster.Node }
 	changes := make(chan change, 1)
-	l.OnReacquire(func(old, cur Node) { changes <- change{old, cur} })
+	l.OnReacquire(func(old, cur cluster.Node) { changes <- change{old, cur} })
 	ctx, stop := context.WithCancel(context.Background())
 	ran := make(chan error)
 	go func() { ran <- l.Run(ctx) }()
@@ -414,7 +392,7 @@ func TestRunReacquiresRevokedLease(t *testing.T) {
 func TestRunReleaseStops(t *testing.T) {
 	s := newStore(t)
 	withConfig(t, s, v4Config)
-	l := acquire(t, s, "a", Node{}, 2*time.Second)
+	l := acquire(t, s, "a", cluster.Node{}, 2*time.Second)
 	ran := make(chan error)
 	go func() { ran <- l.Run(context.Background()) }()
 	waitFor(t, "a renewal", func() bool { return l.Stats().Renewals > 0 })

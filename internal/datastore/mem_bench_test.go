@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 // BenchmarkEmbeddedAgentMemory measures (it asserts nothing) the memory of
@@ -35,7 +37,7 @@ func BenchmarkEmbeddedAgentMemory(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer others.Close()
-	withConfig(b, a, ClusterConfig{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"})
+	withConfig(b, a, cluster.Config{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"})
 	seen := make(chan int, 1)
 	var leases []*Lease
 	for i := range 10 {
@@ -43,13 +45,13 @@ func BenchmarkEmbeddedAgentMemory(b *testing.B) {
 		if i == 0 {
 			s = a
 		}
-		l, err := s.Acquire(ctx, Node{Name: fmt.Sprintf("node-%d", i)}, Node{}, 10*time.Second)
+		l, err := s.Acquire(ctx, cluster.Node{Name: fmt.Sprintf("node-%d", i)}, cluster.Node{}, 10*time.Second)
 		if err != nil {
 			b.Fatal(err)
 		}
 		leases = append(leases, l)
 		go l.Run(ctx)
-		go s.WatchNodes(ctx, func(n []Node) {
+		go s.WatchNodes(ctx, func(n []cluster.Node) {
 			if i == 0 {
 				select {
 				case seen <- len(n):

@@ -6,6 +6,8 @@ import (
 	"math/big"
 	"net"
 	"strings"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 // ErrExhausted is wrapped by Acquire's error when a cluster CIDR has no
@@ -20,7 +22,7 @@ type pool struct {
 }
 
 // pools are the families a cluster config leases: IPv4 first, then IPv6.
-func pools(c ClusterConfig) (v4, v6 *pool) {
+func pools(c cluster.Config) (v4, v6 *pool) {
 	if c.ClusterCIDR != "" {
 		_, n, _ := net.ParseCIDR(c.ClusterCIDR)
 		v4 = &pool{cidr: n, size: c.SubnetSize}

@@ -16,19 +16,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
-)
-
-// Mode is a fabric backend.
-type Mode string
-
-// The backends. Auto picks HostGW for a peer whose underlay address is in a
-// subnet connected to the underlay interface, VXLAN otherwise.
-const (
-	Auto   Mode = "auto"
-	HostGW Mode = "host-gw"
-	VXLAN  Mode = "vxlan"
 )
 
 // RouteProtocol is the routing protocol number (rtm_protocol) on every route
@@ -54,7 +44,8 @@ const (
 
 // Config describes the node the fabric programs.
 type Config struct {
-	Mode Mode
+	// Mode is the backend; empty means cluster.Auto.
+	Mode cluster.Backend
 	// Underlay is the name of the node's underlay interface.
 	Underlay string
 	// LocalIP is the node's underlay IPv4 address (VXLAN source).
@@ -95,9 +86,9 @@ type Peer struct {
 type Result struct {
 	// Backends is the backend chosen per peer name for its IPv4 subnet (for
 	// an IPv6-only peer: for its IPv6 subnet).
-	Backends map[string]Mode
+	Backends map[string]cluster.Backend
 	// Backends6 is the backend chosen per peer name for its IPv6 subnet.
-	Backends6 map[string]Mode
+	Backends6 map[string]cluster.Backend
 	// Added counts routes, neighbours and FDB entries created, Changed those
 	// replaced in place, Removed the stale ones deleted.
 	Added, Changed, Removed int
@@ -123,11 +114,9 @@ type Fabric struct {
 // is opened in cfg.NetNS, or in the current namespace).
 func New(cfg Config, h *netlink.Handle) (*Fabric, error) {
 	if cfg.Mode == "" {
-		cfg.Mode = Auto
+		cfg.Mode = cluster.Auto
 	}
-	switch cfg.Mode {
-	case Auto, HostGW, VXLAN:
-	default:
+	if !cfg.Mode.Known() {
 		return nil, fmt.Errorf("fabric: unknown mode %q (want auto, host-gw or vxlan)", cfg.Mode)
 	}
 	if cfg.Underlay == "" {
@@ -237,7 +226,7 @@ func (f *Fabric) forwarding() error {
 // node has no IPv6 underlay and the kernel cannot route IPv6 via an IPv4
 // nexthop.
 func (f *Fabric) needsDevice() bool {
-	if f.cfg.Mode != HostGW {
+	if f.cfg.Mode != cluster.HostGW {
 		return true
 	}
 	return f.cfg.Subnet6 != nil && f.cfg.LocalIP6 == nil && !f.kernelV6ViaV4()
@@ -246,8 +235,8 @@ func (f *Fabric) needsDevice() bool {
 // MTU is the pod MTU for an underlay MTU: the underlay's in HostGW mode,
 // less the VXLAN overhead (of an IPv6 underlay when ipv6Underlay) when VXLAN
 // may carry pod traffic.
-func MTU(underlayMTU int, mode Mode, ipv6Underlay bool) int {
-	if mode == HostGW {
+func MTU(underlayMTU int, mode cluster.Backend, ipv6Underlay bool) int {
+	if mode == cluster.HostGW {
 		return underlayMTU
 	}
 	if ipv6Underlay {
@@ -270,8 +259,8 @@ func (f *Fabric) PodMTU() (int, error) {
 		return 0, fmt.Errorf("fabric: underlay %s: %w", f.cfg.Underlay, err)
 	}
 	mode := f.cfg.Mode
-	if mode == HostGW && f.needsDevice() {
-		mode = VXLAN
+	if mode == cluster.HostGW && f.needsDevice() {
+		mode = cluster.VXLAN
 	}
 	return MTU(u.Attrs().MTU, mode, f.cfg.LocalIP == nil), nil
 }

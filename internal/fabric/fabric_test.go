@@ -11,21 +11,23 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 func TestMTU(t *testing.T) {
 	for _, tc := range []struct {
 		underlay int
-		mode     Mode
+		mode     cluster.Backend
 		v6       bool
 		want     int
 	}{
-		{1500, HostGW, false, 1500},
-		{1500, VXLAN, false, 1450},
-		{1500, Auto, false, 1450},
-		{1500, VXLAN, true, 1430},
-		{9000, Auto, true, 8930},
-		{9000, HostGW, true, 9000},
+		{1500, cluster.HostGW, false, 1500},
+		{1500, cluster.VXLAN, false, 1450},
+		{1500, cluster.Auto, false, 1450},
+		{1500, cluster.VXLAN, true, 1430},
+		{9000, cluster.Auto, true, 8930},
+		{9000, cluster.HostGW, true, 9000},
 	} {
 		if got := MTU(tc.underlay, tc.mode, tc.v6); got != tc.want {
 			t.Errorf("MTU(%d, %s, v6=%v) = %d, want %d", tc.underlay, tc.mode, tc.v6, got, tc.want)
@@ -34,7 +36,7 @@ func TestMTU(t *testing.T) {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
-	good := Config{Mode: VXLAN, Underlay: "eth0", LocalIP: net.IPv4(198, 18, 1, 1), Subnet: cidr("10.244.1.0/24")}
+	good := Config{Mode: cluster.VXLAN, Underlay: "eth0", LocalIP: net.IPv4(198, 18, 1, 1), Subnet: cidr("10.244.1.0/24")}
 	for _, tc := range []struct {
 		name string
 		edit func(*Config)
@@ -97,7 +99,7 @@ func TestVTEPAddr(t *testing.T) {
 }
 
 // checkBackends compares a Result's backend choice with the expectation.
-func checkBackends(t *testing.T, who string, got map[string]Mode, want map[string]Mode) {
+func checkBackends(t *testing.T, who string, got map[string]cluster.Backend, want map[string]cluster.Backend) {
 	t.Helper()
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("%s: backends %v, want %v", who, got, want)
@@ -124,12 +126,12 @@ func wantLine(t *testing.T, text, re string) {
 
 func TestHostGW(t *testing.T) {
 	l := newLab(t, 1500, 3)
-	o := opts{mode: HostGW, dual: true, underlayV6: true, wantNoMAC: true}
+	o := opts{mode: cluster.HostGW, dual: true, underlayV6: true, wantNoMAC: true}
 	l.start(t, o)
 	res := l.reconcileAll(t, o)
 	n1, n2, n3 := l.nodes[0], l.nodes[1], l.nodes[2]
-	checkBackends(t, "n1", res["n1"].Backends, map[string]Mode{"n2": HostGW, "n3": HostGW})
-	checkBackends(t, "n1 v6", res["n1"].Backends6, map[string]Mode{"n2": HostGW, "n3": HostGW})
+	checkBackends(t, "n1", res["n1"].Backends, map[string]cluster.Backend{"n2": cluster.HostGW, "n3": cluster.HostGW})
+	checkBackends(t, "n1 v6", res["n1"].Backends6, map[string]cluster.Backend{"n2": cluster.HostGW, "n3": cluster.HostGW})
 	if r := res["n1"]; r.Added != 4 || r.Removed != 0 || r.Changed != 0 {
 		t.Errorf("n1: %+v, want 4 routes added", r)
 	}
@@ -186,22 +188,22 @@ func restartUnchanged(t *testing.T, l *lab, n *node, o opts) {
 // pod subnets ride VXLAN while IPv4 stays on host-gw.
 func TestHostGWIPv6OverIPv4Underlay(t *testing.T) {
 	l := newLab(t, 1450, 2)
-	o := opts{mode: HostGW, dual: true}
+	o := opts{mode: cluster.HostGW, dual: true}
 	l.start(t, o)
 	n1, n2 := l.nodes[0], l.nodes[1]
 	if n1.fab.kernelV6ViaV4() {
 		t.Log("this kernel routes IPv6 via an IPv4 nexthop")
 	}
 	res := l.reconcileAll(t, o)
-	want6 := VXLAN
+	want6 := cluster.VXLAN
 	if n1.fab.kernelV6ViaV4() {
-		want6 = HostGW
+		want6 = cluster.HostGW
 	}
-	checkBackends(t, "n1", res["n1"].Backends, map[string]Mode{"n2": HostGW})
-	checkBackends(t, "n1 v6", res["n1"].Backends6, map[string]Mode{"n2": want6})
+	checkBackends(t, "n1", res["n1"].Backends, map[string]cluster.Backend{"n2": cluster.HostGW})
+	checkBackends(t, "n1 v6", res["n1"].Backends6, map[string]cluster.Backend{"n2": want6})
 	mtu, err := n1.fab.PodMTU()
 	must(t, err)
-	if want6 == VXLAN && mtu != 1450 {
+	if want6 == cluster.VXLAN && mtu != 1450 {
 		t.Errorf("PodMTU = %d, want 1450 (IPv6 may be encapsulated)", mtu)
 	}
 	mustReach(t, true, [2]*node{n1, n2})
@@ -209,12 +211,12 @@ func TestHostGWIPv6OverIPv4Underlay(t *testing.T) {
 
 func TestVXLANAcrossRouter(t *testing.T) {
 	l := newLab(t, 1450, 1, 1)
-	o := opts{mode: VXLAN, dual: true}
+	o := opts{mode: cluster.VXLAN, dual: true}
 	l.start(t, o)
 	res := l.reconcileAll(t, o)
 	n1, n2 := l.nodes[0], l.nodes[1]
-	checkBackends(t, "n1", res["n1"].Backends, map[string]Mode{"n2": VXLAN})
-	checkBackends(t, "n1 v6", res["n1"].Backends6, map[string]Mode{"n2": VXLAN})
+	checkBackends(t, "n1", res["n1"].Backends, map[string]cluster.Backend{"n2": cluster.VXLAN})
+	checkBackends(t, "n1 v6", res["n1"].Backends6, map[string]cluster.Backend{"n2": cluster.VXLAN})
 	// 2 routes, 2 neighbours, 1 FDB entry.
 	if r := res["n1"]; r.Added != 5 || r.Removed != 0 {
 		t.Errorf("n1: %+v, want 5 entries added", r)
@@ -259,7 +261,7 @@ func TestVXLANAcrossRouter(t *testing.T) {
 // pod families, with the IPv6 encapsulation overhead.
 func TestVXLANOverIPv6Underlay(t *testing.T) {
 	l := newLab(t, 1430, 1, 1)
-	o := opts{mode: VXLAN, dual: true, underlayV6: true}
+	o := opts{mode: cluster.VXLAN, dual: true, underlayV6: true}
 	for _, n := range l.nodes {
 		c := n.config(o)
 		c.LocalIP = nil
@@ -294,13 +296,13 @@ func TestVXLANOverIPv6Underlay(t *testing.T) {
 
 func TestAuto(t *testing.T) {
 	l := newLab(t, 1450, 2, 1)
-	o := opts{mode: Auto, dual: true, underlayV6: true}
+	o := opts{mode: cluster.Auto, dual: true, underlayV6: true}
 	l.start(t, o)
 	res := l.reconcileAll(t, o)
 	n1, n2, n3 := l.nodes[0], l.nodes[1], l.nodes[2]
-	checkBackends(t, "n1", res["n1"].Backends, map[string]Mode{"n2": HostGW, "n3": VXLAN})
-	checkBackends(t, "n1 v6", res["n1"].Backends6, map[string]Mode{"n2": HostGW, "n3": VXLAN})
-	checkBackends(t, "n3", res["n3"].Backends, map[string]Mode{"n1": VXLAN, "n2": VXLAN})
+	checkBackends(t, "n1", res["n1"].Backends, map[string]cluster.Backend{"n2": cluster.HostGW, "n3": cluster.VXLAN})
+	checkBackends(t, "n1 v6", res["n1"].Backends6, map[string]cluster.Backend{"n2": cluster.HostGW, "n3": cluster.VXLAN})
+	checkBackends(t, "n3", res["n3"].Backends, map[string]cluster.Backend{"n1": cluster.VXLAN, "n2": cluster.VXLAN})
 	routes := ownedRoutesText(t, n1)
 	wantLine(t, routes, `^10\.244\.2\.0/24 via 198\.18\.1\.2 dev eth0 proto 118`)
 	wantLine(t, routes, `^fd00:244:2::/64 via fd00:18:1::2 dev eth0 proto 118`)
@@ -314,7 +316,7 @@ func TestAuto(t *testing.T) {
 // the others stay as they are, and a foreign route is never touched.
 func TestPeerRemoval(t *testing.T) {
 	l := newLab(t, 1450, 2, 1)
-	o := opts{mode: Auto, dual: true}
+	o := opts{mode: cluster.Auto, dual: true}
 	l.start(t, o)
 	l.reconcileAll(t, o)
 	n1, n2, n3 := l.nodes[0], l.nodes[1], l.nodes[2]
@@ -395,7 +397,7 @@ func TestPeerRemoval(t *testing.T) {
 // routes wakes Watch; the next Reconcile restores them and traffic flows.
 func TestWatchAndRecreate(t *testing.T) {
 	l := newLab(t, 1450, 1, 1)
-	o := opts{mode: VXLAN, dual: true}
+	o := opts{mode: cluster.VXLAN, dual: true}
 	l.start(t, o)
 	l.reconcileAll(t, o)
 	n1, n2 := l.nodes[0], l.nodes[1]
@@ -471,7 +473,7 @@ func TestWatchAndRecreate(t *testing.T) {
 // while the same-segment peer is reached over host-gw at once.
 func TestPeerWithoutVTEPMAC(t *testing.T) {
 	l := newLab(t, 1450, 2, 1)
-	o := opts{mode: Auto}
+	o := opts{mode: cluster.Auto}
 	l.start(t, o)
 	n1 := l.nodes[0]
 	peers := l.peers(o, "n1")
@@ -484,7 +486,7 @@ func TestPeerWithoutVTEPMAC(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Reconcile with a peer lacking its VTEP MAC: %v", err)
 	}
-	checkBackends(t, "n1", res.Backends, map[string]Mode{"n2": HostGW})
+	checkBackends(t, "n1", res.Backends, map[string]cluster.Backend{"n2": cluster.HostGW})
 	if len(res.Pending) != 1 || res.Pending[0] != "n3" {
 		t.Errorf("pending peers %v, want [n3]", res.Pending)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
 )
@@ -189,7 +190,7 @@ func (n *node) addPod(t *testing.T, mtu int) {
 
 // opts shapes the fabric config of a lab node.
 type opts struct {
-	mode       Mode
+	mode       cluster.Backend
 	dual       bool // IPv6 pod subnets
 	underlayV6 bool // the nodes publish their IPv6 underlay address
 	wantNoMAC  bool // Setup returns no VTEP MAC

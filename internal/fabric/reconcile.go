@@ -7,6 +7,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 // desired is the kernel state the peers call for.
@@ -25,7 +27,7 @@ type desired struct {
 func (f *Fabric) Reconcile(peers []Peer) (Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	res := Result{Backends: make(map[string]Mode), Backends6: make(map[string]Mode)}
+	res := Result{Backends: make(map[string]cluster.Backend), Backends6: make(map[string]cluster.Backend)}
 	if err := f.forwarding(); err != nil {
 		return res, err
 	}
@@ -124,51 +126,51 @@ func (f *Fabric) plan(want *desired, res *Result, p Peer, underlay int, vx *netl
 	return errors.Join(errs...)
 }
 
-func (f *Fabric) plan4(want *desired, p Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) (Mode, error) {
+func (f *Fabric) plan4(want *desired, p Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) (cluster.Backend, error) {
 	ip := p.IP.To4()
 	mode := f.cfg.Mode
-	if mode == Auto {
-		mode = VXLAN
+	if mode == cluster.Auto {
+		mode = cluster.VXLAN
 		if f.cfg.LocalIP != nil && connected(conn, ip) {
-			mode = HostGW
+			mode = cluster.HostGW
 		}
 	}
-	if mode == VXLAN {
-		return VXLAN, f.planVXLAN(want, p, p.Subnet, vx)
+	if mode == cluster.VXLAN {
+		return cluster.VXLAN, f.planVXLAN(want, p, p.Subnet, vx)
 	}
 	if ip == nil {
 		return "", fmt.Errorf("host-gw route to %s needs the peer's IPv4 underlay address", p.Subnet)
 	}
-	return HostGW, addRoute(want, netlink.Route{Dst: canonical(p.Subnet), Gw: ip, LinkIndex: underlay})
+	return cluster.HostGW, addRoute(want, netlink.Route{Dst: canonical(p.Subnet), Gw: ip, LinkIndex: underlay})
 }
 
-func (f *Fabric) plan6(want *desired, p Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) (Mode, error) {
+func (f *Fabric) plan6(want *desired, p Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) (cluster.Backend, error) {
 	mode := f.cfg.Mode
 	direct := p.IP6 != nil && f.cfg.LocalIP6 != nil
-	if mode == Auto {
-		mode = VXLAN
+	if mode == cluster.Auto {
+		mode = cluster.VXLAN
 		if direct && connected(conn, p.IP6) {
-			mode = HostGW
+			mode = cluster.HostGW
 		} else if f.cfg.LocalIP != nil && connected(conn, p.IP.To4()) && f.kernelV6ViaV4() {
-			mode = HostGW
+			mode = cluster.HostGW
 			direct = false
 		}
 	}
-	if mode == VXLAN {
-		return VXLAN, f.planVXLAN(want, p, p.Subnet6, vx)
+	if mode == cluster.VXLAN {
+		return cluster.VXLAN, f.planVXLAN(want, p, p.Subnet6, vx)
 	}
 	switch {
 	case direct:
-		return HostGW, addRoute(want, netlink.Route{Dst: canonical(p.Subnet6), Gw: p.IP6, LinkIndex: underlay})
+		return cluster.HostGW, addRoute(want, netlink.Route{Dst: canonical(p.Subnet6), Gw: p.IP6, LinkIndex: underlay})
 	case p.IP.To4() != nil && f.kernelV6ViaV4():
-		return HostGW, addRoute(want, netlink.Route{
+		return cluster.HostGW, addRoute(want, netlink.Route{
 			Dst: canonical(p.Subnet6), LinkIndex: underlay,
 			Via: &netlink.Via{AddrFamily: netlink.FAMILY_V4, Addr: p.IP.To4()},
 		})
 	case vx != nil && p.VTEPMAC != nil:
 		// No IPv6 underlay and the kernel refuses an IPv4 nexthop for
 		// IPv6: the IPv6 pod subnet rides VXLAN over the IPv4 underlay.
-		return VXLAN, f.planVXLAN(want, p, p.Subnet6, vx)
+		return cluster.VXLAN, f.planVXLAN(want, p, p.Subnet6, vx)
 	default:
 		return "", fmt.Errorf("no way to reach %s: host-gw needs both nodes' IPv6 underlay addresses, and the peer publishes no VTEP MAC", p.Subnet6)
 	}

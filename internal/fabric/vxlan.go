@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 // vtepMAC derives the VXLAN device's MAC from the node's identity (underlay
@@ -86,7 +88,7 @@ func (f *Fabric) ensureDevice() (vx *netlink.Vxlan, created bool, err error) {
 	}
 	mtu := f.cfg.MTU
 	if mtu == 0 {
-		mtu = MTU(u.Attrs().MTU, VXLAN, f.underlayV6())
+		mtu = MTU(u.Attrs().MTU, cluster.VXLAN, f.underlayV6())
 	}
 	vx, err = f.device()
 	if err != nil {

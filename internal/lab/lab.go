@@ -22,6 +22,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 // DefaultBaseDir holds the state of every lab: under /run, so it goes with
@@ -30,11 +32,11 @@ const DefaultBaseDir = "/run/podnet-lab"
 
 // Spec is the shape of a lab.
 type Spec struct {
-	Nodes       int    `json:"nodes"`
-	PodsPerNode int    `json:"podsPerNode"`
-	Segments    int    `json:"segments"`
-	Backend     string `json:"backend"` // auto, host-gw, vxlan
-	IPv6        bool   `json:"ipv6"`    // dual-stack underlay and pods
+	Nodes       int             `json:"nodes"`
+	PodsPerNode int             `json:"podsPerNode"`
+	Segments    int             `json:"segments"`
+	Backend     cluster.Backend `json:"backend"`
+	IPv6        bool            `json:"ipv6"` // dual-stack underlay and pods
 	// LeaseTTL is the agents' grace period for dead nodes.
 	LeaseTTL time.Duration `json:"leaseTTL"`
 }
@@ -48,7 +50,7 @@ func (s *Spec) Defaults() {
 		s.Segments = 1
 	}
 	if s.Backend == "" {
-		s.Backend = "auto"
+		s.Backend = cluster.Auto
 	}
 	if s.LeaseTTL == 0 {
 		s.LeaseTTL = 20 * time.Second
@@ -65,12 +67,10 @@ func (s Spec) Validate() error {
 	case s.Segments < 1 || s.Segments > 16:
 		return fmt.Errorf("segments must be 1..16, not %d", s.Segments)
 	}
-	switch s.Backend {
-	case "auto", "host-gw", "vxlan":
-	default:
+	if !s.Backend.Known() {
 		return fmt.Errorf("unknown backend %q (auto, host-gw or vxlan)", s.Backend)
 	}
-	if s.Backend == "host-gw" && s.Segments > 1 {
+	if s.Backend == cluster.HostGW && s.Segments > 1 {
 		return errors.New("host-gw needs every node on one segment (use auto or vxlan with --segments > 1)")
 	}
 	return nil

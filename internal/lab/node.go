@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podnet/podnet/internal/agent"
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -62,7 +62,7 @@ func (l *Lab) agentArgs(n *Node) []string {
 		"--cni-binary", l.Bins.CNI,
 		"--listen", net.JoinHostPort(n.IP, strconv.Itoa(agentPort)),
 		"--cluster-cidr", clusterCIDR,
-		"--backend", l.Spec.Backend,
+		"--backend", string(l.Spec.Backend),
 		"--lease-ttl", l.Spec.LeaseTTL.String(),
 		"--etcd-prefix", "/podnet-lab/",
 	}
@@ -199,8 +199,8 @@ func (l *Lab) AgentGet(ctx context.Context, n *Node, path string) (int, []byte, 
 }
 
 // AgentStatus returns what the node's agent reports it built.
-func (l *Lab) AgentStatus(ctx context.Context, n *Node) (agent.Status, error) {
-	var st agent.Status
+func (l *Lab) AgentStatus(ctx context.Context, n *Node) (cluster.NodeStatus, error) {
+	var st cluster.NodeStatus
 	code, b, err := l.AgentGet(ctx, n, "/status")
 	if err != nil {
 		return st, err

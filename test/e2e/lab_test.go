@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podnet/podnet/internal/fabric"
+	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/lab"
 )
 
@@ -37,7 +37,7 @@ func checkAll(t *testing.T, l *lab.Lab) {
 
 // wantBackends checks the backend each node uses to each peer: host-gw
 // within a segment, VXLAN across (the auto rule).
-func wantBackends(t *testing.T, l *lab.Lab, auto bool, mode fabric.Mode) {
+func wantBackends(t *testing.T, l *lab.Lab, auto bool, mode cluster.Backend) {
 	t.Helper()
 	seg := map[string]int{}
 	for _, n := range l.Nodes {
@@ -54,9 +54,9 @@ func wantBackends(t *testing.T, l *lab.Lab, auto bool, mode fabric.Mode) {
 		for peer, m := range st.Backends {
 			want := mode
 			if auto {
-				want = fabric.VXLAN
+				want = cluster.VXLAN
 				if seg[peer] == n.Segment {
-					want = fabric.HostGW
+					want = cluster.HostGW
 				}
 			}
 			if m != want {
@@ -100,8 +100,8 @@ func TestTwoSegmentsAuto(t *testing.T) {
 }
 
 func TestVXLANEverywhere(t *testing.T) {
-	l := newLab(t, lab.Spec{Nodes: 3, PodsPerNode: 1, Backend: "vxlan"})
-	wantBackends(t, l, false, fabric.VXLAN)
+	l := newLab(t, lab.Spec{Nodes: 3, PodsPerNode: 1, Backend: cluster.VXLAN})
+	wantBackends(t, l, false, cluster.VXLAN)
 	checkAll(t, l)
 }
 
@@ -197,8 +197,8 @@ func TestDeadNodeReclaimed(t *testing.T) {
 // across nodes: no packet is lost, and the restarted agent keeps its
 // subnet.
 func TestAgentKilledAndRestarted(t *testing.T) {
-	for _, backend := range []string{"host-gw", "vxlan"} {
-		t.Run(backend, func(t *testing.T) {
+	for _, backend := range []cluster.Backend{cluster.HostGW, cluster.VXLAN} {
+		t.Run(string(backend), func(t *testing.T) {
 			l := newLab(t, lab.Spec{Nodes: 2, PodsPerNode: 1, Backend: backend})
 			ctx := ctxFor(t)
 			victim := l.Nodes[1]
