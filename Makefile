@@ -29,7 +29,7 @@ build:
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet-cni ./cmd/podnet-cni
 	@mkdir -p $(BIN)/cni && for p in $$($(BIN)/podnet-cni names); do ln -f $(BIN)/podnet-cni $(BIN)/cni/$$p; done
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet-agent ./cmd/podnet-agent
-	$(GO) build -trimpath -o $(BIN)/podnet ./cmd/podnet
+	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet ./cmd/podnet
 
 # A 3-node lab with 2 pods per node: every node runs podnet-agent, pods are
 # attached through CNI, every pod is checked against every pod and the
