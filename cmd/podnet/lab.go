@@ -91,6 +91,24 @@ func signalContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 }
 
+// upLab locates the binaries, creates the lab from its spec, brings it up
+// and prints what it built. The lab is returned once it exists, also when
+// bringing it up failed.
+func upLab(ctx context.Context, out io.Writer, f *labFlags, s lab.Spec, bins lab.Binaries) (*lab.Lab, error) {
+	if err := locateBins(&bins); err != nil {
+		return nil, err
+	}
+	l, err := lab.New(f.base, f.name, s, bins, out)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Up(ctx); err != nil {
+		return l, err
+	}
+	l.PrintStatus(ctx, out)
+	return l, nil
+}
+
 func newLabUp(f *labFlags) *cobra.Command {
 	var s lab.Spec
 	var bins lab.Binaries
@@ -99,21 +117,13 @@ func newLabUp(f *labFlags) *cobra.Command {
 		Short: "Build a lab: underlay, nodes running podnet-agent, pods",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := locateBins(&bins); err != nil {
-				return err
-			}
 			ctx, cancel := signalContext(cmd)
 			defer cancel()
-			out := cmd.OutOrStdout()
-			l, err := lab.New(f.base, f.name, s, bins, out)
-			if err != nil {
-				return err
-			}
-			if err := l.Up(ctx); err != nil {
+			l, err := upLab(ctx, cmd.OutOrStdout(), f, s, bins)
+			if err != nil && l != nil {
 				return fmt.Errorf("%w\n(the lab is left as it is for inspection; podnet lab down --name %s removes it)", err, f.name)
 			}
-			l.PrintStatus(ctx, out)
-			return nil
+			return err
 		},
 	}
 	specFlags(cmd, &s, &bins)
@@ -129,17 +139,11 @@ func newLabDemo(f *labFlags) *cobra.Command {
 		Short: "Build a lab, check every pod against every pod, tear it down; the exit code tells",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) (err error) {
-			if err := locateBins(&bins); err != nil {
-				return err
-			}
 			ctx, cancel := signalContext(cmd)
 			defer cancel()
 			out := cmd.OutOrStdout()
-			l, err := lab.New(f.base, f.name, s, bins, out)
-			if err != nil {
-				return err
-			}
-			if !keep {
+			l, err := upLab(ctx, out, f, s, bins)
+			if l != nil && !keep {
 				defer func() {
 					fmt.Fprintf(out, "tearing lab %s down\n", f.name)
 					if derr := lab.Down(f.base, f.name); derr != nil && err == nil {
@@ -147,10 +151,9 @@ func newLabDemo(f *labFlags) *cobra.Command {
 					}
 				}()
 			}
-			if err := l.Up(ctx); err != nil {
+			if err != nil {
 				return err
 			}
-			l.PrintStatus(ctx, out)
 			return check(ctx, out, l)
 		},
 	}
