@@ -97,9 +97,6 @@ func ioFailure(err error) error {
 // Close releases the lock.
 func (s *Store) Close() error { return s.lock.Close() }
 
-// Dir is the store's directory.
-func (s *Store) Dir() string { return s.dir }
-
 func (s *Store) ipPath(ip net.IP) string { return filepath.Join(s.dir, ip.String()) }
 
 // Reserve allocates ip to owner; false when it is already allocated.
