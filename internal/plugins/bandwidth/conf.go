@@ -94,11 +94,7 @@ func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err 
 		return shaping{}, false, cniplugin.Invalid("%sRate %d is below one byte per second", dir, rateBits)
 	}
 	s.rate = rateBits / 8
-	s.burst = uint32(burstBits / 8)
-	ticks := float64(netlink.TIME_UNITS_PER_SEC) * float64(s.burst) / float64(s.rate) * netlink.TickInUsec()
-	if ticks >= math.MaxUint32 {
-		return shaping{}, false, cniplugin.Invalid("%sBurst %d bits takes too long to send at %d bits/s for the kernel's token bucket", dir, burstBits, rateBits)
-	}
+	s.burst = min(uint32(burstBits/8), maxBurst(s.rate))
 	s.buffer = netlink.Xmittime(s.rate, s.burst)
 	queued := float64(s.rate)*latencyUsec/netlink.TIME_UNITS_PER_SEC + float64(s.burst)
 	if queued >= math.MaxUint32 {
@@ -106,6 +102,19 @@ func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err 
 	}
 	s.limit = uint32(queued)
 	return s, true, nil
+}
+
+// maxBurst is the largest burst (bytes) the kernel's token bucket can
+// time at rate (bytes per second): tbf holds the time to send the burst
+// in a 32-bit count of scheduler ticks, about 275 s on most kernels. A
+// longer burst is cut to it rather than refused: containerd sends
+// 4294967295 bits, its "no burst given", with the
+// kubernetes.io/*-bandwidth annotations, which is longer than that for
+// any rate below about 16 Mbit/s; the reference lets the buffer wrap
+// around to whatever its low 32 bits say.
+func maxBurst(rate uint64) uint32 {
+	usec := float64(math.MaxUint32-1) / max(1, netlink.TickInUsec())
+	return uint32(min(math.MaxUint32-1, usec/netlink.TIME_UNITS_PER_SEC*float64(rate)))
 }
 
 // plan is what the limits ask of the kernel.
