@@ -68,7 +68,7 @@ func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error
 	if err := os.MkdirAll(node.netDir, 0o755); err != nil {
 		return res, err
 	}
-	list := fullChain("burst", b.o.cniVersion, "cni0", "10.90.0.0/16", dir)
+	list := sandbox.FullChain("burst", b.o.cniVersion, "cni0", "10.90.0.0/16", dir)
 	if err := os.WriteFile(filepath.Join(node.netDir, "burst.conflist"), list.JSON(), 0o644); err != nil {
 		return res, err
 	}
@@ -102,7 +102,7 @@ func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error
 		cs := make([]*exec.Cmd, len(pods))
 		for i, p := range pods {
 			cs[i] = exec.Command(b.cnitool, verb, "burst", p.Path())
-			cs[i].Env = cnitoolEnv(node.netDir, node.binDir, "eth0", chainCaps("burst", 31000+i))
+			cs[i].Env = sandbox.CNIToolEnv(node.netDir, node.binDir, "eth0", chainCaps("burst", 31000+i))
 		}
 		return cs
 	}
@@ -189,7 +189,7 @@ func (b *bench) atOnce(ns *netns.Temp, cmds []*exec.Cmd) (batch, error) {
 	stderrs := make([]bytes.Buffer, len(cmds))
 	started := make([]bool, len(cmds))
 	var start time.Time
-	err := b.r.do(ns.NS, func() error {
+	err := b.r.Do(ns.NS, func() error {
 		start = time.Now()
 		for i, c := range cmds {
 			c.Stdout, c.Stderr = &stdouts[i], &stderrs[i]
