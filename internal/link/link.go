@@ -178,26 +178,33 @@ func DelOwnedLink(h *netlink.Handle, name string, a cniplugin.Attachment) error 
 	return nil
 }
 
-// HostLinks returns the host-side veths of a network's attachments with
-// the attachment each belongs to.
-func HostLinks(h *netlink.Handle, network string) (map[cniplugin.Attachment]netlink.Link, error) {
+// Owned is a host link and the attachment its alias names.
+type Owned struct {
+	Attachment cniplugin.Attachment
+	Link       netlink.Link
+}
+
+// HostLinks returns the host-side links (veths, ifbs) of a network's
+// attachments with the attachment each belongs to.
+func HostLinks(h *netlink.Handle, network string) ([]Owned, error) {
 	return OwnedLinks(h, HostPrefix, network)
 }
 
 // OwnedLinks returns the links whose name starts with prefix and whose
-// alias names an attachment of the network, by attachment.
-func OwnedLinks(h *netlink.Handle, prefix, network string) (map[cniplugin.Attachment]netlink.Link, error) {
+// alias names an attachment of the network. An attachment may own several
+// (its veth and its ifb share the alias).
+func OwnedLinks(h *netlink.Handle, prefix, network string) ([]Owned, error) {
 	links, err := h.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
-	out := map[cniplugin.Attachment]netlink.Link{}
+	var out []Owned
 	for _, l := range links {
 		if !strings.HasPrefix(l.Attrs().Name, prefix) {
 			continue
 		}
 		if a, ok := attachmentOfAlias(l.Attrs().Alias); ok && a.Network == network {
-			out[a] = l
+			out = append(out, Owned{Attachment: a, Link: l})
 		}
 	}
 	return out, nil
@@ -217,12 +224,12 @@ func GCLinks(h *netlink.Handle, prefix, network string, keep func(cniplugin.Atta
 		return err
 	}
 	var errs []error
-	for a, l := range links {
-		if keep(a) {
+	for _, o := range links {
+		if keep(o.Attachment) {
 			continue
 		}
-		if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+		if err := h.LinkDel(o.Link); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", o.Link.Attrs().Name, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -179,15 +179,26 @@ func TestGCHostLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 		ch.Close()
+		// A second host link of the attachment, created after its veth,
+		// as bandwidth's ifb is: it carries the same alias.
+		ifb := &netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: IfbName(a)}}
+		if err := p.hostH.LinkAdd(ifb); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.hostH.LinkSetAlias(ifb, Alias(a)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	keep := func(a cniplugin.Attachment) bool { return a == keepA }
 	if err := GCHostLinks(p.hostH, "n1", keep); err != nil {
 		t.Fatal(err)
 	}
 	for a, want := range map[cniplugin.Attachment]bool{keepA: true, dropA: false, otherA: true} {
-		_, err := p.hostH.LinkByName(HostVethName(a))
-		if (err == nil) != want {
-			t.Errorf("%v: present=%v, want %v", a, err == nil, want)
+		for _, name := range []string{HostVethName(a), IfbName(a)} {
+			_, err := p.hostH.LinkByName(name)
+			if (err == nil) != want {
+				t.Errorf("%v: %s present=%v, want %v", a, name, err == nil, want)
+			}
 		}
 	}
 	if err := DelHostLink(p.hostH, keepA); err != nil {
