@@ -88,23 +88,13 @@ func CreateVeth(host, cont *netlink.Handle, contNS *netns.NS, spec VethSpec) (*V
 		PeerHardwareAddr: spec.MAC,
 		PeerNamespace:    netlink.NsFd(contNS.Fd()),
 	}
-	if err := host.LinkAdd(v); err != nil {
+	h, err := CreateOwned(host, v, spec.Attachment)
+	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("create veth %s/%s: a link of that name already exists (in the host or the container)", name, spec.Attachment.IfName)
 		}
-		return nil, fmt.Errorf("create veth %s/%s: %w", name, spec.Attachment.IfName, err)
+		return nil, fmt.Errorf("veth %s/%s: %w", name, spec.Attachment.IfName, err)
 	}
-	h, err := host.LinkByName(name)
-	if err != nil {
-		_ = host.LinkDel(v)
-		return nil, fmt.Errorf("find new veth %s: %w", name, err)
-	}
-	// The kernel ignores an alias in a create request: set it after.
-	if err := host.LinkSetAlias(h, Alias(spec.Attachment)); err != nil {
-		_ = host.LinkDel(h)
-		return nil, fmt.Errorf("set alias of %s: %w", name, err)
-	}
-	h.Attrs().Alias = Alias(spec.Attachment)
 	c, err := cont.LinkByName(spec.Attachment.IfName)
 	if err != nil {
 		_ = host.LinkDel(h)
@@ -163,13 +153,14 @@ func DelHostLink(h *netlink.Handle, a cniplugin.Attachment) error {
 }
 
 // DelOwnedLink deletes the host link of that name if it is still there and
-// its alias says it belongs to the attachment.
+// its alias says it belongs to the attachment, or it has none (an ADD of
+// the attachment died before stamping it: the name is the identity's).
 func DelOwnedLink(h *netlink.Handle, name string, a cniplugin.Attachment) error {
 	l, err := h.LinkByName(name)
 	if err != nil {
 		return nil
 	}
-	if l.Attrs().Alias != Alias(a) {
+	if l.Attrs().Alias != Alias(a) && !isHalfMade(l) {
 		return nil
 	}
 	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
@@ -217,13 +208,20 @@ func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachme
 }
 
 // GCLinks deletes the links whose name starts with prefix and whose alias
-// names an attachment of the network for which keep returns false.
+// names an attachment of the network for which keep returns false, and
+// the podnet links of that prefix left without an alias by a plugin that
+// died creating them (of any network: none can be valid).
 func GCLinks(h *netlink.Handle, prefix, network string, keep func(cniplugin.Attachment) bool) error {
+	release, err := lockCreation(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer release()
 	links, err := OwnedLinks(h, prefix, network)
 	if err != nil {
 		return err
 	}
-	var errs []error
+	errs := []error{gcHalfMade(h, prefix)}
 	for _, o := range links {
 		if keep(o.Attachment) {
 			continue
