@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -80,7 +79,8 @@ func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error
 	if _, err := b.addDel(node, "burst"); err != nil {
 		return res, fmt.Errorf("warm-up pod: %w", err)
 	}
-	before, err := nodeState(node.host)
+	ipam := filepath.Join(dir, "ipam")
+	before, err := sandbox.TakeNodeState(node.host.NS, ipam)
 	if err != nil {
 		return res, err
 	}
@@ -144,18 +144,11 @@ func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error
 			res.fail(fmt.Sprintf("DEL pod %d: %v", i, r.err))
 		}
 	}
-	after, err := nodeState(node.host)
+	after, err := sandbox.TakeNodeState(node.host.NS, ipam)
 	if err != nil {
 		return res, err
 	}
-	res.leftovers = after.minus(before)
-	allocs, err := sandbox.Allocations(filepath.Join(dir, "ipam"))
-	if err != nil {
-		return res, err
-	}
-	for _, a := range allocs {
-		res.leftovers = append(res.leftovers, "IPAM "+a.IP)
-	}
+	res.leftovers = after.Since(before)
 	return res, nil
 }
 
@@ -251,52 +244,6 @@ func resultIPs(stdout []byte) ([]string, error) {
 		ips = append(ips, ip.Address)
 	}
 	return ips, nil
-}
-
-// state is what a node holds that a pod can leave behind: its links other
-// than the bridge (veths, ifbs) and the number of its nftables rules (the
-// reference's iptables rules included where iptables is iptables-nft).
-type state struct {
-	links []string
-	rules int
-}
-
-func nodeState(ns *netns.Temp) (state, error) {
-	var st state
-	links, err := sandbox.Links(ns.NS)
-	if err != nil {
-		return st, err
-	}
-	for _, l := range links {
-		if l.Type != "bridge" && l.Name != "lo" {
-			st.links = append(st.links, l.Type+" "+l.Name)
-		}
-	}
-	sort.Strings(st.links)
-	rules, err := sandbox.Rules(ns.NS)
-	if err != nil {
-		return st, err
-	}
-	st.rules = len(rules)
-	return st, nil
-}
-
-// minus describes what st has that before had not.
-func (st state) minus(before state) []string {
-	var out []string
-	had := map[string]bool{}
-	for _, l := range before.links {
-		had[l] = true
-	}
-	for _, l := range st.links {
-		if !had[l] {
-			out = append(out, l)
-		}
-	}
-	if d := st.rules - before.rules; d > 0 {
-		out = append(out, fmt.Sprintf("%d nftables rules", d))
-	}
-	return out
 }
 
 // median is the median of the rounds' values of f.

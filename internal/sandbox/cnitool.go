@@ -136,10 +136,6 @@ func privateCacheDir() error {
 	return os.Mkdir("/var/lib/cni", 0o755)
 }
 
-// Private tells whether libcni's cache is on the runner's private tmpfs;
-// when false, cnitool uses the machine's /var/lib/cni.
-func (r *Runner) Private() bool { return r.private }
-
 // Do runs f on the runner thread inside the network namespace ns.
 // Processes f starts are children inside ns that see the runner's cache.
 func (r *Runner) Do(ns *netns.NS, f func() error) error {
