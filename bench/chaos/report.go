@@ -64,8 +64,8 @@ func rows(r *result) []row {
 		context("killed (SIGKILL to cnitool and its plugins): ADD / DEL", func(p *chaos.Report) string {
 			return fmt.Sprintf("%d / %d", p.KilledAdds, p.Killed-p.KilledAdds)
 		}),
-		context("pods at the end: valid / deleted / invalid (of which in libcni's cache)", func(p *chaos.Report) string {
-			return fmt.Sprintf("%d / %d / %d (%d)", p.Valid, p.Deleted, p.Invalid, p.StaleCached)
+		context("pods at the end: valid / deleted / invalid (of which lost by the runtime; in libcni's cache)", func(p *chaos.Report) string {
+			return fmt.Sprintf("%d / %d / %d (%d; %d)", p.Valid, p.Deleted, p.Invalid, p.Lost, p.StaleCached)
 		}),
 		count("duplicate IPs among the valid pods", "0", func(p *chaos.Report) int { return p.DupIPs }),
 		count("leaked IPs after GC (allocations of no valid pod)", "0", func(p *chaos.Report) int { return p.LeakedIPs }),
@@ -157,7 +157,9 @@ the operations get SIGKILL sent to the whole group — cnitool and every plugin 
 random delay within the operation's typical duration (the 90th percentile of the unkilled ones
 so far), so the kills land at every point of ADD and DEL. A journal is kept as a runtime keeps
 one: a pod is valid only if its last completed operation is a successful ADD; a killed or failed
-ADD, and a DEL that began, make it invalid. Then the runtime "comes back": libcni's GC with the
+ADD, and a DEL that began, make it invalid. Half of the pods a kill made invalid are DELed again
+later, as a runtime that tears a failed sandbox down does; the runtime "loses track" of the other
+half, which only GC can clean up. Then the runtime "comes back": libcni's GC with the
 valid attachments (libcni first DELs the invalid attachments it cached, then, from CNI 1.1.0,
 sends GC to every plugin with ` + "`cni.dev/valid-attachments`" + `). Pod namespaces are kept until the
 audit, so the kernel never cleans up for the plugins. The audit: duplicate addresses among the

@@ -45,12 +45,15 @@ type Report struct {
 	Failures    []string `json:"failures,omitempty"`
 
 	// The journal at the end: pods created, valid, deleted, and left
-	// invalid for GC (of which libcni's cache knew StaleCached: its GC
-	// DELs those first; the others only the plugins' GC can find).
+	// invalid for GC (for Lost of them no DEL was to come, the runtime
+	// having lost track; the others were waiting for one; libcni's cache
+	// knew StaleCached of them: its GC DELs those first, the others only
+	// the plugins' GC can find).
 	Pods        int    `json:"pods"`
 	Valid       int    `json:"valid"`
 	Deleted     int    `json:"deleted"`
 	Invalid     int    `json:"invalid"`
+	Lost        int    `json:"lost"`
 	StaleCached int    `json:"staleCached"`
 	GCError     string `json:"gcError,omitempty"`
 
@@ -95,8 +98,8 @@ func (r *Report) Summary() string {
 		r.Chain, r.CNIVersion, r.Ops, r.Adds, r.Dels, r.InFlight, r.Seed, r.Took.Round(time.Second))
 	fmt.Fprintf(&b, "  killed %d (%d ADD, %d DEL), kill due after the end %d, failed unkilled %d\n",
 		r.Killed, r.KilledAdds, r.Killed-r.KilledAdds, r.KillsMissed, r.Failed)
-	fmt.Fprintf(&b, "  pods %d: valid %d, deleted %d, invalid %d (%d in libcni's cache)\n",
-		r.Pods, r.Valid, r.Deleted, r.Invalid, r.StaleCached)
+	fmt.Fprintf(&b, "  pods %d: valid %d, deleted %d, invalid %d (%d lost by the runtime, %d in libcni's cache)\n",
+		r.Pods, r.Valid, r.Deleted, r.Invalid, r.Lost, r.StaleCached)
 	fmt.Fprintf(&b, "  after GC: duplicate IPs %d, leaked IPs %d, missing IPs %d, leaked links %d, leaked rules %d, leaked files %d, broken valid pods %d\n",
 		r.DupIPs, r.LeakedIPs, r.MissingIPs, r.LeakedLinks, r.LeakedRules, r.LeakedFiles, r.BrokenPods)
 	left := "nothing"
@@ -195,6 +198,9 @@ func (d *driver) recover(ctx context.Context, rep *Report) error {
 			rep.Deleted++
 		default:
 			rep.Invalid++
+			if p.lost {
+				rep.Lost++
+			}
 		}
 	}
 	stale, gcErr, err := d.gc(ctx, d.validAttachments())

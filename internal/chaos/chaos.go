@@ -14,9 +14,12 @@
 // the operation's typical duration. It keeps a journal as a runtime does:
 // a pod is valid only if its last completed operation is a successful
 // ADD; a killed or failed ADD, and a DEL that began, make it invalid.
-// Then libcni's GC with the valid attachments (what a runtime that comes
-// back calls), the audit, and a teardown of every valid pod compared
-// with the node as it was before the run.
+// Half of the pods a kill (or a failure) made invalid are DELed again
+// later, as a runtime that tears a failed sandbox down does; the runtime
+// loses track of the other half. Then libcni's GC with the valid
+// attachments (what a runtime that comes back calls), the audit, and a
+// teardown of every valid pod compared with the node as it was before the
+// run.
 //
 // It is shared by the crash-chaos test (test/cni) and the benchmark
 // (bench/chaos), and needs root.

@@ -47,7 +47,10 @@ type pod struct {
 	port  int
 	state state
 	busy  bool
-	ips   []net.IPNet // from the successful ADD's result
+	// lost: the runtime lost track of the pod after an operation on it
+	// was killed or failed, so no DEL comes: only GC can clean it up.
+	lost bool
+	ips  []net.IPNet // from the successful ADD's result
 	// history lists the pod's operations and their outcomes, for the
 	// findings.
 	history []string
@@ -151,14 +154,14 @@ func (d *driver) run(ctx context.Context, rep *Report) error {
 
 // next chooses the next operation: DEL of a live pod that no operation
 // holds, or ADD of a new pod (target nil), the mix keeping about cfg.Pods
-// pods live; and the delay after which the operation is killed (negative:
-// not killed).
+// pods live (those the runtime knows: not deleted, not lost); and the
+// delay after which the operation is killed (negative: not killed).
 func (d *driver) next() (verb string, target *pod, delay time.Duration) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var live, free []*pod
 	for _, p := range d.pods {
-		if p.state == deleted {
+		if p.state == deleted || p.lost {
 			continue
 		}
 		live = append(live, p)
@@ -230,7 +233,7 @@ func (d *driver) op(ctx context.Context, rep *Report, verb string, p *pod, delay
 		if verb == "add" {
 			rep.KilledAdds++
 		}
-		p.state = invalid
+		d.invalidate(p)
 		return
 	case o.killMissed:
 		rep.KillsMissed++
@@ -241,15 +244,24 @@ func (d *driver) op(ctx context.Context, rep *Report, verb string, p *pod, delay
 	switch {
 	case o.err != nil:
 		rep.fail(fmt.Sprintf("%s %s: %v", strings.ToUpper(verb), p.id, o.err))
-		p.state = invalid
+		d.invalidate(p)
 	case resErr != nil:
 		rep.fail(fmt.Sprintf("ADD %s: %v: %s", p.id, resErr, o.stdout))
-		p.state = invalid
+		d.invalidate(p)
 	case verb == "add":
 		p.state, p.ips = valid, ips
 	default:
 		p.state = deleted
 	}
+}
+
+// invalidate journals a pod whose operation was killed or failed: half
+// of them stay candidates for a later DEL, as a runtime that tears a
+// failed sandbox down retries; the runtime loses track of the other half,
+// which only GC finds. d.mu is held.
+func (d *driver) invalidate(p *pod) {
+	p.state = invalid
+	p.lost = d.rng.IntN(2) == 0
 }
 
 // cnitool runs `cnitool verb <network> <pod netns>` in the node namespace
