@@ -17,10 +17,13 @@ AGENT_NODES ?= 10
 AGENT_ADD   ?= 5
 DP_FLAGS    ?=
 AGENT_FLAGS ?=
+# bench-chaos: ADD/DEL operations per chain; extra flags in CHAOS_FLAGS.
+CHAOS_OPS   ?= 1000
+CHAOS_FLAGS ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build deps test demo bench bench-cni bench-dataplane bench-agent clean
+.PHONY: build deps test demo bench bench-cni bench-dataplane bench-agent bench-chaos clean
 
 # The plugin binary, and in bin/cni/ the plugins as a CNI bin dir (one hard
 # link per plugin type, ready to copy to /opt/cni/bin); the node agent and
@@ -51,8 +54,8 @@ test: deps build
 	PODNET_CNI_BIN=$(CURDIR)/$(BIN)/podnet-cni PODNET_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 15m $(TEST_FLAGS) ./...
 
 # The performance report, docs/performance.md and its JSON beside it: each
-# benchmark rewrites its own section (needs root; ~40 min on 2 cores).
-bench: bench-cni bench-dataplane bench-agent
+# benchmark rewrites its own section (needs root; ~50 min on 2 cores).
+bench: bench-cni bench-dataplane bench-agent bench-chaos
 
 # CNI ADD and DEL latency (bridge, ptp, the full chain, the cluster
 # conflist), the 100- and 50-pod bursts and the plugin footprint, podnet vs
@@ -75,6 +78,15 @@ bench-dataplane: deps build
 bench-agent: build
 	$(GO) run ./bench/agent -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -nodes $(AGENT_NODES) -add $(AGENT_ADD) \
 		-md docs/performance.md -json docs/performance-agent.json $(AGENT_FLAGS)
+
+# Crash chaos: CHAOS_OPS ADD/DEL per chain (the full chain, the cluster
+# conflist; the reference plugins' full chain as a contrast) through
+# cnitool, 30 % SIGKILLed mid-operation, then GC and an audit for
+# duplicate and leaked IPs, links, rules; writes its section of
+# docs/performance.md and docs/performance-chaos.json (needs root).
+bench-chaos: deps build
+	$(GO) run ./bench/chaos -cni-bin $(CURDIR)/$(BIN)/podnet-cni -n $(CHAOS_OPS) \
+		-md docs/performance.md -json docs/performance-chaos.json $(CHAOS_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -68,7 +67,7 @@ func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error
 	if err := os.MkdirAll(node.netDir, 0o755); err != nil {
 		return res, err
 	}
-	list := fullChain("burst", b.o.cniVersion, "cni0", "10.90.0.0/16", dir)
+	list := sandbox.FullChain("burst", b.o.cniVersion, "cni0", "10.90.0.0/16", dir)
 	if err := os.WriteFile(filepath.Join(node.netDir, "burst.conflist"), list.JSON(), 0o644); err != nil {
 		return res, err
 	}
@@ -80,7 +79,8 @@ func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error
 	if _, err := b.addDel(node, "burst"); err != nil {
 		return res, fmt.Errorf("warm-up pod: %w", err)
 	}
-	before, err := nodeState(node.host)
+	ipam := filepath.Join(dir, "ipam")
+	before, err := sandbox.TakeNodeState(node.host.NS, ipam)
 	if err != nil {
 		return res, err
 	}
@@ -102,7 +102,7 @@ func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error
 		cs := make([]*exec.Cmd, len(pods))
 		for i, p := range pods {
 			cs[i] = exec.Command(b.cnitool, verb, "burst", p.Path())
-			cs[i].Env = cnitoolEnv(node.netDir, node.binDir, "eth0", chainCaps("burst", 31000+i))
+			cs[i].Env = sandbox.CNIToolEnv(node.netDir, node.binDir, "eth0", chainCaps("burst", 31000+i))
 		}
 		return cs
 	}
@@ -144,18 +144,11 @@ func (b *bench) burst(s *suite, size, round int, tmp string) (burstResult, error
 			res.fail(fmt.Sprintf("DEL pod %d: %v", i, r.err))
 		}
 	}
-	after, err := nodeState(node.host)
+	after, err := sandbox.TakeNodeState(node.host.NS, ipam)
 	if err != nil {
 		return res, err
 	}
-	res.leftovers = after.minus(before)
-	allocs, err := sandbox.Allocations(filepath.Join(dir, "ipam"))
-	if err != nil {
-		return res, err
-	}
-	for _, a := range allocs {
-		res.leftovers = append(res.leftovers, "IPAM "+a.IP)
-	}
+	res.leftovers = after.Since(before)
 	return res, nil
 }
 
@@ -189,7 +182,7 @@ func (b *bench) atOnce(ns *netns.Temp, cmds []*exec.Cmd) (batch, error) {
 	stderrs := make([]bytes.Buffer, len(cmds))
 	started := make([]bool, len(cmds))
 	var start time.Time
-	err := b.r.do(ns.NS, func() error {
+	err := b.r.Do(ns.NS, func() error {
 		start = time.Now()
 		for i, c := range cmds {
 			c.Stdout, c.Stderr = &stdouts[i], &stderrs[i]
@@ -251,52 +244,6 @@ func resultIPs(stdout []byte) ([]string, error) {
 		ips = append(ips, ip.Address)
 	}
 	return ips, nil
-}
-
-// state is what a node holds that a pod can leave behind: its links other
-// than the bridge (veths, ifbs) and the number of its nftables rules (the
-// reference's iptables rules included where iptables is iptables-nft).
-type state struct {
-	links []string
-	rules int
-}
-
-func nodeState(ns *netns.Temp) (state, error) {
-	var st state
-	links, err := sandbox.Links(ns.NS)
-	if err != nil {
-		return st, err
-	}
-	for _, l := range links {
-		if l.Type != "bridge" && l.Name != "lo" {
-			st.links = append(st.links, l.Type+" "+l.Name)
-		}
-	}
-	sort.Strings(st.links)
-	rules, err := sandbox.Rules(ns.NS)
-	if err != nil {
-		return st, err
-	}
-	st.rules = len(rules)
-	return st, nil
-}
-
-// minus describes what st has that before had not.
-func (st state) minus(before state) []string {
-	var out []string
-	had := map[string]bool{}
-	for _, l := range before.links {
-		had[l] = true
-	}
-	for _, l := range st.links {
-		if !had[l] {
-			out = append(out, l)
-		}
-	}
-	if d := st.rules - before.rules; d > 0 {
-		out = append(out, fmt.Sprintf("%d nftables rules", d))
-	}
-	return out
 }
 
 // median is the median of the rounds' values of f.

@@ -195,11 +195,11 @@ func (b *bench) profileADD(s *suite, net string, pods int, cacheDir string) (rss
 		rec := &recordingExec{tmpDir: cacheDir}
 		cni := libcni.NewCNIConfigWithCacheDir([]string{s.binDir}, cacheDir, rec)
 		rt := &libcni.RuntimeConf{ContainerID: sandbox.RandomID(), NetNS: pod.Path(), IfName: "eth0",
-			CapabilityArgs: capsOf(net, 30080)}
+			CapabilityArgs: chainCaps(net, 30080)}
 		if net == "floor" {
 			rt.IfName = "lo"
 		}
-		err = b.r.do(s.host.NS, func() error {
+		err = b.r.Do(s.host.NS, func() error {
 			if _, err := cni.AddNetworkList(context.Background(), list, rt); err != nil {
 				return fmt.Errorf("ADD: %w", err)
 			}
@@ -229,20 +229,6 @@ func (b *bench) profileADD(s *suite, net string, pods int, cacheDir string) (rss
 		res.Plugins = append(res.Plugins, pluginFigure{Type: t, WallMs: msf(pct(perPlugin[j], .5)), MaxRSS: int64(pct(perRSS[j], .5))})
 	}
 	return res, nil
-}
-
-// capsOf is the capability args of a pod of a network as a map (libcni's
-// RuntimeConf form of what cnitool gets as CAP_ARGS).
-func capsOf(net string, hostPort int) map[string]any {
-	c := chainCaps(net, hostPort)
-	if c == "" {
-		return nil
-	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(c), &m); err != nil {
-		panic(err) // chainCaps marshals a map
-	}
-	return m
 }
 
 func mb(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/1e6) }

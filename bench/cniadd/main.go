@@ -27,7 +27,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -163,7 +162,7 @@ func run(o options) (err error) {
 	if cnitool == "" {
 		cnitool = filepath.Join(tmp, "cnitool")
 		fmt.Fprintln(os.Stderr, "building cnitool …")
-		if err := sandbox.Build(ctx, cnitool, "github.com/containernetworking/cni/cnitool"); err != nil {
+		if err := sandbox.BuildCNITool(ctx, cnitool); err != nil {
 			return err
 		}
 	}
@@ -210,32 +209,11 @@ func run(o options) (err error) {
 		defer s.host.Remove()
 	}
 
-	r, err := newRunner(true)
+	r, err := sandbox.NewRunner()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "no private libcni cache (%v): cnitool will use /var/lib/cni\n", err)
-		if r, err = newRunner(false); err != nil {
-			return err
-		}
+		return err
 	}
-	defer r.close()
-	if r.private {
-		probe, err := netns.NewTemp("pnbenchprobe")
-		if err != nil {
-			return err
-		}
-		ok := r.sees(suites[0].host.NS, probe.Path())
-		probe.Remove()
-		if !ok {
-			fmt.Fprintln(os.Stderr, "new namespaces are not visible in a private mount namespace (/run/netns not shared): cnitool will use /var/lib/cni")
-			r.close()
-			if r, err = newRunner(false); err != nil {
-				return err
-			}
-		}
-	}
-	if !r.private {
-		defer cleanupMachineCache()
-	}
+	defer r.Close()
 
 	b := &bench{o: o, r: r, cnitool: cnitool}
 	configs := []*series{}
@@ -368,44 +346,14 @@ func confName(net string) string {
 // chainTypes are the plugin types the benchmark runs.
 var chainTypes = []string{"loopback", "bridge", "ptp", "host-local", "portmap", "bandwidth", "tuning"}
 
-// fullChain is the full chain as a node's runtime configures it:
-// bridge+host-local on its own bridge and subnet, then portmap, bandwidth
-// and tuning (a sysctl), their state in dataDir. The port mappings and the
-// rates come as capability args (chainCaps).
-func fullChain(name, version, bridge, subnet, dataDir string) sandbox.ConfList {
-	return sandbox.ConfList{Name: name, CNIVersion: version, Plugins: []sandbox.Conf{
-		sandbox.Bridge(bridge, sandbox.HostLocal(subnet, filepath.Join(dataDir, "ipam"))),
-		sandbox.PortMap(nil),
-		sandbox.Bandwidth(),
-		sandbox.Tuning(sandbox.Conf{
-			"dataDir": filepath.Join(dataDir, "tuning"),
-			"sysctl":  map[string]any{"net.ipv4.conf.eth0.arp_notify": "1"},
-		}),
-	}}
-}
-
-// chainCaps are the capability args (JSON) of a pod of a network with
-// portmap and bandwidth (none for the others), as containerd sends them:
-// a TCP and a UDP host port (distinct per pod), and ingress and egress
-// rates of 100 Mbit/s with 1 Mbit bursts.
-func chainCaps(net string, hostPort int) string {
+// chainCaps are the capability args of a pod of a network with portmap
+// and bandwidth (nil for the others): see sandbox.ChainCaps.
+func chainCaps(net string, hostPort int) map[string]any {
 	switch net {
 	case "chain", "burst", "cluster":
-	default:
-		return ""
+		return sandbox.ChainCaps(hostPort)
 	}
-	caps := sandbox.BandwidthCap(100_000_000, 1_000_000, 100_000_000, 1_000_000)
-	for k, v := range sandbox.PortMappings(
-		sandbox.PortMapping("tcp", hostPort, 80, ""),
-		sandbox.PortMapping("udp", hostPort, 53, ""),
-	) {
-		caps[k] = v
-	}
-	b, err := json.Marshal(caps)
-	if err != nil {
-		panic(err) // maps of strings and numbers always marshal
-	}
-	return string(b)
+	return nil
 }
 
 // writeConflists writes the networks of a suite: the floor, bridge, ptp,
@@ -424,7 +372,7 @@ func writeConflists(s *suite, version string) error {
 		{Name: "ptp", CNIVersion: version, Plugins: []sandbox.Conf{
 			sandbox.PTP(sandbox.HostLocal("10.87.0.0/16", filepath.Join(filepath.Dir(s.dataDir), "ptp"))),
 		}},
-		fullChain("chain", version, "cni1", "10.89.0.0/16", filepath.Join(filepath.Dir(s.dataDir), "chain")),
+		sandbox.FullChain("chain", version, "cni1", "10.89.0.0/16", filepath.Join(filepath.Dir(s.dataDir), "chain")),
 	}
 	for _, l := range lists {
 		if err := os.WriteFile(filepath.Join(s.netDir, l.Name+".conflist"), l.JSON(), 0o644); err != nil {
@@ -445,7 +393,7 @@ func writeConflists(s *suite, version string) error {
 
 type bench struct {
 	o       options
-	r       *runner
+	r       *sandbox.Runner
 	cnitool string
 }
 
@@ -465,7 +413,7 @@ func (b *bench) addDel(s *suite, net string) (t timing, err error) {
 	if net == "floor" {
 		ifName = "lo"
 	}
-	env := cnitoolEnv(s.netDir, s.binDir, ifName, chainCaps(net, 30080))
+	env := sandbox.CNIToolEnv(s.netDir, s.binDir, ifName, chainCaps(net, 30080))
 	t.add, t.addCPU, err = b.exec(s.host, b.cnitool, env, nil, "add", confName(net), pod.Path())
 	if err != nil {
 		return t, fmt.Errorf("cnitool add %s (%s): %w", net, s.name, err)
@@ -474,21 +422,6 @@ func (b *bench) addDel(s *suite, net string) (t timing, err error) {
 		return t, fmt.Errorf("cnitool del %s (%s): %w", net, s.name, err)
 	}
 	return t, nil
-}
-
-// cnitoolEnv is cnitool's environment: where the conflists and plugins
-// are, the interface name, and the capability args (JSON) if any.
-func cnitoolEnv(netDir, binDir, ifName, caps string) []string {
-	env := []string{
-		"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-		"NETCONFPATH=" + netDir,
-		"CNI_PATH=" + binDir,
-		"CNI_IFNAME=" + ifName,
-	}
-	if caps != "" {
-		env = append(env, "CAP_ARGS="+caps)
-	}
-	return env
 }
 
 // bareRound times the bridge plugin executed directly, without cnitool:
@@ -529,7 +462,7 @@ func (b *bench) bareRound(s *suite, version string, out map[string]*series, time
 // exec runs a command on the runner thread inside ns and returns its wall
 // time and the CPU time of it and its children.
 func (b *bench) exec(ns *netns.Temp, path string, env []string, stdin []byte, args ...string) (wall, cpu time.Duration, err error) {
-	err = b.r.do(ns.NS, func() error {
+	err = b.r.Do(ns.NS, func() error {
 		cmd := exec.Command(path, args...)
 		cmd.Env = env
 		if stdin != nil {
@@ -549,15 +482,6 @@ func (b *bench) exec(ns *netns.Temp, path string, env []string, stdin []byte, ar
 		return nil
 	})
 	return wall, cpu, err
-}
-
-// cleanupMachineCache removes what cnitool left in /var/lib/cni when the
-// cache could not be private: DEL removes each result, so only the
-// directories remain, removed when empty.
-func cleanupMachineCache() {
-	for _, d := range []string{"/var/lib/cni/results", "/var/lib/cni"} {
-		_ = os.Remove(d) // only if empty
-	}
 }
 
 // loadAverage is the machine's 1-minute load average: the benchmark

@@ -70,10 +70,10 @@ func routedAddrs(h *netlink.Handle, network string) ([]net.IP, error) {
 		return nil, err
 	}
 	var out []net.IP
-	for _, l := range links {
-		routes, err := h.RouteList(l, netlink.FAMILY_ALL)
+	for _, o := range links {
+		routes, err := h.RouteList(o.Link, netlink.FAMILY_ALL)
 		if err != nil {
-			return nil, fmt.Errorf("list routes of %s: %w", l.Attrs().Name, err)
+			return nil, fmt.Errorf("list routes of %s: %w", o.Link.Attrs().Name, err)
 		}
 		for _, r := range routes {
 			if r.Dst != nil && r.Dst.IP.IsGlobalUnicast() {

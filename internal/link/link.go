@@ -88,23 +88,13 @@ func CreateVeth(host, cont *netlink.Handle, contNS *netns.NS, spec VethSpec) (*V
 		PeerHardwareAddr: spec.MAC,
 		PeerNamespace:    netlink.NsFd(contNS.Fd()),
 	}
-	if err := host.LinkAdd(v); err != nil {
+	h, err := CreateOwned(host, v, spec.Attachment)
+	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("create veth %s/%s: a link of that name already exists (in the host or the container)", name, spec.Attachment.IfName)
 		}
-		return nil, fmt.Errorf("create veth %s/%s: %w", name, spec.Attachment.IfName, err)
+		return nil, fmt.Errorf("veth %s/%s: %w", name, spec.Attachment.IfName, err)
 	}
-	h, err := host.LinkByName(name)
-	if err != nil {
-		_ = host.LinkDel(v)
-		return nil, fmt.Errorf("find new veth %s: %w", name, err)
-	}
-	// The kernel ignores an alias in a create request: set it after.
-	if err := host.LinkSetAlias(h, Alias(spec.Attachment)); err != nil {
-		_ = host.LinkDel(h)
-		return nil, fmt.Errorf("set alias of %s: %w", name, err)
-	}
-	h.Attrs().Alias = Alias(spec.Attachment)
 	c, err := cont.LinkByName(spec.Attachment.IfName)
 	if err != nil {
 		_ = host.LinkDel(h)
@@ -163,13 +153,14 @@ func DelHostLink(h *netlink.Handle, a cniplugin.Attachment) error {
 }
 
 // DelOwnedLink deletes the host link of that name if it is still there and
-// its alias says it belongs to the attachment.
+// its alias says it belongs to the attachment, or it has none (an ADD of
+// the attachment died before stamping it: the name is the identity's).
 func DelOwnedLink(h *netlink.Handle, name string, a cniplugin.Attachment) error {
 	l, err := h.LinkByName(name)
 	if err != nil {
 		return nil
 	}
-	if l.Attrs().Alias != Alias(a) {
+	if l.Attrs().Alias != Alias(a) && !isHalfMade(l) {
 		return nil
 	}
 	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
@@ -178,26 +169,33 @@ func DelOwnedLink(h *netlink.Handle, name string, a cniplugin.Attachment) error 
 	return nil
 }
 
-// HostLinks returns the host-side veths of a network's attachments with
-// the attachment each belongs to.
-func HostLinks(h *netlink.Handle, network string) (map[cniplugin.Attachment]netlink.Link, error) {
+// Owned is a host link and the attachment its alias names.
+type Owned struct {
+	Attachment cniplugin.Attachment
+	Link       netlink.Link
+}
+
+// HostLinks returns the host-side links (veths, ifbs) of a network's
+// attachments with the attachment each belongs to.
+func HostLinks(h *netlink.Handle, network string) ([]Owned, error) {
 	return OwnedLinks(h, HostPrefix, network)
 }
 
 // OwnedLinks returns the links whose name starts with prefix and whose
-// alias names an attachment of the network, by attachment.
-func OwnedLinks(h *netlink.Handle, prefix, network string) (map[cniplugin.Attachment]netlink.Link, error) {
+// alias names an attachment of the network. An attachment may own several
+// (its veth and its ifb share the alias).
+func OwnedLinks(h *netlink.Handle, prefix, network string) ([]Owned, error) {
 	links, err := h.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
-	out := map[cniplugin.Attachment]netlink.Link{}
+	var out []Owned
 	for _, l := range links {
 		if !strings.HasPrefix(l.Attrs().Name, prefix) {
 			continue
 		}
 		if a, ok := attachmentOfAlias(l.Attrs().Alias); ok && a.Network == network {
-			out[a] = l
+			out = append(out, Owned{Attachment: a, Link: l})
 		}
 	}
 	return out, nil
@@ -210,19 +208,26 @@ func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachme
 }
 
 // GCLinks deletes the links whose name starts with prefix and whose alias
-// names an attachment of the network for which keep returns false.
+// names an attachment of the network for which keep returns false, and
+// the podnet links of that prefix left without an alias by a plugin that
+// died creating them (of any network: none can be valid).
 func GCLinks(h *netlink.Handle, prefix, network string, keep func(cniplugin.Attachment) bool) error {
+	release, err := lockCreation(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer release()
 	links, err := OwnedLinks(h, prefix, network)
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for a, l := range links {
-		if keep(a) {
+	errs := []error{gcHalfMade(h, prefix)}
+	for _, o := range links {
+		if keep(o.Attachment) {
 			continue
 		}
-		if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+		if err := h.LinkDel(o.Link); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", o.Link.Attrs().Name, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -179,15 +179,44 @@ func TestGCHostLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 		ch.Close()
+		// A second host link of the attachment, created after its veth,
+		// as bandwidth's ifb is: it carries the same alias.
+		ifb := &netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: IfbName(a)}}
+		if err := p.hostH.LinkAdd(ifb); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.hostH.LinkSetAlias(ifb, Alias(a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Links an ADD killed before stamping them leaves: podnet's names, no
+	// alias (of any network: GC cannot tell, and none is valid); and a
+	// link of someone else's without an alias, which GC leaves alone.
+	halfA := cniplugin.Attachment{Network: "n3", ContainerID: "killed", IfName: "eth0"}
+	for _, l := range []netlink.Link{
+		&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostVethName(halfA)}, PeerName: "half-peer"},
+		&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: IfbName(halfA)}},
+		&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "other0"}, PeerName: "other1"},
+	} {
+		if err := p.hostH.LinkAdd(l); err != nil {
+			t.Fatal(err)
+		}
 	}
 	keep := func(a cniplugin.Attachment) bool { return a == keepA }
 	if err := GCHostLinks(p.hostH, "n1", keep); err != nil {
 		t.Fatal(err)
 	}
+	for name, want := range map[string]bool{HostVethName(halfA): false, IfbName(halfA): false, "other0": true} {
+		if _, err := p.hostH.LinkByName(name); (err == nil) != want {
+			t.Errorf("%s present=%v, want %v", name, err == nil, want)
+		}
+	}
 	for a, want := range map[cniplugin.Attachment]bool{keepA: true, dropA: false, otherA: true} {
-		_, err := p.hostH.LinkByName(HostVethName(a))
-		if (err == nil) != want {
-			t.Errorf("%v: present=%v, want %v", a, err == nil, want)
+		for _, name := range []string{HostVethName(a), IfbName(a)} {
+			_, err := p.hostH.LinkByName(name)
+			if (err == nil) != want {
+				t.Errorf("%v: %s present=%v, want %v", a, name, err == nil, want)
+			}
 		}
 	}
 	if err := DelHostLink(p.hostH, keepA); err != nil {
@@ -195,5 +224,16 @@ func TestGCHostLinks(t *testing.T) {
 	}
 	if _, err := p.hostH.LinkByName(HostVethName(keepA)); err == nil {
 		t.Error("DelHostLink left the link")
+	}
+	// DEL after an ADD killed before stamping the veth removes it too.
+	halfB := cniplugin.Attachment{Network: "n1", ContainerID: "killed2", IfName: "eth0"}
+	if err := p.hostH.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostVethName(halfB)}, PeerName: "half-peer2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := DelHostLink(p.hostH, halfB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.hostH.LinkByName(HostVethName(halfB)); err == nil {
+		t.Error("DelHostLink left the veth an ADD did not stamp")
 	}
 }

@@ -235,6 +235,35 @@ func PodnetRules(ns *netns.NS) ([]Rule, error) {
 	return out, nil
 }
 
+// IPTablesRules lists the iptables and ip6tables rules of a namespace as
+// iptables-save prints them ("-A CHAIN ..."), comments included, which
+// nft does not show for rules iptables-nft wrote. Without iptables-save
+// installed there are none to list.
+func IPTablesRules(ns *netns.NS) ([]string, error) {
+	var rules []string
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		path, err := exec.LookPath(tool)
+		if err != nil {
+			continue
+		}
+		var out, stderr bytes.Buffer
+		err = ns.Do(func() error {
+			cmd := exec.Command(path)
+			cmd.Stdout, cmd.Stderr = &out, &stderr
+			return cmd.Run()
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s in %s: %w: %s", tool, ns.Path(), err, stderr.String())
+		}
+		for _, line := range strings.Split(out.String(), "\n") {
+			if strings.HasPrefix(line, "-A ") {
+				rules = append(rules, line)
+			}
+		}
+	}
+	return rules, nil
+}
+
 // NFT runs the nft tool with args inside a namespace and returns its
 // output (observation and test set-up only).
 func NFT(ns *netns.NS, args ...string) ([]byte, error) { return nft(ns, args...) }
@@ -356,4 +385,65 @@ func RoundTrip(ns *netns.NS, addr, msg string) (string, error) {
 	buf := make([]byte, len(msg))
 	n, err := c.Read(buf)
 	return string(buf[:n]), err
+}
+
+// NodeState is what a node holds that its pods can leave behind: its
+// links other than lo and bridges (veths, ifbs), the number of its
+// nftables rules (the reference's iptables rules included where iptables
+// is iptables-nft), and the allocation records under a data directory.
+type NodeState struct {
+	Links   []string // "type name"
+	Rules   int
+	Records []string // "IPAM <ip>" or the path of another record
+}
+
+// TakeNodeState observes a node: its links and rules, and the records
+// Allocations finds under dataDir for ids.
+func TakeNodeState(ns *netns.NS, dataDir string, ids ...string) (NodeState, error) {
+	var st NodeState
+	links, err := Links(ns)
+	if err != nil {
+		return st, err
+	}
+	for _, l := range links {
+		if l.Type != "bridge" && l.Name != "lo" {
+			st.Links = append(st.Links, l.Type+" "+l.Name)
+		}
+	}
+	sort.Strings(st.Links)
+	rules, err := Rules(ns)
+	if err != nil {
+		return st, err
+	}
+	st.Rules = len(rules)
+	allocs, err := Allocations(dataDir, ids...)
+	if err != nil {
+		return st, fmt.Errorf("allocations under %s: %w", dataDir, err)
+	}
+	for _, a := range allocs {
+		if a.IP != "" {
+			st.Records = append(st.Records, "IPAM "+a.IP)
+		} else {
+			st.Records = append(st.Records, a.Path)
+		}
+	}
+	return st, nil
+}
+
+// Since describes what st has that before had not.
+func (st NodeState) Since(before NodeState) []string {
+	var out []string
+	had := map[string]bool{}
+	for _, x := range append(append([]string{}, before.Links...), before.Records...) {
+		had[x] = true
+	}
+	for _, x := range append(append([]string{}, st.Links...), st.Records...) {
+		if !had[x] {
+			out = append(out, x)
+		}
+	}
+	if d := st.Rules - before.Rules; d > 0 {
+		out = append(out, fmt.Sprintf("%d nftables rules", d))
+	}
+	return out
 }

@@ -77,27 +77,19 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 // what the host veth receives (the pod's egress) to it.
 func addEgress(s *attach.Session, hostLink netlink.Link, sh shaping) (netlink.Link, error) {
 	name := link.IfbName(s.ID)
-	err := s.Host.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{
+	ifb, err := link.CreateOwned(s.Host, &netlink.Ifb{LinkAttrs: netlink.LinkAttrs{
 		Name:   name,
 		MTU:    hostLink.Attrs().MTU,
 		TxQLen: hostLink.Attrs().TxQLen,
 		Flags:  net.FlagUp,
-	}})
+	}}, s.ID)
 	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("create ifb %s: a link of that name already exists (ADD twice without DEL?)", name)
 		}
-		return nil, fmt.Errorf("create ifb %s: %w", name, err)
-	}
-	ifb, err := s.Host.LinkByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("find new ifb %s: %w", name, err)
+		return nil, fmt.Errorf("ifb: %w", err)
 	}
 	s.OnFailure(func() { _ = s.Host.LinkDel(ifb) })
-	// The kernel ignores an alias in a create request: set it after.
-	if err := s.Host.LinkSetAlias(ifb, link.Alias(s.ID)); err != nil {
-		return nil, fmt.Errorf("set alias of %s: %w", name, err)
-	}
 	if err := s.Host.LinkSetUp(ifb); err != nil {
 		return nil, fmt.Errorf("set %s up: %w", name, err)
 	}
