@@ -25,9 +25,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
@@ -39,7 +37,7 @@ type options struct {
 	nodes, add, pods int
 	backend          cluster.Backend
 	agentBin, cniBin string
-	md, json         string
+	out              benchdoc.Output
 }
 
 func main() {
@@ -50,16 +48,9 @@ func main() {
 	flag.StringVar((*string)(&o.backend), "backend", string(cluster.Auto), "fabric backend: auto, host-gw or vxlan")
 	flag.StringVar(&o.agentBin, "agent-bin", "bin/podnet-agent", "podnet-agent binary")
 	flag.StringVar(&o.cniBin, "cni-bin", "bin/podnet-cni", "podnet-cni binary")
-	flag.StringVar(&o.md, "md", "", "write the report as a section of this Markdown file (other sections are kept)")
-	flag.StringVar(&o.json, "json", "", "write the figures as JSON to this file")
+	o.out.Flags()
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "agent:", err)
-		os.Exit(1)
-	}
+	benchdoc.Main("agent", func(ctx context.Context) error { return run(ctx, o) })
 }
 
 // Bars from VISION.md.
@@ -159,7 +150,7 @@ func run(ctx context.Context, o options) (err error) {
 	res.Took = time.Since(start).Round(time.Second)
 	text := report(res)
 	fmt.Print(text)
-	return benchdoc.Publish(o.md, "bench/agent", markdown(res, text), o.json, res)
+	return o.out.Publish("bench/agent", markdown(res, text), res)
 }
 
 func memoryOf(l *lab.Lab) []memory {

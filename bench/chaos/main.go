@@ -23,9 +23,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
@@ -40,7 +38,7 @@ type options struct {
 	reference         bool
 	cniBin, cnitool   string
 	refDir            string
-	md, json          string
+	out               benchdoc.Output
 }
 
 func main() {
@@ -54,16 +52,9 @@ func main() {
 	flag.StringVar(&o.cniBin, "cni-bin", "", "podnet-cni binary (default: $PODNET_CNI_BIN, else built)")
 	flag.StringVar(&o.cnitool, "cnitool", "", "cnitool binary (default: built from the cni module)")
 	flag.StringVar(&o.refDir, "ref", sandbox.ReferenceDir, "directory of the reference plugins")
-	flag.StringVar(&o.md, "md", "", "write the report as a section of this Markdown file (other sections are kept)")
-	flag.StringVar(&o.json, "json", "", "write the figures as JSON to this file")
+	o.out.Flags()
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "chaos:", err)
-		os.Exit(1)
-	}
+	benchdoc.Main("chaos", func(ctx context.Context) error { return run(ctx, o) })
 }
 
 // run is one chain of one suite.
@@ -138,7 +129,7 @@ func run(ctx context.Context, o options) error {
 	res.Took = time.Since(start).Round(time.Second)
 	text := report(res)
 	fmt.Print(text)
-	if err := benchdoc.Publish(o.md, "bench/chaos", markdown(res, text), o.json, res); err != nil {
+	if err := o.out.Publish("bench/chaos", markdown(res, text), res); err != nil {
 		return err
 	}
 	for _, r := range res.Runs {

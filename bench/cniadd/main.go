@@ -59,18 +59,14 @@ func main() {
 	flag.StringVar(&o.cnitool, "cnitool", "", "cnitool binary (default: built from the cni module)")
 	flag.StringVar(&o.podnetDir, "podnet-path", "", "use this CNI_PATH directory as the podnet side instead of podnet-cni (A/B runs, sanity checks)")
 	flag.StringVar(&o.refDir, "ref", sandbox.ReferenceDir, "directory of the reference plugins")
-	flag.StringVar(&o.md, "md", "", "also write the report as Markdown to this file (cniadd's section, between markers)")
-	flag.StringVar(&o.json, "json", "", "also write every figure, bar and verdict as JSON to this file")
+	o.out.Flags()
 	flag.IntVar(&o.profilePods, "profile-pods", 10, "pods per configuration of the per-plugin ADD profile (wall time, peak RSS; 0: none)")
 	flag.BoolVar(&o.bare, "bare", true, "also time the bare plugin execs (no cnitool): VERSION, and bridge ADD/DEL")
 	o.burst = sizes{100, 50}
 	flag.Var(&o.burst, "burst", "pods added at once in the burst, comma-separated sizes (0: no burst)")
 	flag.IntVar(&o.burstRounds, "burst-rounds", 3, "burst rounds per suite (the report takes the median)")
 	flag.Parse()
-	if err := run(o); err != nil {
-		fmt.Fprintln(os.Stderr, "cniadd:", err)
-		os.Exit(1)
-	}
+	benchdoc.Main("cniadd", func(ctx context.Context) error { return run(ctx, o) })
 }
 
 type options struct {
@@ -80,7 +76,7 @@ type options struct {
 	cnitool    string
 	refDir     string
 	podnetDir  string
-	md, json   string
+	out        benchdoc.Output
 	bare       bool
 
 	profilePods int
@@ -139,7 +135,7 @@ func (s *series) add(wall, cpu time.Duration) {
 	s.cpu = append(s.cpu, cpu)
 }
 
-func run(o options) (err error) {
+func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: creates network namespaces")
 	}
@@ -151,7 +147,6 @@ func run(o options) (err error) {
 		return fmt.Errorf("the reference plugins need iptables (apt-get install iptables): %w", err)
 	}
 	o.loadStart = loadAverage()
-	ctx := context.Background()
 	tmp, err := os.MkdirTemp("", "podnet-bench-")
 	if err != nil {
 		return err
@@ -304,7 +299,7 @@ func run(o options) (err error) {
 	j.Footprint, j.ADDProfile = &foot, profiles
 	j.LoadEnd = loadAverage()
 	os.Stdout.Write(rep.Bytes())
-	if err := benchdoc.Publish(o.md, "bench/cniadd", string(markdown(rep.String(), o)), o.json, j); err != nil {
+	if err := o.out.Publish("bench/cniadd", string(markdown(rep.String(), o)), j); err != nil {
 		return err
 	}
 	if burstErr != nil {

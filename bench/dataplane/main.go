@@ -29,7 +29,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
 	"syscall"
 	"time"
@@ -45,7 +44,7 @@ type options struct {
 	roundTrips       int
 	agentBin, cniBin string
 	reference        bool
-	md, json         string
+	out              benchdoc.Output
 }
 
 func main() {
@@ -57,19 +56,12 @@ func main() {
 	flag.StringVar(&o.agentBin, "agent-bin", "bin/podnet-agent", "podnet-agent binary")
 	flag.StringVar(&o.cniBin, "cni-bin", "bin/podnet-cni", "podnet-cni binary")
 	flag.BoolVar(&o.reference, "reference", true, "also measure the reference plugins' bridge and ptp (context, no bar)")
-	flag.StringVar(&o.md, "md", "", "write the report as a section of this Markdown file (other sections are kept)")
-	flag.StringVar(&o.json, "json", "", "write the figures as JSON to this file")
+	o.out.Flags()
 	flag.Parse()
 	if o.secs < 3 {
 		o.omit = 0
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "dataplane:", err)
-		os.Exit(1)
-	}
+	benchdoc.Main("dataplane", func(ctx context.Context) error { return run(ctx, o) })
 }
 
 // path is one measured path and its figures.
@@ -166,7 +158,7 @@ func run(ctx context.Context, o options) (err error) {
 	res.Took = time.Since(start).Round(time.Second)
 	text := report(res)
 	fmt.Print(text)
-	return benchdoc.Publish(o.md, "bench/dataplane", markdown(res, text), o.json, res)
+	return o.out.Publish("bench/dataplane", markdown(res, text), res)
 }
 
 // alternate returns the paths in order on even repetitions, reversed on

@@ -6,15 +6,19 @@ package benchdoc
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -170,16 +174,40 @@ func writeAtomic(path string, b []byte) error {
 	return nil
 }
 
-// Publish writes a benchmark's report: section as the Markdown section id
-// of the file md, and v as JSON to jsonPath; an empty path skips that form.
-func Publish(md, id, section, jsonPath string, v any) error {
-	if md != "" {
-		if err := WriteSection(md, id, section); err != nil {
+// Output is where a benchmark publishes its report: its section of a
+// Markdown file and its figures as a JSON file, each optional.
+type Output struct {
+	MD, JSON string
+}
+
+// Flags registers -md and -json on the default flag set.
+func (o *Output) Flags() {
+	flag.StringVar(&o.MD, "md", "", "write the report as a section of this Markdown file (other sections are kept)")
+	flag.StringVar(&o.JSON, "json", "", "write the figures as JSON to this file")
+}
+
+// Publish writes section as the benchmark id's section of o.MD and v as
+// JSON to o.JSON, each when set.
+func (o Output) Publish(id, section string, v any) error {
+	if o.MD != "" {
+		if err := WriteSection(o.MD, id, section); err != nil {
 			return err
 		}
 	}
-	if jsonPath != "" {
-		return WriteJSON(jsonPath, v)
+	if o.JSON != "" {
+		return WriteJSON(o.JSON, v)
 	}
 	return nil
+}
+
+// Main runs the benchmark called name after its flags are parsed: run's
+// context ends on SIGINT or SIGTERM; an error is printed and exits 1.
+func Main(name string, run func(context.Context) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
 }
