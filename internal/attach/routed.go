@@ -5,9 +5,11 @@ import (
 	"net"
 
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
+	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/link"
 )
 
@@ -20,25 +22,76 @@ import (
 // after the host end.
 const RoutedIdx = 1
 
-// RoutedVeth turns IP forwarding on for res's families and creates the
-// attachment's veth pair; res.Interfaces become the host end, then the
-// container's (RoutedIdx), and every address refers to the container's.
-func (s *Session) RoutedVeth(res *current.Result, mtu int) (*link.Veth, error) {
+// Routing is what a routed veth plugin decides in its ADD.
+type Routing struct {
+	// MTU of the veth (0: the kernel's default).
+	MTU int
+	// Shape turns IPAM's result into the pod's addresses, gateways and
+	// routes, before anything is created.
+	Shape func(res *current.Result) error
+	// OnLink makes the gateways reachable on the container's link l, once
+	// its addresses are on it and before the result's routes go via them.
+	OnLink func(h *netlink.Handle, l netlink.Link, res *current.Result) error
+	// Masquerade the pod's traffic that leaves through the host.
+	Masquerade bool
+}
+
+// AddRouted is ADD of a routed veth plugin: IPAM's addresses, shaped by r,
+// on the container end of a new veth pair (IP forwarding on for their
+// families), the result's routes via the gateways, and the host routing
+// each address to its end, which holds the gateways. The result lists the
+// host end, then the container's (RoutedIdx).
+func AddRouted(args *skel.CmdArgs, conf *cniplugin.NetConf, r Routing) (types.Result, error) {
+	s, err := Begin(args, conf)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+
+	res, err := s.AllocateIPs()
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Shape(res); err != nil {
+		return nil, err
+	}
 	if err := link.EnableForwarding(res.IPs); err != nil {
 		return nil, err
 	}
-	veth, err := s.CreateVeth(mtu, nil)
+	veth, err := s.CreateVeth(r.MTU, nil)
 	if err != nil {
 		return nil, err
 	}
 	res.Interfaces = []*current.Interface{
 		{Name: veth.Host.Attrs().Name, Mac: veth.Host.Attrs().HardwareAddr.String()},
-		{Name: s.Args.IfName, Mac: veth.Container.Attrs().HardwareAddr.String(), Sandbox: s.Args.Netns},
+		{Name: args.IfName, Mac: veth.Container.Attrs().HardwareAddr.String(), Sandbox: args.Netns},
 	}
 	for _, ipc := range res.IPs {
 		ipc.Interface = current.Int(RoutedIdx)
 	}
-	return veth, nil
+	cont := s.Iface(veth.Container)
+	addrs := *res
+	addrs.Routes = nil
+	if err := cont.Configure(&addrs, RoutedIdx, false); err != nil {
+		return nil, err
+	}
+	if err := r.OnLink(s.Cont, veth.Container, res); err != nil {
+		return nil, err
+	}
+	if err := cont.AddRoutes(res, RoutedIdx); err != nil {
+		return nil, err
+	}
+	if err := link.RouteToContainer(s.Host, veth.Host, res); err != nil {
+		return nil, err
+	}
+	if r.Masquerade {
+		if err := s.Masquerade(res.IPs); err != nil {
+			return nil, err
+		}
+	}
+	ApplyDNS(res, conf)
+	s.Done()
+	return res, nil
 }
 
 // RoutedTeardown returns the DEL, GC and STATUS verbs of a routed veth

@@ -55,6 +55,20 @@ func (i *Iface) Configure(res *current.Result, ifIndex int, dad bool) error {
 	if err := i.Handle.LinkSetUp(i.Link); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)
 	}
+	if err := i.AddRoutes(res, ifIndex); err != nil {
+		return err
+	}
+	if dad && hasV6 {
+		return i.waitDAD()
+	}
+	return nil
+}
+
+// AddRoutes adds the result's routes on the interface (result.Interfaces
+// index ifIndex); a route without a gateway goes via the gateway of the
+// interface's address of its family, or is on-link.
+func (i *Iface) AddRoutes(res *current.Result, ifIndex int) error {
+	name := i.Link.Attrs().Name
 	for _, r := range res.Routes {
 		gw := r.GW
 		if gw == nil {
@@ -73,9 +87,6 @@ func (i *Iface) Configure(res *current.Result, ifIndex int, dad bool) error {
 		if err := i.Handle.RouteReplace(route); err != nil {
 			return fmt.Errorf("add route %s via %v on %s: %w", r.Dst.String(), gw, name, err)
 		}
-	}
-	if dad && hasV6 {
-		return i.waitDAD()
 	}
 	return nil
 }

@@ -8,7 +8,6 @@
 package podnet
 
 import (
-	"errors"
 	"fmt"
 	"net"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/attach"
 	"github.com/podnet/podnet/internal/cniplugin"
@@ -78,43 +76,13 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := attach.Begin(args, &c.NetConf)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-
-	res, err := s.AllocateIPs()
-	if err != nil {
-		return nil, err
-	}
-	routed(res)
-	veth, err := s.RoutedVeth(res, c.MTU)
-	if err != nil {
-		return nil, err
-	}
-	// Addresses first: the routes need the link up and the gateway on it.
-	routes := res.Routes
-	res.Routes = nil
-	if err := s.Iface(veth.Container).Configure(res, attach.RoutedIdx, false); err != nil {
-		return nil, err
-	}
-	res.Routes = routes
-	if err := routeViaGateway(s.Cont, veth.Container, res); err != nil {
-		return nil, err
-	}
-	if err := link.RouteToContainer(s.Host, veth.Host, res); err != nil {
-		return nil, err
-	}
-	attach.ApplyDNS(res, &c.NetConf)
-	s.Done()
-	return res, nil
+	return attach.AddRouted(args, &c.NetConf, attach.Routing{MTU: c.MTU, Shape: routed, OnLink: gatewayOnLink})
 }
 
 // routed turns an IPAM result into the routed pod's: each address as a
 // host address with the link-local gateway of its family, and the routes
 // (a default route per family when IPAM gives none) through that gateway.
-func routed(res *current.Result) {
+func routed(res *current.Result) error {
 	v4, v6 := false, false
 	for _, ipc := range res.IPs {
 		ipc.Address = *link.HostNet(ipc.Address.IP)
@@ -140,28 +108,22 @@ func routed(res *current.Result) {
 		}
 	}
 	res.Routes = routes
+	return nil
 }
 
-// routeViaGateway gives the container an on-link route to its IPv4
-// gateway (the IPv6 one is link-local, on-link by definition) and then the
-// result's routes through it.
-func routeViaGateway(h *netlink.Handle, l netlink.Link, res *current.Result) error {
-	idx := l.Attrs().Index
+// gatewayOnLink gives the container an on-link route to its IPv4 gateway
+// (the IPv6 one is link-local, on-link by definition), so that the
+// result's routes can go via it.
+func gatewayOnLink(h *netlink.Handle, l netlink.Link, res *current.Result) error {
 	for _, ipc := range res.IPs {
 		if ipc.Address.IP.To4() == nil {
 			continue
 		}
-		r := &netlink.Route{LinkIndex: idx, Dst: link.HostNet(Gateway4), Scope: netlink.SCOPE_LINK, Src: ipc.Address.IP}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: link.HostNet(Gateway4), Scope: netlink.SCOPE_LINK, Src: ipc.Address.IP}
 		if err := h.RouteReplace(r); err != nil {
 			return fmt.Errorf("add route to gateway %s: %w", Gateway4, err)
 		}
-		break
-	}
-	for _, rt := range res.Routes {
-		r := &netlink.Route{LinkIndex: idx, Dst: &rt.Dst, Gw: rt.GW}
-		if err := h.RouteReplace(r); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add route %s via %s: %w", rt.Dst.String(), rt.GW, err)
-		}
+		return nil
 	}
 	return nil
 }

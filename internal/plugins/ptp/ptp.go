@@ -63,42 +63,20 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if err := attach.CheckMasqBackend(c.IPMasq, c.IPMasqBackend); err != nil {
 		return nil, err
 	}
-	s, err := attach.Begin(args, &c.NetConf)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
+	return attach.AddRouted(args, &c.NetConf, attach.Routing{
+		MTU: c.MTU, Shape: needGateways, OnLink: routeViaGateway, Masquerade: c.IPMasq,
+	})
+}
 
-	res, err := s.AllocateIPs()
-	if err != nil {
-		return nil, err
-	}
+// needGateways keeps IPAM's result as it is: the container gets each
+// address with its subnet's prefix; every address needs its gateway.
+func needGateways(res *current.Result) error {
 	for _, ipc := range res.IPs {
 		if ipc.Gateway == nil {
-			return nil, cniplugin.Invalid("ptp needs a gateway for %s from IPAM", ipc.Address.String())
+			return cniplugin.Invalid("ptp needs a gateway for %s from IPAM", ipc.Address.String())
 		}
 	}
-	veth, err := s.RoutedVeth(res, c.MTU)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Iface(veth.Container).Configure(res, attach.RoutedIdx, false); err != nil {
-		return nil, err
-	}
-	if err := routeViaGateway(s.Cont, veth.Container, res); err != nil {
-		return nil, err
-	}
-	if err := link.RouteToContainer(s.Host, veth.Host, res); err != nil {
-		return nil, err
-	}
-	if c.IPMasq {
-		if err := s.Masquerade(res.IPs); err != nil {
-			return nil, err
-		}
-	}
-	attach.ApplyDNS(res, &c.NetConf)
-	s.Done()
-	return res, nil
+	return nil
 }
 
 // routeViaGateway replaces the container's on-link subnet route with a host
