@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -29,7 +31,7 @@ type Session struct {
 	Ctx  context.Context
 	Args *skel.CmdArgs
 	Conf *cniplugin.NetConf
-	ID   cniplugin.Attachment
+	ID   attachment.ID
 	// NS is the container's namespace; Host and Cont are netlink handles in
 	// the host's (the caller's) and the container's namespace.
 	NS   *netns.NS
@@ -208,7 +210,7 @@ func Del(args *skel.CmdArgs, conf *cniplugin.NetConf) error {
 // GC removes the links, rules and addresses of every attachment of the
 // network that the runtime no longer lists as valid.
 func GC(args *skel.CmdArgs, conf *cniplugin.NetConf) error {
-	keep := func(a cniplugin.Attachment) bool { return conf.KeepsAttachment(a) }
+	keep := func(a attachment.ID) bool { return conf.KeepsAttachment(a) }
 	var errs []error
 	if h, err := netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
 		errs = append(errs, fmt.Errorf("netlink: %w", err))

@@ -7,6 +7,8 @@ import (
 	"net"
 	"strings"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -93,7 +95,7 @@ func (n *NetConf) Prev() (*current.Result, error) {
 
 // KeepsAttachment tells GC whether an attachment is still valid: it is
 // listed in cni.dev/valid-attachments or the legacy cni.dev/attachments.
-func (n *NetConf) KeepsAttachment(a Attachment) bool {
+func (n *NetConf) KeepsAttachment(a attachment.ID) bool {
 	for _, lists := range [][]types.GCAttachment{n.ValidAttachments, n.LegacyAttachments} {
 		for _, v := range lists {
 			if v.ContainerID == a.ContainerID && v.IfName == a.IfName {
@@ -104,32 +106,9 @@ func (n *NetConf) KeepsAttachment(a Attachment) bool {
 	return false
 }
 
-// Attachment is the identity of one attachment of a container to a network:
-// every allocation, link and rule podnet makes carries it, so DEL and GC find
-// them even when the container's netns is gone.
-type Attachment struct {
-	Network     string
-	ContainerID string
-	IfName      string
-}
-
 // AttachmentOf returns the identity of the attachment a call is about.
-func AttachmentOf(network string, args *skel.CmdArgs) Attachment {
-	return Attachment{Network: network, ContainerID: args.ContainerID, IfName: args.IfName}
-}
-
-// String is the attachment's canonical text: network/containerID/ifname.
-func (a Attachment) String() string {
-	return a.Network + "/" + a.ContainerID + "/" + a.IfName
-}
-
-// ParseAttachment is the inverse of String.
-func ParseAttachment(s string) (Attachment, error) {
-	parts := strings.SplitN(s, "/", 3)
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
-		return Attachment{}, fmt.Errorf("malformed attachment %q", s)
-	}
-	return Attachment{Network: parts[0], ContainerID: parts[1], IfName: parts[2]}, nil
+func AttachmentOf(network string, args *skel.CmdArgs) attachment.ID {
+	return attachment.ID{Network: network, ContainerID: args.ContainerID, IfName: args.IfName}
 }
 
 // CommonArgs are the CNI_ARGS keys podnet understands; unknown keys are

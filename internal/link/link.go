@@ -12,6 +12,8 @@ import (
 	"net"
 	"strings"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -32,28 +34,28 @@ const IfbPrefix = HostPrefix + "i"
 // OwnedName is the name of a host link of an attachment: prefix followed
 // by a hash of the attachment identity, so DEL and GC find it without the
 // container. prefix must be at most 3 bytes to fit IFNAMSIZ.
-func OwnedName(prefix string, a cniplugin.Attachment) string {
+func OwnedName(prefix string, a attachment.ID) string {
 	sum := sha256.Sum256([]byte(a.String()))
 	return prefix + hex.EncodeToString(sum[:6])
 }
 
 // HostVethName is the host-side name of an attachment's veth.
-func HostVethName(a cniplugin.Attachment) string { return OwnedName(HostPrefix, a) }
+func HostVethName(a attachment.ID) string { return OwnedName(HostPrefix, a) }
 
 // IfbName is the name of an attachment's ifb device.
-func IfbName(a cniplugin.Attachment) string { return OwnedName(IfbPrefix, a) }
+func IfbName(a attachment.ID) string { return OwnedName(IfbPrefix, a) }
 
 // Alias is the interface alias that records which attachment a host link
 // belongs to.
-func Alias(a cniplugin.Attachment) string { return aliasPrefix + a.String() }
+func Alias(a attachment.ID) string { return aliasPrefix + a.String() }
 
 // attachmentOfAlias parses an alias written by Alias.
-func attachmentOfAlias(alias string) (cniplugin.Attachment, bool) {
+func attachmentOfAlias(alias string) (attachment.ID, bool) {
 	s, ok := strings.CutPrefix(alias, aliasPrefix)
 	if !ok {
-		return cniplugin.Attachment{}, false
+		return attachment.ID{}, false
 	}
-	a, err := cniplugin.ParseAttachment(s)
+	a, err := attachment.Parse(s)
 	return a, err == nil
 }
 
@@ -65,7 +67,7 @@ type Veth struct {
 
 // VethSpec describes the pair to create.
 type VethSpec struct {
-	Attachment cniplugin.Attachment
+	Attachment attachment.ID
 	MTU        int
 	// MAC is the container side's hardware address; nil lets the kernel pick.
 	MAC net.HardwareAddr
@@ -148,14 +150,14 @@ func DelContainerLink(netnsPath, ifName string) ([]*net.IPNet, error) {
 }
 
 // DelHostLink deletes an attachment's host-side veth if it is still there.
-func DelHostLink(h *netlink.Handle, a cniplugin.Attachment) error {
+func DelHostLink(h *netlink.Handle, a attachment.ID) error {
 	return DelOwnedLink(h, HostVethName(a), a)
 }
 
 // DelOwnedLink deletes the host link of that name if it is still there and
 // its alias says it belongs to the attachment, or it has none (an ADD of
 // the attachment died before stamping it: the name is the identity's).
-func DelOwnedLink(h *netlink.Handle, name string, a cniplugin.Attachment) error {
+func DelOwnedLink(h *netlink.Handle, name string, a attachment.ID) error {
 	l, err := h.LinkByName(name)
 	if err != nil {
 		return nil
@@ -171,7 +173,7 @@ func DelOwnedLink(h *netlink.Handle, name string, a cniplugin.Attachment) error 
 
 // Owned is a host link and the attachment its alias names.
 type Owned struct {
-	Attachment cniplugin.Attachment
+	Attachment attachment.ID
 	Link       netlink.Link
 }
 
@@ -203,7 +205,7 @@ func OwnedLinks(h *netlink.Handle, prefix, network string) ([]Owned, error) {
 
 // GCHostLinks deletes host-side links of a network's attachments for which
 // keep returns false.
-func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachment) bool) error {
+func GCHostLinks(h *netlink.Handle, network string, keep func(attachment.ID) bool) error {
 	return GCLinks(h, HostPrefix, network, keep)
 }
 
@@ -211,7 +213,7 @@ func GCHostLinks(h *netlink.Handle, network string, keep func(cniplugin.Attachme
 // names an attachment of the network for which keep returns false, and
 // the podnet links of that prefix left without an alias by a plugin that
 // died creating them (of any network: none can be valid).
-func GCLinks(h *netlink.Handle, prefix, network string, keep func(cniplugin.Attachment) bool) error {
+func GCLinks(h *netlink.Handle, prefix, network string, keep func(attachment.ID) bool) error {
 	release, err := lockCreation(unix.LOCK_EX)
 	if err != nil {
 		return err

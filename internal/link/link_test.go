@@ -5,12 +5,13 @@ import (
 	"os"
 	"testing"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -57,7 +58,7 @@ func mustCIDR(t *testing.T, s string) net.IPNet {
 }
 
 func TestHostVethName(t *testing.T) {
-	a := cniplugin.Attachment{Network: "net", ContainerID: "c1", IfName: "eth0"}
+	a := attachment.ID{Network: "net", ContainerID: "c1", IfName: "eth0"}
 	b := a
 	b.IfName = "eth1"
 	if HostVethName(a) == HostVethName(b) {
@@ -74,7 +75,7 @@ func TestHostVethName(t *testing.T) {
 
 func TestVethConfigureAndDelete(t *testing.T) {
 	p := newPair(t)
-	a := cniplugin.Attachment{Network: "n1", ContainerID: "c1", IfName: "eth0"}
+	a := attachment.ID{Network: "n1", ContainerID: "c1", IfName: "eth0"}
 	mac, _ := net.ParseMAC("0a:58:0a:01:02:03")
 	v, err := CreateVeth(p.hostH, p.contH, p.cont.NS, VethSpec{Attachment: a, MTU: 1400, MAC: mac})
 	if err != nil {
@@ -142,7 +143,7 @@ func TestVethConfigureAndDelete(t *testing.T) {
 
 func TestConfigureWithDAD(t *testing.T) {
 	p := newPair(t)
-	a := cniplugin.Attachment{Network: "n1", ContainerID: "dad", IfName: "eth0"}
+	a := attachment.ID{Network: "n1", ContainerID: "dad", IfName: "eth0"}
 	v, err := CreateVeth(p.hostH, p.contH, p.cont.NS, VethSpec{Attachment: a})
 	if err != nil {
 		t.Fatal(err)
@@ -162,10 +163,10 @@ func TestConfigureWithDAD(t *testing.T) {
 
 func TestGCHostLinks(t *testing.T) {
 	p := newPair(t)
-	keepA := cniplugin.Attachment{Network: "n1", ContainerID: "keep", IfName: "eth0"}
-	dropA := cniplugin.Attachment{Network: "n1", ContainerID: "drop", IfName: "eth0"}
-	otherA := cniplugin.Attachment{Network: "n2", ContainerID: "other", IfName: "eth0"}
-	for _, a := range []cniplugin.Attachment{keepA, dropA, otherA} {
+	keepA := attachment.ID{Network: "n1", ContainerID: "keep", IfName: "eth0"}
+	dropA := attachment.ID{Network: "n1", ContainerID: "drop", IfName: "eth0"}
+	otherA := attachment.ID{Network: "n2", ContainerID: "other", IfName: "eth0"}
+	for _, a := range []attachment.ID{keepA, dropA, otherA} {
 		c, err := netns.NewTemp("pnlink-gc")
 		if err != nil {
 			t.Fatal(err)
@@ -192,7 +193,7 @@ func TestGCHostLinks(t *testing.T) {
 	// Links an ADD killed before stamping them leaves: podnet's names, no
 	// alias (of any network: GC cannot tell, and none is valid); and a
 	// link of someone else's without an alias, which GC leaves alone.
-	halfA := cniplugin.Attachment{Network: "n3", ContainerID: "killed", IfName: "eth0"}
+	halfA := attachment.ID{Network: "n3", ContainerID: "killed", IfName: "eth0"}
 	for _, l := range []netlink.Link{
 		&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostVethName(halfA)}, PeerName: "half-peer"},
 		&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: IfbName(halfA)}},
@@ -202,7 +203,7 @@ func TestGCHostLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	keep := func(a cniplugin.Attachment) bool { return a == keepA }
+	keep := func(a attachment.ID) bool { return a == keepA }
 	if err := GCHostLinks(p.hostH, "n1", keep); err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +212,7 @@ func TestGCHostLinks(t *testing.T) {
 			t.Errorf("%s present=%v, want %v", name, err == nil, want)
 		}
 	}
-	for a, want := range map[cniplugin.Attachment]bool{keepA: true, dropA: false, otherA: true} {
+	for a, want := range map[attachment.ID]bool{keepA: true, dropA: false, otherA: true} {
 		for _, name := range []string{HostVethName(a), IfbName(a)} {
 			_, err := p.hostH.LinkByName(name)
 			if (err == nil) != want {
@@ -226,7 +227,7 @@ func TestGCHostLinks(t *testing.T) {
 		t.Error("DelHostLink left the link")
 	}
 	// DEL after an ADD killed before stamping the veth removes it too.
-	halfB := cniplugin.Attachment{Network: "n1", ContainerID: "killed2", IfName: "eth0"}
+	halfB := attachment.ID{Network: "n1", ContainerID: "killed2", IfName: "eth0"}
 	if err := p.hostH.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostVethName(halfB)}, PeerName: "half-peer2"}); err != nil {
 		t.Fatal(err)
 	}

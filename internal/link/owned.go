@@ -7,10 +7,10 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/podnet/podnet/internal/cniplugin"
 )
 
 // The kernel ignores an alias in a create request, so a host link exists
@@ -55,7 +55,7 @@ func lockCreation(how int) (release func(), err error) {
 // stamps it with the attachment's alias, under the creation lock, and
 // returns it as the kernel has it. Creation errors wrap the kernel's
 // (unix.EEXIST for a name taken); on a later failure the link is deleted.
-func CreateOwned(h *netlink.Handle, l netlink.Link, a cniplugin.Attachment) (netlink.Link, error) {
+func CreateOwned(h *netlink.Handle, l netlink.Link, a attachment.ID) (netlink.Link, error) {
 	release, err := lockCreation(unix.LOCK_SH)
 	if err != nil {
 		return nil, err

@@ -5,9 +5,9 @@ import (
 	"net"
 	"testing"
 
-	"github.com/google/nftables"
+	"github.com/podnet/podnet/internal/attachment"
 
-	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/google/nftables"
 )
 
 // TestLargeBatches adds and removes thousands of rules in single
@@ -60,7 +60,7 @@ func TestLargeBatches(t *testing.T) {
 	if err := c.CheckMacSpoofCheck(last, fmt.Sprintf("veth%04d", n), net.HardwareAddr{2, 0, 0, 0x53, byte(n / 256), byte(n)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.GC("big", func(a cniplugin.Attachment) bool { return a == last }); err != nil {
+	if err := c.GC("big", func(a attachment.ID) bool { return a == last }); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := owners(t, c), []string{"macspoofchk " + last.String(), "masquerade " + last.String()}; !equal(got, want) {

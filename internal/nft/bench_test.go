@@ -6,7 +6,8 @@ import (
 	"os"
 	"testing"
 
-	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -26,12 +27,12 @@ func BenchmarkPluginADDDEL(b *testing.B) {
 			}
 			defer c.Close()
 			for i := 0; i < existing; i++ {
-				a := cniplugin.Attachment{Network: "bench", ContainerID: fmt.Sprintf("old%04d", i), IfName: "eth0"}
+				a := attachment.ID{Network: "bench", ContainerID: fmt.Sprintf("old%04d", i), IfName: "eth0"}
 				if err := c.AddMasquerade(a, []*net.IPNet{{IP: net.IPv4(10, 60, byte(i/256), byte(i)), Mask: net.CIDRMask(16, 32)}}); err != nil {
 					b.Fatal(err)
 				}
 			}
-			a := cniplugin.Attachment{Network: "bench", ContainerID: "new", IfName: "eth0"}
+			a := attachment.ID{Network: "bench", ContainerID: "new", IfName: "eth0"}
 			ips := []*net.IPNet{{IP: net.IPv4(10, 61, 0, 2), Mask: net.CIDRMask(16, 32)}}
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {

@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podnet/podnet/internal/cniplugin"
@@ -47,7 +49,7 @@ func TestLosingEveryRaceIsTryAgainLater(t *testing.T) {
 // racingDel deletes a's rules in one transaction, running between (with
 // the build's number) after each listing, before the batch is sent; it
 // returns how many times the batch was built.
-func racingDel(t *testing.T, c *Conn, a cniplugin.Attachment, between func(build int)) (int, error) {
+func racingDel(t *testing.T, c *Conn, a attachment.ID, between func(build int)) (int, error) {
 	t.Helper()
 	builds := 0
 	err := c.transact(func() (bool, error) {

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/attachment"
 )
 
 // TestConcurrentAddDel runs 20 plugins at once in one namespace, each with
@@ -75,7 +75,7 @@ func TestConcurrentDelSameRules(t *testing.T) {
 	ns := tempNS(t, "nfttest")
 	c := connIn(t, ns)
 	const pods = 30
-	var all []cniplugin.Attachment
+	var all []attachment.ID
 	for i := 0; i < pods; i++ {
 		a := att("conc", fmt.Sprintf("pod%02d", i), "eth0")
 		all = append(all, a)
@@ -100,7 +100,7 @@ func TestConcurrentDelSameRules(t *testing.T) {
 			}
 			defer c.Close()
 			if w%4 == 3 {
-				errs <- c.GC("conc", func(cniplugin.Attachment) bool { return false })
+				errs <- c.GC("conc", func(attachment.ID) bool { return false })
 				return
 			}
 			for i := range all {
@@ -128,7 +128,7 @@ func TestStaleListingRetried(t *testing.T) {
 	ns := tempNS(t, "nfttest")
 	c, other := connIn(t, ns), connIn(t, ns)
 	a, b := att("stale", "pod1", "eth0"), att("stale", "pod2", "eth0")
-	for i, x := range []cniplugin.Attachment{a, b} {
+	for i, x := range []attachment.ID{a, b} {
 		if err := c.AddMasquerade(x, []*net.IPNet{{IP: net.IPv4(10, 52, 0, byte(i+2)), Mask: net.CIDRMask(24, 32)}}); err != nil {
 			t.Fatal(err)
 		}

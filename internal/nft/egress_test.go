@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/attachment"
 )
 
 func TestSyncEgress(t *testing.T) {
@@ -44,7 +44,7 @@ func TestSyncEgress(t *testing.T) {
 		}
 	}
 	// A plugin's GC of every attachment leaves the agent's rules alone.
-	if err := c.GC("net1", func(cniplugin.Attachment) bool { return false }); err != nil {
+	if err := c.GC("net1", func(attachment.ID) bool { return false }); err != nil {
 		t.Fatal(err)
 	}
 	if wrote, err := c.SyncEgress(cidrs(t, "10.244.0.0/16", "fd00:10:244::/56")); err != nil || wrote {

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
-
-	"github.com/podnet/podnet/internal/cniplugin"
 )
 
 // The firewall plugin's chains:
@@ -120,7 +120,7 @@ type Firewall struct {
 // AddFirewall makes the attachment's firewall rules exactly those for f,
 // in one transaction, across the admission and isolation chains: an
 // attachment added again, even with another policy, keeps one set.
-func (c *Conn) AddFirewall(a cniplugin.Attachment, f Firewall) error {
+func (c *Conn) AddFirewall(a attachment.ID, f Firewall) error {
 	sets, err := firewallRules(f)
 	if err != nil {
 		return err
@@ -133,7 +133,7 @@ func (c *Conn) AddFirewall(a cniplugin.Attachment, f Firewall) error {
 
 // CheckFirewall returns an error unless every rule AddFirewall would
 // install for the attachment and f is present.
-func (c *Conn) CheckFirewall(a cniplugin.Attachment, f Firewall) error {
+func (c *Conn) CheckFirewall(a attachment.ID, f Firewall) error {
 	sets, err := firewallRules(f)
 	if err != nil {
 		return err
@@ -262,7 +262,7 @@ func metaCmp(key expr.MetaKey, op expr.CmpOp, data []byte) []expr.Any {
 // DelFirewall removes the attachment's rules from the firewall chains
 // only, in one transaction; rules other features added for the same
 // attachment stay. It needs nothing but the identity.
-func (c *Conn) DelFirewall(a cniplugin.Attachment) error {
+func (c *Conn) DelFirewall(a attachment.ID) error {
 	sets, err := firewallRules(Firewall{})
 	if err != nil {
 		return err

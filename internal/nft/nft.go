@@ -29,7 +29,7 @@
 // # Identity
 //
 // Every rule carries the identity of the attachment it belongs to
-// (cniplugin.Attachment.String(): network/containerID/ifname) as its
+// (attachment.ID.String(): network/containerID/ifname) as its
 // comment, in the userdata TLV format of libnftnl, so `nft list ruleset`
 // shows it. DelAttachment and GC find rules by that comment alone, in any
 // chain of any podnet table, so they need neither the pod's namespace nor
@@ -53,6 +53,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+
+	"github.com/podnet/podnet/internal/attachment"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/nftables"
@@ -201,7 +203,7 @@ func (c *Conn) Close() error {
 // tables, whatever feature added it, in one transaction. It needs nothing
 // but the attachment's identity (not the pod's namespace, not the result
 // of ADD), and succeeds when there is nothing to remove.
-func (c *Conn) DelAttachment(a cniplugin.Attachment) error {
+func (c *Conn) DelAttachment(a attachment.ID) error {
 	id := a.String()
 	err := c.transact(func() (bool, error) {
 		rules, err := c.listAll()
@@ -220,14 +222,14 @@ func (c *Conn) DelAttachment(a cniplugin.Attachment) error {
 // for which keep returns false. Rules of other networks and rules without
 // an attachment identity are left alone. keep runs with c locked and must
 // not call c.
-func (c *Conn) GC(network string, keep func(cniplugin.Attachment) bool) error {
+func (c *Conn) GC(network string, keep func(attachment.ID) bool) error {
 	err := c.transact(func() (bool, error) {
 		rules, err := c.listAll()
 		if err != nil {
 			return false, err
 		}
 		return c.queueDeletes(rules, func(r ruleRef) bool {
-			a, err := cniplugin.ParseAttachment(r.comment)
+			a, err := attachment.Parse(r.comment)
 			return err == nil && a.Network == network && !keep(a)
 		})
 	})
@@ -241,7 +243,7 @@ func (c *Conn) GC(network string, keep func(cniplugin.Attachment) bool) error {
 // transaction that also creates the chain's table and the chain unless the
 // listing showed the chain exists (it had rules): re-adding an existing
 // base chain costs the kernel more than the rest of the batch.
-func (c *Conn) replace(chain *nftables.Chain, a cniplugin.Attachment, rules []*nftables.Rule) error {
+func (c *Conn) replace(chain *nftables.Chain, a attachment.ID, rules []*nftables.Rule) error {
 	return c.replaceChains(a, []chainRules{{chain, rules}})
 }
 
@@ -257,7 +259,7 @@ type chainRules struct {
 // listed without rules only loses the attachment's old ones. Chains are
 // created before any rule is added, so a rule may jump to a chain created
 // in the same batch.
-func (c *Conn) replaceChains(a cniplugin.Attachment, sets []chainRules) error {
+func (c *Conn) replaceChains(a attachment.ID, sets []chainRules) error {
 	id := a.String()
 	comment, err := commentOf(a)
 	if err != nil {
@@ -387,9 +389,9 @@ func (c *Conn) sizeBuffers() {
 }
 
 // commentOf returns the attachment's identity as rule userdata.
-func commentOf(a cniplugin.Attachment) ([]byte, error) {
+func commentOf(a attachment.ID) ([]byte, error) {
 	id := a.String()
-	if _, err := cniplugin.ParseAttachment(id); err != nil {
+	if _, err := attachment.Parse(id); err != nil {
 		return nil, fmt.Errorf("invalid attachment identity: %w", err)
 	}
 	if len(id) > maxCommentLen {

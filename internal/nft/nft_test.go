@@ -11,10 +11,11 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
-	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -75,8 +76,8 @@ func mac(t *testing.T, s string) net.HardwareAddr {
 	return m
 }
 
-func att(network, id, ifname string) cniplugin.Attachment {
-	return cniplugin.Attachment{Network: network, ContainerID: id, IfName: ifname}
+func att(network, id, ifname string) attachment.ID {
+	return attachment.ID{Network: network, ContainerID: id, IfName: ifname}
 }
 
 // owners lists the comment of every rule in every podnet table, sorted,
@@ -272,7 +273,7 @@ func TestDelAttachmentRemovesEveryFeature(t *testing.T) {
 	c := connIn(t, ns)
 	a, b := att("net1", "c1", "eth0"), att("net1", "c2", "eth0")
 	for _, x := range []struct {
-		a   cniplugin.Attachment
+		a   attachment.ID
 		ip  string
 		dev string
 		mac string
@@ -307,7 +308,7 @@ func TestDelUnknownAttachment(t *testing.T) {
 	if err := c.DelAttachment(a); err != nil {
 		t.Fatalf("DEL without tables: %v", err)
 	}
-	if err := c.GC("net1", func(cniplugin.Attachment) bool { return false }); err != nil {
+	if err := c.GC("net1", func(attachment.ID) bool { return false }); err != nil {
 		t.Fatalf("GC without tables: %v", err)
 	}
 	// Tables exist, with another attachment's rules.
@@ -328,7 +329,7 @@ func TestGC(t *testing.T) {
 	c := connIn(t, ns)
 	stale1, valid, stale2 := att("net1", "c1", "eth0"), att("net1", "c2", "eth0"), att("net1", "c3", "net1")
 	otherNet := att("net2", "c1", "eth0")
-	for i, a := range []cniplugin.Attachment{stale1, valid, stale2, otherNet} {
+	for i, a := range []attachment.ID{stale1, valid, stale2, otherNet} {
 		if err := c.AddMasquerade(a, cidrs(t, fmt.Sprintf("10.1.0.%d/24", i+2), fmt.Sprintf("fd00::%d/64", i+2))); err != nil {
 			t.Fatal(err)
 		}
@@ -341,7 +342,7 @@ func TestGC(t *testing.T) {
 
 	var asked []string
 	var mu sync.Mutex
-	keep := func(a cniplugin.Attachment) bool {
+	keep := func(a attachment.ID) bool {
 		mu.Lock()
 		asked = append(asked, a.String())
 		mu.Unlock()
@@ -366,7 +367,7 @@ func TestGC(t *testing.T) {
 		t.Fatalf("after GC rules are\n%q\nwant\n%q", got, want)
 	}
 	// GC with everything valid changes nothing.
-	if err := c.GC("net1", func(cniplugin.Attachment) bool { return true }); err != nil {
+	if err := c.GC("net1", func(attachment.ID) bool { return true }); err != nil {
 		t.Fatal(err)
 	}
 	if got := owners(t, c); !equal(got, want) {
@@ -502,7 +503,7 @@ func TestCommentRoundTrip(t *testing.T) {
 	if got := commentFrom(ud); got != a.String() {
 		t.Fatalf("comment %q, want %q", got, a.String())
 	}
-	back, err := cniplugin.ParseAttachment(commentFrom(ud))
+	back, err := attachment.Parse(commentFrom(ud))
 	if err != nil || back != a {
 		t.Fatalf("ParseAttachment = %v, %v", back, err)
 	}

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
-
-	"github.com/podnet/podnet/internal/cniplugin"
 )
 
 // Chains of the portmap plugin, in the inet podnet table.
@@ -75,7 +75,7 @@ type PortMap struct {
 // output chains, the mark rules before them and the masquerade rules in
 // postrouting. Nothing is created (no table, no chain) when maps hold no
 // mapping.
-func (c *Conn) AddPortMaps(a cniplugin.Attachment, maps []PortMap) error {
+func (c *Conn) AddPortMaps(a attachment.ID, maps []PortMap) error {
 	want, n, err := portMapRules(maps)
 	if err != nil {
 		return err
@@ -91,7 +91,7 @@ func (c *Conn) AddPortMaps(a cniplugin.Attachment, maps []PortMap) error {
 
 // CheckPortMaps returns an error unless every rule AddPortMaps would
 // install for the attachment and maps is present.
-func (c *Conn) CheckPortMaps(a cniplugin.Attachment, maps []PortMap) error {
+func (c *Conn) CheckPortMaps(a attachment.ID, maps []PortMap) error {
 	want, _, err := portMapRules(maps)
 	if err != nil {
 		return err
@@ -120,7 +120,7 @@ type Forward struct {
 // those, in one transaction. It needs nothing but the attachment's
 // identity, and returns the forwardings it removed (read from the rules
 // themselves), so that their conntrack entries can be flushed.
-func (c *Conn) DelPortMaps(a cniplugin.Attachment) ([]Forward, error) {
+func (c *Conn) DelPortMaps(a attachment.ID) ([]Forward, error) {
 	id := a.String()
 	var removed []Forward
 	err := c.transact(func() (bool, error) {
@@ -157,7 +157,7 @@ func (c *Conn) DelPortMaps(a cniplugin.Attachment) ([]Forward, error) {
 // GCPortMaps removes, in one transaction, the port forwarding rules of
 // every attachment of network for which keep returns false. keep runs
 // with c locked and must not call c.
-func (c *Conn) GCPortMaps(network string, keep func(cniplugin.Attachment) bool) error {
+func (c *Conn) GCPortMaps(network string, keep func(attachment.ID) bool) error {
 	err := c.transact(func() (bool, error) {
 		queued := false
 		for _, ch := range portMapChains {
@@ -166,7 +166,7 @@ func (c *Conn) GCPortMaps(network string, keep func(cniplugin.Attachment) bool) 
 				return false, err
 			}
 			q, err := c.queueDeletes(rules, func(r ruleRef) bool {
-				a, err := cniplugin.ParseAttachment(r.comment)
+				a, err := attachment.Parse(r.comment)
 				return err == nil && a.Network == network && !keep(a)
 			})
 			if err != nil {

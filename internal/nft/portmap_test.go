@@ -6,9 +6,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/sandbox"
 )
@@ -121,13 +122,13 @@ func TestPortMapsLifecycle(t *testing.T) {
 		t.Error("check passed after DEL")
 	}
 	// GC of another network leaves c2; GC keeping nothing removes it.
-	if err := c.GCPortMaps("other", func(cniplugin.Attachment) bool { return false }); err != nil {
+	if err := c.GCPortMaps("other", func(attachment.ID) bool { return false }); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.CheckPortMaps(b, other); err != nil {
 		t.Errorf("GC of another network removed c2: %v", err)
 	}
-	if err := c.GCPortMaps("net", func(x cniplugin.Attachment) bool { return x != b }); err != nil {
+	if err := c.GCPortMaps("net", func(x attachment.ID) bool { return x != b }); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.CheckPortMaps(b, other); err == nil {

@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
-
-	"github.com/podnet/podnet/internal/cniplugin"
 )
 
 // AddMasquerade makes the attachment's masquerade rules exactly those for
@@ -17,7 +17,7 @@ import (
 // destination outside that address's subnet and not multicast (224.0.0.0/4,
 // ff00::/8) is masqueraded. IPv4 and IPv6 are both handled, in the inet
 // table. Adding the same attachment again leaves one set of rules.
-func (c *Conn) AddMasquerade(a cniplugin.Attachment, ips []*net.IPNet) error {
+func (c *Conn) AddMasquerade(a attachment.ID, ips []*net.IPNet) error {
 	rules, err := masqRules(ips)
 	if err != nil {
 		return err
@@ -30,7 +30,7 @@ func (c *Conn) AddMasquerade(a cniplugin.Attachment, ips []*net.IPNet) error {
 
 // CheckMasquerade returns an error unless every rule AddMasquerade would
 // install for the attachment and ips is present.
-func (c *Conn) CheckMasquerade(a cniplugin.Attachment, ips []*net.IPNet) error {
+func (c *Conn) CheckMasquerade(a attachment.ID, ips []*net.IPNet) error {
 	rules, err := masqRules(ips)
 	if err != nil {
 		return err
@@ -45,7 +45,7 @@ func (c *Conn) CheckMasquerade(a cniplugin.Attachment, ips []*net.IPNet) error {
 // a frame entering the bridge from the pod's host-side interface
 // hostIfName with a source MAC other than mac is dropped (bridge table,
 // prerouting hook). Adding the same attachment again leaves one rule.
-func (c *Conn) AddMacSpoofCheck(a cniplugin.Attachment, hostIfName string, mac net.HardwareAddr) error {
+func (c *Conn) AddMacSpoofCheck(a attachment.ID, hostIfName string, mac net.HardwareAddr) error {
 	r, err := spoofRule(hostIfName, mac)
 	if err != nil {
 		return err
@@ -58,7 +58,7 @@ func (c *Conn) AddMacSpoofCheck(a cniplugin.Attachment, hostIfName string, mac n
 
 // CheckMacSpoofCheck returns an error unless the rule AddMacSpoofCheck
 // would install for the attachment, hostIfName and mac is present.
-func (c *Conn) CheckMacSpoofCheck(a cniplugin.Attachment, hostIfName string, mac net.HardwareAddr) error {
+func (c *Conn) CheckMacSpoofCheck(a attachment.ID, hostIfName string, mac net.HardwareAddr) error {
 	r, err := spoofRule(hostIfName, mac)
 	if err != nil {
 		return err
@@ -70,7 +70,7 @@ func (c *Conn) CheckMacSpoofCheck(a cniplugin.Attachment, hostIfName string, mac
 
 // check returns an error naming the first of want that the attachment's
 // rules in chain do not contain.
-func (c *Conn) check(chain *nftables.Chain, a cniplugin.Attachment, want []*nftables.Rule, name func(int) string) error {
+func (c *Conn) check(chain *nftables.Chain, a attachment.ID, want []*nftables.Rule, name func(int) string) error {
 	id := a.String()
 	if _, err := commentOf(a); err != nil {
 		return err

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -208,5 +210,5 @@ func gc(args *skel.CmdArgs) error {
 		return fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	return link.GCLinks(h, link.IfbPrefix, c.Name, func(a cniplugin.Attachment) bool { return c.KeepsAttachment(a) })
+	return link.GCLinks(h, link.IfbPrefix, c.Name, func(a attachment.ID) bool { return c.KeepsAttachment(a) })
 }

@@ -7,6 +7,8 @@ package firewall
 import (
 	"fmt"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
@@ -156,6 +158,6 @@ func gc(args *skel.CmdArgs) error {
 		return err
 	}
 	return withConn(func(n *nft.Conn) error {
-		return n.GC(c.Name, func(a cniplugin.Attachment) bool { return c.KeepsAttachment(a) })
+		return n.GC(c.Name, func(a attachment.ID) bool { return c.KeepsAttachment(a) })
 	})
 }

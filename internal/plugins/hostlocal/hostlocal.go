@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -162,7 +164,7 @@ func gc(args *skel.CmdArgs) error {
 	}
 	defer store.Close()
 	return store.GC(func(o ipam.Owner) bool {
-		return c.KeepsAttachment(cniplugin.Attachment{Network: c.Name, ContainerID: o.ContainerID, IfName: o.IfName})
+		return c.KeepsAttachment(attachment.ID{Network: c.Name, ContainerID: o.ContainerID, IfName: o.IfName})
 	})
 }
 

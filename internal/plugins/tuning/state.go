@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/attachment"
 )
 
 // saved is what ADD replaced, to be put back on DEL. Only what the
@@ -27,7 +27,7 @@ type saved struct {
 
 // statePath is the file of an attachment's saved values:
 // <dataDir>/<network>/<containerID>@<ifname>.json.
-func statePath(dataDir string, a cniplugin.Attachment) string {
+func statePath(dataDir string, a attachment.ID) string {
 	return filepath.Join(dataDir, a.Network, a.ContainerID+"@"+a.IfName+".json")
 }
 
@@ -90,7 +90,7 @@ const staleTemp = 10 * time.Minute
 
 // gcState removes the saved values of the network's attachments that keep
 // rejects, and temporary files left by killed plugins.
-func gcState(dataDir, network string, keep func(cniplugin.Attachment) bool) error {
+func gcState(dataDir, network string, keep func(attachment.ID) bool) error {
 	dir := filepath.Join(dataDir, network)
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -112,7 +112,7 @@ func gcState(dataDir, network string, keep func(cniplugin.Attachment) bool) erro
 		if err != nil || !ok {
 			continue
 		}
-		a, err := cniplugin.ParseAttachment(s.Attachment)
+		a, err := attachment.Parse(s.Attachment)
 		if err != nil || a.Network != network || keep(a) {
 			continue
 		}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/podnet/podnet/internal/attachment"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
@@ -300,7 +302,7 @@ func gc(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	return gcState(c.DataDir, c.Name, func(a cniplugin.Attachment) bool { return c.KeepsAttachment(a) })
+	return gcState(c.DataDir, c.Name, func(a attachment.ID) bool { return c.KeepsAttachment(a) })
 }
 
 // check verifies every configured value is in force.
