@@ -1,9 +1,11 @@
-// Package agent is podnet's node daemon: it leases the node a pod subnet
-// from the datastore, connects the node to every other node (the fabric),
-// masquerades traffic leaving the cluster, installs the CNI plugins and
-// their configuration, and serves health and metrics. Each feature is a
-// small controller that converges the kernel to the desired state at start
-// and on every change, so a restart changes nothing that works.
+// Package agent is podnet's node daemon: it finds the node's underlay,
+// opens the datastore, settles the cluster configuration, and runs the
+// node's controllers (internal/agent/controller): membership (the node's
+// pod subnets), routes (the fabric to every other node), egress (the
+// masquerade of traffic leaving the cluster), cni-install (the plugins and
+// their configuration) and pod-count; it serves their health, status and
+// metrics. Each controller converges the kernel to the desired state at
+// start and on every change, so a restart changes nothing that works.
 package agent
 
 import (
@@ -11,6 +13,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/podnet/podnet/internal/netns"
 
 	"github.com/podnet/podnet/internal/cluster"
 )
@@ -65,6 +69,11 @@ type Config struct {
 	// Resync is the period of the full reconcile that backs up the
 	// event-driven one.
 	Resync time.Duration
+
+	// NetNS is the node's network namespace, where the agent finds the
+	// underlay and programs the fabric and nftables; nil is the agent's
+	// own (tests run an agent in-process for a throwaway namespace).
+	NetNS *netns.NS
 }
 
 // Defaults returns the configuration of a node that sets nothing.

@@ -11,18 +11,30 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
-// serve runs /healthz (the process answers), /readyz (200 once ready),
-// /status (what the agent built, as JSON) and /metrics on addr until ctx
-// ends.
-func (a *Agent) serve(ctx context.Context, addr string) error {
+// status is what the agent has built, assembled from the shared state and
+// every controller.
+func (n *node) status() cluster.NodeStatus {
+	st := cluster.NodeStatus{Cluster: n.env.Cluster}
+	st.Node, _, _ = n.env.Self.Load()
+	st.MTU, _, _ = n.env.PodMTU.Load()
+	n.manager.FillStatus(&st)
+	return st
+}
+
+// handler serves /healthz (the process answers), /readyz (200 while every
+// controller is ready, else 503 with who is not and why), /status (what the
+// agent built, as JSON) and /metrics.
+func (n *node) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if why := a.notReady(); why != "" {
+		if why := n.manager.NotReady(); why != "" {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
@@ -30,14 +42,19 @@ func (a *Agent) serve(ctx context.Context, addr string) error {
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(a.Status())
+		_ = json.NewEncoder(w).Encode(n.status())
 	})
-	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// serve runs the handler on addr until ctx ends.
+func (a *Agent) serve(ctx context.Context, addr string, n *node) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: n.handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

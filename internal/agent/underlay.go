@@ -5,51 +5,48 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/agent/controller"
+	"github.com/podnet/podnet/internal/netns"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// underlay is the node's link to the other nodes.
-type underlay struct {
-	Name    string
-	MTU     int
-	IP, IP6 net.IP
-}
-
-// underlay finds the configured underlay in the current namespace.
-func (a *Agent) underlay() (underlay, error) {
-	h, err := netlink.NewHandle()
+// findUnderlay finds the configured underlay in the node's namespace (nil:
+// the agent's own).
+func findUnderlay(ns *netns.NS, name string, ip, ip6 net.IP) (controller.Underlay, error) {
+	h, err := controller.Env{NetNS: ns}.NetlinkHandle()
 	if err != nil {
-		return underlay{}, fmt.Errorf("netlink: %w", err)
+		return controller.Underlay{}, err
 	}
 	defer h.Close()
-	return findUnderlay(h, a.cfg.Iface, a.cfg.NodeIP, a.cfg.NodeIP6)
+	return pickUnderlay(h, name, ip, ip6)
 }
 
-// findUnderlay picks the underlay interface: the one named, else the one
+// pickUnderlay picks the underlay interface: the one named, else the one
 // holding ip, else the one of the IPv4 default route; and its addresses:
 // ip and ip6 when given, else its first global ones.
-func findUnderlay(h *netlink.Handle, name string, ip, ip6 net.IP) (underlay, error) {
+func pickUnderlay(h *netlink.Handle, name string, ip, ip6 net.IP) (controller.Underlay, error) {
 	var l netlink.Link
 	var err error
 	switch {
 	case name != "":
 		if l, err = h.LinkByName(name); err != nil {
-			return underlay{}, fmt.Errorf("underlay interface %s: %w", name, err)
+			return controller.Underlay{}, fmt.Errorf("underlay interface %s: %w", name, err)
 		}
 	case ip != nil:
 		if l, err = linkWithAddr(h, ip); err != nil {
-			return underlay{}, err
+			return controller.Underlay{}, err
 		}
 	default:
 		if l, err = defaultRouteLink(h); err != nil {
-			return underlay{}, err
+			return controller.Underlay{}, err
 		}
 	}
-	u := underlay{Name: l.Attrs().Name, MTU: l.Attrs().MTU, IP: ip, IP6: ip6}
+	u := controller.Underlay{Name: l.Attrs().Name, MTU: l.Attrs().MTU, IP: ip, IP6: ip6}
 	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
-		return underlay{}, fmt.Errorf("addresses of %s: %w", u.Name, err)
+		return controller.Underlay{}, fmt.Errorf("addresses of %s: %w", u.Name, err)
 	}
 	for _, a := range addrs {
 		if a.Scope != unix.RT_SCOPE_UNIVERSE {
@@ -63,10 +60,10 @@ func findUnderlay(h *netlink.Handle, name string, ip, ip6 net.IP) (underlay, err
 		}
 	}
 	if u.IP == nil {
-		return underlay{}, fmt.Errorf("underlay interface %s has no global IPv4 address (set --node-ip)", u.Name)
+		return controller.Underlay{}, fmt.Errorf("underlay interface %s has no global IPv4 address (set --node-ip)", u.Name)
 	}
 	if !hasAddr(addrs, u.IP) {
-		return underlay{}, fmt.Errorf("node IP %s is not an address of %s", u.IP, u.Name)
+		return controller.Underlay{}, fmt.Errorf("node IP %s is not an address of %s", u.IP, u.Name)
 	}
 	return u, nil
 }

@@ -22,9 +22,6 @@ type Node struct {
 	Subnet6 *net.IPNet `json:"subnet6,omitempty"`
 	// VTEPMAC is the MAC address of the node's VXLAN device.
 	VTEPMAC string `json:"vtepMAC,omitempty"`
-	// LeaseID is the etcd lease the record is bound to; filled when the
-	// datastore reads the record, not stored in it.
-	LeaseID int64 `json:"-"`
 }
 
 type nodeJSON struct {

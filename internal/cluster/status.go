@@ -17,11 +17,28 @@ type NodeStatus struct {
 	Backends map[string]Backend `json:"backends"`
 	// Peers counts the peers the fabric was last reconciled with.
 	Peers int `json:"peers"`
-	// Ready is set once the lease, the fabric and the CNI configuration
-	// are in place.
+	// Ready is set while every controller of the agent is ready.
 	Ready bool `json:"ready"`
+	// Controllers is each controller's readiness, by name.
+	Controllers []ControllerStatus `json:"controllers"`
+	// Pods counts the pods attached to the cluster network on this node.
+	Pods int `json:"pods"`
+	// SubnetChanges counts the times the node's membership came back
+	// with other subnets than it had (it was lost and another node took
+	// them meanwhile).
+	SubnetChanges int `json:"subnetChanges"`
 	// Joined is when the node got its lease; PeersSince, when the routes
 	// to each peer were first in place. Together they time a join.
 	Joined     time.Time            `json:"joined"`
 	PeersSince map[string]time.Time `json:"peersSince"`
+}
+
+// ControllerStatus is the readiness of one of the agent's controllers.
+type ControllerStatus struct {
+	Name  string `json:"name"`
+	Ready bool   `json:"ready"`
+	// Reason says why it is not ready.
+	Reason string `json:"reason,omitempty"`
+	// Restarts counts the times it failed and was restarted.
+	Restarts int `json:"restarts"`
 }

@@ -18,7 +18,7 @@ func TestNodeStatusJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &fields); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"backends", "cluster", "joined", "mtu", "node", "peers", "peersSince", "ready"}
+	want := []string{"backends", "cluster", "controllers", "joined", "mtu", "node", "peers", "peersSince", "pods", "ready", "subnetChanges"}
 	if got := slices.Sorted(maps.Keys(fields)); !slices.Equal(got, want) {
 		t.Fatalf("fields = %q, want %q", got, want)
 	}

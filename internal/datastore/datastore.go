@@ -1,188 +1,51 @@
-// Package datastore is podnet's cluster state in etcd: the cluster config
-// every agent shares and the node records with their leased pod subnets.
-//
-// An agent either embeds a single-node etcd server (Config.Embed) or is a
-// client of an external etcd cluster, or of another agent's embedded server
-// (Config.Endpoints). Every key lives under one prefix (default "/podnet/"):
-//
-//	<prefix>config                 the cluster.Config, JSON, created once
-//	<prefix>nodes/<name>           a cluster.Node record, JSON, bound to the node's etcd lease
-//	<prefix>subnets/<cidr, / as _> the name of the node holding that subnet, same lease
-//
-// Writes that must not race are etcd transactions: the config is created only
-// if absent, a subnet key only if absent or already held by the same node.
-// See docs/agent-datastore.md.
+// Package datastore is the seam between the node agent and where the
+// cluster's shared state lives: the cluster configuration, each node's
+// membership (its record and pod subnets) and the watch of the other
+// nodes. The etcd implementation (embedded or external) is in
+// internal/datastore/etcd; a Kubernetes API implementation goes beside it,
+// implementing the same interfaces, without a change to the agent's
+// controllers.
 package datastore
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"log/slog"
-	"os"
-	"strings"
-	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
+	"github.com/podnet/podnet/internal/cluster"
 )
 
-// DefaultPrefix is the key prefix used when Config.Prefix is empty.
-const DefaultPrefix = "/podnet/"
-
-// DefaultDialTimeout is the dial timeout used when Config.DialTimeout is 0.
-const DefaultDialTimeout = 5 * time.Second
-
-// Config selects and reaches the datastore.
-type Config struct {
-	// Endpoints are the client URLs of an external etcd cluster or of
-	// another agent's embedded server. Used when Embed is nil; exclusive
-	// with Embed.
-	Endpoints []string
-	// Embed, when set, runs a single-node etcd server in this process and
-	// the Store uses it through its ClientURL.
-	Embed *EmbedConfig
-	// CAFile verifies the server's certificate; CertFile and KeyFile are
-	// this client's certificate (for servers that require client
-	// certificates). Any of them set turns TLS on for the client
-	// (endpoints then are https://).
-	CAFile, CertFile, KeyFile string
-	// Prefix is the key prefix, default DefaultPrefix; a missing trailing
-	// "/" is added.
-	Prefix string
-	// DialTimeout bounds connecting and the first request, default
-	// DefaultDialTimeout.
-	DialTimeout time.Duration
-	// Log receives the datastore's own messages (watch re-lists, lease
-	// re-acquisitions). Nil discards them.
-	Log *slog.Logger
-	// EtcdLogLevel is the level of the etcd client's and embedded server's
-	// own logs, written to stderr: debug, info, warn, error (default) or
-	// fatal.
-	EtcdLogLevel string
+// Store is a connection to the cluster's shared state.
+type Store interface {
+	// EnsureClusterConfig stores want (defaulted and validated) when no
+	// cluster configuration is stored yet, of agents starting at once the
+	// first one winning, and returns the stored configuration with one
+	// line per field that want sets to another value than the stored one.
+	EnsureClusterConfig(ctx context.Context, want cluster.Config) (cluster.Config, []string, error)
+	// Join makes self a member of the cluster: it obtains the node's pod
+	// subnets — the ones it already holds, else prefer's (its last ones,
+	// from local state) when free, else free ones — and publishes its
+	// record. self's subnet fields are ignored.
+	Join(ctx context.Context, self, prefer cluster.Node) (Membership, error)
+	// WatchNodes calls f with the complete set of node records, sorted by
+	// name, at start and after every change, until ctx ends (then it
+	// returns nil). f runs on WatchNodes' goroutine.
+	WatchNodes(ctx context.Context, f func([]cluster.Node)) error
+	// Close closes the connection (and an embedded server).
+	Close() error
 }
 
-// Store is a connection to the datastore, and the embedded etcd server when
-// Config.Embed asked for one.
-type Store struct {
-	cli    *clientv3.Client
-	srv    io.Closer // embedded server, or nil
-	prefix string
-	log    *slog.Logger
-}
-
-// Open starts the embedded etcd server when cfg.Embed is set (waiting, at
-// most until ctx ends, for it to be ready) and connects a client to it or to
-// cfg.Endpoints. It fails when no endpoint answers within the dial timeout.
-func Open(ctx context.Context, cfg Config) (*Store, error) {
-	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
-	}
-	if !strings.HasSuffix(cfg.Prefix, "/") {
-		cfg.Prefix += "/"
-	}
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = DefaultDialTimeout
-	}
-	if cfg.EtcdLogLevel == "" {
-		cfg.EtcdLogLevel = "error"
-	}
-	lvl, err := zapcore.ParseLevel(cfg.EtcdLogLevel)
-	if err != nil {
-		return nil, fmt.Errorf("datastore: etcd log level: %w", err)
-	}
-	zlog := newZapLogger(zap.NewAtomicLevelAt(lvl))
-	s := &Store{prefix: cfg.Prefix, log: cfg.Log}
-	if s.log == nil {
-		s.log = slog.New(slog.DiscardHandler)
-	}
-	endpoints := cfg.Endpoints
-	switch {
-	case cfg.Embed != nil && len(cfg.Endpoints) > 0:
-		return nil, errors.New("datastore: Endpoints and Embed are exclusive: an embedded server is reached through its ClientURL")
-	case cfg.Embed != nil:
-		// The server logs through its own level: Close silences the
-		// errors etcd logs while it shuts down as planned.
-		srvLevel := zap.NewAtomicLevelAt(lvl)
-		srv, err := startEmbedded(ctx, *cfg.Embed, newZapLogger(srvLevel), srvLevel)
-		if err != nil {
-			return nil, err
-		}
-		s.srv = srv
-		endpoints = []string{cfg.Embed.ClientURL}
-	case len(endpoints) == 0:
-		return nil, errors.New("datastore: no etcd endpoints and no embedded server configured")
-	}
-	ccfg := clientv3.Config{
-		Endpoints:   endpoints,
-		DialTimeout: cfg.DialTimeout,
-		Logger:      zlog,
-		// Keepalive pings detect a dead server on an idle connection.
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-	}
-	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
-		info := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}
-		tc, err := info.ClientConfig()
-		if err != nil {
-			s.closeServer()
-			return nil, fmt.Errorf("datastore: client TLS: %w", err)
-		}
-		ccfg.TLS = tc
-	}
-	cli, err := clientv3.New(ccfg)
-	if err != nil {
-		s.closeServer()
-		return nil, fmt.Errorf("datastore: etcd client for %v: %w", endpoints, err)
-	}
-	s.cli = cli
-	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
-	if _, err := cli.Get(pctx, s.key(keyConfig), clientv3.WithCountOnly()); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("datastore: etcd at %v not reachable within %v: %w", endpoints, cfg.DialTimeout, err)
-	}
-	return s, nil
-}
-
-// Close closes the client and stops the embedded server, if any.
-func (s *Store) Close() error {
-	var err error
-	if s.cli != nil {
-		err = s.cli.Close()
-	}
-	s.closeServer()
-	return err
-}
-
-func (s *Store) closeServer() {
-	if s.srv != nil {
-		s.srv.Close()
-		s.srv = nil
-	}
-}
-
-// Client is the etcd client, for uses this package does not cover.
-func (s *Store) Client() *clientv3.Client { return s.cli }
-
-// Prefix is the key prefix every key of this Store lives under.
-func (s *Store) Prefix() string { return s.prefix }
-
-const (
-	keyConfig  = "config"
-	keyNodes   = "nodes/"
-	keySubnets = "subnets/"
-)
-
-func (s *Store) key(k string) string { return s.prefix + k }
-
-// newZapLogger writes etcd's own logs at lvl and above to stderr.
-func newZapLogger(lvl zap.AtomicLevel) *zap.Logger {
-	enc := zap.NewProductionEncoderConfig()
-	enc.EncodeTime = zapcore.ISO8601TimeEncoder
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(os.Stderr)), lvl)
-	return zap.New(core).Named("etcd")
+// Membership is a node's hold on its record and pod subnets.
+type Membership interface {
+	// Node is the node's record as last written.
+	Node() cluster.Node
+	// Update rewrites the node's record (underlay addresses, VTEP MAC);
+	// the name and the subnets stay as they are.
+	Update(ctx context.Context, n cluster.Node) error
+	// Run keeps the membership alive until ctx ends, then returns nil.
+	// When the membership was lost and taken again, it calls changed with
+	// the record before and after: the subnets differ when another node
+	// took them meanwhile, and everything that depends on them must follow.
+	Run(ctx context.Context, changed func(old, cur cluster.Node)) error
+	// Release gives the node's subnets back and removes its record, so
+	// every other node drops its routes at once.
+	Release(ctx context.Context) error
 }

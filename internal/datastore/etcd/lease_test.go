@@ -1,4 +1,4 @@
-package datastore
+package etcd
 
 import (
 	"context"
@@ -91,7 +91,7 @@ func TestAcquireConcurrentDistinct(t *testing.T) {
 		t.Fatalf("%d subnet keys, %d node records, want %d each", len(owners), len(nodes), n)
 	}
 	for _, nd := range nodes {
-		if owners[subnetKeyName(nd.Subnet)] != nd.Name || nd.LeaseID != int64(leases[0].s.mustLease(t, nd.Name)) {
+		if owners[subnetKeyName(nd.Subnet)] != nd.Name || s.recordLease(t, nd.Name) != s.mustLease(t, nd.Name) {
 			t.Fatalf("record of %s (%s) disagrees with the subnet keys", nd.Name, nd.Subnet)
 		}
 	}
@@ -104,6 +104,16 @@ func leaseCount(t testing.TB, s *Store) int {
 		t.Fatal(err)
 	}
 	return len(resp.Leases)
+}
+
+// recordLease is the lease the record of node name is bound to.
+func (s *Store) recordLease(t testing.TB, name string) clientv3.LeaseID {
+	t.Helper()
+	resp, err := s.Client().Get(testCtx(t), s.key(keyNodes+name))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("record of %s: %v", name, err)
+	}
+	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }
 
 // mustLease is the lease the subnet key of node name is bound to.
@@ -150,7 +160,7 @@ func TestAcquireRestartKeepsSubnet(t *testing.T) {
 		t.Fatalf("subnet key bound to lease %x, want the new %x", got, l.ID())
 	}
 	nodes, _ := s.Nodes(testCtx(t))
-	if len(nodes) != 3 || nodes[1].Name != "b" || nodes[1].LeaseID != int64(l.ID()) {
+	if len(nodes) != 3 || nodes[1].Name != "b" || s.recordLease(t, "b") != l.ID() {
 		t.Fatalf("nodes after restart: %+v", nodes)
 	}
 	if owners := subnetOwners(t, s); len(owners) != 3 {
@@ -314,7 +324,7 @@ func TestWatchNodesJoinLeaveRelease(t *testing.T) {
 	}
 	expect(t, ch, "b=10.244.1.0/24")
 	// Run after Release returns at once.
-	if err := a.Run(testCtx(t)); err != nil {
+	if err := a.Run(testCtx(t), nil); err != nil {
 		t.Fatal(err)
 	}
 	// The released subnet is free again.
@@ -332,7 +342,7 @@ func TestLeaseExpiryReclaims(t *testing.T) {
 	keep := acquire(t, s, "keep", cluster.Node{}, 2*time.Second)
 	runCtx, stop := context.WithCancel(context.Background())
 	ran := make(chan error)
-	go func() { ran <- keep.Run(runCtx) }()
+	go func() { ran <- keep.Run(runCtx, nil) }()
 	defer func() { stop(); <-ran }()
 	acquire(t, s, "dead", cluster.Node{}, 2*time.Second) // nobody keeps it alive
 	expect(t, ch, "dead=10.244.1.0/24 keep=10.244.0.0/24")
@@ -358,10 +368,9 @@ func TestRunReacquiresRevokedLease(t *testing.T) {
 	}
 	type change struct{ old, cur cluster.Node }
 	changes := make(chan change, 1)
-	l.OnReacquire(func(old, cur cluster.Node) { changes <- change{old, cur} })
 	ctx, stop := context.WithCancel(context.Background())
 	ran := make(chan error)
-	go func() { ran <- l.Run(ctx) }()
+	go func() { ran <- l.Run(ctx, func(old, cur cluster.Node) { changes <- change{old, cur} }) }()
 
 	first := l.ID()
 	if _, err := s.Client().Revoke(testCtx(t), first); err != nil {
@@ -394,7 +403,7 @@ func TestRunReleaseStops(t *testing.T) {
 	withConfig(t, s, v4Config)
 	l := acquire(t, s, "a", cluster.Node{}, 2*time.Second)
 	ran := make(chan error)
-	go func() { ran <- l.Run(context.Background()) }()
+	go func() { ran <- l.Run(context.Background(), nil) }()
 	waitFor(t, "a renewal", func() bool { return l.Stats().Renewals > 0 })
 	if err := l.Release(testCtx(t)); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package datastore
+package etcd
 
 import (
 	"bufio"
@@ -50,7 +50,7 @@ func BenchmarkEmbeddedAgentMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 		leases = append(leases, l)
-		go l.Run(ctx)
+		go l.Run(ctx, nil)
 		go s.WatchNodes(ctx, func(n []cluster.Node) {
 			if i == 0 {
 				select {

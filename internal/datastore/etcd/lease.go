@@ -1,4 +1,4 @@
-package datastore
+package etcd
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/podnet/podnet/internal/datastore"
+
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -19,7 +21,7 @@ import (
 )
 
 // Lease is a node's hold on its record and pod subnets: etcd keys bound to
-// one etcd lease that Run keeps alive.
+// one etcd lease that Run keeps alive. It is a datastore.Membership.
 type Lease struct {
 	s   *Store
 	ttl time.Duration
@@ -28,7 +30,6 @@ type Lease struct {
 	node      cluster.Node
 	id        clientv3.LeaseID
 	released  bool
-	onReacq   func(old, cur cluster.Node)
 	renewals  atomic.Uint64
 	reacquire atomic.Uint64
 }
@@ -128,7 +129,7 @@ func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n cluster.Node, p
 		}
 
 		rec := n
-		rec.Subnet, rec.Subnet6, rec.LeaseID = nil, nil, int64(id)
+		rec.Subnet, rec.Subnet6 = nil, nil
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
 		pick := func(p *pool, preferred *net.IPNet) (*net.IPNet, error) {
@@ -217,22 +218,13 @@ func (l *Lease) Stats() LeaseStats {
 	return LeaseStats{Renewals: l.renewals.Load(), Reacquisitions: l.reacquire.Load()}
 }
 
-// OnReacquire sets a function Run calls after each re-acquisition with the
-// record before and after; the subnets differ only when another node took
-// them while the lease was lost.
-func (l *Lease) OnReacquire(f func(old, cur cluster.Node)) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.onReacq = f
-}
-
 // Run keeps the lease alive until ctx is done or Release was called, then
 // returns nil. When the lease is lost (it expired during a partition, was
 // revoked, or etcd lost it) Run re-acquires: a new lease, the same subnets
 // if still free (else as Acquire chooses), the record re-created; it counts
-// that in Stats and calls the OnReacquire function. While etcd is
-// unreachable it retries with backoff.
-func (l *Lease) Run(ctx context.Context) error {
+// that in Stats and calls changed (when not nil) with the record before and
+// after. While etcd is unreachable it retries with backoff.
+func (l *Lease) Run(ctx context.Context, changed func(old, cur cluster.Node)) error {
 	b := newBackoff()
 	for {
 		id := l.ID()
@@ -244,6 +236,7 @@ func (l *Lease) Run(ctx context.Context) error {
 		if err == nil {
 			for range ch {
 				l.renewals.Add(1)
+				l.s.renewals.Inc()
 				b.reset()
 			}
 		}
@@ -262,16 +255,16 @@ func (l *Lease) Run(ctx context.Context) error {
 			l.s.log.Warn("lease keepalive: etcd unreachable, retrying", "lease", int64(id), "err", err)
 			b.wait(ctx)
 		default:
-			l.reacquireLost(ctx, b)
+			l.reacquireLost(ctx, b, changed)
 		}
 	}
 }
 
 // reacquireLost binds the node to a new lease, retrying until it succeeds,
 // ctx ends or the lease is released.
-func (l *Lease) reacquireLost(ctx context.Context, b *backoff) {
+func (l *Lease) reacquireLost(ctx context.Context, b *backoff, changed func(old, cur cluster.Node)) {
 	old := l.Node()
-	l.s.log.Warn("lease lost, re-acquiring", "node", old.Name, "lease", old.LeaseID)
+	l.s.log.Warn("lease lost, re-acquiring", "node", old.Name, "lease", int64(l.ID()))
 	for ctx.Err() == nil && !l.isReleased() {
 		node, id, err := l.acquire(ctx, old, old)
 		if err != nil {
@@ -288,12 +281,12 @@ func (l *Lease) reacquireLost(ctx context.Context, b *backoff) {
 			return
 		}
 		l.node, l.id = node, id
-		f := l.onReacq
 		l.mu.Unlock()
 		l.reacquire.Add(1)
+		l.s.reacquisitions.Inc()
 		l.s.log.Info("lease re-acquired", "node", node.Name, "lease", int64(id), "subnet", node.Subnet, "subnet6", node.Subnet6)
-		if f != nil {
-			f(old, node)
+		if changed != nil {
+			changed(old, node)
 		}
 		return
 	}
@@ -315,7 +308,7 @@ func (l *Lease) Update(ctx context.Context, n cluster.Node) error {
 		l.mu.Unlock()
 		return fmt.Errorf("datastore: update: node %q is not the leased node %q", n.Name, l.node.Name)
 	}
-	n.Subnet, n.Subnet6, n.LeaseID = l.node.Subnet, l.node.Subnet6, l.node.LeaseID
+	n.Subnet, n.Subnet6 = l.node.Subnet, l.node.Subnet6
 	l.node = n
 	id := l.id
 	l.mu.Unlock()
@@ -341,3 +334,5 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	return nil
 }
+
+var _ datastore.Membership = (*Lease)(nil)

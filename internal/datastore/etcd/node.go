@@ -1,4 +1,4 @@
-package datastore
+package etcd
 
 import (
 	"context"
@@ -21,7 +21,6 @@ func (s *Store) decodeNode(kv *mvccpb.KeyValue) (cluster.Node, error) {
 		return cluster.Node{}, fmt.Errorf("datastore: node record %s: %w", kv.Key, err)
 	}
 	n.Name = strings.TrimPrefix(string(kv.Key), s.key(keyNodes))
-	n.LeaseID = kv.Lease
 	return n, nil
 }
 

@@ -1,4 +1,4 @@
-package datastore
+package etcd
 
 import (
 	"crypto/ecdsa"
@@ -78,7 +78,7 @@ func TestEmbeddedServerAndExternalClient(t *testing.T) {
 	if c, err := a.ClusterConfig(testCtx(t)); err != nil || c.ClusterCIDR != v4Config.ClusterCIDR {
 		t.Fatalf("config after restart: %+v %v", c, err)
 	}
-	if nodes, err := a.Nodes(testCtx(t)); err != nil || len(nodes) != 2 || nodes[0].LeaseID != int64(la.ID()) {
+	if nodes, err := a.Nodes(testCtx(t)); err != nil || len(nodes) != 2 || a.recordLease(t, nodes[0].Name) != la.ID() {
 		t.Fatalf("nodes after restart: %+v %v", nodes, err)
 	}
 

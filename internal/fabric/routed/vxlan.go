@@ -1,4 +1,4 @@
-package fabric
+package routed
 
 import (
 	"crypto/sha256"

@@ -1,9 +1,11 @@
-package fabric
+package routed
 
 import (
 	"errors"
 	"fmt"
 	"net"
+
+	"github.com/podnet/podnet/internal/fabric"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -24,10 +26,10 @@ type desired struct {
 // else are removed. What is already right is not rewritten. A peer whose
 // underlay address is the node's own is skipped. Per-peer failures are
 // returned joined; the other peers are still programmed.
-func (f *Fabric) Reconcile(peers []Peer) (Result, error) {
+func (f *Fabric) Reconcile(peers []fabric.Peer) (fabric.Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	res := Result{Backends: make(map[string]cluster.Backend), Backends6: make(map[string]cluster.Backend)}
+	res := fabric.Result{Backends: make(map[string]cluster.Backend), Backends6: make(map[string]cluster.Backend)}
 	if err := f.forwarding(); err != nil {
 		return res, err
 	}
@@ -71,7 +73,7 @@ func (f *Fabric) Reconcile(peers []Peer) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
-func (f *Fabric) isSelf(p Peer) bool {
+func (f *Fabric) isSelf(p fabric.Peer) bool {
 	return (f.cfg.LocalIP != nil && p.IP.Equal(f.cfg.LocalIP)) ||
 		(f.cfg.LocalIP6 != nil && p.IP6.Equal(f.cfg.LocalIP6))
 }
@@ -95,7 +97,7 @@ var errNoVTEPMAC = errors.New("the peer has not published its VTEP MAC yet")
 
 // plan adds one peer's desired state and records its backends; a subnet
 // whose peer has no VTEP MAC yet is recorded in res.Pending.
-func (f *Fabric) plan(want *desired, res *Result, p Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) error {
+func (f *Fabric) plan(want *desired, res *fabric.Result, p fabric.Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) error {
 	if p.Subnet == nil && p.Subnet6 == nil {
 		return errors.New("no pod subnet")
 	}
@@ -126,7 +128,7 @@ func (f *Fabric) plan(want *desired, res *Result, p Peer, underlay int, vx *netl
 	return errors.Join(errs...)
 }
 
-func (f *Fabric) plan4(want *desired, p Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) (cluster.Backend, error) {
+func (f *Fabric) plan4(want *desired, p fabric.Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) (cluster.Backend, error) {
 	ip := p.IP.To4()
 	mode := f.cfg.Mode
 	if mode == cluster.Auto {
@@ -144,7 +146,7 @@ func (f *Fabric) plan4(want *desired, p Peer, underlay int, vx *netlink.Vxlan, c
 	return cluster.HostGW, addRoute(want, netlink.Route{Dst: canonical(p.Subnet), Gw: ip, LinkIndex: underlay})
 }
 
-func (f *Fabric) plan6(want *desired, p Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) (cluster.Backend, error) {
+func (f *Fabric) plan6(want *desired, p fabric.Peer, underlay int, vx *netlink.Vxlan, conn []netlink.Addr) (cluster.Backend, error) {
 	mode := f.cfg.Mode
 	direct := p.IP6 != nil && f.cfg.LocalIP6 != nil
 	if mode == cluster.Auto {
@@ -179,7 +181,7 @@ func (f *Fabric) plan6(want *desired, p Peer, underlay int, vx *netlink.Vxlan, c
 // planVXLAN adds the route onlink via the peer's VTEP address, the
 // permanent neighbour VTEP address → VTEP MAC and the FDB entry VTEP MAC →
 // peer underlay address.
-func (f *Fabric) planVXLAN(want *desired, p Peer, subnet *net.IPNet, vx *netlink.Vxlan) error {
+func (f *Fabric) planVXLAN(want *desired, p fabric.Peer, subnet *net.IPNet, vx *netlink.Vxlan) error {
 	if vx == nil {
 		return errors.New("no VXLAN device")
 	}
@@ -258,7 +260,7 @@ func viaString(v netlink.Destination) string {
 	return v.String()
 }
 
-func (f *Fabric) syncRoutes(res *Result, want map[string]netlink.Route) error {
+func (f *Fabric) syncRoutes(res *fabric.Result, want map[string]netlink.Route) error {
 	have, err := f.ownedRoutes()
 	if err != nil {
 		return err
@@ -305,7 +307,7 @@ func (f *Fabric) syncRoutes(res *Result, want map[string]netlink.Route) error {
 	return errors.Join(errs...)
 }
 
-func (f *Fabric) syncNeighs(res *Result, vx *netlink.Vxlan, want map[string]netlink.Neigh) error {
+func (f *Fabric) syncNeighs(res *fabric.Result, vx *netlink.Vxlan, want map[string]netlink.Neigh) error {
 	var have []netlink.Neigh
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		ns, err := f.h.NeighList(vx.Index, fam)
@@ -336,7 +338,7 @@ func (f *Fabric) syncNeighs(res *Result, vx *netlink.Vxlan, want map[string]netl
 	return errors.Join(append(errs, f.setMissing(res, want, ok, "neighbour"))...)
 }
 
-func (f *Fabric) syncFDB(res *Result, vx *netlink.Vxlan, want map[string]netlink.Neigh) error {
+func (f *Fabric) syncFDB(res *fabric.Result, vx *netlink.Vxlan, want map[string]netlink.Neigh) error {
 	have, err := f.h.NeighList(vx.Index, unix.AF_BRIDGE)
 	if err != nil {
 		return fmt.Errorf("fabric: FDB of %s: %w", f.cfg.Device, err)
@@ -366,7 +368,7 @@ func (f *Fabric) syncFDB(res *Result, vx *netlink.Vxlan, want map[string]netlink
 
 // setMissing creates (or replaces) the wanted neighbour or FDB entries that
 // are not already right.
-func (f *Fabric) setMissing(res *Result, want map[string]netlink.Neigh, ok map[string]bool, what string) error {
+func (f *Fabric) setMissing(res *fabric.Result, want map[string]netlink.Neigh, ok map[string]bool, what string) error {
 	var errs []error
 	for key, w := range want {
 		if ok[key] {

@@ -1,4 +1,4 @@
-package fabric
+package routed
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/fabric"
 
 	"github.com/vishvananda/netlink"
 
@@ -166,9 +168,9 @@ func restartUnchanged(t *testing.T, l *lab, n *node, o opts) {
 	f, err := New(n.config(o), nil)
 	must(t, err)
 	defer f.Close()
-	mac, err := f.Setup()
+	local, err := f.Setup()
 	must(t, err)
-	if mac.String() != n.mac.String() {
+	if mac := local.VTEPMAC; mac.String() != n.mac.String() {
 		t.Errorf("restart: VTEP MAC %s, was %s", mac, n.mac)
 	}
 	r, err := f.Reconcile(l.peers(o))
@@ -268,13 +270,15 @@ func TestVXLANOverIPv6Underlay(t *testing.T) {
 		f, err := New(c, n.h)
 		must(t, err)
 		n.fab = f
-		if n.mac, err = f.Setup(); err != nil {
+		local, err := f.Setup()
+		if err != nil {
 			t.Fatal(err)
 		}
+		n.mac = local.VTEPMAC
 	}
 	n1, n2 := l.nodes[0], l.nodes[1]
 	for _, n := range l.nodes {
-		peers := []Peer{n1.peer(o), n2.peer(o)}
+		peers := []fabric.Peer{n1.peer(o), n2.peer(o)}
 		for i := range peers {
 			peers[i].IP = nil
 		}
@@ -362,7 +366,7 @@ func TestPeerRemoval(t *testing.T) {
 	// A changed subnet: the old route goes, the new one comes.
 	p2 := n2.peer(o)
 	p2.Subnet = cidr("10.244.20.0/24")
-	res, err = n1.fab.Reconcile([]Peer{p2})
+	res, err = n1.fab.Reconcile([]fabric.Peer{p2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +381,7 @@ func TestPeerRemoval(t *testing.T) {
 
 	// A foreign route in the way is reported for that peer only.
 	p2.Subnet = cidr("10.99.0.0/24")
-	if _, err := n1.fab.Reconcile([]Peer{p2}); err == nil || !strings.Contains(err.Error(), "does not own") {
+	if _, err := n1.fab.Reconcile([]fabric.Peer{p2}); err == nil || !strings.Contains(err.Error(), "does not own") {
 		t.Errorf("reconcile onto a foreign route: %v", err)
 	}
 	wantLine(t, ipcmd(t, n1.ns, "route", "show", "10.99.0.0/24"), `proto static`)

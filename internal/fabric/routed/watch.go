@@ -1,17 +1,19 @@
-package fabric
+package routed
 
 import (
 	"context"
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/fabric"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// Watcher holds netlink subscriptions in the fabric's namespace.
-type Watcher struct {
+// watcher holds netlink subscriptions in the fabric's namespace.
+type watcher struct {
 	f      *Fabric
 	ctx    context.Context
 	done   chan struct{}
@@ -27,8 +29,8 @@ type Watcher struct {
 // namespace and returns once they are in place: an agent that subscribes
 // before its first Reconcile misses no disturbance. They are closed when
 // ctx ends.
-func (f *Fabric) Subscribe(ctx context.Context) (*Watcher, error) {
-	w := &Watcher{
+func (f *Fabric) Subscribe(ctx context.Context) (fabric.Watch, error) {
+	w := &watcher{
 		f: f, ctx: ctx, done: make(chan struct{}), errc: make(chan error, 3),
 		links:  make(chan netlink.LinkUpdate, 64),
 		routes: make(chan netlink.RouteUpdate, 256),
@@ -72,11 +74,11 @@ func (f *Fabric) Subscribe(ctx context.Context) (*Watcher, error) {
 // Run calls trigger whenever the kernel state podnet owns may have been
 // disturbed — the VXLAN device or the underlay deleted or down, a route
 // with podnet's protocol deleted, a neighbour or FDB entry deleted from the
-// VXLAN device — until the Watcher's context ends (nil) or a subscription
+// VXLAN device — until the watcher's context ends (nil) or a subscription
 // fails. trigger runs on Run's goroutine: it should only signal the
 // agent's reconcile loop (which coalesces), since podnet's own reconciling
 // also raises events.
-func (w *Watcher) Run(trigger func()) error {
+func (w *watcher) Run(trigger func()) error {
 	f, devIndex := w.f, w.devIndex
 	ctx, errc, links, routes, neighs := w.ctx, w.errc, w.links, w.routes, w.neighs
 	for {
@@ -121,7 +123,7 @@ func (w *Watcher) Run(trigger func()) error {
 }
 
 // ended is Run's answer to a closed subscription channel.
-func (w *Watcher) ended(what string) error {
+func (w *watcher) ended(what string) error {
 	if w.ctx.Err() != nil {
 		return nil
 	}

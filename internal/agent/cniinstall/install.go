@@ -1,12 +1,17 @@
-package agent
+package cniinstall
 
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+
+	"github.com/podnet/podnet/internal/atomicfile"
 )
 
 // installPlugins copies the podnet-cni binary into binDir (unless an
@@ -23,8 +28,8 @@ func installPlugins(binary, binDir string, names []string) error {
 		return err
 	}
 	if !same {
-		if err := copyAtomic(binary, dst); err != nil {
-			return err
+		if err := atomicfile.Copy(binary, dst, 0o755); err != nil {
+			return fmt.Errorf("install plugin binary: %w", err)
 		}
 	}
 	di, err := os.Stat(dst)
@@ -74,59 +79,26 @@ func fileHash(p string) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-func copyAtomic(src, dst string) error {
-	in, err := os.Open(src)
+// pluginNames asks the podnet-cni binary which plugin types it provides
+// (`podnet-cni names`): the links installed are exactly its plugins,
+// whatever its version, and the agent need not link every plugin to know.
+func pluginNames(binary string) ([]string, error) {
+	out, err := exec.Command(binary, "names").Output()
 	if err != nil {
-		return fmt.Errorf("plugin binary: %w", err)
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+			err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(ee.Stderr))
+		}
+		return nil, fmt.Errorf("plugin names of %s: %w", binary, err)
 	}
-	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".podnet-cni-")
-	if err != nil {
-		return fmt.Errorf("install plugin binary: %w", err)
+	names := strings.Fields(string(out))
+	if len(names) == 0 {
+		return nil, fmt.Errorf("plugin names of %s: it lists none", binary)
 	}
-	defer os.Remove(tmp.Name())
-	_, err = io.Copy(tmp, in)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
+	for _, n := range names {
+		if n != filepath.Base(n) || strings.HasPrefix(n, ".") {
+			return nil, fmt.Errorf("plugin names of %s: %q is not a file name", binary, n)
+		}
 	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o755)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), dst)
-	}
-	if err != nil {
-		return fmt.Errorf("install plugin binary: %w", err)
-	}
-	return nil
-}
-
-// writeAtomic writes data to path through a temporary file and a rename,
-// unless the file already holds exactly data; it reports whether it wrote.
-func writeAtomic(path string, data []byte) (bool, error) {
-	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
-		return false, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return false, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".")
-	if err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	return true, nil
+	return names, nil
 }

@@ -1,4 +1,4 @@
-package fabric
+package routed
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/fabric"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -219,8 +221,9 @@ func (l *lab) start(t *testing.T, o opts) {
 		f, err := New(n.config(o), n.h)
 		must(t, err)
 		n.fab = f
-		mac, err := f.Setup()
+		local, err := f.Setup()
 		must(t, err)
+		mac := local.VTEPMAC
 		if o.wantNoMAC != (mac == nil) {
 			t.Fatalf("%s: Setup returned MAC %v in mode %s", n.name, mac, o.mode)
 		}
@@ -228,8 +231,8 @@ func (l *lab) start(t *testing.T, o opts) {
 	}
 }
 
-func (n *node) peer(o opts) Peer {
-	p := Peer{Name: n.name, IP: n.ip, Subnet: n.subnet, VTEPMAC: n.mac}
+func (n *node) peer(o opts) fabric.Peer {
+	p := fabric.Peer{Name: n.name, IP: n.ip, Subnet: n.subnet, VTEPMAC: n.mac}
 	if o.dual {
 		p.Subnet6 = n.subnet6
 	}
@@ -241,8 +244,8 @@ func (n *node) peer(o opts) Peer {
 
 // peers is every node of the lab, the reconciling node included (the
 // fabric skips itself).
-func (l *lab) peers(o opts, except ...string) []Peer {
-	var ps []Peer
+func (l *lab) peers(o opts, except ...string) []fabric.Peer {
+	var ps []fabric.Peer
 	for _, n := range l.nodes {
 		if !contains(except, n.name) {
 			ps = append(ps, n.peer(o))
@@ -261,9 +264,9 @@ func contains(list []string, s string) bool {
 }
 
 // reconcileAll reconciles every node with every peer.
-func (l *lab) reconcileAll(t *testing.T, o opts) map[string]Result {
+func (l *lab) reconcileAll(t *testing.T, o opts) map[string]fabric.Result {
 	t.Helper()
-	out := make(map[string]Result)
+	out := make(map[string]fabric.Result)
 	for _, n := range l.nodes {
 		res, err := n.fab.Reconcile(l.peers(o))
 		if err != nil {

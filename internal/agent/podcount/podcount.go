@@ -1,0 +1,79 @@
+// Package podcount is the agent's controller that counts the pods attached
+// to the cluster network on this node — the host ends of their veths, which
+// carry the attachment identity — and exports the count as a metric and in
+// /status.
+package podcount
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/podnet/podnet/internal/agent/controller"
+	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/cniconf"
+	"github.com/podnet/podnet/internal/link"
+)
+
+// Period is how often the pods are counted.
+const Period = 5 * time.Second
+
+// Controller is the pod counting controller.
+type Controller struct {
+	env   controller.Env
+	gauge prometheus.Gauge
+
+	mu   sync.Mutex
+	pods int
+}
+
+// New returns the controller and registers its metric.
+func New(env controller.Env) (*Controller, error) {
+	c := &Controller{env: env, gauge: prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "podnet_node_pods", Help: "Pods attached to the cluster network on this node.",
+	})}
+	if err := env.Metrics.Register(c.gauge); err != nil {
+		return nil, fmt.Errorf("podcount metrics: %w", err)
+	}
+	return c, nil
+}
+
+// Name implements controller.Controller.
+func (c *Controller) Name() string { return "pod-count" }
+
+// Run counts the pods every Period until ctx ends.
+func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
+	hd, err := c.env.NetlinkHandle()
+	if err != nil {
+		return err
+	}
+	defer hd.Close()
+	t := time.NewTicker(Period)
+	defer t.Stop()
+	for {
+		links, err := link.HostLinks(hd, cniconf.NetworkName)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.pods = len(links)
+		c.mu.Unlock()
+		c.gauge.Set(float64(len(links)))
+		h.Ready()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// FillStatus implements controller.StatusFiller.
+func (c *Controller) FillStatus(st *cluster.NodeStatus) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st.Pods = c.pods
+}
