@@ -66,13 +66,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return a.run(ctx, n)
+}
+
+// run runs a started node until ctx ends, then closes its datastore.
+func (a *Agent) run(ctx context.Context, n *node) error {
 	defer n.store.Close()
 	g, gctx := errgroup.WithContext(ctx)
 	if a.cfg.Listen != "" {
 		g.Go(func() error { return a.serve(gctx, a.cfg.Listen, n) })
 	}
 	g.Go(func() error { return n.manager.Run(gctx) })
-	err = g.Wait()
+	err := g.Wait()
 	a.log.Info("stopped; the node's network stays as it is")
 	return err
 }

@@ -149,12 +149,18 @@ func (c *Controller) runBackend(ctx context.Context, h *controller.Health, self 
 	resync := time.NewTicker(c.env.Resync)
 	defer resync.Stop()
 	for {
-		peers, _, peersChanged := c.env.Peers.Load()
+		peers, havePeers, peersChanged := c.env.Peers.Load()
 		cur, _, selfChanged := c.env.Self.Load()
 		if !sameSubnets(cur, self) {
 			return cur, nil
 		}
-		c.converge(h, fab, peers)
+		if havePeers {
+			c.converge(h, fab, peers)
+		} else {
+			// Converging to no peers would drop the routes a restarted
+			// agent found in place, before it knows the peers.
+			h.NotReady("waiting for the list of peers")
+		}
 		select {
 		case <-ctx.Done():
 			return cluster.Node{}, nil
