@@ -21,9 +21,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/podnet/podnet/internal/agent/controller"
+	"github.com/podnet/podnet/internal/atomicfile"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/datastore"
-	"github.com/podnet/podnet/internal/atomicfile"
 )
 
 // Controller is the membership controller.
