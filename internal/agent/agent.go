@@ -108,12 +108,7 @@ func (a *Agent) start(ctx context.Context, propose bool) (*node, error) {
 	}
 	a.log.Info("underlay", "iface", ul.Name, "ip", ul.IP, "ip6", ul.IP6, "mtu", ul.MTU)
 	reg := prometheus.NewRegistry()
-	if err := reg.Register(collectors.NewGoCollector()); err != nil {
-		return nil, err
-	}
-	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
-		return nil, err
-	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n := &node{reg: reg}
 	clusterCfg, err := a.clusterConfig(ctx, n, ul, propose)
 	if err != nil {
@@ -122,16 +117,8 @@ func (a *Agent) start(ctx context.Context, propose bool) (*node, error) {
 	env := controller.NewEnv()
 	env.Log, env.Metrics, env.NodeName, env.NetNS = a.log, reg, a.cfg.NodeName, a.cfg.NetNS
 	env.Underlay, env.Cluster, env.Resync = ul, clusterCfg, a.cfg.Resync
-	m, err := controller.NewManager(a.log, reg)
-	if err == nil {
-		err = a.addControllers(m, env, n.store)
-	}
-	if err != nil {
-		if n.store != nil {
-			n.store.Close()
-		}
-		return nil, err
-	}
+	m := controller.NewManager(a.log, reg)
+	a.addControllers(m, env, n.store)
 	n.env, n.manager = env, m
 	return n, nil
 }
@@ -175,27 +162,14 @@ func (a *Agent) clusterConfig(ctx context.Context, n *node, ul controller.Underl
 // addControllers wires the agent's features, in the order their cleanups
 // run on leave. A new feature is a package with a Controller and one line
 // here.
-func (a *Agent) addControllers(m *controller.Manager, env controller.Env, store datastore.Store) error {
-	mem, err := membership.New(env, store, a.cfg.DataDir)
-	if err != nil {
-		return err
-	}
-	rt, err := routes.New(env)
-	if err != nil {
-		return err
-	}
-	pods, err := podcount.New(env)
-	if err != nil {
-		return err
-	}
-	m.Add(mem)
-	m.Add(rt)
+func (a *Agent) addControllers(m *controller.Manager, env controller.Env, store datastore.Store) {
+	m.Add(membership.New(env, store, a.cfg.DataDir))
+	m.Add(routes.New(env))
 	m.Add(egress.New(env, a.cfg.Egress))
 	m.Add(cniinstall.New(env, cniinstall.Config{
 		Binary: a.cfg.CNIBinary, BinDir: a.cfg.CNIBinDir, ConfDir: a.cfg.CNIConfDir, IPAMDir: a.cfg.IPAMDir, Chain: a.cfg.Chain,
 	}))
-	m.Add(pods)
-	return nil
+	m.Add(podcount.New(env))
 }
 
 // openStore opens the configured datastore: an embedded etcd server (its

@@ -62,7 +62,9 @@ type Env struct {
 	// Log is the agent's logger; a controller adds its name.
 	Log *slog.Logger
 	// Metrics registers a controller's Prometheus collectors; they are
-	// served at the agent's /metrics.
+	// served at the agent's /metrics. Controllers register in their
+	// constructor with MustRegister: a name registered twice is a
+	// programming error, which the agent's tests catch.
 	Metrics prometheus.Registerer
 	// NodeName is this node's name.
 	NodeName string

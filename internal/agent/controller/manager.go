@@ -80,7 +80,7 @@ type entry struct {
 
 // NewManager returns a manager that logs to log and registers its metrics
 // (readiness, per-controller readiness and restarts) with reg.
-func NewManager(log *slog.Logger, reg prometheus.Registerer) (*Manager, error) {
+func NewManager(log *slog.Logger, reg prometheus.Registerer) *Manager {
 	m := &Manager{
 		log: log,
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -93,12 +93,8 @@ func NewManager(log *slog.Logger, reg prometheus.Registerer) (*Manager, error) {
 			Name: "podnet_agent_controller_restarts_total", Help: "Times the controller failed and was restarted.",
 		}, []string{"controller"}),
 	}
-	for _, c := range []prometheus.Collector{m.ready, m.ctlReady, m.restarts} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("manager metrics: %w", err)
-		}
-	}
-	return m, nil
+	reg.MustRegister(m.ready, m.ctlReady, m.restarts)
+	return m
 }
 
 // Add adds a controller; call it before Run.

@@ -36,11 +36,7 @@ func (f *fake) Run(ctx context.Context, h *Health) error {
 func newManager(t *testing.T) (*Manager, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	m, err := NewManager(slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, reg
+	return NewManager(slog.New(slog.NewTextHandler(io.Discard, nil)), reg), reg
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {

@@ -43,7 +43,7 @@ type Controller struct {
 // New returns the membership controller of env's node in store; dataDir
 // keeps the node's last subnets (and VTEP MAC), so a node whose membership
 // expired while it was down asks for the same subnets again.
-func New(env controller.Env, store datastore.Store, dataDir string) (*Controller, error) {
+func New(env controller.Env, store datastore.Store, dataDir string) *Controller {
 	c := &Controller{
 		env: env, store: store, dataDir: dataDir, log: env.Log.With("controller", "membership"),
 		subnetChanges: prometheus.NewCounter(prometheus.CounterOpts{
@@ -51,10 +51,8 @@ func New(env controller.Env, store datastore.Store, dataDir string) (*Controller
 			Help: "Times the node's membership was lost and came back with other pod subnets.",
 		}),
 	}
-	if err := env.Metrics.Register(c.subnetChanges); err != nil {
-		return nil, fmt.Errorf("membership metrics: %w", err)
-	}
-	return c, nil
+	env.Metrics.MustRegister(c.subnetChanges)
+	return c
 }
 
 // Name implements controller.Controller.

@@ -6,7 +6,6 @@ package podcount
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -31,14 +30,12 @@ type Controller struct {
 }
 
 // New returns the controller and registers its metric.
-func New(env controller.Env) (*Controller, error) {
+func New(env controller.Env) *Controller {
 	c := &Controller{env: env, gauge: prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "podnet_node_pods", Help: "Pods attached to the cluster network on this node.",
 	})}
-	if err := env.Metrics.Register(c.gauge); err != nil {
-		return nil, fmt.Errorf("podcount metrics: %w", err)
-	}
-	return c, nil
+	env.Metrics.MustRegister(c.gauge)
+	return c
 }
 
 // Name implements controller.Controller.

@@ -40,7 +40,7 @@ type Controller struct {
 }
 
 // New returns the routes controller and registers its metrics.
-func New(env controller.Env) (*Controller, error) {
+func New(env controller.Env) *Controller {
 	c := &Controller{
 		env: env, log: env.Log.With("controller", "routes"),
 		peersSince: map[string]time.Time{},
@@ -58,12 +58,8 @@ func New(env controller.Env) (*Controller, error) {
 			Name: "podnet_agent_reconcile_errors_total", Help: "Reconciles of the node's routes that ended with an error.",
 		}),
 	}
-	for _, m := range []prometheus.Collector{c.peers, c.routes, c.reconcile, c.reconcileErrors} {
-		if err := env.Metrics.Register(m); err != nil {
-			return nil, fmt.Errorf("routes metrics: %w", err)
-		}
-	}
-	return c, nil
+	env.Metrics.MustRegister(c.peers, c.routes, c.reconcile, c.reconcileErrors)
+	return c
 }
 
 // Name implements controller.Controller.
