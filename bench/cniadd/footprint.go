@@ -21,7 +21,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // footprint is the installed size of each suite's plugins for the types

@@ -43,7 +43,7 @@ import (
 	"github.com/podnet/podnet/bench/internal/benchdoc"
 	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // bar is the project's bar: podnet's cost above the floor must be at most

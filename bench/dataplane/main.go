@@ -36,7 +36,7 @@ import (
 	"github.com/podnet/podnet/bench/internal/benchdoc"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/lab"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 type options struct {

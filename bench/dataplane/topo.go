@@ -18,7 +18,7 @@ import (
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // cleanup collects what the benchmark built, removed in reverse order

@@ -11,7 +11,7 @@ import (
 
 	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // runtime is a container runtime on the node: libcni with the node's CNI

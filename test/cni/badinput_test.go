@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // badCase is one malformed call of a plugin binary.

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // TestBandwidthTuningInterop chains bridge+host-local, tuning and bandwidth

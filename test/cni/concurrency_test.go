@@ -5,7 +5,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 var (

@@ -10,7 +10,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // fwNet is one bridge network with the firewall chained after it.

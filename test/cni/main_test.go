@@ -16,7 +16,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 func TestMain(m *testing.M) {

@@ -38,7 +38,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/cniconf"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // Chain is a network the chaos runs: a conflist whose pods get the
