@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/internal/cnibin"
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/testing/chaos"
 	"github.com/podnet/podnet/internal/testing/sandbox"
 )
@@ -86,12 +88,12 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	links, err := sandbox.PodnetLinks(o.cniBin)
+	links, err := cnibin.Links(o.cniBin)
 	if err != nil {
 		return err
 	}
 	podnetBin := filepath.Join(tmp, "podnet-bin")
-	if err := sandbox.LinkBinDir(podnetBin, links); err != nil {
+	if err := cniruntime.LinkDir(podnetBin, links); err != nil {
 		return err
 	}
 	specs := []runSpec{

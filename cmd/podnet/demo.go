@@ -16,6 +16,8 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/spf13/cobra"
 
+	"github.com/podnet/podnet/internal/cnibin"
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
@@ -58,7 +60,7 @@ func locateCNI(flag string) (string, error) {
 	if flag != "" {
 		return filepath.Abs(flag)
 	}
-	if p := os.Getenv(sandbox.EnvPodnetCNI); p != "" {
+	if p := os.Getenv(cnibin.EnvBinary); p != "" {
 		return filepath.Abs(p)
 	}
 	exe, err := os.Executable()
@@ -87,7 +89,7 @@ func (d *demo) do(name string, f func() error) error {
 	el := time.Since(start).Round(100 * time.Microsecond)
 	if err != nil {
 		d.fail++
-		fmt.Fprintf(d.out, "  [%2d] %-52s FAIL %8s\n       %s\n", d.step, name, el, sandbox.Describe(err))
+		fmt.Fprintf(d.out, "  [%2d] %-52s FAIL %8s\n       %s\n", d.step, name, el, cniruntime.Describe(err))
 		return err
 	}
 	fmt.Fprintf(d.out, "  [%2d] %-52s ok   %8s\n", d.step, name, el)
@@ -108,7 +110,7 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) (err error) {
 		if bin, err = locateCNI(o.cniBin); err != nil {
 			return err
 		}
-		if opts.Plugins, err = sandbox.PodnetLinks(bin); err != nil {
+		if opts.Plugins, err = cnibin.Links(bin); err != nil {
 			return err
 		}
 	}
