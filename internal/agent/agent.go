@@ -18,7 +18,6 @@ import (
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
 	"github.com/podnet/podnet/internal/nft"
-	"github.com/podnet/podnet/internal/plugins/all"
 )
 
 // Agent is one node's daemon.
@@ -352,7 +351,7 @@ func conflistOf(node cluster.Node, mtu int, cfg Config) ([]byte, error) {
 // (which costs reading both binaries, so not on every reconcile).
 func (a *Agent) installCNI(conf []byte, plugins bool) error {
 	if plugins {
-		if err := installPlugins(a.cfg.CNIBinary, a.cfg.CNIBinDir, all.Names()); err != nil {
+		if err := installCNIBinary(a.cfg.CNIBinary, a.cfg.CNIBinDir); err != nil {
 			return err
 		}
 	}

@@ -7,7 +7,21 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/podnet/podnet/internal/cnibin"
 )
+
+// installCNIBinary installs the podnet-cni binary into binDir with one
+// hard link per plugin type it answers to. It asks the binary itself
+// (`podnet-cni names`), so the links match exactly the binary installed,
+// whatever its version, and the agent need not link every plugin.
+func installCNIBinary(binary, binDir string) error {
+	names, err := cnibin.Names(binary)
+	if err != nil {
+		return fmt.Errorf("install plugins: %w", err)
+	}
+	return installPlugins(binary, binDir, names)
+}
 
 // installPlugins copies the podnet-cni binary into binDir (unless an
 // identical one is there) and makes each plugin name a hard link to it.
