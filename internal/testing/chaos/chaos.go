@@ -6,7 +6,7 @@
 // no valid pod.
 //
 // A run works on one network (a chain of plugins) in a throwaway node
-// namespace of internal/sandbox: it creates pod namespaces and runs N
+// namespace of internal/testing/sandbox: it creates pod namespaces and runs N
 // operations, a few at a time — ADD of a new pod or DEL of a live one —
 // each through a process of the official cnitool (libcni) started in a
 // process group of its own; a share of them get SIGKILL sent to the whole
