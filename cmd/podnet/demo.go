@@ -82,7 +82,6 @@ func locateCNI(flag string) (string, error) {
 // demo is the state of one run, for step printing.
 type demo struct {
 	out  io.Writer
-	ctx  context.Context
 	step int
 	fail int
 }
@@ -202,7 +201,7 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) (err error) {
 			err = fmt.Errorf("tear down: %w", cerr)
 		}
 	}()
-	d := &demo{out: out, ctx: ctx}
+	d := &demo{out: out}
 
 	_, lo, err := confList("demo-lo", o.cniVersion, map[string]any{"type": "loopback"})
 	if err != nil {
