@@ -2,7 +2,7 @@
 // and its plugins during 1,000 ADD/DEL, then 0 duplicate IPs and 0 leaked
 // IPs, links and rules after GC. For each chain that matters — the full
 // chain (bridge+host-local, portmap, bandwidth, tuning) and podnet's
-// cluster conflist — it runs internal/chaos: N operations through cnitool,
+// cluster conflist — it runs internal/testing/chaos: N operations through cnitool,
 // a few at a time, a share of them SIGKILLed (cnitool and its plugins) at
 // a random point, then libcni's GC with the attachments the journal still
 // holds valid, the audit, and a teardown. The reference plugins (Debian's
@@ -27,8 +27,10 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
-	"github.com/podnet/podnet/internal/chaos"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cnibin"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/chaos"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 type options struct {
@@ -86,12 +88,12 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	links, err := sandbox.PodnetLinks(o.cniBin)
+	links, err := cnibin.Links(o.cniBin)
 	if err != nil {
 		return err
 	}
 	podnetBin := filepath.Join(tmp, "podnet-bin")
-	if err := sandbox.LinkBinDir(podnetBin, links); err != nil {
+	if err := cniruntime.LinkDir(podnetBin, links); err != nil {
 		return err
 	}
 	specs := []runSpec{

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
-	"github.com/podnet/podnet/internal/chaos"
+	"github.com/podnet/podnet/internal/testing/chaos"
 )
 
 // result is the benchmark's report: every run's audit.
@@ -186,7 +186,7 @@ func method(r *result) string {
 leaked IPs, links and rules after GC; rows marked extension hold podnet to the same 0 for what
 VISION does not name.
 
-Each chain runs on a fresh node (a throwaway network namespace) through internal/chaos, the
+Each chain runs on a fresh node (a throwaway network namespace) through internal/testing/chaos, the
 driver of test/cni's TestCrashChaos: ADD of a new pod (its own namespace, a TCP and a UDP host
 port and 100 Mbit/s each way as capability args, as containerd sends them) or DEL of a live one,
 %d at a time, each by a process of the official `+"`cnitool`"+` (libcni) in a process group of its own.

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // burstResult is one round of the burst for one suite.

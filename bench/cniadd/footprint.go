@@ -20,8 +20,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/podnet/podnet/internal/cnibin"
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // footprint is the installed size of each suite's plugins for the types
@@ -47,7 +49,7 @@ func measureFootprint(podnetCNI, refDir string) (footprint, error) {
 		return f, err
 	}
 	f.PodnetBytes = fi.Size()
-	links, err := sandbox.PodnetLinks(podnetCNI)
+	links, err := cnibin.Links(podnetCNI)
 	if err != nil {
 		return f, err
 	}
@@ -194,7 +196,7 @@ func (b *bench) profileADD(s *suite, net string, pods int, cacheDir string) (rss
 		}
 		rec := &recordingExec{tmpDir: cacheDir}
 		cni := libcni.NewCNIConfigWithCacheDir([]string{s.binDir}, cacheDir, rec)
-		rt := &libcni.RuntimeConf{ContainerID: sandbox.RandomID(), NetNS: pod.Path(), IfName: "eth0",
+		rt := &libcni.RuntimeConf{ContainerID: cniruntime.RandomID(), NetNS: pod.Path(), IfName: "eth0",
 			CapabilityArgs: chainCaps(net, 30080)}
 		if net == "floor" {
 			rt.IfName = "lo"

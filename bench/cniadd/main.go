@@ -41,9 +41,11 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/internal/cnibin"
 	"github.com/podnet/podnet/internal/cniconf"
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // bar is the project's bar: podnet's cost above the floor must be at most
@@ -174,11 +176,11 @@ func run(ctx context.Context, o options) (err error) {
 		}
 		podnetCNI = bin
 		podnetBin = filepath.Join(tmp, "podnet-bin")
-		links, err := sandbox.PodnetLinks(bin)
+		links, err := cnibin.Links(bin)
 		if err != nil {
 			return err
 		}
-		if err := sandbox.LinkBinDir(podnetBin, links); err != nil {
+		if err := cniruntime.LinkDir(podnetBin, links); err != nil {
 			return err
 		}
 	}
@@ -439,7 +441,7 @@ func (b *bench) bareRound(s *suite, version string, out map[string]*series, time
 		return err
 	}
 	defer pod.Remove()
-	id := sandbox.RandomID()
+	id := cniruntime.RandomID()
 	for _, cmd := range []string{"ADD", "DEL"} {
 		env := append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
 			sandbox.Env(cmd, id, pod.Path(), "eth0", s.binDir)...)

@@ -35,8 +35,9 @@ import (
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
 	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/cnibin"
 	"github.com/podnet/podnet/internal/lab"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 type options struct {
@@ -209,7 +210,7 @@ func build(ctx context.Context, c *cleanup, o options, bins lab.Binaries) ([]*pa
 	add("podnet routed (podnet plugin)", sameNode, refVeth, 0.95, eps[0], eps[1])
 
 	fmt.Fprintln(os.Stderr, "podnet bridge …")
-	links, err := sandbox.PodnetLinks(bins.CNI)
+	links, err := cnibin.Links(bins.CNI)
 	if err != nil {
 		return nil, err
 	}

@@ -16,9 +16,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // cleanup collects what the benchmark built, removed in reverse order
@@ -110,7 +111,7 @@ func cniPair(ctx context.Context, c *cleanup, prefix string, o sandbox.Options, 
 		}
 		r, err := sb.Add(ctx, list, p.RT(nil))
 		if err != nil {
-			return ends[0], ends[1], fmt.Errorf("%s ADD: %s", prefix, sandbox.Describe(err))
+			return ends[0], ends[1], fmt.Errorf("%s ADD: %s", prefix, cniruntime.Describe(err))
 		}
 		c.add(func() error { return sb.Del(context.Background(), list, p.RT(nil)) })
 		res, err := current.NewResultFromResult(r)

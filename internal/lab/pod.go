@@ -10,13 +10,13 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/internal/cniconf"
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
 )
 
 // runtime is a container runtime on the node: libcni with the node's CNI
 // bin dir and the conflist its agent wrote.
-func runtimeOf(n *Node) (*sandbox.Runtime, *libcni.NetworkConfigList, func(), error) {
+func runtimeOf(n *Node) (*cniruntime.Runtime, *libcni.NetworkConfigList, func(), error) {
 	ns, err := netns.OpenNamed(n.NS)
 	if err != nil {
 		return nil, nil, nil, err
@@ -26,7 +26,7 @@ func runtimeOf(n *Node) (*sandbox.Runtime, *libcni.NetworkConfigList, func(), er
 		ns.Close()
 		return nil, nil, nil, fmt.Errorf("CNI configuration of %s: %w", n.Name, err)
 	}
-	rt := sandbox.NewRuntime(ns.NS, []string{filepath.Join(n.Dir, "bin")}, filepath.Join(n.Dir, "cni-cache"), nil)
+	rt := cniruntime.NewRuntime(ns.NS, []string{filepath.Join(n.Dir, "bin")}, filepath.Join(n.Dir, "cni-cache"), nil)
 	return rt, list, func() { ns.Close() }, nil
 }
 
@@ -64,10 +64,10 @@ func (l *Lab) AddPod(ctx context.Context, nodeName string) (*Pod, error) {
 		return nil, err
 	}
 	defer ns.close()
-	p := &Pod{Name: name, Node: n.Name, NS: l.nsName(name), ContainerID: sandbox.RandomID()}
+	p := &Pod{Name: name, Node: n.Name, NS: l.nsName(name), ContainerID: cniruntime.RandomID()}
 	r, err := rt.Add(ctx, list, p.runtimeConf())
 	if err != nil {
-		return nil, fmt.Errorf("ADD %s on %s: %s", name, n.Name, sandbox.Describe(err))
+		return nil, fmt.Errorf("ADD %s on %s: %s", name, n.Name, cniruntime.Describe(err))
 	}
 	res, err := current.NewResultFromResult(r)
 	if err != nil {
@@ -104,7 +104,7 @@ func (l *Lab) DelPod(ctx context.Context, name string) error {
 	}
 	defer done()
 	if err := rt.Del(ctx, list, p.runtimeConf()); err != nil {
-		return fmt.Errorf("DEL %s on %s: %s", name, n.Name, sandbox.Describe(err))
+		return fmt.Errorf("DEL %s on %s: %s", name, n.Name, cniruntime.Describe(err))
 	}
 	if err := netns.DeleteNamed(p.NS); err != nil {
 		return err

@@ -239,6 +239,32 @@ func (c *Conn) GC(network string, keep func(attachment.ID) bool) error {
 	return nil
 }
 
+// Attachments lists the attachments of network that own rules in podnet's
+// tables, each once: what DEL or GC has left behind, when called after
+// them. It only reads.
+func (c *Conn) Attachments(network string) ([]attachment.ID, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.ready(); err != nil {
+		return nil, err
+	}
+	rules, err := c.listAll()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[attachment.ID]bool{}
+	var out []attachment.ID
+	for _, r := range rules {
+		a, err := attachment.Parse(r.comment)
+		if err != nil || a.Network != network || seen[a] {
+			continue
+		}
+		seen[a] = true
+		out = append(out, a)
+	}
+	return out, nil
+}
+
 // replace makes the attachment's rules in chain exactly rules, in one
 // transaction that also creates the chain's table and the chain unless the
 // listing showed the chain exists (it had rules): re-adding an existing

@@ -7,7 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // badCase is one malformed call of a plugin binary.
@@ -42,7 +43,7 @@ func TestBadInput(t *testing.T) {
 	goodPod := newPod(t, sb)
 	r, err := sb.Add(ctx, list, goodPod.RT(nil))
 	if err != nil {
-		t.Fatalf("ADD of the good pod: %s", sandbox.Describe(err))
+		t.Fatalf("ADD of the good pod: %s", cniruntime.Describe(err))
 	}
 	goodRes := toCurrent(t, r)
 
@@ -166,7 +167,7 @@ func TestBadInput(t *testing.T) {
 			}
 			env := map[string]string{
 				"CNI_COMMAND":     command,
-				"CNI_CONTAINERID": sandbox.RandomID(),
+				"CNI_CONTAINERID": cniruntime.RandomID(),
 				"CNI_NETNS":       victim.Path(),
 				"CNI_IFNAME":      "eth0",
 				"CNI_PATH":        bin,
@@ -225,7 +226,7 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("allocations after the bad call: %v, want only the good pod's", allocs)
 			}
 			if err := sb.Check(ctx, list, goodPod.RT(nil)); err != nil {
-				t.Errorf("CHECK of the good pod: %s", sandbox.Describe(err))
+				t.Errorf("CHECK of the good pod: %s", cniruntime.Describe(err))
 			}
 		})
 	}

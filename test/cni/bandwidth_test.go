@@ -15,8 +15,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // bwList is bridge+host-local followed by bandwidth, as a node's conflist.
@@ -163,7 +164,7 @@ func TestBandwidth(t *testing.T) {
 			rt := pod.RT(sandbox.BandwidthCap(8_000_000, 800_000, 4_000_000, 400_000))
 			r, err := sb.Add(ctx, list, rt)
 			if err != nil {
-				t.Fatalf("ADD: %s", sandbox.Describe(err))
+				t.Fatalf("ADD: %s", cniruntime.Describe(err))
 			}
 			ifb := ifbs(t, sb)
 			if len(ifb) != 1 || !strings.HasPrefix(ifb[0], "pni") {
@@ -179,7 +180,7 @@ func TestBandwidth(t *testing.T) {
 			}
 			if atLeast(v, "0.4.0") {
 				if err := sb.Check(ctx, list, rt); err != nil {
-					t.Errorf("CHECK: %s", sandbox.Describe(err))
+					t.Errorf("CHECK: %s", cniruntime.Describe(err))
 				}
 				// A different rate than the one in force fails CHECK.
 				if err := sb.Check(ctx, list, pod.RT(sandbox.BandwidthCap(9_000_000, 800_000, 4_000_000, 400_000))); err == nil {
@@ -187,27 +188,27 @@ func TestBandwidth(t *testing.T) {
 				}
 			}
 			if err := sb.Del(ctx, list, rt); err != nil {
-				t.Fatalf("DEL: %s", sandbox.Describe(err))
+				t.Fatalf("DEL: %s", cniruntime.Describe(err))
 			}
 			if got := ifbs(t, sb); len(got) != 0 {
 				t.Errorf("ifbs after DEL = %v", got)
 			}
 			if err := sb.Del(ctx, list, rt); err != nil {
-				t.Errorf("second DEL: %s", sandbox.Describe(err))
+				t.Errorf("second DEL: %s", cniruntime.Describe(err))
 			}
 
 			// DEL with an empty netns (as ctr sends it) still removes the ifb.
 			pod2 := newPod(t, sb)
 			rt2 := pod2.RT(sandbox.BandwidthCap(0, 0, 4_000_000, 400_000))
 			if _, err := sb.Add(ctx, list, rt2); err != nil {
-				t.Fatalf("ADD: %s", sandbox.Describe(err))
+				t.Fatalf("ADD: %s", cniruntime.Describe(err))
 			}
 			if err := pod2.Remove(); err != nil {
 				t.Fatal(err)
 			}
 			rt2.NetNS = ""
 			if err := sb.Del(ctx, list, rt2); err != nil {
-				t.Errorf("DEL without netns: %s", sandbox.Describe(err))
+				t.Errorf("DEL without netns: %s", cniruntime.Describe(err))
 			}
 			if got := ifbs(t, sb); len(got) != 0 {
 				t.Errorf("ifbs after DEL without netns = %v", got)
@@ -220,7 +221,7 @@ func TestBandwidth(t *testing.T) {
 			keep, lost := newPod(t, sb), newPod(t, sb)
 			for _, p := range []*sandbox.Pod{keep, lost} {
 				if _, err := sb.Add(ctx, list, p.RT(sandbox.BandwidthCap(0, 0, 4_000_000, 400_000))); err != nil {
-					t.Fatalf("ADD: %s", sandbox.Describe(err))
+					t.Fatalf("ADD: %s", cniruntime.Describe(err))
 				}
 			}
 			before := ifbs(t, sb)
@@ -228,7 +229,7 @@ func TestBandwidth(t *testing.T) {
 				t.Fatal(err)
 			}
 			if err := sb.GC(ctx, list, []types.GCAttachment{keep.Attachment()}); err != nil {
-				t.Fatalf("GC: %s", sandbox.Describe(err))
+				t.Fatalf("GC: %s", cniruntime.Describe(err))
 			}
 			after := ifbs(t, sb)
 			if len(before) != 2 || len(after) != 1 {
@@ -259,7 +260,7 @@ func TestBandwidthBadInput(t *testing.T) {
 			list := mustList(t, bwList("1.0.0", sb.DataDir("ipam")))
 			pod := newPod(t, sb)
 			_, err := sb.Add(ctx, list, pod.RT(tc.caps))
-			if e, ok := sandbox.CNIError(err); !ok || e.Code != types.ErrInvalidNetworkConfig {
+			if e, ok := cniruntime.CNIError(err); !ok || e.Code != types.ErrInvalidNetworkConfig {
 				t.Fatalf("ADD = %v, want code 7", err)
 			}
 			if got := ifbs(t, sb); len(got) != 0 {
@@ -283,11 +284,11 @@ func TestBandwidthShapes(t *testing.T) {
 	shaped, free := newPod(t, sb), newPod(t, sb)
 	rs, err := sb.Add(ctx, list, shaped.RT(sandbox.BandwidthCap(rate, 320_000, rate, 320_000)))
 	if err != nil {
-		t.Fatalf("ADD: %s", sandbox.Describe(err))
+		t.Fatalf("ADD: %s", cniruntime.Describe(err))
 	}
 	rf, err := sb.Add(ctx, list, free.RT(nil))
 	if err != nil {
-		t.Fatalf("ADD: %s", sandbox.Describe(err))
+		t.Fatalf("ADD: %s", cniruntime.Describe(err))
 	}
 	gw := toCurrent(t, rs).IPs[0].Gateway.String()
 	shapedIP := toCurrent(t, rs).IPs[0].Address.IP.String()

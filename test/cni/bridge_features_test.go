@@ -9,7 +9,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // TestBridgeFeatures drives the bridge options a reference user may set
@@ -61,7 +62,7 @@ func TestBridgeFeatures(t *testing.T) {
 			if strings.Contains(err.Error(), "CONFIG_BRIDGE_VLAN_FILTERING") {
 				t.Skip("this kernel lacks bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); the vlan options cannot be exercised here")
 			}
-			t.Fatal(sandbox.Describe(err))
+			t.Fatal(cniruntime.Describe(err))
 		}
 		port := hostPort(t, "br-vlan")
 		vlans, err := hostH.BridgeVlanList()
@@ -78,7 +79,7 @@ func TestBridgeFeatures(t *testing.T) {
 	})
 	t.Run("hairpin isolation promisc", func(t *testing.T) {
 		if _, err := addWith(t, "flags", sandbox.Conf{"hairpinMode": true, "portIsolation": true}, nil, nil); err != nil {
-			t.Fatal(sandbox.Describe(err))
+			t.Fatal(cniruntime.Describe(err))
 		}
 		port := hostPort(t, "br-flags")
 		pi, err := hostH.LinkGetProtinfo(port)
@@ -89,7 +90,7 @@ func TestBridgeFeatures(t *testing.T) {
 			t.Errorf("protinfo hairpin=%v isolated=%v", pi.Hairpin, pi.Isolated)
 		}
 		if _, err := addWith(t, "promisc", sandbox.Conf{"promiscMode": true}, nil, nil); err != nil {
-			t.Fatal(sandbox.Describe(err))
+			t.Fatal(cniruntime.Describe(err))
 		}
 		br, _ := hostH.LinkByName("br-promisc")
 		if br.Attrs().Promisc == 0 {
@@ -99,7 +100,7 @@ func TestBridgeFeatures(t *testing.T) {
 	t.Run("layer 2 only and disabled interface", func(t *testing.T) {
 		pod, err := addWith(t, "l2", nil, nil, nil)
 		if err != nil {
-			t.Fatal(sandbox.Describe(err))
+			t.Fatal(cniruntime.Describe(err))
 		}
 		links, _ := sandbox.Links(pod.NS.NS)
 		if l, ok := sandbox.FindLink(links, "eth0"); !ok || !l.Up || len(l.Addrs) != 0 {
@@ -107,7 +108,7 @@ func TestBridgeFeatures(t *testing.T) {
 		}
 		pod, err = addWith(t, "down", sandbox.Conf{"disableContainerInterface": true}, nil, nil)
 		if err != nil {
-			t.Fatal(sandbox.Describe(err))
+			t.Fatal(cniruntime.Describe(err))
 		}
 		links, _ = sandbox.Links(pod.NS.NS)
 		if l, ok := sandbox.FindLink(links, "eth0"); !ok || l.Up {
@@ -117,7 +118,7 @@ func TestBridgeFeatures(t *testing.T) {
 	t.Run("mac capability", func(t *testing.T) {
 		pod, err := addWith(t, "mac", sandbox.Conf{"capabilities": map[string]bool{"mac": true}}, nil, map[string]any{"mac": "0a:58:0a:0b:0c:0d"})
 		if err != nil {
-			t.Fatal(sandbox.Describe(err))
+			t.Fatal(cniruntime.Describe(err))
 		}
 		links, _ := sandbox.Links(pod.NS.NS)
 		if l, _ := sandbox.FindLink(links, "eth0"); l.MAC != "0a:58:0a:0b:0c:0d" {
@@ -127,7 +128,7 @@ func TestBridgeFeatures(t *testing.T) {
 	t.Run("forceAddress", func(t *testing.T) {
 		dir := sb.DataDir("force")
 		if _, err := addWith(t, "force", sandbox.Conf{"isGateway": true}, sandbox.HostLocal("10.60.0.0/24", dir), nil); err != nil {
-			t.Fatal(sandbox.Describe(err))
+			t.Fatal(cniruntime.Describe(err))
 		}
 		// Another network on the same bridge with another gateway.
 		other := sandbox.Conf{"isGateway": true, "bridge": "br-force"}
@@ -136,7 +137,7 @@ func TestBridgeFeatures(t *testing.T) {
 		}
 		other["forceAddress"] = true
 		if _, err := addWith(t, "force3", other, sandbox.HostLocal("10.62.0.0/24", dir), nil); err != nil {
-			t.Fatal(sandbox.Describe(err))
+			t.Fatal(cniruntime.Describe(err))
 		}
 		br, _ := hostH.LinkByName("br-force")
 		addrs, _ := hostH.AddrList(br, netlink.FAMILY_V4)
@@ -153,7 +154,7 @@ func TestBridgeFeatures(t *testing.T) {
 			start := time.Now()
 			pod, err := addWith(t, map[bool]string{false: "nodad", true: "dad"}[dad], sandbox.Conf{"isGateway": true, "enabledad": dad}, ipam, nil)
 			if err != nil {
-				t.Fatal(sandbox.Describe(err))
+				t.Fatal(cniruntime.Describe(err))
 			}
 			elapsed := time.Since(start)
 			h, _ := netlink.NewHandleAt(pod.NS.Handle(), unix.NETLINK_ROUTE)
@@ -174,7 +175,7 @@ func TestBridgeFeatures(t *testing.T) {
 		for i := 0; i < 2; i++ {
 			p, err := addWith(t, "talk", sandbox.Conf{"isGateway": true, "ipMasq": true, "macspoofchk": true}, sandbox.HostLocal("10.64.0.0/24", dir), nil)
 			if err != nil {
-				t.Fatal(sandbox.Describe(err))
+				t.Fatal(cniruntime.Describe(err))
 			}
 			pods = append(pods, p)
 		}

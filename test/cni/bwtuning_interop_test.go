@@ -4,7 +4,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // TestBandwidthTuningInterop chains bridge+host-local, tuning and bandwidth
@@ -40,7 +41,7 @@ func TestBandwidthTuningInterop(t *testing.T) {
 				rt := pod.RT(caps)
 				r, err := sb.Add(ctx, list, rt)
 				if err != nil {
-					t.Fatalf("ADD: %s", sandbox.Describe(err))
+					t.Fatalf("ADD: %s", cniruntime.Describe(err))
 				}
 				ifb := ifbs(t, sb)
 				if len(ifb) != 1 {
@@ -55,11 +56,11 @@ func TestBandwidthTuningInterop(t *testing.T) {
 				}
 				if atLeast(v, "0.4.0") {
 					if err := sb.Check(ctx, list, rt); err != nil {
-						t.Errorf("CHECK: %s", sandbox.Describe(err))
+						t.Errorf("CHECK: %s", cniruntime.Describe(err))
 					}
 				}
 				if err := sb.Del(ctx, list, rt); err != nil {
-					t.Fatalf("DEL: %s", sandbox.Describe(err))
+					t.Fatalf("DEL: %s", cniruntime.Describe(err))
 				}
 				if got := ifbs(t, sb); len(got) != 0 {
 					t.Errorf("ifbs after DEL = %v", got)

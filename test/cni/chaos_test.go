@@ -5,8 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/podnet/podnet/internal/chaos"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/chaos"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 var chaosOps = flag.Int("chaos-ops", 150, "operations per chain of TestCrashChaos")

@@ -10,15 +10,16 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/link"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // wantCode fails unless err is a spec error with the code whose message
 // or details contain every string of mention.
 func wantCode(t *testing.T, what string, err error, code uint, mention ...string) {
 	t.Helper()
-	e, ok := sandbox.CNIError(err)
+	e, ok := cniruntime.CNIError(err)
 	if !ok || e.Code != code {
 		t.Fatalf("%s = %v, want error code %d", what, err, code)
 	}
@@ -135,7 +136,7 @@ func TestUnsupportedFields(t *testing.T) {
 						first := tc.conf(dataDir)
 						delete(first, "vlan")
 						if _, err := sb.Add(ctx, mustList(t, sandbox.ConfList{Name: "codes", CNIVersion: v, Plugins: []sandbox.Conf{first}}), newPod(t, sb).RT(nil)); err != nil {
-							t.Fatalf("ADD without the field: %s", sandbox.Describe(err))
+							t.Fatalf("ADD without the field: %s", cniruntime.Describe(err))
 						}
 						veths = 1
 					}
@@ -144,7 +145,7 @@ func TestUnsupportedFields(t *testing.T) {
 					_, err := sb.Add(ctx, list, pod.RT(nil))
 					if tc.mention == nil {
 						if err != nil {
-							t.Fatalf("ADD: %s", sandbox.Describe(err))
+							t.Fatalf("ADD: %s", cniruntime.Describe(err))
 						}
 						return
 					}
@@ -221,7 +222,7 @@ func TestStoreIOFailure(t *testing.T) {
 			if tc.name != "file where the directory should be" {
 				kept = newPod(t, sb)
 				if _, err := sb.Add(ctx, list, kept.RT(nil)); err != nil {
-					t.Fatalf("ADD on a healthy store: %s", sandbox.Describe(err))
+					t.Fatalf("ADD on a healthy store: %s", cniruntime.Describe(err))
 				}
 				keptIPs = allocationsOf(t, dataDir, kept.ContainerID)
 			}
@@ -250,7 +251,7 @@ func TestStoreIOFailure(t *testing.T) {
 			}
 			if kept != nil {
 				if err := sb.Del(ctx, list, kept.RT(nil)); err != nil {
-					t.Fatalf("DEL once the store is healthy: %s", sandbox.Describe(err))
+					t.Fatalf("DEL once the store is healthy: %s", cniruntime.Describe(err))
 				}
 				verifyGone(t, sb, dataDir, kept)
 			}
@@ -351,17 +352,17 @@ func TestStatusLimitedConnectivity(t *testing.T) {
 			list := mustList(t, sandbox.ConfList{Name: "status", CNIVersion: "1.1.0", Plugins: []sandbox.Conf{tc.conf(sb.DataDir("ipam"))}})
 			if tc.code != 50 {
 				if _, err := sb.Add(ctx, list, newPod(t, sb).RT(nil)); err != nil {
-					t.Fatalf("ADD: %s", sandbox.Describe(err))
+					t.Fatalf("ADD: %s", cniruntime.Describe(err))
 				}
 			}
 			if err := sb.Status(ctx, list); err != nil {
-				t.Fatalf("STATUS of a healthy network: %s", sandbox.Describe(err))
+				t.Fatalf("STATUS of a healthy network: %s", cniruntime.Describe(err))
 			}
 			tc.break_(t, sb, h)
 			err = sb.Status(ctx, list)
 			if tc.code == 0 {
 				if err != nil {
-					t.Fatalf("STATUS = %s, want healthy", sandbox.Describe(err))
+					t.Fatalf("STATUS = %s, want healthy", cniruntime.Describe(err))
 				}
 				return
 			}
@@ -371,10 +372,10 @@ func TestStatusLimitedConnectivity(t *testing.T) {
 			}
 			// ADD repairs what existing pods need; STATUS is healthy again.
 			if _, err := sb.Add(ctx, list, newPod(t, sb).RT(nil)); err != nil {
-				t.Fatalf("ADD with limited connectivity: %s", sandbox.Describe(err))
+				t.Fatalf("ADD with limited connectivity: %s", cniruntime.Describe(err))
 			}
 			if err := sb.Status(ctx, list); err != nil {
-				t.Errorf("STATUS after ADD repaired the host: %s", sandbox.Describe(err))
+				t.Errorf("STATUS after ADD repaired the host: %s", cniruntime.Describe(err))
 			}
 		})
 	}

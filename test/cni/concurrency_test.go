@@ -5,7 +5,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 var (
@@ -57,7 +58,7 @@ func TestConcurrentPods(t *testing.T) {
 	seen := map[string]int{}
 	for i := range pods {
 		if errs[i] != nil {
-			t.Errorf("ADD of pod %d: %s", i, sandbox.Describe(errs[i]))
+			t.Errorf("ADD of pod %d: %s", i, cniruntime.Describe(errs[i]))
 			continue
 		}
 		if j, dup := seen[ips[i]]; dup {
@@ -89,7 +90,7 @@ func TestConcurrentPods(t *testing.T) {
 	wg.Wait()
 	for i := range pods {
 		if errs[i] != nil {
-			t.Errorf("DEL of pod %d: %s", i, sandbox.Describe(errs[i]))
+			t.Errorf("DEL of pod %d: %s", i, cniruntime.Describe(errs[i]))
 		}
 	}
 	verifyGone(t, sb, dataDir, pods...)

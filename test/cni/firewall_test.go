@@ -9,8 +9,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // fwNet is one bridge network with the firewall chained after it.
@@ -81,7 +82,7 @@ func TestFirewall(t *testing.T) {
 				}{{a1, na}, {a2, na}, {b1, nb}} {
 					r, err := sb.Add(ctx, x.n.list, x.p.RT(nil))
 					if err != nil {
-						t.Fatalf("ADD: %s", sandbox.Describe(err))
+						t.Fatalf("ADD: %s", cniruntime.Describe(err))
 					}
 					ip[x.p] = podIP(t, r)
 					if len(firewallRules(t, sb, x.n.name, x.p)) == 0 {
@@ -96,7 +97,7 @@ func TestFirewall(t *testing.T) {
 
 				if atLeast(v, "0.4.0") {
 					if err := sb.Check(ctx, na.list, a1.RT(nil)); err != nil {
-						t.Errorf("CHECK: %s", sandbox.Describe(err))
+						t.Errorf("CHECK: %s", cniruntime.Describe(err))
 					}
 					rules := firewallRules(t, sb, "fwa", a1)
 					r := rules[len(rules)-1]
@@ -113,7 +114,7 @@ func TestFirewall(t *testing.T) {
 				noNS.NetNS = ""
 				for i := 0; i < 2; i++ {
 					if err := sb.Del(ctx, na.list, noNS); err != nil {
-						t.Errorf("DEL without netns #%d: %s", i+1, sandbox.Describe(err))
+						t.Errorf("DEL without netns #%d: %s", i+1, cniruntime.Describe(err))
 					}
 				}
 				if r := firewallRules(t, sb, "fwa", a1); len(r) != 0 {
@@ -127,7 +128,7 @@ func TestFirewall(t *testing.T) {
 					n fwNet
 				}{{a2, na}, {b1, nb}} {
 					if err := sb.Del(ctx, x.n.list, x.p.RT(nil)); err != nil {
-						t.Errorf("DEL: %s", sandbox.Describe(err))
+						t.Errorf("DEL: %s", cniruntime.Describe(err))
 					}
 				}
 				verifyNoRules(t, sb, a1.ContainerID, a2.ContainerID, b1.ContainerID)
@@ -194,23 +195,23 @@ func TestFirewallInterop(t *testing.T) {
 		a1, b1 := newPod(t, sb), newPod(t, sb)
 		ra, err := sb.Add(ctx, na.list, a1.RT(nil))
 		if err != nil {
-			t.Fatalf("ADD: %s", sandbox.Describe(err))
+			t.Fatalf("ADD: %s", cniruntime.Describe(err))
 		}
 		rb, err := sb.Add(ctx, nb.list, b1.RT(nil))
 		if err != nil {
-			t.Fatalf("ADD: %s", sandbox.Describe(err))
+			t.Fatalf("ADD: %s", cniruntime.Describe(err))
 		}
 		reach(t, a1.NS.NS, serve(t, b1.NS.NS, podIP(t, rb)), false, "pod to pod across isolated bridges")
 		reach(t, sb.Host.NS, serve(t, a1.NS.NS, podIP(t, ra)), true, "host to pod")
 		if err := sb.Check(ctx, na.list, a1.RT(nil)); err != nil {
-			t.Errorf("CHECK: %s", sandbox.Describe(err))
+			t.Errorf("CHECK: %s", cniruntime.Describe(err))
 		}
 		for _, x := range []struct {
 			p *sandbox.Pod
 			n fwNet
 		}{{a1, na}, {b1, nb}} {
 			if err := sb.Del(ctx, x.n.list, x.p.RT(nil)); err != nil {
-				t.Errorf("DEL: %s", sandbox.Describe(err))
+				t.Errorf("DEL: %s", cniruntime.Describe(err))
 			}
 		}
 		if r, err := sandbox.PodnetRules(sb.Host.NS); err != nil || len(r) != 0 {
@@ -231,7 +232,7 @@ func TestFirewallInterop(t *testing.T) {
 		p := newPod(t, sb)
 		r, err := sb.Add(ctx, n.list, p.RT(nil))
 		if err != nil {
-			t.Fatalf("ADD: %s", sandbox.Describe(err))
+			t.Fatalf("ADD: %s", cniruntime.Describe(err))
 		}
 		ip := podIP(t, r)
 		out, err := iptablesIn(sb.Host.NS, "-S", "CNI-FORWARD")
@@ -240,10 +241,10 @@ func TestFirewallInterop(t *testing.T) {
 		}
 		reach(t, sb.Host.NS, serve(t, p.NS.NS, ip), true, "host to pod")
 		if err := sb.Check(ctx, n.list, p.RT(nil)); err != nil {
-			t.Errorf("CHECK: %s", sandbox.Describe(err))
+			t.Errorf("CHECK: %s", cniruntime.Describe(err))
 		}
 		if err := sb.Del(ctx, n.list, p.RT(nil)); err != nil {
-			t.Errorf("DEL: %s", sandbox.Describe(err))
+			t.Errorf("DEL: %s", cniruntime.Describe(err))
 		}
 		if out, _ := iptablesIn(sb.Host.NS, "-S", "CNI-FORWARD"); strings.Contains(out, ip) {
 			t.Errorf("reference firewall rules for %s left after DEL:\n%s", ip, out)

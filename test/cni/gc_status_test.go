@@ -10,7 +10,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // TestGC adds three pods and garbage-collects with only the first listed
@@ -62,7 +63,7 @@ func gc(t *testing.T, bin string, n network, lostCache bool) {
 		rt := p.RT(caps)
 		r, err := sb.Add(ctx, list, rt)
 		if err != nil {
-			t.Fatalf("ADD pod %d: %s", i, sandbox.Describe(err))
+			t.Fatalf("ADD pod %d: %s", i, cniruntime.Describe(err))
 		}
 		pods = append(pods, p)
 		results = append(results, toCurrent(t, r))
@@ -73,7 +74,7 @@ func gc(t *testing.T, bin string, n network, lostCache bool) {
 		}
 	}
 	if err := sb.GC(ctx, list, []types.GCAttachment{pods[0].Attachment()}); err != nil {
-		t.Fatalf("GC: %s", sandbox.Describe(err))
+		t.Fatalf("GC: %s", cniruntime.Describe(err))
 	}
 
 	// The stale pods are gone: no host veth but the valid pod's, no rule
@@ -110,7 +111,7 @@ func gc(t *testing.T, bin string, n network, lostCache bool) {
 			rt.CapabilityArgs = map[string]any{"ips": []string{"10.90.0.10/24"}}
 		}
 		if err := sb.Check(ctx, list, rt); err != nil {
-			t.Errorf("CHECK of the valid pod after GC: %s", sandbox.Describe(err))
+			t.Errorf("CHECK of the valid pod after GC: %s", cniruntime.Describe(err))
 		}
 	}
 	gw := results[0].IPs[0].Gateway
@@ -136,7 +137,7 @@ func gc(t *testing.T, bin string, n network, lostCache bool) {
 		}
 	}
 	if err := sb.GC(ctx, list, nil); err != nil {
-		t.Fatalf("GC of everything: %s", sandbox.Describe(err))
+		t.Fatalf("GC of everything: %s", cniruntime.Describe(err))
 	}
 	dd := ""
 	if n.stateful {
@@ -159,14 +160,14 @@ func TestStatus(t *testing.T) {
 		sandbox.Bridge("cni0", sandbox.HostLocal("10.77.0.0/30", dataDir)),
 	}})
 	if err := sb.Status(ctx, list); err != nil {
-		t.Fatalf("STATUS of an empty network: %s", sandbox.Describe(err))
+		t.Fatalf("STATUS of an empty network: %s", cniruntime.Describe(err))
 	}
 	// Fill the range: .0 is the network, .1 the gateway, .3 broadcast.
 	var added []*sandbox.Pod
 	for i := 0; i < 4; i++ {
 		p := newPod(t, sb)
 		if _, err := sb.Add(ctx, list, p.RT(nil)); err != nil {
-			t.Logf("ADD %d fails once the range is full: %s", i, sandbox.Describe(err))
+			t.Logf("ADD %d fails once the range is full: %s", i, cniruntime.Describe(err))
 			// The failed ADD left nothing behind.
 			hostLinks, err := sandbox.Links(sb.Host.NS)
 			if err != nil {
@@ -187,13 +188,13 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("a /30 with a gateway gave %d addresses, want 1", len(added))
 	}
 	err := sb.Status(ctx, list)
-	if e, ok := sandbox.CNIError(err); !ok || e.Code != 50 {
+	if e, ok := cniruntime.CNIError(err); !ok || e.Code != 50 {
 		t.Errorf("STATUS of a full range = %v, want error code 50", err)
 	}
 	if err := sb.Del(ctx, list, added[0].RT(nil)); err != nil {
-		t.Fatalf("DEL: %s", sandbox.Describe(err))
+		t.Fatalf("DEL: %s", cniruntime.Describe(err))
 	}
 	if err := sb.Status(ctx, list); err != nil {
-		t.Errorf("STATUS after the range freed up: %s", sandbox.Describe(err))
+		t.Errorf("STATUS after the range freed up: %s", cniruntime.Describe(err))
 	}
 }

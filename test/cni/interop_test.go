@@ -10,7 +10,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // interopVersion is the newest spec version the reference plugins
@@ -52,11 +53,11 @@ func addOnce(t *testing.T, cniPath string, n network) types.Result {
 	pod.IfName = n.ifName
 	r, err := sb.Add(ctx, list, pod.RT(nil))
 	if err != nil {
-		t.Fatalf("ADD with plugins from %s: %s", cniPath, sandbox.Describe(err))
+		t.Fatalf("ADD with plugins from %s: %s", cniPath, cniruntime.Describe(err))
 	}
 	verifyAdded(t, sb, pod, n.kind, toCurrent(t, r))
 	if err := sb.Del(ctx, list, pod.RT(nil)); err != nil {
-		t.Errorf("DEL with plugins from %s: %s", cniPath, sandbox.Describe(err))
+		t.Errorf("DEL with plugins from %s: %s", cniPath, cniruntime.Describe(err))
 	}
 	return r
 }
@@ -225,7 +226,7 @@ func mixedLifecycle(t *testing.T, bin string, n network) {
 	rt := pod.RT(nil)
 	r, err := sb.Add(ctx, list, rt)
 	if err != nil {
-		t.Fatalf("ADD: %s", sandbox.Describe(err))
+		t.Fatalf("ADD: %s", cniruntime.Describe(err))
 	}
 	res := toCurrent(t, r)
 	verifyAdded(t, sb, pod, n.kind, res)
@@ -233,7 +234,7 @@ func mixedLifecycle(t *testing.T, bin string, n network) {
 		t.Errorf("no IPAM allocation records %s", pod.ContainerID)
 	}
 	if err := sb.Check(ctx, list, rt); err != nil {
-		t.Errorf("CHECK: %s", sandbox.Describe(err))
+		t.Errorf("CHECK: %s", cniruntime.Describe(err))
 	}
 	// A second pod gets another address of the same range.
 	pods := []*sandbox.Pod{pod}
@@ -242,7 +243,7 @@ func mixedLifecycle(t *testing.T, bin string, n network) {
 		pods = append(pods, pod2)
 		r2, err := sb.Add(ctx, list, pod2.RT(nil))
 		if err != nil {
-			t.Fatalf("ADD of a second pod: %s", sandbox.Describe(err))
+			t.Fatalf("ADD of a second pod: %s", cniruntime.Describe(err))
 		}
 		res2 := toCurrent(t, r2)
 		verifyAdded(t, sb, pod2, n.kind, res2)
@@ -250,14 +251,14 @@ func mixedLifecycle(t *testing.T, bin string, n network) {
 			t.Errorf("second pod got the first pod's address %s", res.IPs[0].Address.IP)
 		}
 		if err := sb.Del(ctx, list, pod2.RT(nil)); err != nil {
-			t.Errorf("DEL of the second pod: %s", sandbox.Describe(err))
+			t.Errorf("DEL of the second pod: %s", cniruntime.Describe(err))
 		}
 	}
 	if err := sb.Del(ctx, list, rt); err != nil {
-		t.Fatalf("DEL: %s", sandbox.Describe(err))
+		t.Fatalf("DEL: %s", cniruntime.Describe(err))
 	}
 	verifyGone(t, sb, dataDir, pods...)
 	if err := sb.Del(ctx, list, rt); err != nil {
-		t.Errorf("second DEL: %s", sandbox.Describe(err))
+		t.Errorf("second DEL: %s", cniruntime.Describe(err))
 	}
 }

@@ -8,7 +8,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // listVersions are the spec versions a conflist may carry (libcni lists
@@ -125,7 +126,7 @@ func lifecycle(t *testing.T, bin string, n network, v string) {
 	// ADD, and the kernel matches the result.
 	r, err := sb.Add(ctx, list, rt)
 	if err != nil {
-		t.Fatalf("ADD: %s", sandbox.Describe(err))
+		t.Fatalf("ADD: %s", cniruntime.Describe(err))
 	}
 	if r.Version() != v {
 		t.Errorf("ADD result is version %s, want %s", r.Version(), v)
@@ -139,19 +140,19 @@ func lifecycle(t *testing.T, bin string, n network, v string) {
 	// CHECK (0.4.0 and later).
 	if atLeast(v, "0.4.0") {
 		if err := sb.Check(ctx, list, rt); err != nil {
-			t.Errorf("CHECK: %s", sandbox.Describe(err))
+			t.Errorf("CHECK: %s", cniruntime.Describe(err))
 		}
 	}
 	// STATUS (1.1.0) while a pod is attached.
 	if atLeast(v, "1.1.0") {
 		if err := sb.Status(ctx, list); err != nil {
-			t.Errorf("STATUS: %s", sandbox.Describe(err))
+			t.Errorf("STATUS: %s", cniruntime.Describe(err))
 		}
 	}
 
 	// DEL removes everything; DEL again succeeds.
 	if err := sb.Del(ctx, list, rt); err != nil {
-		t.Fatalf("DEL: %s", sandbox.Describe(err))
+		t.Fatalf("DEL: %s", cniruntime.Describe(err))
 	}
 	if n.kind == kindLoopback {
 		if l, _ := sandbox.Links(pod.NS.NS); len(l) > 0 && l[0].Up {
@@ -160,7 +161,7 @@ func lifecycle(t *testing.T, bin string, n network, v string) {
 	}
 	verifyGone(t, sb, dataDir, pod)
 	if err := sb.Del(ctx, list, rt); err != nil {
-		t.Errorf("second DEL: %s", sandbox.Describe(err))
+		t.Errorf("second DEL: %s", cniruntime.Describe(err))
 	}
 
 	// A new attachment, deleted without a netns (the runtime lost the
@@ -170,12 +171,12 @@ func lifecycle(t *testing.T, bin string, n network, v string) {
 	pod2.IfName = n.ifName
 	rt2 := pod2.RT(nil)
 	if _, err := sb.Add(ctx, list, rt2); err != nil {
-		t.Fatalf("ADD of the second pod: %s", sandbox.Describe(err))
+		t.Fatalf("ADD of the second pod: %s", cniruntime.Describe(err))
 	}
 	rtNoNS := *rt2
 	rtNoNS.NetNS = ""
 	if err := sb.Del(ctx, list, &rtNoNS); err != nil {
-		t.Fatalf("DEL without netns: %s", sandbox.Describe(err))
+		t.Fatalf("DEL without netns: %s", cniruntime.Describe(err))
 	}
 	if n.stateful {
 		verifyNoAllocations(t, dataDir, pod2.ContainerID)
@@ -199,6 +200,6 @@ func lifecycle(t *testing.T, bin string, n network, v string) {
 	// DEL once more, the namespace now gone entirely.
 	rt2.NetNS = pod2.Path()
 	if err := sb.Del(ctx, list, rt2); err != nil {
-		t.Errorf("DEL after the netns is gone: %s", sandbox.Describe(err))
+		t.Errorf("DEL after the netns is gone: %s", cniruntime.Describe(err))
 	}
 }

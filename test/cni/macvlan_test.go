@@ -14,8 +14,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // segment is the master's Ethernet segment in a sandbox: the host holds a
@@ -187,7 +188,7 @@ func lowerLifecycle(t *testing.T, bin, v string, plugin func(ipam sandbox.Conf) 
 	for _, p := range []*sandbox.Pod{p1, p2} {
 		r, err := sb.Add(ctx, list, p.RT(nil))
 		if err != nil {
-			t.Fatalf("ADD: %s", sandbox.Describe(err))
+			t.Fatalf("ADD: %s", cniruntime.Describe(err))
 		}
 		checkLowerResult(t, p, toCurrent(t, r))
 		if l := podLink(t, p); !isLink(l) {
@@ -202,7 +203,7 @@ func lowerLifecycle(t *testing.T, bin, v string, plugin func(ipam sandbox.Conf) 
 	}
 	if atLeast(v, "0.4.0") {
 		if err := sb.Check(ctx, list, p1.RT(nil)); err != nil {
-			t.Errorf("CHECK: %s", sandbox.Describe(err))
+			t.Errorf("CHECK: %s", cniruntime.Describe(err))
 		}
 	}
 	// p1's namespace dies before DEL; p2 is deleted normally.
@@ -212,14 +213,14 @@ func lowerLifecycle(t *testing.T, bin, v string, plugin func(ipam sandbox.Conf) 
 	for _, p := range []*sandbox.Pod{p1, p2} {
 		for i := 0; i < 2; i++ {
 			if err := sb.Del(ctx, list, p.RT(nil)); err != nil {
-				t.Errorf("DEL #%d: %s", i+1, sandbox.Describe(err))
+				t.Errorf("DEL #%d: %s", i+1, cniruntime.Describe(err))
 			}
 		}
 	}
 	noNS := p1.RT(nil)
 	noNS.NetNS = ""
 	if err := sb.Del(ctx, list, noNS); err != nil {
-		t.Errorf("DEL without netns: %s", sandbox.Describe(err))
+		t.Errorf("DEL without netns: %s", cniruntime.Describe(err))
 	}
 	lowerGone(t, sb, dir, p1, p2)
 }
@@ -301,7 +302,7 @@ func TestMacvlanModes(t *testing.T) {
 			p1, p2 := newPod(t, sb), newPod(t, sb)
 			r1, err := sb.Add(ctx, list, rt(p1))
 			if err != nil {
-				t.Fatalf("ADD: %s", sandbox.Describe(err))
+				t.Fatalf("ADD: %s", cniruntime.Describe(err))
 			}
 			checkLowerResult(t, p1, toCurrent(t, r1))
 			l := podLink(t, p1)
@@ -312,7 +313,7 @@ func TestMacvlanModes(t *testing.T) {
 				t.Errorf("pod MAC %s, want %s", l.Attrs().HardwareAddr, c.mac)
 			}
 			if err := sb.Check(ctx, list, rt(p1)); err != nil {
-				t.Errorf("CHECK: %s", sandbox.Describe(err))
+				t.Errorf("CHECK: %s", cniruntime.Describe(err))
 			}
 			reach(t, p1.NS.NS, serve(t, seg.lan.NS, seg.lanIP), true, "pod to the master's segment")
 			if c.mac != "" {
@@ -333,13 +334,13 @@ func TestMacvlanModes(t *testing.T) {
 				}
 			} else {
 				if err != nil {
-					t.Fatalf("second ADD: %s", sandbox.Describe(err))
+					t.Fatalf("second ADD: %s", cniruntime.Describe(err))
 				}
 				reach(t, p1.NS.NS, serve(t, p2.NS.NS, podIP(t, r2)), c.podToPod == 1, "pod to pod")
 			}
 			for _, p := range []*sandbox.Pod{p1, p2} {
 				if err := sb.Del(ctx, list, p.RT(nil)); err != nil {
-					t.Errorf("DEL: %s", sandbox.Describe(err))
+					t.Errorf("DEL: %s", cniruntime.Describe(err))
 				}
 			}
 			lowerGone(t, sb, dir, p1, p2)
@@ -377,7 +378,7 @@ func TestMacvlanLinkInContainer(t *testing.T) {
 	conf["linkInContainer"] = true
 	list := mustList(t, macvlanList("1.1.0", "mvc", conf))
 	if _, err := sb.Add(ctx, list, p.RT(nil)); err != nil {
-		t.Fatalf("ADD: %s", sandbox.Describe(err))
+		t.Fatalf("ADD: %s", cniruntime.Describe(err))
 	}
 	master, err := ph.LinkByName("ctm0")
 	if err != nil {
@@ -387,10 +388,10 @@ func TestMacvlanLinkInContainer(t *testing.T) {
 		t.Errorf("pod interface %+v is not a macvlan of ctm0 (index %d)", l.Attrs(), master.Attrs().Index)
 	}
 	if err := sb.Check(ctx, list, p.RT(nil)); err != nil {
-		t.Errorf("CHECK: %s", sandbox.Describe(err))
+		t.Errorf("CHECK: %s", cniruntime.Describe(err))
 	}
 	if err := sb.Del(ctx, list, p.RT(nil)); err != nil {
-		t.Errorf("DEL: %s", sandbox.Describe(err))
+		t.Errorf("DEL: %s", cniruntime.Describe(err))
 	}
 	lowerGone(t, sb, dir, p)
 }
@@ -472,7 +473,7 @@ func TestMacvlanGC(t *testing.T) {
 	p1, p2 := newPod(t, sb), newPod(t, sb)
 	for _, p := range []*sandbox.Pod{p1, p2} {
 		if _, err := sb.Add(ctx, list, p.RT(nil)); err != nil {
-			t.Fatalf("ADD: %s", sandbox.Describe(err))
+			t.Fatalf("ADD: %s", cniruntime.Describe(err))
 		}
 	}
 	conf := withField(sandbox.Conf(jsonMap(t, cl.PluginConf(0))), "cni.dev/valid-attachments", []any{
@@ -490,7 +491,7 @@ func TestMacvlanGC(t *testing.T) {
 	}
 	for _, p := range []*sandbox.Pod{p1, p2} {
 		if err := sb.Del(ctx, list, p.RT(nil)); err != nil {
-			t.Errorf("DEL: %s", sandbox.Describe(err))
+			t.Errorf("DEL: %s", cniruntime.Describe(err))
 		}
 	}
 	lowerGone(t, sb, dir, p1, p2)

@@ -16,7 +16,9 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cnibin"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 func TestMain(m *testing.M) {
@@ -69,7 +71,7 @@ func binDir(t testing.TB, mix map[string]string) string {
 		}
 		binsDir = d
 	}
-	links, err := sandbox.PodnetLinks(podnetCNI(t))
+	links, err := cnibin.Links(podnetCNI(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +88,7 @@ func binDir(t testing.TB, mix map[string]string) string {
 		}
 	}
 	d := filepath.Join(binsDir, fmt.Sprintf("bin%d", len(binsMap)))
-	if err := sandbox.LinkBinDir(d, links); err != nil {
+	if err := cniruntime.LinkDir(d, links); err != nil {
 		t.Fatal(err)
 	}
 	binsMap[key] = d

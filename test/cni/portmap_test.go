@@ -12,8 +12,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // The node's own network in the portmap tests: a peer namespace on a
@@ -82,7 +83,7 @@ func newPMEnv(t *testing.T, bin string, conf func(dataDir string) sandbox.ConfLi
 	e.pod = newPod(t, e.sb)
 	e.rt = e.pod.RT(caps)
 	if _, err := e.sb.Add(ctx, e.list, e.rt); err != nil {
-		t.Fatalf("ADD: %s", sandbox.Describe(err))
+		t.Fatalf("ADD: %s", cniruntime.Describe(err))
 	}
 	l, err := sandbox.Listen(e.pod.NS.NS, ":80")
 	if err != nil {
@@ -200,7 +201,7 @@ func TestPortMapTraffic(t *testing.T) {
 			}
 			if atLeast(v, "0.4.0") {
 				if err := e.sb.Check(ctx, e.list, e.rt); err != nil {
-					t.Errorf("CHECK: %s", sandbox.Describe(err))
+					t.Errorf("CHECK: %s", cniruntime.Describe(err))
 				}
 				// CHECK notices a missing rule.
 				mine := rulesOf(portmapRules(t, e.sb), e.pod.ContainerID)
@@ -218,7 +219,7 @@ func TestPortMapTraffic(t *testing.T) {
 			rt := *e.rt
 			rt.NetNS, rt.CapabilityArgs = "", nil
 			if err := e.sb.Del(ctx, e.list, &rt); err != nil {
-				t.Fatalf("DEL: %s", sandbox.Describe(err))
+				t.Fatalf("DEL: %s", cniruntime.Describe(err))
 			}
 			if left := portmapRules(t, e.sb); len(left) != 0 {
 				t.Errorf("rules left after DEL: %v", left)
@@ -279,7 +280,7 @@ func TestPortMapDelGC(t *testing.T) {
 	e := newPMEnv(t, bin, func(dir string) sandbox.ConfList { return portmapNet("1.1.0", dir, nil) }, portmapCaps())
 	other := newPod(t, e.sb)
 	if _, err := e.sb.Add(ctx, e.list, other.RT(sandbox.PortMappings(sandbox.PortMapping("tcp", 9090, 80, "")))); err != nil {
-		t.Fatalf("ADD of a second pod: %s", sandbox.Describe(err))
+		t.Fatalf("ADD of a second pod: %s", cniruntime.Describe(err))
 	}
 	if len(rulesOf(portmapRules(t, e.sb), e.pod.ContainerID)) == 0 || len(rulesOf(portmapRules(t, e.sb), other.ContainerID)) == 0 {
 		t.Fatal("ADD installed no portmap rules")
@@ -317,10 +318,10 @@ func TestPortMapDelGC(t *testing.T) {
 	// GC through libcni with nothing valid cleans up everything.
 	third := newPod(t, e.sb)
 	if _, err := e.sb.Add(ctx, e.list, third.RT(sandbox.PortMappings(sandbox.PortMapping("udp", 9091, 53, "")))); err != nil {
-		t.Fatalf("ADD of a third pod: %s", sandbox.Describe(err))
+		t.Fatalf("ADD of a third pod: %s", cniruntime.Describe(err))
 	}
 	if err := e.sb.GC(ctx, e.list, nil); err != nil {
-		t.Fatalf("GC: %s", sandbox.Describe(err))
+		t.Fatalf("GC: %s", cniruntime.Describe(err))
 	}
 	if left := portmapRules(t, e.sb); len(left) != 0 {
 		t.Errorf("rules left after GC: %v", left)
@@ -343,7 +344,7 @@ func TestPortMapNoMappings(t *testing.T) {
 		pod := newPod(t, sb)
 		r, err := sb.Add(ctx, mustList(t, conf), pod.RT(caps))
 		if err != nil {
-			t.Fatalf("ADD: %s", sandbox.Describe(err))
+			t.Fatalf("ADD: %s", cniruntime.Describe(err))
 		}
 		rs, err := sandbox.Ruleset(sb.Host.NS)
 		if err != nil {
@@ -353,7 +354,7 @@ func TestPortMapNoMappings(t *testing.T) {
 			t.Errorf("portmap without mappings created nftables state:\n%s", rs)
 		}
 		if err := sb.Check(ctx, mustList(t, conf), pod.RT(caps)); err != nil {
-			t.Errorf("CHECK: %s", sandbox.Describe(err))
+			t.Errorf("CHECK: %s", cniruntime.Describe(err))
 		}
 		// The result is the bridge's, byte for byte: portmap run alone on
 		// it prints it back.
@@ -367,7 +368,7 @@ func TestPortMapNoMappings(t *testing.T) {
 			t.Errorf("portmap ADD did not pass prevResult through:\n got %s\nwant %s", out.Stdout, prev)
 		}
 		if err := sb.Del(ctx, mustList(t, conf), pod.RT(caps)); err != nil {
-			t.Errorf("DEL: %s", sandbox.Describe(err))
+			t.Errorf("DEL: %s", cniruntime.Describe(err))
 		}
 	}
 }
@@ -491,11 +492,11 @@ func TestPortMapInterop(t *testing.T) {
 			// ip6tables rules of the pod (it checks both families).
 			if m["portmap"] == "podnet" {
 				if err := e.sb.Check(ctx, e.list, e.rt); err != nil {
-					t.Errorf("CHECK: %s", sandbox.Describe(err))
+					t.Errorf("CHECK: %s", cniruntime.Describe(err))
 				}
 			}
 			if err := e.sb.Del(ctx, e.list, e.rt); err != nil {
-				t.Fatalf("DEL: %s", sandbox.Describe(err))
+				t.Fatalf("DEL: %s", cniruntime.Describe(err))
 			}
 			if left := portmapRules(t, e.sb); len(left) != 0 {
 				t.Errorf("rules left after DEL: %v", left)

@@ -11,7 +11,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // ifState is what tuning can change, as the pod's namespace shows it.
@@ -97,7 +98,7 @@ func TestTuning(t *testing.T) {
 				// The whole chain: ADD, the pod has the values, CHECK, DEL.
 				r, err := sb.Add(ctx, mustList(t, chain), rt)
 				if err != nil {
-					t.Fatalf("ADD: %s", sandbox.Describe(err))
+					t.Fatalf("ADD: %s", cniruntime.Describe(err))
 				}
 				got := observeIf(t, pod)
 				for _, i := range toCurrent(t, r).Interfaces {
@@ -107,11 +108,11 @@ func TestTuning(t *testing.T) {
 				}
 				if atLeast(v, "0.4.0") {
 					if err := sb.Check(ctx, mustList(t, chain), rt); err != nil {
-						t.Errorf("CHECK: %s", sandbox.Describe(err))
+						t.Errorf("CHECK: %s", cniruntime.Describe(err))
 					}
 				}
 				if err := sb.Del(ctx, mustList(t, chain), rt); err != nil {
-					t.Fatalf("DEL: %s", sandbox.Describe(err))
+					t.Fatalf("DEL: %s", cniruntime.Describe(err))
 				}
 				assertNoState(t, dataDir)
 
@@ -119,7 +120,7 @@ func TestTuning(t *testing.T) {
 				// runtime runs it, to see the values before and after.
 				br, err := sb.Add(ctx, mustList(t, bridge), rt)
 				if err != nil {
-					t.Fatalf("bridge ADD: %s", sandbox.Describe(err))
+					t.Fatalf("bridge ADD: %s", cniruntime.Describe(err))
 				}
 				orig := observeIf(t, pod)
 				conf := map[string]any{"cniVersion": v, "name": "podnet-tun", "prevResult": json.RawMessage(resultJSON(t, br))}
@@ -154,7 +155,7 @@ func TestTuning(t *testing.T) {
 				run("DEL", "")
 				assertNoState(t, dataDir)
 				if err := sb.Del(ctx, mustList(t, bridge), rt); err != nil {
-					t.Fatalf("bridge DEL: %s", sandbox.Describe(err))
+					t.Fatalf("bridge DEL: %s", cniruntime.Describe(err))
 				}
 			})
 		}
@@ -196,7 +197,7 @@ func TestTuningBadSysctl(t *testing.T) {
 			}}
 			pod := newPod(t, sb)
 			_, err := sb.Add(ctx, mustList(t, list), pod.RT(nil))
-			if e, ok := sandbox.CNIError(err); !ok || e.Code != types.ErrInvalidNetworkConfig {
+			if e, ok := cniruntime.CNIError(err); !ok || e.Code != types.ErrInvalidNetworkConfig {
 				t.Fatalf("ADD = %v, want code 7", err)
 			}
 			assertNoState(t, dataDir)

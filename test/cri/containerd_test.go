@@ -24,8 +24,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/podnet/podnet/internal/cnibin"
 	"github.com/podnet/podnet/internal/cniconf"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // The node's network: its pod subnet, and its address on a LAN where a
@@ -73,7 +75,7 @@ func startNode(t *testing.T, cniVersion string) *node {
 	if err != nil {
 		t.Fatalf("podnet-cni: %v", err)
 	}
-	links, err := sandbox.PodnetLinks(bin)
+	links, err := cnibin.Links(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +92,7 @@ func startNode(t *testing.T, cniVersion string) *node {
 		sb:      sb,
 		ipamDir: sb.DataDir("ipam"),
 		sock:    filepath.Join(sb.Dir, "containerd.sock"),
-		cgroup:  "/podnet-cri-" + sandbox.RandomID()[:8],
+		cgroup:  "/podnet-cri-" + cniruntime.RandomID()[:8],
 	}
 	if n.peer, err = sb.NewPeer([]string{nodeAddr + "/24"}, []string{peerAddr + "/24"}); err != nil {
 		t.Fatalf("peer: %v", err)

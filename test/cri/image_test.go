@@ -18,7 +18,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // pauseImage is the sandbox image every private containerd runs pods

@@ -12,8 +12,9 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // podSpec is what the test asks of one pod.
@@ -28,7 +29,7 @@ type podSpec struct {
 // DNS, port mappings, kubelet's labels, the pod's cgroup parent and
 // namespace options (pod network, container PID, pod IPC).
 func (n *node) runPod(ctx context.Context, p podSpec) (string, error) {
-	uid := sandbox.RandomID()[:32]
+	uid := cniruntime.RandomID()[:32]
 	logDir := filepath.Join(n.sb.Dir, "pods", "default_"+p.name+"_"+uid)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return "", err

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/lab"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 var (

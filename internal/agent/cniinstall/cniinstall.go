@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/podnet/podnet/internal/cnibin"
+
 	"github.com/podnet/podnet/internal/agent/controller"
 	"github.com/podnet/podnet/internal/atomicfile"
 	"github.com/podnet/podnet/internal/cluster"
@@ -81,12 +83,15 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 	}
 }
 
-// installPlugins installs the binary unless an identical one is there
-// (which costs reading both binaries, so not on every change).
+// installPlugins installs the binary, unless an identical one is there
+// (which costs reading both binaries, so not on every change), with one
+// link per plugin type the binary itself lists (`podnet-cni names`): the
+// links match exactly the binary installed, and the agent need not link
+// every plugin to know their names.
 func (c *Controller) installPlugins() error {
-	names, err := pluginNames(c.cfg.Binary)
+	names, err := cnibin.Names(c.cfg.Binary)
 	if err != nil {
-		return err
+		return fmt.Errorf("install plugins: %w", err)
 	}
 	return installPlugins(c.cfg.Binary, c.cfg.BinDir, names)
 }

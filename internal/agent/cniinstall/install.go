@@ -3,13 +3,10 @@ package cniinstall
 import (
 	"bytes"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"github.com/podnet/podnet/internal/atomicfile"
 )
@@ -77,28 +74,4 @@ func fileHash(p string) ([]byte, error) {
 		return nil, err
 	}
 	return h.Sum(nil), nil
-}
-
-// pluginNames asks the podnet-cni binary which plugin types it provides
-// (`podnet-cni names`): the links installed are exactly its plugins,
-// whatever its version, and the agent need not link every plugin to know.
-func pluginNames(binary string) ([]string, error) {
-	out, err := exec.Command(binary, "names").Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) && len(ee.Stderr) > 0 {
-			err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(ee.Stderr))
-		}
-		return nil, fmt.Errorf("plugin names of %s: %w", binary, err)
-	}
-	names := strings.Fields(string(out))
-	if len(names) == 0 {
-		return nil, fmt.Errorf("plugin names of %s: it lists none", binary)
-	}
-	for _, n := range names {
-		if n != filepath.Base(n) || strings.HasPrefix(n, ".") {
-			return nil, fmt.Errorf("plugin names of %s: %q is not a file name", binary, n)
-		}
-	}
-	return names, nil
 }

@@ -3,7 +3,6 @@ package cniinstall
 import (
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -58,40 +57,5 @@ func TestInstallPlugins(t *testing.T) {
 		if strings.HasPrefix(e.Name(), ".") {
 			t.Errorf("temporary file %s left in the bin dir", e.Name())
 		}
-	}
-}
-
-func TestPluginNames(t *testing.T) {
-	dir := t.TempDir()
-	script := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	for _, tc := range []struct {
-		name, body string
-		want       []string
-		err        string
-	}{
-		{"ok", `[ "$1" = names ] && printf 'bridge\nhost-local\nportmap\n'`, []string{"bridge", "host-local", "portmap"}, ""},
-		{"fails", `echo boom >&2; exit 3`, nil, "boom"},
-		{"none", `exit 0`, nil, "lists none"},
-		{"path", `echo ../../etc/evil`, nil, "not a file name"},
-		{"hidden", `echo .podnet-cni`, nil, "not a file name"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := pluginNames(script(tc.name, tc.body))
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("pluginNames = %v, %v; want an error mentioning %q", got, err, tc.err)
-				}
-				return
-			}
-			if err != nil || !slices.Equal(got, tc.want) {
-				t.Fatalf("pluginNames = %v, %v; want %v", got, err, tc.want)
-			}
-		})
 	}
 }

@@ -1,7 +1,8 @@
 // Package sandbox drives CNI plugins the way a container runtime does —
 // through libcni, against a conflist and a CNI_PATH — inside throwaway
 // network namespaces: one plays the node ("the host"), one per pod. It is
-// shared by the runtime-side tests, the benchmarks and `podnet demo`.
+// the harness of the runtime-side tests and the benchmarks, built on the
+// product's libcni runtime (internal/cniruntime).
 //
 // Nothing here touches the caller's own network namespace: plugins are
 // executed from a thread inside the host namespace (a child inherits it),
@@ -10,10 +11,7 @@
 package sandbox
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -22,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -30,7 +29,7 @@ type Options struct {
 	// CNIPath is the runtime's CNI_PATH: directories searched for plugins.
 	CNIPath []string
 	// Plugins, when set, makes a bin dir in the sandbox with one link per
-	// type to its binary (see LinkBinDir) and puts it first in CNI_PATH.
+	// type to its binary (see cniruntime.LinkDir) and puts it first in CNI_PATH.
 	Plugins map[string]string
 	// Prefix starts the names of the namespaces (default "pn").
 	Prefix string
@@ -49,7 +48,7 @@ type Sandbox struct {
 	// Host is the namespace that plays the node.
 	Host *netns.Temp
 	// Runtime runs libcni inside Host.
-	*Runtime
+	*cniruntime.Runtime
 
 	prefix string
 	mu     sync.Mutex
@@ -71,7 +70,7 @@ func New(o Options) (*Sandbox, error) {
 	path := o.CNIPath
 	if o.Plugins != nil {
 		bin := filepath.Join(dir, "bin")
-		if err := LinkBinDir(bin, o.Plugins); err != nil {
+		if err := cniruntime.LinkDir(bin, o.Plugins); err != nil {
 			os.RemoveAll(dir)
 			return nil, err
 		}
@@ -86,7 +85,7 @@ func New(o Options) (*Sandbox, error) {
 		Dir:     dir,
 		Path:    path,
 		Host:    host,
-		Runtime: NewRuntime(host.NS, path, filepath.Join(dir, "cache"), o.Stderr),
+		Runtime: cniruntime.NewRuntime(host.NS, path, filepath.Join(dir, "cache"), o.Stderr),
 		prefix:  o.Prefix,
 		pods:    map[*Pod]bool{},
 	}, nil
@@ -130,7 +129,7 @@ func (s *Sandbox) NewPod() (*Pod, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pod{NS: ns, ContainerID: RandomID(), IfName: "eth0", sb: s}
+	p := &Pod{NS: ns, ContainerID: cniruntime.RandomID(), IfName: "eth0", sb: s}
 	s.mu.Lock()
 	s.pods[p] = true
 	s.mu.Unlock()
@@ -176,30 +175,4 @@ func (p *Pod) RT(caps map[string]any) *libcni.RuntimeConf {
 // Attachment is the pod's GC identity.
 func (p *Pod) Attachment() types.GCAttachment {
 	return types.GCAttachment{ContainerID: p.ContainerID, IfName: p.IfName}
-}
-
-// RandomID returns 64 random hex digits.
-func RandomID() string {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b[:])
-}
-
-// CNIError returns the spec error carried by err, if any.
-func CNIError(err error) (*types.Error, bool) {
-	var e *types.Error
-	if errors.As(err, &e) {
-		return e, true
-	}
-	return nil, false
-}
-
-// Describe formats err with its spec code when it has one.
-func Describe(err error) string {
-	if e, ok := CNIError(err); ok {
-		return fmt.Sprintf("code %d: %v", e.Code, err)
-	}
-	return err.Error()
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -32,7 +33,7 @@ func (s *Sandbox) NewPeer(hostAddrs, peerAddrs []string) (*Pod, error) {
 		return nil, err
 	}
 	defer ph.Close()
-	hostName := "pe" + RandomID()[:8]
+	hostName := "pe" + cniruntime.RandomID()[:8]
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName}, PeerName: "eth0", PeerNamespace: netlink.NsFd(p.NS.Fd())}
 	if err := hh.LinkAdd(veth); err != nil {
 		return nil, fmt.Errorf("peer veth: %w", err)

@@ -11,15 +11,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+
+	"github.com/podnet/podnet/internal/cnibin"
 )
 
 // ReferenceDir is where Debian's containernetworking-plugins installs the
 // reference plugins.
 const ReferenceDir = "/usr/lib/cni"
-
-// EnvPodnetCNI names an already built podnet-cni binary (as `make build`
-// writes it); when set, BuildPodnetCNI is not needed.
-const EnvPodnetCNI = "PODNET_CNI_BIN"
 
 // ModuleRoot returns the directory of podnet's go.mod, found from the
 // working directory upwards.
@@ -70,16 +68,16 @@ func Build(ctx context.Context, out, pkg string) error {
 	return nil
 }
 
-// PodnetCNI returns the podnet-cni binary named by $PODNET_CNI_BIN, or
-// builds ./cmd/podnet-cni into dir.
+// PodnetCNI returns the podnet-cni binary named by $PODNET_CNI_BIN
+// (cnibin.EnvBinary), or builds ./cmd/podnet-cni into dir.
 func PodnetCNI(ctx context.Context, dir string) (string, error) {
-	if p := os.Getenv(EnvPodnetCNI); p != "" {
+	if p := os.Getenv(cnibin.EnvBinary); p != "" {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			return "", err
 		}
 		if !fileExists(abs) {
-			return "", fmt.Errorf("$%s=%s does not exist (run make build)", EnvPodnetCNI, p)
+			return "", fmt.Errorf("$%s=%s does not exist (run make build)", cnibin.EnvBinary, p)
 		}
 		return abs, nil
 	}
@@ -117,50 +115,12 @@ func CleanupShared() {
 	}
 }
 
-// PodnetLinks maps every plugin type the podnet-cni binary answers to (it
-// lists them when run as `podnet-cni names`) to the binary.
-func PodnetLinks(podnetCNI string) (map[string]string, error) {
-	out, err := exec.Command(podnetCNI, "names").Output()
-	if err != nil {
-		return nil, fmt.Errorf("%s names: %w", podnetCNI, err)
-	}
-	m := map[string]string{}
-	for _, t := range strings.Fields(string(out)) {
-		m[t] = podnetCNI
-	}
-	if len(m) == 0 {
-		return nil, fmt.Errorf("%s names: no plugin types", podnetCNI)
-	}
-	return m, nil
-}
-
 // HaveReference tells whether the reference plugins of these types are
 // installed in ReferenceDir.
 func HaveReference(types ...string) error {
 	for _, t := range types {
 		if !fileExists(filepath.Join(ReferenceDir, t)) {
 			return fmt.Errorf("reference plugin %s not installed in %s (apt-get install containernetworking-plugins)", t, ReferenceDir)
-		}
-	}
-	return nil
-}
-
-// LinkBinDir fills dir with one entry per plugin type pointing at its
-// binary: a hard link when possible (so argv[0] is the type and the binary
-// is "the same file" for podnet's in-process IPAM), a symlink otherwise.
-// It is a CNI_PATH directory in which each type resolves where the map says.
-func LinkBinDir(dir string, links map[string]string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	for name, target := range links {
-		p := filepath.Join(dir, name)
-		_ = os.Remove(p)
-		if err := os.Link(target, p); err == nil {
-			continue
-		}
-		if err := os.Symlink(target, p); err != nil {
-			return fmt.Errorf("link %s -> %s: %w", p, target, err)
 		}
 	}
 	return nil

@@ -6,7 +6,7 @@
 // no valid pod.
 //
 // A run works on one network (a chain of plugins) in a throwaway node
-// namespace of internal/sandbox: it creates pod namespaces and runs N
+// namespace of internal/testing/sandbox: it creates pod namespaces and runs N
 // operations, a few at a time — ADD of a new pod or DEL of a live one —
 // each through a process of the official cnitool (libcni) started in a
 // process group of its own; a share of them get SIGKILL sent to the whole
@@ -38,7 +38,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/cniconf"
-	"github.com/podnet/podnet/internal/sandbox"
+	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
 // Chain is a network the chaos runs: a conflist whose pods get the

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/cnibin"
+	"github.com/podnet/podnet/internal/cniruntime"
 )
 
 func TestMain(m *testing.M) {
@@ -37,32 +39,6 @@ func TestConfList(t *testing.T) {
 	}
 }
 
-func TestLinkBinDir(t *testing.T) {
-	dir := t.TempDir()
-	target := filepath.Join(dir, "target")
-	if err := os.WriteFile(target, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "bin")
-	// A hard link for a same-filesystem target; a symlink across (/proc is
-	// another filesystem and cannot be hard linked).
-	if err := LinkBinDir(bin, map[string]string{"a": target, "b": "/proc/self/exe"}); err != nil {
-		t.Fatal(err)
-	}
-	a, _ := os.Stat(filepath.Join(bin, "a"))
-	ti, _ := os.Stat(target)
-	if !os.SameFile(a, ti) {
-		t.Error("a is not a hard link of target")
-	}
-	if fi, err := os.Lstat(filepath.Join(bin, "b")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
-		t.Errorf("b is not a symlink: %v", err)
-	}
-	// Relinking replaces.
-	if err := LinkBinDir(bin, map[string]string{"a": target}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestSandboxLoopback(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
@@ -73,7 +49,7 @@ func TestSandboxLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	links, err := PodnetLinks(bin)
+	links, err := cnibin.Links(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,16 +80,16 @@ func TestSandboxLoopback(t *testing.T) {
 	rt := pod.RT(nil)
 	rt.IfName = "lo"
 	if _, err := sb.Add(ctx, list, rt); err != nil {
-		t.Fatalf("ADD: %s", Describe(err))
+		t.Fatalf("ADD: %s", cniruntime.Describe(err))
 	}
 	if _, err := os.Stat(filepath.Join(sb.Dir, "cache", "results")); err != nil {
 		t.Errorf("libcni cache is not in the sandbox: %v", err)
 	}
 	if err := sb.Check(ctx, list, rt); err != nil {
-		t.Errorf("CHECK: %s", Describe(err))
+		t.Errorf("CHECK: %s", cniruntime.Describe(err))
 	}
 	if err := sb.Del(ctx, list, rt); err != nil {
-		t.Errorf("DEL: %s", Describe(err))
+		t.Errorf("DEL: %s", cniruntime.Describe(err))
 	}
 
 	// A plugin run directly with a bad config answers with a spec error.
@@ -135,12 +111,5 @@ func TestSandboxLoopback(t *testing.T) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s remains after Close", p)
 		}
-	}
-}
-
-func TestRandomID(t *testing.T) {
-	a, b := RandomID(), RandomID()
-	if len(a) != 64 || a == b || strings.Trim(a, "0123456789abcdef") != "" {
-		t.Errorf("RandomID: %q %q", a, b)
 	}
 }

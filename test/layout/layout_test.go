@@ -1,0 +1,53 @@
+// Package layout tests rules of the repository's layout that the compiler
+// does not enforce.
+package layout
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/podnet/podnet/internal/testing/sandbox"
+)
+
+const (
+	module  = "github.com/podnet/podnet"
+	harness = module + "/internal/testing"
+)
+
+// TestProductDoesNotDependOnHarness fails when a product package — a
+// command under cmd/, or a package under internal/ outside
+// internal/testing — depends on the test harness, directly or through
+// another package. Test files are not the product: they may use it.
+func TestProductDoesNotDependOnHarness(t *testing.T) {
+	root, err := sandbox.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sandbox.GoTool(), "list", "-f", `{{.ImportPath}} {{join .Deps " "}}`, "./cmd/...", "./internal/...")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	product := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		pkg, deps, _ := strings.Cut(line, " ")
+		if inHarness(pkg) {
+			continue
+		}
+		product++
+		for _, d := range strings.Fields(deps) {
+			if inHarness(d) {
+				t.Errorf("product package %s depends on the test harness: %s", pkg, d)
+			}
+		}
+	}
+	if product == 0 {
+		t.Fatal("go list found no product package")
+	}
+}
+
+func inHarness(pkg string) bool {
+	return pkg == harness || strings.HasPrefix(pkg, harness+"/")
+}
