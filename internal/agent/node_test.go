@@ -19,10 +19,12 @@ import (
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/datastore/etcd"
 	"github.com/podnet/podnet/internal/fabric/routed"
+	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -311,4 +313,32 @@ func TestStatusDuringChurn(t *testing.T) {
 	waitFor(t, "the churn to settle", func() bool { return tn.getStatus(t).Peers == 0 })
 	cancel()
 	wg.Wait()
+}
+
+// TestPodCount: a pod attached to the cluster network on the node (the host
+// end of its veth, stamped with its attachment) is counted in /status and
+// the podnet_node_pods gauge, and uncounted once it is gone; a link of
+// another network is not counted.
+func TestPodCount(t *testing.T) {
+	tn := startNode(t)
+	h, err := netlink.NewHandleAt(tn.ns.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	add := func(network, peer string) netlink.Link {
+		a := attachment.ID{Network: network, ContainerID: "c-" + peer, IfName: "eth0"}
+		l, err := link.CreateOwned(h, &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: link.HostVethName(a)}, PeerName: peer}, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	pod := add(cniconf.NetworkName, "p0")
+	add("other", "p1")
+	waitFor(t, "one pod counted", func() bool { return tn.getStatus(t).Pods == 1 && metric(t, tn, "podnet_node_pods") == 1 })
+	if err := h.LinkDel(pod); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "no pod counted", func() bool { return tn.getStatus(t).Pods == 0 && metric(t, tn, "podnet_node_pods") == 0 })
 }
