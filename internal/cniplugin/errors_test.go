@@ -4,16 +4,25 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/ipam"
+	"github.com/podnet/podnet/internal/netns"
 )
 
 func TestAsCNIError(t *testing.T) {
 	storeErr := &fs.PathError{Op: "open", Path: "/data/net/lock", Err: unix.EROFS}
+	ipamErr := ipamOpenError(t)
+	gone := openError(t, "/nonexistent/netns")
+	own := openError(t, "/proc/thread-self/ns/net")
+	notNS := openError(t, "/proc/self/ns/uts")
 	for _, tc := range []struct {
 		name    string
 		err     error
@@ -31,6 +40,17 @@ func TestAsCNIError(t *testing.T) {
 		{name: "dump interrupted", err: fmt.Errorf("list links: %w", netlink.ErrDumpInterrupted), code: types.ErrTryAgainLater, msg: "list links"},
 		{name: "EBUSY under a spec code keeps the code", err: Wrap(types.ErrInvalidNetworkConfig, "taken", unix.EBUSY), code: 7, msg: "taken"},
 		{name: "joined: first spec error wins", err: errors.Join(errors.New("a"), Wrap(types.ErrIOFailure, "io", unix.ENOSPC)), code: 5, msg: "io", details: "no space left on device"},
+		{name: "netns gone", err: gone, code: types.ErrUnknownContainer, msg: "does not exist", details: "/nonexistent/netns"},
+		{name: "netns gone in context", err: fmt.Errorf("open container: %w", gone), code: 3, details: "open container: "},
+		{name: "netns of another type", err: notNS, code: types.ErrInvalidEnvironmentVariables, msg: "CNI_NETNS is not a network namespace", details: "/proc/self/ns/uts: namespace type"},
+		{name: "netns empty", err: openError(t, ""), code: 4, msg: "CNI_NETNS", details: "empty path"},
+		{name: "own netns", err: own, code: 4, msg: "own network namespace", details: "/proc/thread-self/ns/net"},
+		{name: "IPAM store I/O", err: fmt.Errorf("allocate: %w", ipamErr), code: types.ErrIOFailure, msg: "IPAM store I/O failure", details: "not a directory", isErrno: unix.ENOTDIR},
+		{name: "bare IPAM store I/O", err: ipamErr, code: 5, msg: "IPAM store I/O failure", details: "create IPAM store"},
+		{name: "IPAM I/O with EBUSY stays I/O", err: fmt.Errorf("%w: %w", ipam.ErrIO, unix.EBUSY), code: 5, details: "busy"},
+		{name: "spec error around plumbing wins", err: Wrap(types.ErrInvalidNetworkConfig, "bad netns", gone), code: 7, msg: "bad netns"},
+		{name: "joined: first of plumbing and spec wins", err: errors.Join(own, Wrap(types.ErrIOFailure, "io", unix.ENOSPC)), code: 4, msg: "own"},
+		{name: "joined: spec before plumbing", err: errors.Join(Wrap(types.ErrIOFailure, "io", unix.ENOSPC), own), code: 5, msg: "io"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := AsCNIError(tc.err)
@@ -49,6 +69,55 @@ func TestAsCNIError(t *testing.T) {
 	}
 	if AsCNIError(nil) != nil {
 		t.Error("AsCNIError(nil) != nil")
+	}
+}
+
+// openError is netns.Open's error for path.
+func openError(t *testing.T, path string) error {
+	t.Helper()
+	ns, err := netns.Open(path)
+	if err == nil {
+		ns.Close()
+		t.Fatalf("netns.Open(%q) succeeded", path)
+	}
+	return err
+}
+
+// ipamOpenError is the IPAM store's error for a data directory that is a
+// file.
+func ipamOpenError(t *testing.T) error {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ipam.Open(file, "net")
+	if err == nil {
+		s.Close()
+		t.Fatal("ipam.Open under a file succeeded")
+	}
+	return err
+}
+
+func TestIsGone(t *testing.T) {
+	gone := openError(t, "/nonexistent/netns")
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"netns gone", gone, true},
+		{"netns gone in context", fmt.Errorf("DEL: %w", gone), true},
+		{"spec error 3", NewError(types.ErrUnknownContainer, "gone", ""), true},
+		{"netns invalid", openError(t, "/proc/self/ns/uts"), false},
+		{"own netns", openError(t, "/proc/thread-self/ns/net"), false},
+		{"I/O", ipamOpenError(t), false},
+		{"plain", errors.New("no such file or directory"), false},
+	} {
+		if got := IsGone(tc.err); got != tc.want {
+			t.Errorf("%s: IsGone(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
 	}
 }
 

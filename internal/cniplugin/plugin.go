@@ -6,8 +6,6 @@
 package cniplugin
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,8 +15,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // Version is podnet's release, printed in the plugins' "about" line.
@@ -107,87 +103,3 @@ func (p Plugin) funcs() skel.CNIFuncs {
 		Status: wrap(p.Status),
 	}
 }
-
-// NewError builds a spec error.
-func NewError(code uint, msg, details string) *types.Error {
-	return types.NewError(code, msg, details)
-}
-
-// Invalid is an invalid-configuration error (7) with a formatted message.
-func Invalid(format string, a ...any) *types.Error {
-	return Errorf(types.ErrInvalidNetworkConfig, format, a...)
-}
-
-// Errorf builds a spec error whose message is formatted.
-func Errorf(code uint, format string, a ...any) *types.Error {
-	return types.NewError(code, fmt.Sprintf(format, a...), "")
-}
-
-// Wrap gives err a spec code: the result's chain holds both a spec error
-// (code, msg) and err itself, so errors.Is and errors.As still see the
-// cause, and AsCNIError reports code and msg with err's text in details.
-func Wrap(code uint, msg string, err error) error {
-	return fmt.Errorf("%w: %w", NewError(code, msg, ""), err)
-}
-
-// Unsupported is error 2, a field whose value is well formed but that this
-// plugin or this kernel cannot honour. As the spec asks, the message names
-// the field and its value (JSON-encoded); details say why.
-func Unsupported(field string, value any, details string) *types.Error {
-	v, err := json.Marshal(value)
-	if err != nil {
-		v = []byte(fmt.Sprint(value))
-	}
-	return NewError(types.ErrUnsupportedField, fmt.Sprintf("unsupported field in network configuration: %s=%s", field, v), details)
-}
-
-// AsCNIError returns err as a *types.Error: a spec error found anywhere in
-// its chain keeps its code and gains the surrounding context in its
-// details; a transient kernel condition (see Transient) is "try again
-// later" (11); any other error is an internal error (999).
-func AsCNIError(err error) error {
-	if err == nil {
-		return nil
-	}
-	var e *types.Error
-	if errors.As(err, &e) {
-		if err.Error() == e.Error() {
-			return e
-		}
-		// A bare Wrap need not repeat its msg in the details.
-		details := strings.TrimPrefix(err.Error(), e.Error()+": ")
-		if e.Details != "" && !strings.Contains(details, e.Details) {
-			details += ": " + e.Details
-		}
-		return types.NewError(e.Code, e.Msg, details)
-	}
-	if Transient(err) {
-		return types.NewError(types.ErrTryAgainLater, "try again later: "+err.Error(), "")
-	}
-	return types.NewError(types.ErrInternal, err.Error(), "")
-}
-
-// Transient tells whether err is a kernel condition that clears up by
-// itself, for which the spec's "try again later" (11) tells the runtime to
-// retry the call: EAGAIN, EBUSY (a resource held for a moment by another
-// process) and netlink dumps interrupted by a concurrent change.
-func Transient(err error) bool {
-	return errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EBUSY) || errors.Is(err, netlink.ErrDumpInterrupted)
-}
-
-// IsGone tells whether err says the container (its netns) no longer exists,
-// which DEL and GC treat as work already done.
-func IsGone(err error) bool {
-	var e *types.Error
-	return errors.As(err, &e) && e.Code == types.ErrUnknownContainer
-}
-
-// STATUS error codes of spec 1.1, which containernetworking/cni v1.2 does
-// not name yet.
-const (
-	// ErrPluginNotAvailable (50): the plugin cannot serve ADD requests.
-	ErrPluginNotAvailable uint = 50
-	// ErrLimitedConnectivity (51): the plugin is not available and the
-	// network's existing containers may have limited connectivity.
-	ErrLimitedConnectivity uint = 51
-)

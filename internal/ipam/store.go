@@ -11,10 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
-
-	"github.com/podnet/podnet/internal/cniplugin"
 )
 
 // DefaultDir is where allocations live unless a configuration says
@@ -83,15 +80,18 @@ func Open(base, network string) (*Store, error) {
 	return &Store{dir: dir, lock: f}, nil
 }
 
-// ioFailure marks a failure of the store's file system (permissions, a
-// read-only or full file system, a file where a directory should be) as
-// the spec's I/O failure (5); the wrapped error names the path. nil stays
-// nil.
+// ErrIO is wrapped by every error of the store's file system (permissions,
+// a read-only or full file system, a file where a directory should be);
+// the error names the path and wraps the cause too.
+var ErrIO = errors.New("IPAM store I/O failure")
+
+// ioFailure marks err as a failure of the store's file system (ErrIO).
+// nil stays nil.
 func ioFailure(err error) error {
 	if err == nil {
 		return nil
 	}
-	return cniplugin.Wrap(types.ErrIOFailure, "IPAM store I/O failure", err)
+	return fmt.Errorf("%w: %w", ErrIO, err)
 }
 
 // Close releases the lock.

@@ -12,12 +12,10 @@ import (
 	"net"
 	"strings"
 
-	"github.com/podnet/podnet/internal/attachment"
-
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -114,7 +112,7 @@ func DelContainerLink(netnsPath, ifName string) ([]*net.IPNet, error) {
 	}
 	ns, err := netns.Open(netnsPath)
 	if err != nil {
-		if cniplugin.IsGone(err) {
+		if errors.Is(err, netns.ErrNotExist) {
 			return nil, nil
 		}
 		return nil, err

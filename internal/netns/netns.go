@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strings"
 
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -21,45 +20,57 @@ type NS struct {
 	handle netns.NsHandle
 }
 
-// Open opens the network namespace at path. A path that does not exist is a
-// spec "container unknown" error (3); a path that is not a network
-// namespace, or that is the process's own (a plugin given the host's
+// Errors of Open, wrapped with the path and the cause; test them with
+// errors.Is.
+var (
+	// ErrNotExist: nothing exists at the path (the container is gone).
+	ErrNotExist = errors.New("network namespace does not exist")
+	// ErrInvalid: the path is empty, cannot be opened, or is not a
+	// network namespace.
+	ErrInvalid = errors.New("not a network namespace")
+	// ErrOwn: the path is the process's own network namespace.
+	ErrOwn = errors.New("the process's own network namespace")
+)
+
+// Open opens the network namespace at path. A path that does not exist
+// fails with ErrNotExist; one that is not a network namespace with
+// ErrInvalid; the process's own namespace (a plugin given the host's
 // namespace as the container's would configure, or on DEL delete, the
-// host's interfaces), is an invalid-environment error (4). As in the CNI
-// library's skel, CNI_NETNS_OVERRIDE=1 (or true) allows the own namespace;
-// skel checks only after ADD and DEL have run, which is too late.
+// host's interfaces) with ErrOwn. As in the CNI library's skel,
+// CNI_NETNS_OVERRIDE=1 (or true) allows the own namespace; skel checks only
+// after ADD and DEL have run, which is too late.
 func Open(path string) (*NS, error) {
 	if path == "" {
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
+		return nil, fmt.Errorf("%w: empty path", ErrInvalid)
 	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return nil, types.NewError(types.ErrUnknownContainer, "network namespace does not exist", path)
+			return nil, fmt.Errorf("%w: %s", ErrNotExist, path)
 		}
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "cannot open network namespace", fmt.Sprintf("%s: %v", path, err))
+		return nil, fmt.Errorf("%w: %s: open: %w", ErrInvalid, path, err)
 	}
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(fd, &st); err != nil {
 		unix.Close(fd)
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "cannot stat network namespace", fmt.Sprintf("%s: %v", path, err))
+		return nil, fmt.Errorf("%w: %s: statfs: %w", ErrInvalid, path, err)
 	}
 	if st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC {
 		unix.Close(fd)
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is not a network namespace", path)
+		return nil, fmt.Errorf("%w: %s: file system type %#x", ErrInvalid, path, st.Type)
 	}
 	h := netns.NsHandle(fd)
 	// A file under /proc or nsfs may still be another kind of namespace.
 	if err := checkNetType(fd); err != nil {
 		h.Close()
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is not a network namespace", fmt.Sprintf("%s: %v", path, err))
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, path, err)
 	}
 	if own, err := isOwn(fd); (err != nil || own) && !ownAllowed() {
 		h.Close()
-		if err == nil {
-			err = errors.New("the container's namespace must be another")
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: cannot tell it from the own: %w", ErrOwn, path, err)
 		}
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is the plugin's own network namespace", fmt.Sprintf("%s: %v", path, err))
+		return nil, fmt.Errorf("%w: %s: the container's namespace must be another", ErrOwn, path)
 	}
 	return &NS{path: path, handle: h}, nil
 }

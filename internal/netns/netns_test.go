@@ -1,11 +1,11 @@
 package netns
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
-
-	"github.com/containernetworking/cni/pkg/types"
 )
 
 func TestOpenErrors(t *testing.T) {
@@ -16,18 +16,24 @@ func TestOpenErrors(t *testing.T) {
 	f.Close()
 	for _, tc := range []struct {
 		path string
-		code uint
+		want error
 	}{
-		{"", types.ErrInvalidEnvironmentVariables},
-		{"/nonexistent/netns", types.ErrUnknownContainer},
-		{f.Name(), types.ErrInvalidEnvironmentVariables},
-		{"/proc/self/ns/uts", types.ErrInvalidEnvironmentVariables},
-		{"/proc/thread-self/ns/net", types.ErrInvalidEnvironmentVariables},
+		{"", ErrInvalid},
+		{"/nonexistent/netns", ErrNotExist},
+		{f.Name(), ErrInvalid},
+		{"/proc/self/ns/uts", ErrInvalid},
+		{"/proc/thread-self/ns/net", ErrOwn},
 	} {
-		_, err := Open(tc.path)
-		e, ok := err.(*types.Error)
-		if !ok || e.Code != tc.code {
-			t.Errorf("Open(%q) = %v, want code %d", tc.path, err, tc.code)
+		ns, err := Open(tc.path)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("Open(%q) = %v, want %v", tc.path, err, tc.want)
+		}
+		if err == nil {
+			ns.Close()
+			continue
+		}
+		if tc.path != "" && !strings.Contains(err.Error(), tc.path) {
+			t.Errorf("Open(%q) = %v, does not name the path", tc.path, err)
 		}
 	}
 	t.Setenv("CNI_NETNS_OVERRIDE", "1")
