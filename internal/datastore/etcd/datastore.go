@@ -89,7 +89,7 @@ type Store struct {
 	ttl    time.Duration
 	log    *slog.Logger
 
-	renewals, reacquisitions prometheus.Counter
+	renewals, reacquisitions, refusedRecords prometheus.Counter
 }
 
 var _ datastore.Store = (*Store)(nil)
@@ -125,12 +125,15 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		reacquisitions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podnet_agent_lease_reacquisitions_total", Help: "Times the lease was lost and the node's subnets taken again.",
 		}),
+		refusedRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podnet_agent_node_records_refused_total", Help: "Node records refused because their subnets are not leased to them.",
+		}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Metrics != nil {
-		for _, c := range []prometheus.Collector{s.renewals, s.reacquisitions} {
+		for _, c := range []prometheus.Collector{s.renewals, s.reacquisitions, s.refusedRecords} {
 			if err := cfg.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("datastore: metrics: %w", err)
 			}
