@@ -114,6 +114,7 @@ func command() *cobra.Command {
 	f.IntVar(&cfg.Cluster.VNI, "vxlan-vni", cfg.Cluster.VNI, "VXLAN network identifier")
 	f.IntVar(&cfg.Cluster.VXLANPort, "vxlan-port", cfg.Cluster.VXLANPort, "VXLAN UDP port")
 	f.IntVar(&cfg.Cluster.MTU, "mtu", 0, "pod MTU (0: the underlay's, minus the VXLAN overhead when VXLAN may be used)")
+	f.BoolVar(&cfg.AcceptClusterChange, "accept-cluster-change", false, "start although the cluster configuration in the datastore differs from the one this node last ran with")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "grace period before a dead node's subnet is reclaimed and its routes removed")
 	f.StringVar(&cfg.Iface, "iface", "", "underlay interface (default: the one holding --node-ip, else the default route's)")
 	f.StringVar(&nodeIP, "node-ip", "", "this node's underlay IPv4 address (default: the interface's first)")

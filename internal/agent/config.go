@@ -42,6 +42,9 @@ type Config struct {
 	// Cluster is the cluster configuration this agent proposes; the first
 	// agent's proposal is stored and wins.
 	Cluster cluster.Config
+	// AcceptClusterChange lets the agent start although the stored
+	// cluster configuration differs from the one it last ran with.
+	AcceptClusterChange bool
 	// LeaseTTL is the grace period after which a dead node's subnet is
 	// reclaimed and its routes removed everywhere.
 	LeaseTTL time.Duration

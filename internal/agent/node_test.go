@@ -73,6 +73,17 @@ func freePort(t *testing.T) int {
 
 func startNode(t *testing.T) *testNode {
 	t.Helper()
+	tn, err := startNodeWith(t, func(*Config) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tn
+}
+
+// startNodeWith starts a node whose configuration mutate adjusted, and
+// returns why it could not start.
+func startNodeWith(t *testing.T, mutate func(*Config)) (*testNode, error) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
@@ -119,6 +130,7 @@ func startNode(t *testing.T) *testNode {
 	cfg.IPAMDir = filepath.Join(dir, "ipam")
 	cfg.Listen = ""
 	cfg.Resync = time.Second
+	mutate(&cfg)
 	logs := &syncBuffer{}
 	a, err := New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
@@ -128,7 +140,7 @@ func startNode(t *testing.T) *testNode {
 	n, err := a.start(ctx, true)
 	if err != nil {
 		cancel()
-		t.Fatal(err)
+		return nil, err
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.run(ctx, n) }()
@@ -152,7 +164,7 @@ func startNode(t *testing.T) *testNode {
 	t.Cleanup(func() { cli.Close() })
 	tn.client = cli.Client()
 	tn.waitReady(t)
-	return tn
+	return tn, nil
 }
 
 func (tn *testNode) waitReady(t *testing.T) {
@@ -394,5 +406,14 @@ func TestForgedRecordsChangeNoRoute(t *testing.T) {
 	}
 	if st := tn.getStatus(t); st.Peers != 0 || !st.Ready {
 		t.Fatalf("status: %+v", st)
+	}
+}
+
+// TestUnderlayOverlapRefused: a cluster CIDR that overlaps the node's
+// underlay network is refused at start, before anything is installed.
+func TestUnderlayOverlapRefused(t *testing.T) {
+	_, err := startNodeWith(t, func(c *Config) { c.Cluster.ClusterCIDR = "192.0.0.0/16" })
+	if err == nil || !strings.Contains(err.Error(), "overlaps the node's underlay network 192.0.2.0/24") {
+		t.Fatalf("start = %v", err)
 	}
 }

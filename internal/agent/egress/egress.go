@@ -8,11 +8,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	"github.com/podnet/podnet/internal/agent/controller"
-	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/nft"
 )
 
@@ -51,7 +49,7 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 	resync := time.NewTicker(c.env.Resync)
 	defer resync.Stop()
 	for {
-		if wrote, err := conn.SyncEgress(clusterCIDRs(c.env.Cluster)); err != nil {
+		if wrote, err := conn.SyncEgress(c.env.Cluster.CIDRs()); err != nil {
 			h.NotReady("%v", err)
 			c.log.Error("egress masquerade", "err", err)
 		} else {
@@ -76,14 +74,4 @@ func (c *Controller) Cleanup(context.Context) error {
 	}
 	defer conn.Close()
 	return conn.DelEgress()
-}
-
-func clusterCIDRs(c cluster.Config) []*net.IPNet {
-	var out []*net.IPNet
-	for _, s := range []string{c.ClusterCIDR, c.ClusterCIDR6} {
-		if _, n, err := net.ParseCIDR(s); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out
 }

@@ -302,16 +302,11 @@ func (c *Controller) checkSubnets(self, n cluster.Node) string {
 		if bits != cbits || ones != f.size || !cidr.Contains(f.sn.IP) {
 			return fmt.Sprintf("%s %s is not a /%d of the cluster CIDR %s", f.field, f.sn, f.size, cidr)
 		}
-		if overlaps(f.sn, f.own) {
+		if cluster.Overlaps(f.sn, f.own) {
 			return fmt.Sprintf("%s %s is this node's own", f.field, f.sn)
 		}
 	}
 	return ""
-}
-
-// overlaps tells whether two subnets share an address.
-func overlaps(a, b *net.IPNet) bool {
-	return a != nil && b != nil && (a.Contains(b.IP) || b.Contains(a.IP))
 }
 
 // record keeps what the status reports: the backend per peer and when the
