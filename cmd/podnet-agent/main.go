@@ -125,7 +125,7 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.IPAMDir, "ipam-dir", cfg.IPAMDir, "host-local's state directory for the cluster network")
 	f.StringSliceVar(&cfg.Chain, "cni-chain", cfg.Chain, "plugins chained after podnet in the conflist")
 	f.BoolVar(&cfg.Egress, "egress-masquerade", cfg.Egress, "masquerade pod traffic leaving the cluster CIDRs")
-	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of /healthz, /readyz, /status and /metrics (empty: off)")
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of /healthz, /readyz, /status and /metrics (empty: off); loopback by default, widen it (e.g. <node IP>:9099) only where scrapers need it")
 	f.DurationVar(&cfg.Resync, "resync", cfg.Resync, "period of the full reconcile behind the event-driven one")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

@@ -67,7 +67,9 @@ type Config struct {
 
 	// Egress masquerades pod traffic leaving the cluster CIDRs.
 	Egress bool
-	// Listen is the address of /healthz, /readyz and /metrics ("" = off).
+	// Listen is the address of /healthz, /readyz, /status and /metrics
+	// ("" = off); loopback by default, since /status tells the node's
+	// addresses, subnets and peers to whoever asks.
 	Listen string
 	// Resync is the period of the full reconcile that backs up the
 	// event-driven one.
@@ -92,7 +94,7 @@ func Defaults() Config {
 		IPAMDir:    "/run/podnet/ipam",
 		Chain:      []string{"portmap", "bandwidth"},
 		Egress:     true,
-		Listen:     ":9099",
+		Listen:     "127.0.0.1:9099",
 		Resync:     30 * time.Second,
 	}
 }

@@ -25,6 +25,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podnet/podnet/internal/cluster"
@@ -41,6 +44,9 @@ const DefaultPrefix = "/podnet/"
 
 // DefaultDialTimeout is the dial timeout used when Config.DialTimeout is 0.
 const DefaultDialTimeout = 5 * time.Second
+
+// reconnectMax bounds the client's wait between reconnection attempts.
+const reconnectMax = 2 * time.Second
 
 // DefaultLeaseTTL is the lease TTL used when Config.LeaseTTL is 0.
 const DefaultLeaseTTL = 60 * time.Second
@@ -163,6 +169,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// Keepalive pings detect a dead server on an idle connection.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
+		// Reconnect within seconds of etcd coming back, well inside any
+		// lease TTL: gRPC's default backoff grows to two minutes, so after
+		// an outage a lease could expire before its first renewal.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
+			MinConnectTimeout: 2 * time.Second,
+		})},
 	}
 	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
 		info := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}

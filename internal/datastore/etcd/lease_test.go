@@ -13,8 +13,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/podnet/podnet/internal/cluster"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 const testTTL = 10 * time.Second
