@@ -17,7 +17,7 @@ import (
 	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/egress"
 	"github.com/podnet/podnet/internal/plugins/all"
 )
 
@@ -217,7 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	go func() { errc <- watcher.Run(kick) }()
 
-	egress, err := nft.New(0)
+	egress, err := egress.New(0)
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -250,7 +250,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // reconcile converges the fabric, the egress rules and the conflist; with
 // full (the periodic resync), the installed plugin binary too.
-func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, clusterCfg cluster.Config, self cluster.Node, conf []byte, full bool, nodes []cluster.Node) {
+func (a *Agent) reconcile(fab *fabric.Fabric, egress *egress.Egress, clusterCfg cluster.Config, self cluster.Node, conf []byte, full bool, nodes []cluster.Node) {
 	start := time.Now()
 	var fp []fabric.Peer
 	for _, n := range nodes {
@@ -279,10 +279,10 @@ func (a *Agent) reconcile(fab *fabric.Fabric, egress *nft.Conn, clusterCfg clust
 		errs = append(errs, fabErr)
 	}
 	if a.cfg.Egress {
-		if _, err := egress.SyncEgress(clusterCIDRs(clusterCfg)); err != nil {
+		if _, err := egress.Sync(clusterCIDRs(clusterCfg)); err != nil {
 			errs = append(errs, err)
 		}
-	} else if err := egress.DelEgress(); err != nil {
+	} else if err := egress.Delete(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := a.installCNI(conf, full); err != nil {

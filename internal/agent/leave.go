@@ -11,7 +11,7 @@ import (
 	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/fabric"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/egress"
 )
 
 // Leave takes the node out of the cluster for good, with its agent
@@ -52,10 +52,10 @@ func (a *Agent) Leave(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if c, err := nft.New(0); err != nil {
+	if c, err := egress.New(0); err != nil {
 		errs = append(errs, err)
 	} else {
-		errs = append(errs, c.DelEgress())
+		errs = append(errs, c.Delete())
 		c.Close()
 	}
 	for _, p := range []string{filepath.Join(a.cfg.CNIConfDir, cniconf.FileName), a.leaseFile()} {

@@ -1,14 +1,13 @@
-package nft
+package podrules
 
 import (
 	"fmt"
 	"net"
-	"os"
 	"testing"
 
 	"github.com/podnet/podnet/internal/attachment"
 
-	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/nft/nfttest"
 )
 
 // BenchmarkPluginADDDEL measures what one plugin invocation costs: open a
@@ -17,10 +16,7 @@ import (
 func BenchmarkPluginADDDEL(b *testing.B) {
 	for _, existing := range []int{0, 100, 1000} {
 		b.Run(fmt.Sprintf("existing=%d", existing), func(b *testing.B) {
-			ns, err := newBenchNS(b)
-			if err != nil {
-				b.Fatal(err)
-			}
+			ns := nfttest.NS(b, "nftbench")
 			c, err := New(ns.Fd())
 			if err != nil {
 				b.Fatal(err)
@@ -52,16 +48,4 @@ func BenchmarkPluginADDDEL(b *testing.B) {
 			}
 		})
 	}
-}
-
-func newBenchNS(b *testing.B) (*netns.Temp, error) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root for network namespaces")
-	}
-	ns, err := netns.NewTemp("nftbench")
-	if err != nil {
-		return nil, err
-	}
-	b.Cleanup(func() { ns.Remove() })
-	return ns, nil
 }
