@@ -97,7 +97,10 @@ func (tx *Tx) AddElements(s Set, elems []nftables.SetElement) error {
 }
 
 // DelElements queues the removal of elems from s; the batch fails with
-// ENOENT when one is not there.
+// ENOENT when one is not there. The elements of an interval set are
+// deleted in ascending order, as nft does: the kernel's interval tree
+// fails to find some elements when others of the batch were deleted out
+// of order before them.
 func (tx *Tx) DelElements(s Set, elems []nftables.SetElement) error {
 	if len(elems) == 0 {
 		return nil
@@ -105,6 +108,9 @@ func (tx *Tx) DelElements(s Set, elems []nftables.SetElement) error {
 	ns, err := s.nftSet()
 	if err != nil {
 		return err
+	}
+	if s.Interval {
+		elems = ascending(elems)
 	}
 	if err := tx.c.nft.SetDeleteElements(ns, elems); err != nil {
 		return fmt.Errorf("delete elements of %s: %w", s, err)
@@ -192,6 +198,19 @@ func decodeElement(b []byte) nftables.SetElement {
 	return e
 }
 
+// ascending returns the elements ordered by key, a range's start before
+// the end of the range before it that has the same key.
+func ascending(elems []nftables.SetElement) []nftables.SetElement {
+	out := append([]nftables.SetElement(nil), elems...)
+	sort.SliceStable(out, func(i, j int) bool {
+		if c := bytes.Compare(out[i].Key, out[j].Key); c != 0 {
+			return c < 0
+		}
+		return !out[i].IntervalEnd && out[j].IntervalEnd
+	})
+	return out
+}
+
 // elementKey identifies an element within its set: its key, range end
 // and interval flag.
 func elementKey(e nftables.SetElement) string {
@@ -214,29 +233,74 @@ func sameValue(a, b nftables.SetElement) bool {
 	return a.VerdictData.Kind == b.VerdictData.Kind && a.VerdictData.Chain == b.VerdictData.Chain
 }
 
+// units groups elements into what is added and deleted as a whole: a
+// range of an interval set (its start and the end element after it), or
+// a single element. An end element never outlives its start: the kernel
+// would read a lone end as the end of whatever start precedes it.
+func units(elems []nftables.SetElement) [][]nftables.SetElement {
+	interval := false
+	for _, e := range elems {
+		interval = interval || e.IntervalEnd
+	}
+	if interval {
+		elems = ascending(elems)
+	}
+	var out [][]nftables.SetElement
+	for i := 0; i < len(elems); i++ {
+		if interval && !elems[i].IntervalEnd && i+1 < len(elems) && elems[i+1].IntervalEnd {
+			out = append(out, elems[i:i+2])
+			i++
+			continue
+		}
+		out = append(out, elems[i:i+1])
+	}
+	return out
+}
+
+// unitKey identifies a unit within its set by its elements' keys.
+func unitKey(u []nftables.SetElement) string {
+	k := ""
+	for _, e := range u {
+		k += elementKey(e) + "\x01"
+	}
+	return k
+}
+
+// sameValues tells whether two units of one key carry the same values.
+func sameValues(a, b []nftables.SetElement) bool {
+	for i := range a {
+		if !sameValue(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
 // Diff returns what turns the elements have into want: the elements to
-// add and those to delete. An element of want whose key have holds with
-// another value (or comment) is deleted and added again. Duplicates in
-// want count once.
+// add and those to delete. A range of an interval set (a start and its
+// end element) is added or deleted whole: one whose start or end changed
+// is deleted and the new one added. An element of want whose key have
+// holds with another value (or comment) is deleted and added again.
+// Duplicates in want count once.
 func Diff(have, want []nftables.SetElement) (add, del []nftables.SetElement) {
-	wanted := make(map[string]nftables.SetElement, len(want))
-	for _, w := range want {
-		wanted[elementKey(w)] = w
+	wantUnits := units(want)
+	wanted := make(map[string][]nftables.SetElement, len(wantUnits))
+	for _, u := range wantUnits {
+		wanted[unitKey(u)] = u
 	}
 	present := make(map[string]bool, len(have))
-	for _, h := range have {
-		k := elementKey(h)
-		if w, ok := wanted[k]; ok && sameValue(h, w) {
+	for _, u := range units(have) {
+		k := unitKey(u)
+		if w, ok := wanted[k]; ok && sameValues(u, w) {
 			present[k] = true
 			continue
 		}
-		del = append(del, h)
+		del = append(del, u...)
 	}
-	for _, w := range want {
-		k := elementKey(w)
-		if !present[k] {
+	for _, u := range wantUnits {
+		if k := unitKey(u); !present[k] {
 			present[k] = true
-			add = append(add, w)
+			add = append(add, u...)
 		}
 	}
 	return add, del
