@@ -168,3 +168,17 @@ func TestDelete(t *testing.T) {
 		t.Errorf("Sync after Delete: wrote=%v err=%v", wrote, err)
 	}
 }
+
+func TestRules(t *testing.T) {
+	want := []string{
+		"meta nfproto ipv4 ip saddr @cluster-cidrs4 ip daddr != @cluster-cidrs4 ip daddr != 224.0.0.0/4 masquerade",
+		"meta nfproto ipv6 ip6 saddr @cluster-cidrs6 ip6 daddr != @cluster-cidrs6 ip6 daddr != ff00::/8 masquerade",
+	}
+	var got []string
+	for _, r := range Rules() {
+		got = append(got, nfttest.Render(r.Exprs))
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rules\n%q\nwant\n%q", got, want)
+	}
+}
