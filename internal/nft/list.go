@@ -348,3 +348,33 @@ func (c *Conn) Tables() ([]*nftables.Table, error) {
 	}
 	return tables, nil
 }
+
+// Chains dumps the names of the chains of table t; none when t does not
+// exist.
+func (tx *Tx) Chains(t *nftables.Table) ([]string, error) {
+	var names []string
+	attrs := []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: cstring(t.Name)}}
+	err := tx.c.dumpRetried(t.Family, unix.NFT_MSG_GETCHAIN, attrs, func() { names = names[:0] }, func(typ uint16, data []byte) error {
+		if typ != unix.NFT_MSG_NEWCHAIN {
+			return nil
+		}
+		table := ""
+		name := ""
+		err := walkAttrs(data[4:], func(typ uint16, v []byte) {
+			switch typ {
+			case unix.NFTA_CHAIN_TABLE:
+				table = cstringOf(v)
+			case unix.NFTA_CHAIN_NAME:
+				name = cstringOf(v)
+			}
+		})
+		if table == t.Name { // the kernel filters dumps by table since 6.x only
+			names = append(names, name)
+		}
+		return err
+	})
+	if err != nil && !errors.Is(err, errMissing) {
+		return nil, fmt.Errorf("list chains of %s %s: %w", FamilyName(t.Family), t.Name, err)
+	}
+	return names, nil
+}

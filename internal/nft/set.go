@@ -10,6 +10,7 @@ import (
 	"sort"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
@@ -60,6 +61,9 @@ func (s Set) nftSet() (*nftables.Set, error) {
 	}
 	if s.IsMap() {
 		ns.IsMap, ns.DataType = true, s.Data
+	}
+	if len(s.Key) == 1 && s.Key[0].Name == nftables.TypeIFName.Name {
+		ns.KeyByteOrder = binaryutil.NativeEndian // as nft reads strings
 	}
 	return ns, nil
 }
@@ -127,19 +131,10 @@ func (tx *Tx) Elements(s Set) (elems []nftables.SetElement, exists bool, err err
 		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstring(s.Name)},
 	}
 	err = tx.c.dumpRetried(s.Table.Family, unix.NFT_MSG_GETSETELEM, attrs, func() { elems = elems[:0] }, func(typ uint16, data []byte) error {
-		if typ != unix.NFT_MSG_NEWSETELEM {
-			return nil
+		if typ == unix.NFT_MSG_NEWSETELEM {
+			elems = append(elems, elementsOf(data)...)
 		}
-		return walkAttrs(data[4:], func(t uint16, v []byte) {
-			if t != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-				return
-			}
-			_ = walkAttrs(v, func(t uint16, v []byte) {
-				if t == unix.NFTA_LIST_ELEM {
-					elems = append(elems, decodeElement(v))
-				}
-			})
-		})
+		return nil
 	})
 	if errors.Is(err, errMissing) {
 		return nil, false, nil
@@ -148,6 +143,72 @@ func (tx *Tx) Elements(s Set) (elems []nftables.SetElement, exists bool, err err
 		return nil, false, fmt.Errorf("list elements of %s: %w", s, err)
 	}
 	return elems, true, nil
+}
+
+// GetElements looks the keys up in s, one targeted request each (no
+// dump of the set), and returns the elements found, with their values.
+func (tx *Tx) GetElements(s Set, keys ...[]byte) ([]nftables.SetElement, error) {
+	var found []nftables.SetElement
+	for _, k := range keys {
+		key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: k}})
+		if err != nil {
+			return nil, err
+		}
+		elem, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_KEY, Data: key}})
+		if err != nil {
+			return nil, err
+		}
+		list, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: elem}})
+		if err != nil {
+			return nil, err
+		}
+		attrs := []netlink.Attribute{
+			{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstring(s.Table.Name)},
+			{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstring(s.Name)},
+			{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: list},
+		}
+		data, err := netlink.MarshalAttributes(attrs)
+		if err != nil {
+			return nil, err
+		}
+		req := netlink.Message{
+			Header: netlink.Header{
+				Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
+				Flags: netlink.Request | netlink.Acknowledge,
+			},
+			Data: append(nfgenmsg(s.Table.Family), data...),
+		}
+		err = tx.c.dump(req, func(typ uint16, data []byte) error {
+			if typ == unix.NFT_MSG_NEWSETELEM {
+				found = append(found, elementsOf(data)...)
+			}
+			return nil
+		})
+		if errors.Is(err, errMissing) {
+			continue
+		}
+		if err != nil {
+			tx.c.dropNL()
+			return nil, fmt.Errorf("look up element of %s: %w", s, err)
+		}
+	}
+	return found, nil
+}
+
+// elementsOf decodes the elements of a set element message.
+func elementsOf(data []byte) []nftables.SetElement {
+	var elems []nftables.SetElement
+	_ = walkAttrs(data[4:], func(t uint16, v []byte) {
+		if t != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+			return
+		}
+		_ = walkAttrs(v, func(t uint16, v []byte) {
+			if t == unix.NFTA_LIST_ELEM {
+				elems = append(elems, decodeElement(v))
+			}
+		})
+	})
+	return elems
 }
 
 // decodeElement decodes one NFTA_LIST_ELEM of a set element dump.

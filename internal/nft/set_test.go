@@ -301,3 +301,42 @@ func TestSyncIntervalSetRandom(t *testing.T) {
 		}
 	}
 }
+
+func TestGetElementsAndChains(t *testing.T) {
+	c := connIn(t, nfttest.NS(t, "nftset"))
+	target := &nftables.Chain{Table: testTable, Name: "net/pod/eth0"}
+	s := Set{Table: testTable, Name: "vmap", Key: []nftables.SetDatatype{nftables.TypeIPAddr}, Data: nftables.TypeVerdict}
+	goTo := nftables.SetElement{Key: []byte{10, 0, 0, 1}, VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: target.Name}}
+	var found []nftables.SetElement
+	var chains []string
+	err := c.Transact(func(tx *Tx) (bool, error) {
+		if _, err := tx.GetElements(s, goTo.Key); err != nil { // no table yet
+			return false, err
+		}
+		tx.AddTable(testTable)
+		tx.AddChain(target)
+		if err := tx.AddSet(s); err != nil {
+			return false, err
+		}
+		return false, tx.AddElements(s, []nftables.SetElement{goTo})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.read(func(tx *Tx) (err error) {
+		if found, err = tx.GetElements(s, []byte{10, 0, 0, 2}, goTo.Key); err != nil {
+			return err
+		}
+		chains, err = tx.Chains(testTable)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(found, []nftables.SetElement{goTo}) {
+		t.Errorf("GetElements = %v, want %v", found, goTo)
+	}
+	if !reflect.DeepEqual(chains, []string{target.Name}) {
+		t.Errorf("Chains = %q", chains)
+	}
+}

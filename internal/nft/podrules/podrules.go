@@ -9,46 +9,55 @@
 // need, each named "podnet" (nft.TableName), and never in anybody else's:
 //
 //	table inet podnet {
-//		chain masquerade {	# bridge/ptp ipMasq, one rule per pod address
+//		map masquerade4, masquerade6	# pod address : goto its chain
+//		chain masquerade {	# bridge/ptp ipMasq: static vmap lookups
 //			type nat hook postrouting priority srcnat; policy accept;
 //		}
+//		chain <network>/<containerID>/<ifname>	# an attachment's masquerade rules
 //		chain portmap-prerouting, portmap-output, portmap-masquerade	# portmap.go
 //		chain firewall, firewall-isolation, firewall-isolation-stage2	# firewall.go
 //	}
 //	table bridge podnet {
-//		chain macspoofchk {	# bridge macspoofchk, one rule per attachment
+//		map macspoofchk	# host-side port : goto its chain
+//		chain macspoofchk {	# bridge macspoofchk: a static vmap lookup
 //			type filter hook prerouting priority -300; policy accept;	# "dstnat"
 //		}
+//		chain <network>/<containerID>/<ifname>	# an attachment's spoof check
 //		chain firewall-isolation	# firewall.go
 //	}
 //
 // Every feature has its own base chains, so features never share or
-// reorder each other's rules and a chain holds nothing but per-attachment
-// rules: there is no static rule that would have to be added exactly
-// once. The node agent's egress masquerade (package egress) has a chain
+// reorder each other's rules. Masquerade and the MAC spoof check are
+// dispatched (dispatch.go): each attachment's rules sit in a chain named
+// after its identity, reached through verdict maps, so that DEL and GC
+// neither list nor rewrite other pods' rules. Portmap and the firewall
+// keep per-attachment rules directly in their base chains, with no static
+// rule. The node agent's egress masquerade (package egress) has a chain
 // of its own in the inet table.
 //
 // # Identity
 //
 // Every rule is owned by (carries as its comment) the identity of the
 // attachment it belongs to, attachment.ID.String() =
-// network/containerID/ifname, so `nft list ruleset` shows it.
-// DelAttachment and GC find rules by that identity alone, in any chain of
-// any podnet table, so they need neither the pod's namespace nor the
-// result of ADD.
+// network/containerID/ifname, so `nft list ruleset` shows it; the
+// attachments' own chains are named after it. DelAttachment and GC find
+// rules by that identity alone, so they need neither the pod's namespace
+// nor the result of ADD: DelAttachment reads the attachment's own chains
+// and the portmap and firewall chains; GC lists chain names and reads the
+// portmap and firewall chains.
 //
 // # Transactions
 //
-// Each ADD, DEL or GC is one nft transaction: the table and chains an ADD
-// needs are created in the same batch as its rules (unless its listing
-// just showed the chain holding rules). ADD and CHECK read the chains
-// they program; DEL and GC each podnet table.
+// Each ADD, DEL or GC is one nft transaction: the table, maps and chains
+// an ADD needs are created in the same batch as its rules and elements.
 package podrules
 
 import (
 	"fmt"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/nft"
@@ -65,10 +74,6 @@ const (
 var (
 	inetTable   = &nftables.Table{Family: nftables.TableFamilyINet, Name: nft.TableName}
 	bridgeTable = &nftables.Table{Family: nftables.TableFamilyBridge, Name: nft.TableName}
-
-	// allTables stands for every chain of every podnet table, which
-	// DelAttachment and GC search.
-	allTables = []*nftables.Chain{{Table: inetTable}, {Table: bridgeTable}}
 
 	acceptPolicy = nftables.ChainPolicyAccept
 
@@ -88,7 +93,43 @@ var (
 		Priority: nftables.ChainPriorityRef(-300), // as the reference's macspoofchk
 		Policy:   &acceptPolicy,
 	}
+
+	// masquerade dispatches by the pod's source address.
+	masquerade = &dispatch{base: masqChain, maps: []dispatchMap{
+		{
+			set:   nft.Set{Table: inetTable, Name: MasqueradeChain + "4", Key: []nftables.SetDatatype{nftables.TypeIPAddr}, Data: nftables.TypeVerdict},
+			match: nfproto(unix.NFPROTO_IPV4),
+			load:  &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		},
+		{
+			set:   nft.Set{Table: inetTable, Name: MasqueradeChain + "6", Key: []nftables.SetDatatype{nftables.TypeIP6Addr}, Data: nftables.TypeVerdict},
+			match: nfproto(unix.NFPROTO_IPV6),
+			load:  &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+		},
+	}}
+	// macSpoofCheck dispatches by the bridge port a frame enters from.
+	macSpoofCheck = &dispatch{base: spoofChain, maps: []dispatchMap{{
+		set:  nft.Set{Table: bridgeTable, Name: MacSpoofChain, Key: []nftables.SetDatatype{nftables.TypeIFName}, Data: nftables.TypeVerdict},
+		load: &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+	}}}
+	dispatched = []*dispatch{masquerade, macSpoofCheck}
+
+	// ownedChains hold attachments' rules directly: the portmap and
+	// firewall chains, and the dispatching base chains (rules written
+	// there before dispatch existed).
+	ownedChains = []*nftables.Chain{
+		masqChain, spoofChain, portMapDNATChain, portMapOutputChain, portMapMasqChain,
+		firewallChain, isolationChain, stage2Chain, bridgeIsolationChain,
+	}
 )
+
+// nfproto is "meta nfproto <proto>".
+func nfproto(proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
 
 // Conn programs the per-attachment rules in one network namespace. It is
 // safe for concurrent use.
@@ -153,10 +194,25 @@ func (c *Conn) check(chain *nftables.Chain, a attachment.ID, want []*nftables.Ru
 // DelAttachment removes every rule of the attachment from all of podnet's
 // tables, whatever feature added it, in one transaction. It needs nothing
 // but the attachment's identity (not the pod's namespace, not the result
-// of ADD), and succeeds when there is nothing to remove.
+// of ADD), and succeeds when there is nothing to remove. It reads the
+// attachment's own chains and the chains that hold attachments' rules
+// directly (portmap, firewall), not the other pods' masquerade and spoof
+// check rules.
 func (c *Conn) DelAttachment(a attachment.ID) error {
 	id := nft.Owner(a.String())
-	if err := c.nft.DeleteOwned(allTables, func(o nft.Owner) bool { return o == id }); err != nil {
+	err := c.nft.Transact(func(tx *nft.Tx) (bool, error) {
+		queued := false
+		for _, d := range dispatched {
+			q, err := d.del(tx, id, false)
+			if err != nil {
+				return false, err
+			}
+			queued = queued || q
+		}
+		q, err := delOwned(tx, func(o nft.Owner) bool { return o == id })
+		return queued || q, err
+	})
+	if err != nil {
 		return fmt.Errorf("delete nftables rules of %s: %w", id, err)
 	}
 	return nil
@@ -164,12 +220,53 @@ func (c *Conn) DelAttachment(a attachment.ID) error {
 
 // GC removes, in one transaction, every rule of the attachments of network
 // for which keep returns false. Rules of other networks and rules without
-// an attachment identity are left alone. keep must not call c.
+// an attachment identity are left alone. It finds the attachments'
+// chains by listing chain names. keep must not call c.
 func (c *Conn) GC(network string, keep func(attachment.ID) bool) error {
-	if err := c.nft.DeleteOwned(allTables, gcMatch(network, keep)); err != nil {
+	match := gcMatch(network, keep)
+	err := c.nft.Transact(func(tx *nft.Tx) (bool, error) {
+		queued := false
+		for _, d := range dispatched {
+			names, err := tx.Chains(d.base.Table)
+			if err != nil {
+				return false, err
+			}
+			for _, n := range names {
+				if !match(nft.Owner(n)) {
+					continue
+				}
+				q, err := d.del(tx, nft.Owner(n), true)
+				if err != nil {
+					return false, err
+				}
+				queued = queued || q
+			}
+		}
+		q, err := delOwned(tx, match)
+		return queued || q, err
+	})
+	if err != nil {
 		return fmt.Errorf("garbage-collect nftables rules of network %s: %w", network, err)
 	}
 	return nil
+}
+
+// delOwned queues the removal of the rules of ownedChains whose owner
+// match selects.
+func delOwned(tx *nft.Tx, match func(nft.Owner) bool) (bool, error) {
+	queued := false
+	for _, ch := range ownedChains {
+		rules, err := tx.Rules(ch.Table, ch.Name, "")
+		if err != nil {
+			return false, err
+		}
+		q, err := tx.DelRules(rules, func(r nft.Rule) bool { return match(r.Owner) })
+		if err != nil {
+			return false, err
+		}
+		queued = queued || q
+	}
+	return queued, nil
 }
 
 // gcMatch selects the owners that are attachments of network keep does

@@ -49,18 +49,26 @@ func att(network, id, ifname string) attachment.ID {
 	return attachment.ID{Network: network, ContainerID: id, IfName: ifname}
 }
 
-// owners lists the owner of every rule in every podnet table, sorted,
-// one entry per rule, prefixed with the chain: "masquerade net/id/eth0".
+// owners lists the owner of every attachment's rule in every podnet
+// table, sorted, one entry per rule, prefixed with the feature's chain
+// (an attachment's own chain counts as its feature's base chain):
+// "masquerade net/id/eth0". The static dispatch rules are left out.
 func owners(t *testing.T, c *Conn) []string {
 	t.Helper()
 	var out []string
-	for _, ch := range allTables {
-		rules, err := c.nft.List(ch.Table, "")
+	for _, d := range dispatched {
+		rules, err := c.nft.List(d.base.Table, "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range rules {
-			out = append(out, r.Chain+" "+string(r.Owner))
+			chain := r.Chain
+			if _, err := attachment.Parse(chain); err == nil {
+				chain = d.base.Name
+			}
+			if r.Owner != staticOwner {
+				out = append(out, chain+" "+string(r.Owner))
+			}
 		}
 	}
 	sort.Strings(out)

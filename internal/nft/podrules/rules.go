@@ -9,7 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/attachment"
-	"github.com/podnet/podnet/internal/nft"
 )
 
 // AddMasquerade makes the attachment's masquerade rules exactly those for
@@ -23,7 +22,7 @@ func (c *Conn) AddMasquerade(a attachment.ID, ips []*net.IPNet) error {
 	if err != nil {
 		return err
 	}
-	if err := c.replace(a, []nft.ChainRules{{Chain: masqChain, Rules: rules}}); err != nil {
+	if err := c.add(masquerade, a, rules); err != nil {
 		return fmt.Errorf("add masquerade for %s: %w", a, err)
 	}
 	return nil
@@ -36,7 +35,7 @@ func (c *Conn) CheckMasquerade(a attachment.ID, ips []*net.IPNet) error {
 	if err != nil {
 		return err
 	}
-	return c.check(masqChain, a, rules, func(i int) string {
+	return c.checkDispatched(masquerade, a, rules, func(i int) string {
 		return fmt.Sprintf("masquerade rule for %s", ips[i])
 	})
 }
@@ -51,7 +50,7 @@ func (c *Conn) AddMacSpoofCheck(a attachment.ID, hostIfName string, mac net.Hard
 	if err != nil {
 		return err
 	}
-	if err := c.replace(a, []nft.ChainRules{{Chain: spoofChain, Rules: []*nftables.Rule{r}}}); err != nil {
+	if err := c.add(macSpoofCheck, a, []*nftables.Rule{r}); err != nil {
 		return fmt.Errorf("add mac spoof check for %s: %w", a, err)
 	}
 	return nil
@@ -64,7 +63,7 @@ func (c *Conn) CheckMacSpoofCheck(a attachment.ID, hostIfName string, mac net.Ha
 	if err != nil {
 		return err
 	}
-	return c.check(spoofChain, a, []*nftables.Rule{r}, func(int) string {
+	return c.checkDispatched(macSpoofCheck, a, []*nftables.Rule{r}, func(int) string {
 		return fmt.Sprintf("mac spoof check rule for %s on %s", mac, hostIfName)
 	})
 }
