@@ -84,8 +84,11 @@ func (r *renderer) expr(e expr.Any) {
 		r.out = append(r.out, r.loaded+" "+op+r.value(e.Data))
 	case *expr.Lookup:
 		op := ""
-		if e.Invert {
+		switch {
+		case e.Invert:
 			op = "!= "
+		case e.IsDestRegSet && e.DestRegister == 0: // a verdict map
+			op = "vmap "
 		}
 		r.out = append(r.out, r.loaded+" "+op+"@"+e.SetName)
 	case *expr.Immediate:

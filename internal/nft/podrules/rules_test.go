@@ -159,7 +159,7 @@ func TestPortMapRules(t *testing.T) {
 	// The DNAT rules read back as the forwardings they are.
 	var fwd []Forward
 	for _, r := range crs[0].Rules {
-		raw := nfttest.Encode(t, byte(nftables.TableFamilyINet), r.Exprs)
+		raw := encode(t, masquerade, r)
 		if f, ok := forwardOf(nftables.TableFamilyINet, raw); ok {
 			fwd = append(fwd, f)
 		}
@@ -172,4 +172,10 @@ func TestPortMapRules(t *testing.T) {
 	if !reflect.DeepEqual(fwd, wantFwd) {
 		t.Errorf("forwardings read back %v, want %v", fwd, wantFwd)
 	}
+}
+
+// encode returns a rule's expressions as a dump of d's table shows them.
+func encode(t *testing.T, d *dispatch, r *nftables.Rule) []byte {
+	t.Helper()
+	return nfttest.Encode(t, byte(d.base.Table.Family), r.Exprs)
 }
