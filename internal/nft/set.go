@@ -8,6 +8,7 @@ import (
 	"math/big"
 	"net"
 	"sort"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -46,12 +47,17 @@ func (s Set) String() string {
 	return fmt.Sprintf("%s %s set %s", FamilyName(s.Table.Family), s.Table.Name, s.Name)
 }
 
-// nftSet returns a fresh nftables.Set for s (AddSet assigns it an ID).
+// setIDs numbers the sets of batches. nftables.Conn.AddSet numbers a set
+// without ID from a global counter it does not synchronize, a data race
+// between connections; sets are referred to by name, so any ID does.
+var setIDs atomic.Uint32
+
+// nftSet returns a fresh nftables.Set for s, with an ID of its own.
 func (s Set) nftSet() (*nftables.Set, error) {
 	if len(s.Key) == 0 {
 		return nil, fmt.Errorf("%s: no key type", s)
 	}
-	ns := &nftables.Set{Table: s.Table, Name: s.Name, Interval: s.Interval, KeyType: s.Key[0]}
+	ns := &nftables.Set{Table: s.Table, Name: s.Name, Interval: s.Interval, KeyType: s.Key[0], ID: setIDs.Add(1)}
 	if len(s.Key) > 1 {
 		t, err := nftables.ConcatSetType(s.Key...)
 		if err != nil {
