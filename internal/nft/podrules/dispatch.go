@@ -171,8 +171,10 @@ func (c *Conn) add(d *dispatch, a attachment.ID, rules []*nftables.Rule) error {
 			}
 			var del, add []nftables.SetElement
 			for _, e := range have {
+				// Take a wanted key over; let go of an old key only if it
+				// is still ours.
 				ours := e.VerdictData != nil && e.VerdictData.Chain == chain.Name && e.VerdictData.Kind == expr.VerdictGoto
-				if !ours || !containsKey(want[i], e.Key) {
+				if containsKey(want[i], e.Key) != ours {
 					del = append(del, e)
 				}
 			}

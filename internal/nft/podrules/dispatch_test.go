@@ -85,6 +85,14 @@ func TestTakeOver(t *testing.T) {
 	if err := c.CheckMasquerade(stale, ips); err == nil {
 		t.Error("the stale attachment still receives the address's traffic")
 	}
+	// The stale attachment added again elsewhere lets go of its old
+	// address only where it still holds it.
+	if err := c.AddMasquerade(stale, cidrs(t, "10.1.0.7/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckMasquerade(fresh, ips); err != nil {
+		t.Errorf("the stale attachment's ADD broke the new one: %v", err)
+	}
 	if err := c.DelAttachment(stale); err != nil {
 		t.Fatal(err)
 	}
