@@ -326,29 +326,6 @@ func FamilyName(f nftables.TableFamily) string {
 	return fmt.Sprintf("family-%d", f)
 }
 
-// Tables lists the namespace's tables, of every family and owner.
-func (c *Conn) Tables() ([]*nftables.Table, error) {
-	var tables []*nftables.Table
-	err := c.read(func(tx *Tx) error {
-		return tx.c.dumpRetried(unix.NFPROTO_UNSPEC, unix.NFT_MSG_GETTABLE, nil, func() { tables = tables[:0] }, func(typ uint16, data []byte) error {
-			if typ != unix.NFT_MSG_NEWTABLE {
-				return nil
-			}
-			t := &nftables.Table{Family: nftables.TableFamily(data[0])}
-			tables = append(tables, t)
-			return walkAttrs(data[4:], func(typ uint16, v []byte) {
-				if typ == unix.NFTA_TABLE_NAME {
-					t.Name = cstringOf(v)
-				}
-			})
-		})
-	})
-	if err != nil && !errors.Is(err, errMissing) {
-		return nil, fmt.Errorf("list tables: %w", err)
-	}
-	return tables, nil
-}
-
 // Chains dumps the names of the chains of table t; none when t does not
 // exist.
 func (tx *Tx) Chains(t *nftables.Table) ([]string, error) {
