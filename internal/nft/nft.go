@@ -14,8 +14,10 @@
 //     ruleset` shows it. Conn.Replace makes an owner's rules in some chains
 //     exactly the wanted ones, Conn.Check verifies them, Conn.DeleteOwned
 //     removes the rules whose owner a predicate selects.
-//   - Dumps: targeted listings of one chain's rules or one set's elements,
-//     redone when the kernel flags them as interrupted by a commit.
+//   - Dumps: targeted listings of one chain's rules, one set's elements or
+//     a table's chain names (Tx.Rules, Tx.Elements, Tx.Chains), redone
+//     when the kernel flags them as interrupted by a commit, and lookups of
+//     single elements by key (Tx.GetElements) that dump nothing.
 //   - Sets and maps (Set): named sets and maps with concatenated keys,
 //     intervals, verdict or data values, updated element by element:
 //     Conn.SyncSet adds only the missing and deletes only the stale
