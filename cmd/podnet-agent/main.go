@@ -23,8 +23,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/podnet/podnet/internal/agent"
-	"github.com/podnet/podnet/internal/cniplugin"
 )
+
+// Version is podnet's release (set at link time with -X main.Version=…).
+var Version = "dev"
 
 func main() {
 	if err := command().Execute(); err != nil {
@@ -68,7 +70,7 @@ func command() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "podnet-agent",
 		Short:         "podnet's node agent: leases the node a pod subnet and connects it to every other node",
-		Version:       cniplugin.Version,
+		Version:       Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
