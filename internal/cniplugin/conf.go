@@ -106,6 +106,28 @@ func (n *NetConf) KeepsAttachment(a attachment.ID) bool {
 	return false
 }
 
+// checkGCInput refuses a GC whose configuration lists no valid
+// attachments: the spec requires cni.dev/valid-attachments (an array, empty
+// when no attachment is valid), and libcni always sends it. Without it, or
+// with it null, GC would take every attachment of the network for stale,
+// so the call is invalid (7) and nothing is collected. The legacy
+// cni.dev/attachments key, which libcni sends as well, is accepted in its
+// place.
+func checkGCInput(data []byte) error {
+	var lists struct {
+		Valid  *[]types.GCAttachment `json:"cni.dev/valid-attachments"`
+		Legacy *[]types.GCAttachment `json:"cni.dev/attachments"`
+	}
+	if err := json.Unmarshal(data, &lists); err != nil {
+		return NewError(types.ErrDecodingFailure, "failed to parse network configuration", err.Error())
+	}
+	if lists.Valid == nil && lists.Legacy == nil {
+		return NewError(types.ErrInvalidNetworkConfig, "GC without cni.dev/valid-attachments",
+			"the list of valid attachments is missing or null; an empty array says none is valid")
+	}
+	return nil
+}
+
 // AttachmentOf returns the identity of the attachment a call is about.
 func AttachmentOf(network string, args *skel.CmdArgs) attachment.ID {
 	return attachment.ID{Network: network, ContainerID: args.ContainerID, IfName: args.IfName}

@@ -97,9 +97,14 @@ func (p Plugin) funcs() skel.CNIFuncs {
 			}
 			return AsCNIError(types.PrintResult(res, ver))
 		},
-		Del:    wrap(p.Del),
-		Check:  wrap(p.Check),
-		GC:     wrap(p.GC),
+		Del:   wrap(p.Del),
+		Check: wrap(p.Check),
+		GC: func(args *skel.CmdArgs) error {
+			if err := checkGCInput(args.StdinData); err != nil {
+				return err
+			}
+			return wrap(p.GC)(args)
+		},
 		Status: wrap(p.Status),
 	}
 }
