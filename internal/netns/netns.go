@@ -43,7 +43,21 @@ func Open(path string) (*NS, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: empty path", ErrInvalid)
 	}
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// A namespace file (nsfs, or its /proc link) is a regular file: refuse
+	// anything else before opening it, since opening a FIFO blocks until a
+	// writer comes and opening a device may act on it. O_NONBLOCK covers
+	// a FIFO put in the file's place after the stat.
+	var pre unix.Stat_t
+	if err := unix.Stat(path, &pre); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, fmt.Errorf("%w: %s", ErrNotExist, path)
+		}
+		return nil, fmt.Errorf("%w: %s: stat: %w", ErrInvalid, path, err)
+	}
+	if pre.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%w: %s: file mode %#o is not a namespace file's", ErrInvalid, path, pre.Mode&unix.S_IFMT)
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil, fmt.Errorf("%w: %s", ErrNotExist, path)

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestOpenErrors(t *testing.T) {
@@ -14,6 +17,15 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
+	// Opening a FIFO for reading blocks until a writer comes.
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifoLink := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(fifo, fifoLink); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		path string
 		want error
@@ -23,8 +35,12 @@ func TestOpenErrors(t *testing.T) {
 		{f.Name(), ErrInvalid},
 		{"/proc/self/ns/uts", ErrInvalid},
 		{"/proc/thread-self/ns/net", ErrOwn},
+		{fifo, ErrInvalid},
+		{fifoLink, ErrInvalid},
+		{"/dev/null", ErrInvalid},
+		{t.TempDir(), ErrInvalid},
 	} {
-		ns, err := Open(tc.path)
+		ns, err := openWithin(t, tc.path, 5*time.Second)
 		if !errors.Is(err, tc.want) {
 			t.Errorf("Open(%q) = %v, want %v", tc.path, err, tc.want)
 		}
@@ -42,6 +58,28 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatalf("own namespace with CNI_NETNS_OVERRIDE=1: %v", err)
 	}
 	ns.Close()
+}
+
+// openWithin is Open failing the test instead of hanging when it has not
+// returned within d.
+func openWithin(t *testing.T, path string, d time.Duration) (*NS, error) {
+	t.Helper()
+	type opened struct {
+		ns  *NS
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		ns, err := Open(path)
+		done <- opened{ns, err}
+	}()
+	select {
+	case o := <-done:
+		return o.ns, o.err
+	case <-time.After(d):
+		t.Fatalf("Open(%q) still blocked after %v", path, d)
+		return nil, nil
+	}
 }
 
 func TestTempAndDo(t *testing.T) {
