@@ -18,6 +18,14 @@ type ID struct {
 	IfName      string
 }
 
+// MaxLen is the longest identity (String) that fits everything carrying
+// it: a host link's alias, "podnet:" and the identity, holds at most 255
+// bytes (IFALIASZ less its NUL), an nftables rule comment 253, and the
+// file names of the IPAM index and tuning's saved values
+// (<containerID>@<ifname> and a suffix) at most 255 (NAME_MAX). An
+// attachment with a longer identity can never be created.
+const MaxLen = 248
+
 // String is the attachment's canonical text: network/containerID/ifname.
 func (a ID) String() string {
 	return a.Network + "/" + a.ContainerID + "/" + a.IfName

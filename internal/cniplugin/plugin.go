@@ -6,6 +6,7 @@
 package cniplugin
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/podnet/podnet/internal/attachment"
 )
 
 // Version is podnet's release, printed in the plugins' "about" line.
@@ -87,6 +90,9 @@ func (p Plugin) funcs() skel.CNIFuncs {
 			if p.Add == nil {
 				return NewError(types.ErrInvalidEnvironmentVariables, "this plugin does not implement ADD", "")
 			}
+			if err := checkIdentity(args); err != nil {
+				return err
+			}
 			res, err := p.Add(args)
 			if err != nil {
 				return AsCNIError(err)
@@ -97,7 +103,12 @@ func (p Plugin) funcs() skel.CNIFuncs {
 			}
 			return AsCNIError(types.PrintResult(res, ver))
 		},
-		Del:   wrap(p.Del),
+		Del: func(args *skel.CmdArgs) error {
+			if checkIdentity(args) != nil {
+				return nil // nothing can exist under an identity ADD refuses
+			}
+			return wrap(p.Del)(args)
+		},
 		Check: wrap(p.Check),
 		GC: func(args *skel.CmdArgs) error {
 			if err := checkGCInput(args.StdinData); err != nil {
@@ -107,4 +118,34 @@ func (p Plugin) funcs() skel.CNIFuncs {
 		},
 		Status: wrap(p.Status),
 	}
+}
+
+// checkIdentity refuses an attachment whose identity is longer than
+// attachment.MaxLen: nothing podnet records could name it, so ADD would
+// fail half-way (the IPAM index's file name too long, code 5) and DEL
+// would fail the same way on every retry. The container ID is what makes
+// it long in practice: the spec limits its characters, not its length, so
+// it is an invalid CNI_CONTAINERID (4); a network name too long for any
+// attachment is an invalid configuration (7). A configuration that cannot
+// be parsed is left to the plugin to report.
+func checkIdentity(args *skel.CmdArgs) error {
+	var conf struct {
+		Name string `json:"name"`
+	}
+	if json.Unmarshal(args.StdinData, &conf) != nil {
+		return nil
+	}
+	id := AttachmentOf(conf.Name, args)
+	if len(id.String()) <= attachment.MaxLen {
+		return nil
+	}
+	// The room the network name and interface leave for the container ID.
+	room := attachment.MaxLen - len(id.String()) + len(args.ContainerID)
+	if room < 1 {
+		return NewError(types.ErrInvalidNetworkConfig, "network name too long",
+			fmt.Sprintf("an attachment identity (network/containerID/ifname) holds at most %d bytes; the name %q leaves no room", attachment.MaxLen, conf.Name))
+	}
+	return NewError(types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID too long",
+		fmt.Sprintf("%d bytes; with network %q and interface %q at most %d fit the attachment identity (%d bytes)",
+			len(args.ContainerID), conf.Name, args.IfName, room, attachment.MaxLen))
 }
