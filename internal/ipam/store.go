@@ -187,20 +187,31 @@ func (s *Store) SetLastReserved(n int, ip net.IP) error {
 // Addresses returns the addresses the owner's index lists, and whether an
 // index exists.
 func (s *Store) Addresses(o Owner) ([]net.IP, bool) {
+	ips, ok, _ := s.readIndex(o)
+	return ips, ok
+}
+
+// readIndex reads the owner's index: the addresses it lists, whether it
+// exists, and whether it is well formed (at least one address, nothing
+// but addresses), as SetAddresses writes it.
+func (s *Store) readIndex(o Owner) (ips []net.IP, exists, wellFormed bool) {
 	f, err := os.Open(filepath.Join(s.dir, "attachments", o.indexName()))
 	if err != nil {
-		return nil, false
+		return nil, false, false
 	}
 	defer f.Close()
-	var ips []net.IP
+	wellFormed = true
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if ip := net.ParseIP(strings.TrimSpace(sc.Text())); ip != nil {
-			c, _ := Canonical(ip)
-			ips = append(ips, c)
+		ip := net.ParseIP(strings.TrimSpace(sc.Text()))
+		if ip == nil {
+			wellFormed = false
+			continue
 		}
+		c, _ := Canonical(ip)
+		ips = append(ips, c)
 	}
-	return ips, true
+	return ips, true, wellFormed && sc.Err() == nil && len(ips) > 0
 }
 
 // SetAddresses writes the owner's index atomically.
@@ -222,31 +233,38 @@ func (s *Store) SetAddresses(o Owner, ips []net.IP) error {
 	return nil
 }
 
-// Release frees every address of the owner: those its index lists, or, if
-// a crash left no index, those a scan finds. Releasing nothing is no error.
+// Release frees every address of the owner: those its index lists, and,
+// when the index is missing (a crash before it was written), malformed
+// or lists an address the owner does not hold (corrupt, or a release
+// interrupted before), those a scan finds. Releasing nothing is no error.
 func (s *Store) Release(o Owner) error {
-	ips, ok := s.Addresses(o)
-	if !ok {
+	ips, exists, wellFormed := s.readIndex(o)
+	scan := !exists || !wellFormed
+	var errs []error
+	release := func(ip net.IP) {
+		if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("release %s: %w", ip, err))
+		}
+	}
+	for _, ip := range ips {
+		owner, held, err := s.readOwner(ip)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case held && owner == o:
+			release(ip)
+		default:
+			scan = true
+		}
+	}
+	if scan {
 		all, err := s.Scan()
 		if err != nil {
-			return err
+			return ioFailure(errors.Join(append(errs, err)...))
 		}
 		for ip, owner := range all {
 			if owner == o {
-				ips = append(ips, net.ParseIP(ip))
-			}
-		}
-	}
-	var errs []error
-	for _, ip := range ips {
-		owner, held, err := s.readOwner(ip)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if held && owner == o {
-			if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("release %s: %w", ip, err))
+				release(net.ParseIP(ip))
 			}
 		}
 	}

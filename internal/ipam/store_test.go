@@ -132,6 +132,44 @@ func TestRelease(t *testing.T) {
 			left: []string{"10.0.0.3"},
 		},
 		{
+			name: "a corrupt index: garbage",
+			prepare: func(t *testing.T, s *Store) {
+				reserve(t, s, b, "10.0.0.3")
+				reserve(t, s, a, "10.0.0.2", "fd00::2")
+				if err := writeFile(s, "attachments/"+a.indexName(), "\x00\xffgarbage"); err != nil {
+					t.Fatal(err)
+				}
+			},
+			left: []string{"10.0.0.3"},
+		},
+		{
+			name: "a corrupt index: empty",
+			prepare: func(t *testing.T, s *Store) {
+				reserve(t, s, a, "10.0.0.2")
+				if err := writeFile(s, "attachments/"+a.indexName(), ""); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "a corrupt index: one address of two, and garbage",
+			prepare: func(t *testing.T, s *Store) {
+				reserve(t, s, a, "10.0.0.2", "fd00::2")
+				if err := writeFile(s, "attachments/"+a.indexName(), "10.0.0.2\nfd00::zz\n"); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "a corrupt index: an address nobody holds",
+			prepare: func(t *testing.T, s *Store) {
+				reserve(t, s, a, "10.0.0.2")
+				if err := s.SetAddresses(a, []net.IP{ip("10.0.0.9")}); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
 			name:    "nothing held",
 			prepare: func(t *testing.T, s *Store) { reserve(t, s, b, "10.0.0.3") },
 			left:    []string{"10.0.0.3"},
@@ -148,13 +186,14 @@ func TestRelease(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openStore(t, t.TempDir())
 			tc.prepare(t, s)
-			for range 2 { // a repeated DEL is no error
+			// The first DEL releases everything; a repeated one is no error.
+			for i := range 2 {
 				if err := s.Release(a); err != nil {
 					t.Fatal(err)
 				}
-			}
-			if got := files(t, s, ""); fmt.Sprint(got) != fmt.Sprint(tc.left) {
-				t.Errorf("after Release: %v, want %v", got, tc.left)
+				if got := files(t, s, ""); fmt.Sprint(got) != fmt.Sprint(tc.left) {
+					t.Errorf("after Release #%d: %v, want %v", i+1, got, tc.left)
+				}
 			}
 			if _, ok := s.Addresses(a); ok {
 				t.Error("the index outlived Release")
