@@ -12,7 +12,9 @@ import (
 )
 
 func TestCheckIdentity(t *testing.T) {
-	conf := func(name string) []byte { return []byte(`{"cniVersion":"1.1.0","name":"` + name + `","type":"bridge"}`) }
+	conf := func(name string) []byte {
+		return []byte(`{"cniVersion":"1.1.0","name":"` + name + `","type":"bridge"}`)
+	}
 	// fits leaves exactly attachment.MaxLen bytes for net/<id>/eth0.
 	fits := strings.Repeat("a", attachment.MaxLen-len("net//eth0"))
 	for _, tc := range []struct {
