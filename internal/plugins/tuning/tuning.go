@@ -52,22 +52,33 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 			return nil, fmt.Errorf("find %s in the pod: %w", args.IfName, err)
 		}
 	}
-	// Read everything first: a key the kernel lacks fails before any change.
-	orig, err := original(s.NS, c, l)
+	// Read everything first: a key the kernel lacks, or will not let
+	// this call write, fails before any change.
+	before, err := original(s.NS, c, l)
 	if err != nil {
 		return nil, err
 	}
-	orig.Attachment = s.ID.String()
+	before.Attachment = s.ID.String()
 	path := statePath(c.DataDir, s.ID)
-	if old, ok, err := readState(path); err == nil && ok {
+	old, hadOld, err := readState(path)
+	hadOld = hadOld && err == nil
+	orig := before
+	if hadOld {
 		// ADD again: the first ADD's values are the originals.
-		orig = merge(old, orig)
+		orig = merge(old, before)
 	}
 	if err := writeState(path, orig); err != nil {
 		return nil, err
 	}
+	// A failed call leaves what was there before it: the values this call
+	// found, and the saved values of an earlier ADD.
 	s.OnFailure(func() {
-		if restore(s.NS, s.Cont, args.IfName, orig) == nil {
+		if restore(s.NS, s.Cont, args.IfName, before) != nil {
+			return
+		}
+		if hadOld {
+			_ = writeState(path, old)
+		} else {
 			_ = removeState(path)
 		}
 	})
@@ -93,6 +104,9 @@ func original(ns *netns.NS, c *Conf, l netlink.Link) (saved, error) {
 			v, err := readSysctl(k.path)
 			if err != nil {
 				return cniplugin.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("sysctl %q cannot be read in the pod's namespace", k.key), err.Error())
+			}
+			if err := writable(k.path); err != nil {
+				return cniplugin.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("sysctl %q cannot be written in the pod's namespace", k.key), err.Error())
 			}
 			o.Sysctls = append(o.Sysctls, Sysctl{Key: k.path, Value: v})
 		}
@@ -353,6 +367,18 @@ func check(args *skel.CmdArgs) error {
 		return fmt.Errorf("%s has txqueuelen %d, configured %d", args.IfName, a.TxQLen, *c.TxQLen)
 	}
 	return nil
+}
+
+// writable tells whether a sysctl may be written, without writing it: a
+// sysctl acts only on write(2), so opening it for writing changes nothing,
+// and the kernel refuses the open of a read-only one (EACCES, root
+// included) or of one under a read-only mount (EROFS).
+func writable(path string) error {
+	f, err := os.OpenFile(filepath.Join("/proc/sys", path), os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func readSysctl(path string) (string, error) {
