@@ -1,6 +1,7 @@
 package cniplugin
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
 )
 
@@ -180,6 +182,26 @@ func (l *ipList) UnmarshalText(b []byte) error {
 	}
 	if len(*l) == 0 {
 		return errors.New("IP= is empty")
+	}
+	return nil
+}
+
+// CheckLinkName is error 7 unless name, the value of a configuration
+// field naming a link (such as a bridge or a master), is a name the
+// kernel takes: the rules the spec gives CNI_IFNAME (at most 15 bytes,
+// not "." or "..", no '/', ':' or white space).
+func CheckLinkName(field, name string) error {
+	if e := utils.ValidateInterfaceName(name); e != nil {
+		return NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("invalid %s %q: %s", field, name, e.Msg), e.Details)
+	}
+	return nil
+}
+
+// CheckMAC is error 7 unless mac can be an interface's own address: six
+// bytes, unicast, not all zeros. source names where it came from.
+func CheckMAC(source string, mac net.HardwareAddr) error {
+	if len(mac) != 6 || mac[0]&1 != 0 || bytes.Equal(mac, make(net.HardwareAddr, 6)) {
+		return Invalid("%s %s is not a unicast Ethernet address", source, mac)
 	}
 	return nil
 }

@@ -60,8 +60,8 @@ func load(data []byte, envArgs string) (*Conf, error) {
 	if c.BrName == "" {
 		c.BrName = defaultBridge
 	}
-	if len(c.BrName) > 15 {
-		return nil, cniplugin.Invalid("bridge name %q is longer than 15 characters", c.BrName)
+	if err := cniplugin.CheckLinkName("bridge", c.BrName); err != nil {
+		return nil, err
 	}
 	if c.MTU < 0 || c.MTU > 65535 {
 		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
@@ -99,6 +99,9 @@ func load(data []byte, envArgs string) (*Conf, error) {
 	if mac != "" {
 		if c.mac, err = net.ParseMAC(mac); err != nil {
 			return nil, cniplugin.Invalid("invalid MAC address %q: %v", mac, err)
+		}
+		if err := cniplugin.CheckMAC("MAC address", c.mac); err != nil {
+			return nil, err
 		}
 	}
 	return c, nil

@@ -28,6 +28,12 @@ func TestLoad(t *testing.T) {
 		{"long bridge name", `{"cniVersion":"1.0.0","name":"n","type":"bridge","bridge":"a-very-long-bridge-name"}`, "", types.ErrInvalidNetworkConfig},
 		{"disabled iface with ipam", `{"cniVersion":"1.0.0","name":"n","type":"bridge","disableContainerInterface":true,"ipam":{"type":"host-local"}}`, "", types.ErrInvalidNetworkConfig},
 		{"bad mac", `{"cniVersion":"1.0.0","name":"n","type":"bridge","runtimeConfig":{"mac":"zz"}}`, "", types.ErrInvalidNetworkConfig},
+		{"bridge name with a slash", `{"cniVersion":"1.0.0","name":"n","type":"bridge","bridge":"br/0"}`, "", types.ErrInvalidNetworkConfig},
+		{"bridge name ..", `{"cniVersion":"1.0.0","name":"n","type":"bridge","bridge":".."}`, "", types.ErrInvalidNetworkConfig},
+		{"bridge name with a space", `{"cniVersion":"1.0.0","name":"n","type":"bridge","bridge":"br 0"}`, "", types.ErrInvalidNetworkConfig},
+		{"multicast MAC=", `{"cniVersion":"1.0.0","name":"n","type":"bridge"}`, "MAC=01:00:5e:00:00:01", types.ErrInvalidNetworkConfig},
+		{"zero MAC=", `{"cniVersion":"1.0.0","name":"n","type":"bridge"}`, "MAC=00:00:00:00:00:00", types.ErrInvalidNetworkConfig},
+		{"InfiniBand mac", `{"cniVersion":"1.0.0","name":"n","type":"bridge","runtimeConfig":{"mac":"00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01"}}`, "", types.ErrInvalidNetworkConfig},
 		{"unknown arg", `{"cniVersion":"1.0.0","name":"n","type":"bridge"}`, "FOO=bar", types.ErrInvalidEnvironmentVariables},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

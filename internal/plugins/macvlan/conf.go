@@ -53,8 +53,10 @@ func load(k *kind, data []byte, envArgs string) (*Conf, error) {
 	if c.MTU < 0 || c.MTU > 65535 {
 		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
 	}
-	if len(c.Master) > 15 {
-		return nil, cniplugin.Invalid("master name %q is longer than 15 characters", c.Master)
+	if c.Master != "" {
+		if err := cniplugin.CheckLinkName("master", c.Master); err != nil {
+			return nil, err
+		}
 	}
 	if k.ipamRequired && c.IPAM.Type == "" {
 		prev, err := c.Prev()
@@ -91,8 +93,10 @@ func load(k *kind, data []byte, envArgs string) (*Conf, error) {
 			return nil, cniplugin.Invalid("invalid runtimeConfig mac %q: %v", m, err)
 		}
 	}
-	if c.mac != nil && (len(c.mac) != 6 || c.mac[0]&1 != 0) {
-		return nil, cniplugin.Invalid("mac %s is not a unicast Ethernet address", c.mac)
+	if c.mac != nil {
+		if err := cniplugin.CheckMAC("mac", c.mac); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }

@@ -29,6 +29,8 @@ func TestLoad(t *testing.T) {
 		{"ipvlan chained with addresses", ipvlanKind, `{"x":1` + prevWithIPs + `}`, "", 0, 0, ""},
 		{"negative mtu", macvlanKind, `{"mtu":-5}`, "", types.ErrInvalidNetworkConfig, 0, ""},
 		{"long master", macvlanKind, `{"master":"a-very-long-master-name"}`, "", types.ErrInvalidNetworkConfig, 0, ""},
+		{"master with a slash", macvlanKind, `{"master":"eth/0"}`, "", types.ErrInvalidNetworkConfig, 0, ""},
+		{"zero mac", macvlanKind, `{"mac":"00:00:00:00:00:00"}`, "", types.ErrInvalidNetworkConfig, 0, ""},
 		{"config mac", macvlanKind, `{"mac":"02:00:00:00:00:01"}`, "", 0, 0, "02:00:00:00:00:01"},
 		{"args mac wins over config", macvlanKind, `{"mac":"02:00:00:00:00:01"}`, "MAC=02:00:00:00:00:02", 0, 0, "02:00:00:00:00:02"},
 		{"capability mac wins", macvlanKind, `{"mac":"02:00:00:00:00:01","runtimeConfig":{"mac":"02:00:00:00:00:03"}}`, "MAC=02:00:00:00:00:02", 0, 0, "02:00:00:00:00:03"},

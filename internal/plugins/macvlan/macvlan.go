@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -246,6 +247,9 @@ func (k *kind) master(c *Conf, s *attach.Session, check bool) (netlink.Link, *ne
 			return nil, nil, cniplugin.Invalid("master %q not found in the %s namespace", name, where)
 		}
 		return nil, nil, fmt.Errorf("look up master %q: %w", name, err)
+	}
+	if l.Attrs().Flags&net.FlagLoopback != 0 {
+		return nil, nil, cniplugin.Invalid("master %q is a loopback interface: a %s needs an Ethernet master", name, k.name)
 	}
 	return l, h, nil
 }

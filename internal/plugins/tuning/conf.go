@@ -192,6 +192,9 @@ func load(data []byte, envArgs, ifName string) (*Conf, error) {
 		if c.mac, err = net.ParseMAC(c.Mac); err != nil {
 			return nil, cniplugin.Invalid("invalid mac %q: %v", c.Mac, err)
 		}
+		if err := cniplugin.CheckMAC("mac", c.mac); err != nil {
+			return nil, err
+		}
 	}
 	if c.MTU < 0 || c.MTU > 65535 {
 		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)

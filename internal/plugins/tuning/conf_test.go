@@ -1,6 +1,11 @@
 package tuning
 
-import "testing"
+import (
+	"errors"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
 
 func TestParseKey(t *testing.T) {
 	for _, tc := range []struct {
@@ -44,5 +49,18 @@ func TestLoadPrecedenceAndDuplicates(t *testing.T) {
 	dup := `{"cniVersion":"1.0.0","name":"n","type":"tuning","sysctl":{"net.core.somaxconn":"1","net.core.somaxconn":"2"}}`
 	if _, err := load([]byte(dup), "", "eth0"); err == nil {
 		t.Error("duplicated sysctl key accepted")
+	}
+}
+
+// TestLoadMAC: a mac that cannot be an interface's own is a configuration
+// error (7), not the kernel's refusal (999) after other changes.
+func TestLoadMAC(t *testing.T) {
+	for _, mac := range []string{"00:00:00:00:00:00", "01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff"} {
+		conf := `{"cniVersion":"1.0.0","name":"n","type":"tuning","mac":"` + mac + `"}`
+		_, err := load([]byte(conf), "", "eth0")
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig {
+			t.Errorf("mac %s: load = %v, want code 7", mac, err)
+		}
 	}
 }
