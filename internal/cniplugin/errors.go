@@ -58,6 +58,7 @@ var plumbing = []struct {
 	{netns.ErrInvalid, types.ErrInvalidEnvironmentVariables, "CNI_NETNS is not a network namespace"},
 	{netns.ErrOwn, types.ErrInvalidEnvironmentVariables, "CNI_NETNS is the plugin's own network namespace"},
 	{ipam.ErrIO, types.ErrIOFailure, "IPAM store I/O failure"},
+	{ipam.ErrInvalidRequest, types.ErrInvalidNetworkConfig, "requested IP address cannot be allocated"},
 }
 
 // specError finds the first error in err's tree, in the order errors.As

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,6 +48,7 @@ func TestAsCNIError(t *testing.T) {
 		{name: "own netns", err: own, code: 4, msg: "own network namespace", details: "/proc/thread-self/ns/net"},
 		{name: "IPAM store I/O", err: fmt.Errorf("allocate: %w", ipamErr), code: types.ErrIOFailure, msg: "IPAM store I/O failure", details: "not a directory", isErrno: unix.ENOTDIR},
 		{name: "bare IPAM store I/O", err: ipamErr, code: 5, msg: "IPAM store I/O failure", details: "create IPAM store"},
+		{name: "requested IP the gateway", err: fmt.Errorf("range 0: %w", requestError(t)), code: types.ErrInvalidNetworkConfig, msg: "requested IP", details: "gateway"},
 		{name: "IPAM I/O with EBUSY stays I/O", err: fmt.Errorf("%w: %w", ipam.ErrIO, unix.EBUSY), code: 5, details: "busy"},
 		{name: "spec error around plumbing wins", err: Wrap(types.ErrInvalidNetworkConfig, "bad netns", gone), code: 7, msg: "bad netns"},
 		{name: "joined: first of plumbing and spec wins", err: errors.Join(own, Wrap(types.ErrIOFailure, "io", unix.ENOSPC)), code: 4, msg: "own"},
@@ -95,6 +97,27 @@ func ipamOpenError(t *testing.T) error {
 	if err == nil {
 		s.Close()
 		t.Fatal("ipam.Open under a file succeeded")
+	}
+	return err
+}
+
+// requestError is the allocator's error for a requested address that is
+// its subnet's gateway.
+func requestError(t *testing.T) error {
+	t.Helper()
+	set := ipam.RangeSet{{Subnet: net.IPNet{IP: net.IPv4(10, 0, 0, 0).To4(), Mask: net.CIDRMask(24, 32)}}}
+	if err := set.Canonicalize(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ipam.Open(t.TempDir(), "net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a := &ipam.Allocator{Set: set, Store: s}
+	_, _, err = a.Get(ipam.Owner{ContainerID: "c", IfName: "eth0"}, net.IPv4(10, 0, 0, 1).To4(), nil)
+	if err == nil {
+		t.Fatal("the gateway was allocated")
 	}
 	return err
 }

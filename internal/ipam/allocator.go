@@ -18,6 +18,10 @@ type Allocator struct {
 	Store *Store
 }
 
+// ErrInvalidRequest is wrapped by the error of a requested address that no
+// allocation can honour: outside the range set, or the set's gateway.
+var ErrInvalidRequest = errors.New("invalid requested IP")
+
 // ErrExhausted is returned when a range set has no free address.
 type ErrExhausted struct{ Set RangeSet }
 
@@ -40,10 +44,10 @@ func (a *Allocator) Get(o Owner, requested net.IP, held []net.IP) (*net.IPNet, n
 	if requested != nil {
 		r := a.Set.RangeFor(requested)
 		if r == nil {
-			return nil, nil, fmt.Errorf("requested IP %s is not in range set %s", requested, a.Set.String())
+			return nil, nil, fmt.Errorf("%w: %s is not in range set %s", ErrInvalidRequest, requested, a.Set.String())
 		}
 		if requested.Equal(r.Gateway) {
-			return nil, nil, fmt.Errorf("requested IP %s is the subnet's gateway", requested)
+			return nil, nil, fmt.Errorf("%w: %s is the subnet's gateway", ErrInvalidRequest, requested)
 		}
 		ok, err := a.Store.Reserve(requested, o)
 		if err != nil {
