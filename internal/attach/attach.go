@@ -289,12 +289,23 @@ func GlobalAddrs(h *netlink.Handle, links ...netlink.Link) ([]net.IP, error) {
 }
 
 // CheckPrev returns the prevResult CHECK must verify, which the spec
-// requires.
+// requires. An address whose interface index is outside the result's
+// interfaces is invalid (7): CHECK would otherwise match it to no
+// interface and never verify it.
 func CheckPrev(conf *cniplugin.NetConf) (*current.Result, error) {
 	if conf.NetConf.PrevResult == nil {
 		return nil, cniplugin.NewError(types.ErrInvalidNetworkConfig, "CHECK needs a prevResult", "")
 	}
-	return conf.Prev()
+	prev, err := conf.Prev()
+	if err != nil {
+		return nil, err
+	}
+	for _, ipc := range prev.IPs {
+		if ipc.Interface != nil && (*ipc.Interface < 0 || *ipc.Interface >= len(prev.Interfaces)) {
+			return nil, cniplugin.Invalid("prevResult address %s names interface %d of %d", ipc.Address.String(), *ipc.Interface, len(prev.Interfaces))
+		}
+	}
+	return prev, nil
 }
 
 // ContainerIface finds the result's interface that lives in the given

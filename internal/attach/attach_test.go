@@ -498,3 +498,35 @@ func TestStatus(t *testing.T) {
 	}
 	wantLog(t, e, "STATUS", "ADD c1", "STATUS", "STATUS")
 }
+
+// TestCheckPrev: CHECK needs a prevResult whose addresses name interfaces
+// it lists; any other is an invalid configuration (7).
+func TestCheckPrev(t *testing.T) {
+	const head = `{"cniVersion":"1.1.0","name":"n","type":"bridge"`
+	iface := `"interfaces":[{"name":"eth0","sandbox":"/run/netns/x"}]`
+	for _, tc := range []struct {
+		name string
+		conf string
+		ok   bool
+	}{
+		{"index in range", head + `,"prevResult":{"cniVersion":"1.1.0",` + iface + `,"ips":[{"interface":0,"address":"10.0.0.2/24"}]}}`, true},
+		{"no index", head + `,"prevResult":{"cniVersion":"1.1.0",` + iface + `,"ips":[{"address":"10.0.0.2/24"}]}}`, true},
+		{"no prevResult", head + `}`, false},
+		{"index past the end", head + `,"prevResult":{"cniVersion":"1.1.0",` + iface + `,"ips":[{"interface":1,"address":"10.0.0.2/24"}]}}`, false},
+		{"index without interfaces", head + `,"prevResult":{"cniVersion":"1.1.0","ips":[{"interface":0,"address":"10.0.0.2/24"}]}}`, false},
+		{"negative index", head + `,"prevResult":{"cniVersion":"1.1.0",` + iface + `,"ips":[{"interface":-1,"address":"10.0.0.2/24"}]}}`, false},
+	} {
+		c := &cniplugin.NetConf{}
+		if err := cniplugin.Decode([]byte(tc.conf), c); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		_, err := CheckPrev(c)
+		var e *types.Error
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("%s: CheckPrev = %v, want accepted", tc.name, err)
+		case !tc.ok && (!errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig):
+			t.Errorf("%s: CheckPrev = %v, want code 7", tc.name, err)
+		}
+	}
+}
