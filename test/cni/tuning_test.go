@@ -176,7 +176,7 @@ func assertNoState(t *testing.T, dataDir string) {
 	}
 }
 
-// TestTuningBadSysctl: keys outside net.*, path traversal and malformed
+// TestTuningBadSysctl: keys outside net.*, path traversal, read-only keys and malformed
 // per-interface keys are config errors (7), and nothing changes: no state
 // is saved and the pod keeps its values.
 func TestTuningBadSysctl(t *testing.T) {
@@ -185,6 +185,8 @@ func TestTuningBadSysctl(t *testing.T) {
 	for _, key := range []string{
 		"kernel.hostname", "net/../kernel/hostname", "net.ipv4.conf.eth0..x", "../../etc/passwd",
 		"net.ipv4.conf.eth0", "net", "net.core.nonexistent_key",
+		// Read-only: refused before somaxconn is written.
+		"net.ipv4.tcp_available_congestion_control",
 	} {
 		t.Run(key, func(t *testing.T) {
 			ctx := ctxFor(t)
