@@ -176,9 +176,9 @@ func assertNoState(t *testing.T, dataDir string) {
 	}
 }
 
-// TestTuningBadSysctl: keys outside net.*, path traversal, read-only keys and malformed
-// per-interface keys are config errors (7), and nothing changes: no state
-// is saved and the pod keeps its values.
+// TestTuningBadSysctl: keys outside net.*, path traversal, malformed
+// per-interface keys and read-only keys are config errors (7), and nothing
+// changes: no state is saved and the pod keeps its values.
 func TestTuningBadSysctl(t *testing.T) {
 	requireRoot(t)
 	bin := podnetBin(t)
