@@ -203,9 +203,12 @@ func TestHostileInput(t *testing.T) {
 		command string // default ADD
 		// good: the call is about the good pod itself, not a new one.
 		good bool
-		env  map[string]string
-		conf func(c sandbox.Conf)
-		code uint
+		// added: the new pod is added (through libcni) before the call,
+		// which must remove its host side and addresses.
+		added bool
+		env   map[string]string
+		conf  func(c sandbox.Conf)
+		code  uint
 	}{
 		{name: "GC without cni.dev/valid-attachments", command: "GC", code: codeConf},
 		{name: "GC with cni.dev/valid-attachments null", command: "GC", code: codeConf,
@@ -216,6 +219,7 @@ func TestHostileInput(t *testing.T) {
 			conf: func(c sandbox.Conf) { c["cni.dev/attachments"] = valid }},
 		{name: "ADD with CNI_NETNS a FIFO", env: map[string]string{"CNI_NETNS": fifo}, code: codeEnv},
 		{name: "DEL with CNI_NETNS a FIFO", command: "DEL", env: map[string]string{"CNI_NETNS": fifo}, code: codeEnv},
+		{name: "DEL of an added pod with CNI_NETNS a FIFO", command: "DEL", added: true, env: map[string]string{"CNI_NETNS": fifo}, code: codeEnv},
 		{name: "CHECK with CNI_NETNS a FIFO", command: "CHECK", good: true, env: map[string]string{"CNI_NETNS": fifo}, code: codeEnv,
 			conf: func(c sandbox.Conf) { c["prevResult"] = json.RawMessage(goodResult) }},
 		{name: "ADD with a container ID too long to record", env: map[string]string{"CNI_CONTAINERID": longID}, code: codeEnv},
@@ -246,6 +250,11 @@ func TestHostileInput(t *testing.T) {
 				pod = newPod(t, n.sb)
 				defer pod.Remove()
 			}
+			if tc.added {
+				if _, err := n.sb.Add(ctxFor(t), n.list(t), pod.RT(nil)); err != nil {
+					t.Fatalf("ADD: %s", cniruntime.Describe(err))
+				}
+			}
 			env := n.env(command, pod)
 			maps.Copy(env, tc.env)
 			conf := n.bridgeConf()
@@ -259,10 +268,14 @@ func TestHostileInput(t *testing.T) {
 				tc.conf(conf)
 			}
 			n.call(t, plugin, env, conf, tc.code)
-			if !tc.good {
+			if !tc.good && !tc.added {
 				if l, err := sandbox.Links(pod.NS.NS); err == nil && len(l) != 1 {
 					t.Errorf("the call left links in the new pod: %v", names(l))
 				}
+			}
+			if !tc.good {
+				verifyNoRules(t, n.sb, pod.ContainerID)
+				verifyNoAllocations(t, n.dataDir, pod.ContainerID)
 			}
 			n.intact(t)
 		})
