@@ -60,8 +60,8 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	before.Attachment = s.ID.String()
 	path := statePath(c.DataDir, s.ID)
-	old, hadOld, err := readState(path)
-	hadOld = hadOld && err == nil
+	// Saved values that cannot be read are replaced, as DEL drops them.
+	old, hadOld, _ := readState(path)
 	orig := before
 	if hadOld {
 		// ADD again: the first ADD's values are the originals.
