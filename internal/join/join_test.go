@@ -221,6 +221,8 @@ func TestEndpointAnswers(t *testing.T) {
 		{"malformed body", "POST", Path, "Bearer " + tok.Secret, "{", 400},
 		{"bad CSR", "POST", Path, "Bearer " + tok.Secret, `{"node":"n1","csr":"x"}`, 400},
 		{"empty node name", "POST", Path, "Bearer " + tok.Secret, fmt.Sprintf(`{"node":"","csr":%q}`, csr), 400},
+		{"etcd's administrator", "POST", Path, "Bearer " + tok.Secret, fmt.Sprintf(`{"node":"root","csr":%q}`, csr), 400},
+		{"node name with a slash", "POST", Path, "Bearer " + tok.Secret, fmt.Sprintf(`{"node":"a/b","csr":%q}`, csr), 400},
 		{"right secret", "POST", Path, "Bearer " + tok.Secret, good, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -109,12 +109,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // ValidNodeName tells why name cannot be a node's certificate name: 1 to
-// 253 letters, digits, '.', '-' or '_'.
+// 253 letters, digits, '.', '-' or '_', and not "root" (etcd's
+// administrator when its authentication is on: a joining node never gets
+// that identity).
 func ValidNodeName(name string) error {
 	if name == "" || len(name) > 253 || strings.IndexFunc(name, func(r rune) bool {
 		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_')
 	}) >= 0 {
 		return fmt.Errorf("node name %q: want 1 to 253 letters, digits, '.', '-' or '_'", name)
+	}
+	if name == "root" {
+		return errors.New(`node name "root" is etcd's administrator`)
 	}
 	return nil
 }
