@@ -154,7 +154,8 @@ func (ca *CA) EnsureServer(dir string, hosts []string) (certPath, keyPath string
 }
 
 // EnsureClient makes sure dir holds a client certificate of the CA for
-// name (client.crt, client.key), issuing a new one otherwise.
+// name (client.crt, client.key), issuing a new one otherwise (dir is
+// created, 0700, when missing).
 func (ca *CA) EnsureClient(dir, name string) (certPath, keyPath string, err error) {
 	tmpl := clientTemplate(name)
 	return ca.ensureLeaf(dir, ClientCertFile, ClientKeyFile, tmpl, func(c *x509.Certificate) bool {
@@ -173,6 +174,9 @@ func (ca *CA) ensureLeaf(dir, certFile, keyFile string, tmpl *x509.Certificate, 
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", fmt.Errorf("pki: %w", err)
 	}
 	key, err := newKey()
 	if err != nil {

@@ -38,6 +38,16 @@ func (s *Store) EnsureClusterConfig(ctx context.Context, want cluster.Config) (c
 	if err := full.Validate(); err != nil {
 		return cluster.Config{}, nil, err
 	}
+	// Read first: a node whose etcd role may only read the config (see
+	// AuthorizeNode) cannot run the transaction, whose both branches etcd
+	// authorizes.
+	stored, err := s.ClusterConfig(ctx)
+	if err == nil {
+		return stored, configDiff(stored, want), nil
+	}
+	if !errors.Is(err, ErrNoClusterConfig) {
+		return cluster.Config{}, nil, err
+	}
 	val, err := json.Marshal(full)
 	if err != nil {
 		return cluster.Config{}, nil, fmt.Errorf("datastore: cluster config: %w", err)
@@ -57,7 +67,7 @@ func (s *Store) EnsureClusterConfig(ctx context.Context, want cluster.Config) (c
 	if len(kvs) == 0 {
 		return cluster.Config{}, nil, fmt.Errorf("datastore: cluster config vanished while read")
 	}
-	stored, err := decodeConfig(kvs[0].Value)
+	stored, err = decodeConfig(kvs[0].Value)
 	if err != nil {
 		return cluster.Config{}, nil, err
 	}
