@@ -48,7 +48,7 @@ func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prome
 	for _, u := range a.cfg.plaintextURLs() {
 		a.log.Warn("INSECURE DATASTORE: plaintext and unauthenticated on a non-loopback address (--insecure-datastore): any host on the link and any pod can read and rewrite the cluster's state", "url", u)
 	}
-	var joinSrv *join.Server
+	var sec *embeddedPKI
 	switch a.cfg.Datastore {
 	case "embedded":
 		client, peer := a.cfg.embeddedURLs(ul)
@@ -61,7 +61,7 @@ func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prome
 		}
 		if isHTTPS(client) || isHTTPS(peer) {
 			var err error
-			if joinSrv, err = a.securePKI(&c, ul); err != nil {
+			if sec, err = a.securePKI(&c, ul); err != nil {
 				return nil, err
 			}
 		}
@@ -73,14 +73,13 @@ func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prome
 		return nil, errors.New("unknown datastore " + a.cfg.Datastore)
 	}
 	s, err := etcd.Open(ctx, c)
-	if err != nil {
-		if joinSrv != nil {
-			joinSrv.Close()
-		}
-		return nil, err
+	if err != nil || sec == nil {
+		return s, err
 	}
-	if joinSrv == nil {
-		return s, nil
+	joinSrv, err := a.serveJoin(ctx, s, sec, ul)
+	if err != nil {
+		s.Close()
+		return nil, err
 	}
 	return storeWithJoin{s, joinSrv}, nil
 }
@@ -110,10 +109,18 @@ func (c *Config) embeddedURLs(ul controller.Underlay) (client, peer string) {
 	return client, peer
 }
 
+// embeddedPKI is what the embedding agent secures its datastore with.
+type embeddedPKI struct {
+	ca              *pki.CA
+	token           join.Token
+	tokenPath       string
+	srvCert, srvKey string
+}
+
 // securePKI makes (on first start) or reuses the cluster CA, the embedded
 // server's certificate, this agent's client certificate and the join
-// token under the data dir, sets them in c and starts the join endpoint.
-func (a *Agent) securePKI(c *etcd.Config, ul controller.Underlay) (*join.Server, error) {
+// token under the data dir, and sets them in c.
+func (a *Agent) securePKI(c *etcd.Config, ul controller.Underlay) (*embeddedPKI, error) {
 	dir := filepath.Join(a.cfg.DataDir, pkiDir)
 	ca, err := pki.LoadOrCreateCA(dir)
 	if err != nil {
@@ -145,15 +152,25 @@ func (a *Agent) securePKI(c *etcd.Config, ul controller.Underlay) (*join.Server,
 	if err != nil {
 		return nil, err
 	}
+	return &embeddedPKI{ca: ca, token: tok, tokenPath: tokenPath, srvCert: srvCert, srvKey: srvKey}, nil
+}
+
+// serveJoin turns on etcd's authentication (this agent administers, every
+// node gets a role confined to its own keys) and starts the join
+// endpoint, which gives each joining node its role.
+func (a *Agent) serveJoin(ctx context.Context, s *etcd.Store, sec *embeddedPKI, ul controller.Underlay) (*join.Server, error) {
+	if err := s.EnableNodeAuth(ctx, a.cfg.NodeName); err != nil {
+		return nil, err
+	}
 	listen := a.cfg.JoinListen
 	if listen == "" {
 		listen = net.JoinHostPort(ul.IP.String(), strconv.Itoa(join.DefaultPort))
 	}
-	srv := join.NewServer(ca, tok, a.log.With("component", "join"))
-	if err := srv.Listen(listen, srvCert, srvKey); err != nil {
+	srv := join.NewServer(sec.ca, sec.token, s.AuthorizeNode, a.log.With("component", "join"))
+	if err := srv.Listen(listen, sec.srvCert, sec.srvKey); err != nil {
 		return nil, err
 	}
-	a.log.Info("datastore secured: mutual TLS; other nodes join with the token in the file", "token", tokenPath, "join", "https://"+listen, "ca", ca.Hash())
+	a.log.Info("datastore secured: mutual TLS, etcd roles per node; other nodes join with the token in the file", "token", sec.tokenPath, "join", "https://"+listen, "ca", sec.ca.Hash())
 	return srv, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podnet/podnet/internal/agent/controller"
+	"github.com/podnet/podnet/internal/datastore/etcd"
 	"github.com/podnet/podnet/internal/join"
 	"github.com/podnet/podnet/internal/pki"
 )
@@ -119,6 +120,9 @@ func TestSecuredDatastore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { s.Close() }()
+	if _, _, err := s.EnsureClusterConfig(openCtx(t), first.cfg.Cluster); err != nil {
+		t.Fatal(err)
+	}
 	dir := first.cfg.DataDir
 	for _, f := range []string{filepath.Join(pkiDir, pki.CAKeyFile), filepath.Join(pkiDir, pki.ServerKeyFile), filepath.Join(pkiDir, pki.ClientKeyFile), joinTokenFile} {
 		if m := fileMode(t, filepath.Join(dir, f)); m != 0o600 {
@@ -145,17 +149,18 @@ func TestSecuredDatastore(t *testing.T) {
 	wrong := tok
 	wrong.Secret = strings.Repeat("00", 32)
 	for _, tc := range []struct {
-		name    string
-		mutate  func(*Config)
-		wantErr string
+		name, node string
+		mutate     func(*Config)
+		wantErr    string
 	}{
-		{"the token's file", func(c *Config) { c.JoinTokenFile = tokenPath }, ""},
-		{"the token", func(c *Config) { c.JoinToken = tok.String() }, ""},
-		{"a wrong token", func(c *Config) { c.JoinToken = wrong.String() }, "token was refused"},
-		{"no token", func(*Config) {}, "not reachable"},
+		{"the token's file", "n1", func(c *Config) { c.JoinTokenFile = tokenPath }, ""},
+		{"the token", "n1", func(c *Config) { c.JoinToken = tok.String() }, ""},
+		{"a wrong token", "n1", func(c *Config) { c.JoinToken = wrong.String() }, "token was refused"},
+		{"no token", "n1", func(*Config) {}, "not reachable"},
+		{"the token, as the embedding node", "n0", func(c *Config) { c.JoinToken = tok.String() }, "cannot join"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := storeAgent(t, "n1", func(c *Config) {
+			a := storeAgent(t, tc.node, func(c *Config) {
 				c.Datastore, c.EtcdEndpoints, c.JoinURL = "etcd", []string{clientURL}, "https://"+joinAddr
 				tc.mutate(c)
 			})
@@ -182,6 +187,14 @@ func TestSecuredDatastore(t *testing.T) {
 			}
 			if _, _, err := cs.EnsureClusterConfig(openCtx(t), a.cfg.Cluster); err != nil {
 				t.Fatalf("joined node cannot use the datastore: %v", err)
+			}
+			// Its etcd role confines it to its own record (and the subnet keys).
+			cli := cs.(*etcd.Store).Client()
+			for _, key := range []string{"/podnet/nodes/n1", "/podnet/nodes/n0", "/podnet/config"} {
+				_, err := cli.Put(openCtx(t), key, "{}")
+				if own := key == "/podnet/nodes/n1"; (err == nil) != own {
+					t.Errorf("joined node n1 writes %s: %v", key, err)
+				}
 			}
 		})
 	}

@@ -3,6 +3,7 @@ package join
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -112,7 +113,7 @@ func endpoint(t *testing.T) (*pki.CA, string, Token) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	s := NewServer(ca, tok, slog.New(slog.DiscardHandler))
+	s := NewServer(ca, tok, nil, slog.New(slog.DiscardHandler))
 	if err := s.Listen(addr, certFile, keyFile); err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +193,12 @@ func TestEndpointAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewServer(ca, tok, slog.New(slog.DiscardHandler))
+	s := NewServer(ca, tok, func(_ context.Context, node string) error {
+		if node == "admin" {
+			return errors.New("an administrator")
+		}
+		return nil
+	}, slog.New(slog.DiscardHandler))
 	do := func(method, path, auth, body string) (int, string) {
 		r := httptest.NewRequest(method, path, strings.NewReader(body))
 		if auth != "" {
@@ -223,6 +229,7 @@ func TestEndpointAnswers(t *testing.T) {
 		{"empty node name", "POST", Path, "Bearer " + tok.Secret, fmt.Sprintf(`{"node":"","csr":%q}`, csr), 400},
 		{"etcd's administrator", "POST", Path, "Bearer " + tok.Secret, fmt.Sprintf(`{"node":"root","csr":%q}`, csr), 400},
 		{"node name with a slash", "POST", Path, "Bearer " + tok.Secret, fmt.Sprintf(`{"node":"a/b","csr":%q}`, csr), 400},
+		{"node the datastore refuses", "POST", Path, "Bearer " + tok.Secret, fmt.Sprintf(`{"node":"admin","csr":%q}`, csr), 403},
 		{"right secret", "POST", Path, "Bearer " + tok.Secret, good, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -52,22 +52,26 @@ type response struct {
 // Server is the join endpoint: it issues client certificates to nodes
 // presenting the token's secret.
 type Server struct {
-	ca      *pki.CA
-	token   Token
-	limiter *rate.Limiter
-	log     *slog.Logger
-	srv     *http.Server
+	ca        *pki.CA
+	token     Token
+	authorize func(ctx context.Context, node string) error
+	limiter   *rate.Limiter
+	log       *slog.Logger
+	srv       *http.Server
 }
 
 // NewServer is a join endpoint issuing certificates of ca to holders of
-// token. log receives one line per join and per refusal.
-func NewServer(ca *pki.CA, token Token, log *slog.Logger) *Server {
-	return &Server{ca: ca, token: token, limiter: rate.NewLimiter(joinRate, joinBurst), log: log}
+// token. authorize, when not nil, runs before a node's certificate is
+// issued (it gives the node its datastore permissions) and refuses the
+// node with an error. log receives one line per join and per refusal.
+func NewServer(ca *pki.CA, token Token, authorize func(ctx context.Context, node string) error, log *slog.Logger) *Server {
+	return &Server{ca: ca, token: token, authorize: authorize, limiter: rate.NewLimiter(joinRate, joinBurst), log: log}
 }
 
 // ServeHTTP answers POST Path: 401 without the right secret (the same
 // answer for a missing, malformed or wrong one), 400 for a malformed
-// request, 429 beyond the request rate, else the node's certificate.
+// request, 403 for a node authorize refuses, 429 beyond the request rate,
+// else the node's certificate.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !s.limiter.Allow() {
 		w.Header().Set("Retry-After", "1")
@@ -102,6 +106,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
+	}
+	if s.authorize != nil {
+		if err := s.authorize(r.Context(), req.Node); err != nil {
+			s.log.Warn("join refused: node not authorized", "joining", req.Node, "remote", r.RemoteAddr, "err", err)
+			http.Error(w, "node "+req.Node+" cannot join", http.StatusForbidden)
+			return
+		}
 	}
 	s.log.Info("node joined: client certificate issued", "joining", req.Node, "remote", r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/json")

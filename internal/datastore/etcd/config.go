@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/podnet/podnet/internal/cluster"
@@ -57,6 +58,9 @@ func (s *Store) EnsureClusterConfig(ctx context.Context, want cluster.Config) (c
 		Then(clientv3.OpPut(key, string(val))).
 		Else(clientv3.OpGet(key)).
 		Commit()
+	if errors.Is(err, rpctypes.ErrPermissionDenied) {
+		return cluster.Config{}, nil, fmt.Errorf("datastore: no cluster config stored yet, and this node may not store one (the embedding agent stores it when it starts): %w", err)
+	}
 	if err != nil {
 		return cluster.Config{}, nil, fmt.Errorf("datastore: store cluster config: %w", err)
 	}
