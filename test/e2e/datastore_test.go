@@ -67,8 +67,9 @@ func opCtx(t *testing.T) context.Context {
 // router) and from a pod: without credentials nothing is read or written,
 // plaintext is refused, a wrong join token is refused; with the right
 // token the same place gets a certificate and can read — so the refusals
-// are the datastore's, not the network's. The lab's second node joined
-// with the token.
+// are the datastore's, not the network's — but, as any joined node, write
+// neither another node's record nor the cluster config. The lab's second
+// node joined with the token.
 func TestDatastoreRefusesStrangers(t *testing.T) {
 	l := newLab(t, lab.Spec{Nodes: 2, PodsPerNode: 1})
 	e := l.Nodes[0]
@@ -151,8 +152,15 @@ func TestDatastoreRefusesStrangers(t *testing.T) {
 			}
 			tc := roots()
 			tc.Certificates = []tls.Certificate{cert}
-			if r, err := etcdIn(t, ns, "https://"+endpoint, tc).Get(opCtx(t), "/podnet-lab/config"); err != nil || r.Count != 1 {
+			probe := etcdIn(t, ns, "https://"+endpoint, tc)
+			if r, err := probe.Get(opCtx(t), "/podnet-lab/config"); err != nil || r.Count != 1 {
 				t.Fatalf("read with the token's certificate: %v", err)
+			}
+			// Its etcd role lets it write its own record only.
+			for _, key := range []string{"/podnet-lab/nodes/" + e.Name, "/podnet-lab/config", "/podnet-lab/nodes/evil"} {
+				if _, err := probe.Put(opCtx(t), key, `{"name":"evil","ip":"10.100.1.200","subnet":"0.0.0.0/1"}`); err == nil || !strings.Contains(err.Error(), "permission denied") {
+					t.Errorf("a joined node writes %s: %v", key, err)
+				}
 			}
 		})
 	}
