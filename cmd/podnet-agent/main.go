@@ -23,8 +23,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/podnet/podnet/internal/agent"
-	"github.com/podnet/podnet/internal/cniplugin"
 )
+
+// Version is podnet's release (set at link time with -X main.Version=…).
+var Version = "dev"
 
 func main() {
 	if err := command().Execute(); err != nil {
@@ -68,7 +70,7 @@ func command() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "podnet-agent",
 		Short:         "podnet's node agent: leases the node a pod subnet and connects it to every other node",
-		Version:       cniplugin.Version,
+		Version:       Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -119,6 +121,7 @@ func command() *cobra.Command {
 	f.IntVar(&cfg.Cluster.VNI, "vxlan-vni", cfg.Cluster.VNI, "VXLAN network identifier")
 	f.IntVar(&cfg.Cluster.VXLANPort, "vxlan-port", cfg.Cluster.VXLANPort, "VXLAN UDP port")
 	f.IntVar(&cfg.Cluster.MTU, "mtu", 0, "pod MTU (0: the underlay's, minus the VXLAN overhead when VXLAN may be used)")
+	f.BoolVar(&cfg.AcceptClusterChange, "accept-cluster-change", false, "start although the cluster configuration in the datastore differs from the one this node last ran with")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "grace period before a dead node's subnet is reclaimed and its routes removed")
 	f.StringVar(&cfg.Iface, "iface", "", "underlay interface (default: the one holding --node-ip, else the default route's)")
 	f.StringVar(&nodeIP, "node-ip", "", "this node's underlay IPv4 address (default: the interface's first)")
@@ -129,7 +132,7 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.IPAMDir, "ipam-dir", cfg.IPAMDir, "host-local's state directory for the cluster network")
 	f.StringSliceVar(&cfg.Chain, "cni-chain", cfg.Chain, "plugins chained after podnet in the conflist")
 	f.BoolVar(&cfg.Egress, "egress-masquerade", cfg.Egress, "masquerade pod traffic leaving the cluster CIDRs")
-	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of /healthz, /readyz, /status and /metrics (empty: off)")
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of /healthz, /readyz, /status and /metrics (empty: off); loopback by default, widen it (e.g. <node IP>:9099) only where scrapers need it")
 	f.DurationVar(&cfg.Resync, "resync", cfg.Resync, "period of the full reconcile behind the event-driven one")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

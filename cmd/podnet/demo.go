@@ -24,7 +24,7 @@ import (
 	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/ipam"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/podrules"
 )
 
 func newDemo() *cobra.Command {
@@ -379,7 +379,7 @@ func showRoutes(out io.Writer, ns *netns.NS) error {
 // ruleOwners lists the attachments of the demo network owning rules in
 // podnet's nftables tables in ns.
 func ruleOwners(ns *netns.NS) ([]attachment.ID, error) {
-	c, err := nft.New(ns.Fd())
+	c, err := podrules.New(ns.Fd())
 	if err != nil {
 		return nil, err
 	}

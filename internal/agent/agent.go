@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -18,6 +20,7 @@ import (
 	"github.com/podnet/podnet/internal/agent/membership"
 	"github.com/podnet/podnet/internal/agent/podcount"
 	"github.com/podnet/podnet/internal/agent/routes"
+	"github.com/podnet/podnet/internal/atomicfile"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/datastore"
 )
@@ -93,7 +96,12 @@ func (a *Agent) Leave(ctx context.Context) error {
 	if n.store != nil {
 		defer n.store.Close()
 	}
-	return errors.Join(n.storeErr, n.manager.Cleanup(ctx))
+	err = errors.Join(n.storeErr, n.manager.Cleanup(ctx))
+	// Out of the cluster for good: the node may join another one.
+	if rerr := os.Remove(a.clusterFile()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = errors.Join(err, rerr)
+	}
+	return err
 }
 
 // start finds the underlay, opens the datastore, settles the cluster
@@ -126,6 +134,12 @@ func (a *Agent) start(ctx context.Context, propose bool) (*node, error) {
 // datastore it cannot reach — the node's own state is still removed — with
 // the agent's configuration and the error kept in n.storeErr.
 func (a *Agent) clusterConfig(ctx context.Context, n *node, ul controller.Underlay, propose bool) (cluster.Config, error) {
+	if propose {
+		// This agent's own proposal is checked before it may be stored.
+		if err := clusterCfgUnderlay(a.cfg.Cluster, ul); err != nil {
+			return cluster.Config{}, err
+		}
+	}
 	store, err := a.openStore(ctx, ul, n.reg)
 	want := a.cfg.Cluster
 	if !propose {
@@ -142,7 +156,16 @@ func (a *Agent) clusterConfig(ctx context.Context, n *node, ul controller.Underl
 	for _, d := range diffs {
 		a.log.Warn("the cluster's stored configuration wins over this agent's", "difference", d)
 	}
+	if err == nil && propose {
+		err = a.checkClusterChange(stored)
+	}
 	if err == nil {
+		if err := clusterCfgUnderlay(stored, ul); err != nil {
+			if n.store != nil {
+				n.store.Close()
+			}
+			return cluster.Config{}, err
+		}
 		return stored, nil
 	}
 	if propose {
@@ -169,3 +192,51 @@ func (a *Agent) addControllers(m *controller.Manager, env controller.Env, store 
 	}))
 	m.Add(podcount.New(env))
 }
+
+// clusterCfgUnderlay refuses a cluster whose pod networks overlap the
+// node's underlay networks.
+func clusterCfgUnderlay(c cluster.Config, ul controller.Underlay) error {
+	if err := c.CheckUnderlay(ul.Nets); err != nil {
+		return fmt.Errorf("cluster configuration on %s: %w", ul.Name, err)
+	}
+	return nil
+}
+
+// checkClusterChange compares the stored cluster configuration with the
+// one this node last ran with (<data-dir>/cluster.json): a change is
+// refused unless the operator accepts it, so a datastore write alone
+// never moves a node to another cluster CIDR. The configuration in use is
+// remembered.
+func (a *Agent) checkClusterChange(stored cluster.Config) error {
+	path := a.clusterFile()
+	if b, err := os.ReadFile(path); err == nil {
+		var last cluster.Config
+		if err := json.Unmarshal(b, &last); err != nil {
+			return fmt.Errorf("the cluster configuration this node last ran with (%s): %w", path, err)
+		}
+		if d := last.Diff(stored, false); len(d) > 0 {
+			var lines []string
+			for _, f := range d {
+				lines = append(lines, fmt.Sprintf("%s was %s, is now %s", f.Field, f.A, f.B))
+			}
+			if !a.cfg.AcceptClusterChange {
+				return fmt.Errorf("the cluster configuration in the datastore changed since this node last ran (%s); "+
+					"if the change is intended, start once with --accept-cluster-change", strings.Join(lines, "; "))
+			}
+			a.log.Warn("accepting a changed cluster configuration", "changes", strings.Join(lines, "; "))
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("the cluster configuration this node last ran with: %w", err)
+	}
+	b, err := json.Marshal(stored)
+	if err != nil {
+		return err
+	}
+	if _, err := atomicfile.Write(path, b, 0o600); err != nil {
+		return fmt.Errorf("remember the cluster configuration: %w", err)
+	}
+	return nil
+}
+
+// clusterFile remembers the cluster configuration the node last ran with.
+func (a *Agent) clusterFile() string { return filepath.Join(a.cfg.DataDir, "cluster.json") }

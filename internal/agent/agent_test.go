@@ -1,9 +1,14 @@
 package agent
 
 import (
+	"io"
+	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/cluster"
 )
 
 func TestValidate(t *testing.T) {
@@ -36,5 +41,42 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate = %v, want an error mentioning %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestClusterChangeRefused: a node refuses a stored cluster configuration
+// that differs from the one it last ran with (a write to the datastore
+// must not move it to another cluster CIDR), unless the operator accepts.
+func TestClusterChangeRefused(t *testing.T) {
+	cfg := Defaults()
+	cfg.NodeName, cfg.DataDir, cfg.CNIBinary = "n1", t.TempDir(), "/bin/true"
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := cfg.Cluster
+	first.Default()
+	if err := a.checkClusterChange(first); err != nil {
+		t.Fatalf("first start: %v", err)
+	}
+	if err := a.checkClusterChange(first); err != nil {
+		t.Fatalf("restart with the same configuration: %v", err)
+	}
+	moved := first
+	moved.ClusterCIDR, moved.Backend = "10.96.0.0/12", cluster.HostGW
+	err = a.checkClusterChange(moved)
+	if err == nil || !strings.Contains(err.Error(), `clusterCIDR was "10.244.0.0/16", is now "10.96.0.0/12"`) || !strings.Contains(err.Error(), "backend") {
+		t.Fatalf("a moved cluster CIDR: %v", err)
+	}
+	a.cfg.AcceptClusterChange = true
+	if err := a.checkClusterChange(moved); err != nil {
+		t.Fatalf("accepted change: %v", err)
+	}
+	a.cfg.AcceptClusterChange = false
+	if err := a.checkClusterChange(moved); err != nil {
+		t.Fatalf("after the accepted change, the new configuration is remembered: %v", err)
+	}
+	if fi, err := os.Stat(a.clusterFile()); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("remembered configuration: %v %v", fi, err)
 	}
 }

@@ -56,6 +56,9 @@ type Config struct {
 	// Cluster is the cluster configuration this agent proposes; the first
 	// agent's proposal is stored and wins.
 	Cluster cluster.Config
+	// AcceptClusterChange lets the agent start although the stored
+	// cluster configuration differs from the one it last ran with.
+	AcceptClusterChange bool
 	// LeaseTTL is the grace period after which a dead node's subnet is
 	// reclaimed and its routes removed everywhere.
 	LeaseTTL time.Duration
@@ -78,7 +81,9 @@ type Config struct {
 
 	// Egress masquerades pod traffic leaving the cluster CIDRs.
 	Egress bool
-	// Listen is the address of /healthz, /readyz and /metrics ("" = off).
+	// Listen is the address of /healthz, /readyz, /status and /metrics
+	// ("" = off); loopback by default, since /status tells the node's
+	// addresses, subnets and peers to whoever asks.
 	Listen string
 	// Resync is the period of the full reconcile that backs up the
 	// event-driven one.
@@ -103,7 +108,7 @@ func Defaults() Config {
 		IPAMDir:    "/run/podnet/ipam",
 		Chain:      []string{"portmap", "bandwidth"},
 		Egress:     true,
-		Listen:     ":9099",
+		Listen:     "127.0.0.1:9099",
 		Resync:     30 * time.Second,
 	}
 }

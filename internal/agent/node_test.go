@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/cluster"
@@ -71,6 +73,17 @@ func freePort(t *testing.T) int {
 
 func startNode(t *testing.T) *testNode {
 	t.Helper()
+	tn, err := startNodeWith(t, func(*Config) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tn
+}
+
+// startNodeWith starts a node whose configuration mutate adjusted, and
+// returns why it could not start.
+func startNodeWith(t *testing.T, mutate func(*Config)) (*testNode, error) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
@@ -117,6 +130,7 @@ func startNode(t *testing.T) *testNode {
 	cfg.IPAMDir = filepath.Join(dir, "ipam")
 	cfg.Listen = ""
 	cfg.Resync = time.Second
+	mutate(&cfg)
 	logs := &syncBuffer{}
 	a, err := New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
@@ -126,7 +140,7 @@ func startNode(t *testing.T) *testNode {
 	n, err := a.start(ctx, true)
 	if err != nil {
 		cancel()
-		t.Fatal(err)
+		return nil, err
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.run(ctx, n) }()
@@ -150,7 +164,7 @@ func startNode(t *testing.T) *testNode {
 	t.Cleanup(func() { cli.Close() })
 	tn.client = cli.Client()
 	tn.waitReady(t)
-	return tn
+	return tn, nil
 }
 
 func (tn *testNode) waitReady(t *testing.T) {
@@ -263,7 +277,8 @@ func TestSubnetChangeFollowed(t *testing.T) {
 	}
 }
 
-// metric is the value of a registered counter or gauge without labels.
+// metric is the value of a registered counter or gauge without labels, or
+// the sample count of a histogram.
 func metric(t *testing.T, tn *testNode, name string) float64 {
 	t.Helper()
 	mfs, err := tn.node.reg.Gather()
@@ -273,7 +288,7 @@ func metric(t *testing.T, tn *testNode, name string) float64 {
 	for _, mf := range mfs {
 		if mf.GetName() == name && len(mf.Metric) == 1 {
 			m := mf.Metric[0]
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	t.Fatalf("no metric %s", name)
@@ -341,4 +356,64 @@ func TestPodCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "no pod counted", func() bool { return tn.getStatus(t).Pods == 0 && metric(t, tn, "podnet_node_pods") == 0 })
+}
+
+// TestForgedRecordsChangeNoRoute writes node records around the subnet
+// leases, as anyone able to write to the datastore could: halves of the
+// address space, this node's own subnet, a subnet leased to nobody. The
+// node's routes do not change, and the refusals are counted.
+func TestForgedRecordsChangeNoRoute(t *testing.T) {
+	tn := startNode(t)
+	ctx := context.Background()
+	h, err := netlink.NewHandleAt(tn.ns.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	routes := func() string {
+		rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b []string
+		for _, r := range rs {
+			b = append(b, r.String())
+		}
+		slices.Sort(b)
+		return strings.Join(b, "\n")
+	}
+	before := routes()
+	for _, rec := range []string{
+		`{"name":"evil1","ip":"192.0.2.66","subnet":"0.0.0.0/1"}`,
+		`{"name":"evil2","ip":"192.0.2.66","subnet":"128.0.0.0/1"}`,
+		`{"name":"a-thief","ip":"192.0.2.66","subnet":"10.244.0.0/24"}`,
+		`{"name":"stray","ip":"192.0.2.66","subnet":"10.244.7.0/24"}`,
+	} {
+		var n cluster.Node
+		if err := json.Unmarshal([]byte(rec), &n); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tn.client.Put(ctx, tn.cfg.Prefix+"nodes/"+n.Name, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the forged records refused", func() bool { return metric(t, tn, "podnet_agent_node_records_refused_total") == 4 })
+	// Two reconciles later (a resync at least), nothing changed either.
+	n := metric(t, tn, "podnet_agent_reconcile_seconds")
+	waitFor(t, "two more reconciles", func() bool { return metric(t, tn, "podnet_agent_reconcile_seconds") >= n+2 })
+	if after := routes(); after != before {
+		t.Fatalf("routes changed:\n%s\nwas:\n%s", after, before)
+	}
+	if st := tn.getStatus(t); st.Peers != 0 || !st.Ready {
+		t.Fatalf("status: %+v", st)
+	}
+}
+
+// TestUnderlayOverlapRefused: a cluster CIDR that overlaps the node's
+// underlay network is refused at start, before anything is installed.
+func TestUnderlayOverlapRefused(t *testing.T) {
+	_, err := startNodeWith(t, func(c *Config) { c.Cluster.ClusterCIDR = "192.0.0.0/16" })
+	if err == nil || !strings.Contains(err.Error(), "overlaps the node's underlay network 192.0.2.0/24") {
+		t.Fatalf("start = %v", err)
+	}
 }

@@ -52,6 +52,7 @@ func pickUnderlay(h *netlink.Handle, name string, ip, ip6 net.IP) (controller.Un
 		if a.Scope != unix.RT_SCOPE_UNIVERSE {
 			continue
 		}
+		u.Nets = append(u.Nets, &net.IPNet{IP: a.IP.Mask(a.Mask), Mask: a.Mask})
 		if a.IP.To4() != nil && u.IP == nil {
 			u.IP = a.IP.To4()
 		}

@@ -22,7 +22,7 @@ import (
 	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/podrules"
 )
 
 // Session is one ADD or CHECK in progress. On failure, Close undoes what
@@ -38,7 +38,7 @@ type Session struct {
 	Host *netlink.Handle
 	Cont *netlink.Handle
 
-	nft  *nft.Conn
+	nft  *podrules.Conn
 	undo []func()
 	ok   bool
 }
@@ -122,11 +122,11 @@ func (s *Session) Iface(l netlink.Link) *link.Iface {
 
 // NFT returns a connection to podnet's nftables tables in the host
 // namespace; any rule added through the session is removed if it fails.
-func (s *Session) NFT() (*nft.Conn, error) {
+func (s *Session) NFT() (*podrules.Conn, error) {
 	if s.nft != nil {
 		return s.nft, nil
 	}
-	c, err := nft.New(0)
+	c, err := podrules.New(0)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -195,7 +195,7 @@ func Del(args *skel.CmdArgs, conf *cniplugin.NetConf) error {
 		errs = append(errs, link.DelHostLink(h, id))
 		h.Close()
 	}
-	if c, err := nft.New(0); err != nil {
+	if c, err := podrules.New(0); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
 	} else {
 		errs = append(errs, c.DelAttachment(id))
@@ -218,7 +218,7 @@ func GC(args *skel.CmdArgs, conf *cniplugin.NetConf) error {
 		errs = append(errs, link.GCHostLinks(h, conf.Name, keep))
 		h.Close()
 	}
-	if c, err := nft.New(0); err != nil {
+	if c, err := podrules.New(0); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
 	} else {
 		errs = append(errs, c.GC(conf.Name, keep))

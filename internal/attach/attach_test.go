@@ -19,7 +19,7 @@ import (
 	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/podrules"
 )
 
 // These are kernel tests: each runs the attach verbs in a throwaway
@@ -314,7 +314,7 @@ func TestLifecycle(t *testing.T) {
 	if got := e.forwarding(t); got != "1" {
 		t.Errorf("host ip_forward = %s after ADD, want 1", got)
 	}
-	n, err := nft.New(e.host.Fd())
+	n, err := podrules.New(e.host.Fd())
 	if err != nil {
 		t.Fatal(err)
 	}

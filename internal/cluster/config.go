@@ -79,6 +79,9 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	if err := c.checkReserved(); err != nil {
+		return err
+	}
 	if !c.Backend.Known() {
 		return fmt.Errorf("cluster config: backend %q: want %s, %s or %s", c.Backend, Auto, HostGW, VXLAN)
 	}
@@ -118,4 +121,111 @@ func validateFamily(field, cidr string, v6 bool, sizeField string, size, maxSize
 		return fmt.Errorf("cluster config: %s %d: must be longer than the /%d of %s %s and at most %d", sizeField, size, ones, field, cidr, maxSize)
 	}
 	return nil
+}
+
+// reserved are the networks a cluster CIDR must not overlap: routing pods
+// there would hijack the node's own loopback, link-local or multicast
+// traffic (and a /0 every route).
+var reserved = func() []*net.IPNet {
+	var out []*net.IPNet
+	for _, s := range []string{"127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "::1/128", "fe80::/10", "ff00::/8"} {
+		_, n, _ := net.ParseCIDR(s)
+		out = append(out, n)
+	}
+	return out
+}()
+
+// checkReserved refuses cluster CIDRs that cover everything or overlap a
+// reserved network.
+func (c Config) checkReserved() error {
+	for _, f := range []struct{ field, cidr string }{{"clusterCIDR", c.ClusterCIDR}, {"clusterCIDR6", c.ClusterCIDR6}} {
+		if f.cidr == "" {
+			continue
+		}
+		_, n, err := net.ParseCIDR(f.cidr)
+		if err != nil {
+			return fmt.Errorf("cluster config: %s: %w", f.field, err)
+		}
+		if ones, _ := n.Mask.Size(); ones == 0 {
+			return fmt.Errorf("cluster config: %s %s covers every address", f.field, f.cidr)
+		}
+		for _, r := range reserved {
+			if Overlaps(n, r) {
+				return fmt.Errorf("cluster config: %s %s overlaps the reserved %s", f.field, f.cidr, r)
+			}
+		}
+	}
+	return nil
+}
+
+// CIDRs are the cluster's pod networks, IPv4 first.
+func (c Config) CIDRs() []*net.IPNet {
+	var out []*net.IPNet
+	for _, s := range []string{c.ClusterCIDR, c.ClusterCIDR6} {
+		if _, n, err := net.ParseCIDR(s); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// CheckUnderlay refuses a cluster whose pod networks overlap networks the
+// node is attached to (nets: its underlay's): the node would route its own
+// neighbours into pods.
+func (c Config) CheckUnderlay(nets []*net.IPNet) error {
+	for _, cidr := range c.CIDRs() {
+		for _, u := range nets {
+			if Overlaps(cidr, u) {
+				return fmt.Errorf("cluster CIDR %s overlaps the node's underlay network %s: choose a cluster CIDR apart from the nodes' networks", cidr, u)
+			}
+		}
+	}
+	return nil
+}
+
+// Overlaps tells whether two networks share an address.
+func Overlaps(a, b *net.IPNet) bool {
+	return a != nil && b != nil && (a.Contains(b.IP) || b.Contains(a.IP))
+}
+
+// FieldDiff is one field in which two configurations differ, both values
+// as text (CIDRs canonical, strings quoted).
+type FieldDiff struct {
+	Field string
+	A, B  string
+}
+
+// Diff lists the fields in which b differs from c, in field order; with
+// onlySet, only the fields b sets (non-zero) count.
+func (c Config) Diff(b Config, onlySet bool) []FieldDiff {
+	var d []FieldDiff
+	str := func(name, x, y string, canon func(string) string) {
+		if (y != "" || !onlySet) && canon(x) != canon(y) {
+			d = append(d, FieldDiff{name, fmt.Sprintf("%q", x), fmt.Sprintf("%q", y)})
+		}
+	}
+	num := func(name string, x, y int) {
+		if (y != 0 || !onlySet) && x != y {
+			d = append(d, FieldDiff{name, fmt.Sprint(x), fmt.Sprint(y)})
+		}
+	}
+	same := func(s string) string { return s }
+	str("clusterCIDR", c.ClusterCIDR, b.ClusterCIDR, canonCIDR)
+	str("clusterCIDR6", c.ClusterCIDR6, b.ClusterCIDR6, canonCIDR)
+	num("subnetSize", c.SubnetSize, b.SubnetSize)
+	num("subnetSize6", c.SubnetSize6, b.SubnetSize6)
+	str("backend", string(c.Backend), string(b.Backend), same)
+	num("vni", c.VNI, b.VNI)
+	num("vxlanPort", c.VXLANPort, b.VXLANPort)
+	num("mtu", c.MTU, b.MTU)
+	return d
+}
+
+// canonCIDR is the canonical text of a CIDR (IPv6 zeros compressed), or s
+// when it does not parse.
+func canonCIDR(s string) string {
+	if _, n, err := net.ParseCIDR(s); err == nil {
+		return n.String()
+	}
+	return s
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"net"
 	"strings"
 	"testing"
 )
@@ -31,6 +32,14 @@ func TestConfigValidate(t *testing.T) {
 		{"mtu low", Config{ClusterCIDR: "10.244.0.0/16", MTU: 500}, "mtu 500"},
 		{"mtu v6 low", Config{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00::/56", MTU: 1000}, "1280…65535"},
 		{"mtu high", Config{ClusterCIDR: "10.244.0.0/16", MTU: 70000}, "mtu 70000"},
+		{"everything", Config{ClusterCIDR: "0.0.0.0/0", SubnetSize: 8}, "covers every address"},
+		{"everything v6", Config{ClusterCIDR6: "::/0", SubnetSize6: 64}, "covers every address"},
+		{"loopback", Config{ClusterCIDR: "127.0.0.0/16"}, "overlaps the reserved 127.0.0.0/8"},
+		{"around loopback", Config{ClusterCIDR: "96.0.0.0/3", SubnetSize: 24}, "overlaps the reserved 127.0.0.0/8"},
+		{"link-local", Config{ClusterCIDR: "169.254.0.0/16"}, "169.254.0.0/16"},
+		{"multicast", Config{ClusterCIDR: "239.1.0.0/16"}, "224.0.0.0/4"},
+		{"v6 link-local", Config{ClusterCIDR6: "fe80::/56"}, "fe80::/10"},
+		{"v6 multicast", Config{ClusterCIDR6: "ff05::/56"}, "ff00::/8"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := tc.c
@@ -59,6 +68,32 @@ func TestConfigDefault(t *testing.T) {
 		want := Config{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: tc.cidr6, SubnetSize: 24, SubnetSize6: tc.want, Backend: Auto, VNI: 1, VXLANPort: 4789}
 		if c != want {
 			t.Errorf("Default(%s) = %+v, want %+v", tc.cidr6, c, want)
+		}
+	}
+}
+
+func TestCheckUnderlay(t *testing.T) {
+	c := Config{ClusterCIDR: "10.244.0.0/16", ClusterCIDR6: "fd00:10:244::/56"}
+	nets := func(ss ...string) []*net.IPNet {
+		var out []*net.IPNet
+		for _, s := range ss {
+			_, n, _ := net.ParseCIDR(s)
+			out = append(out, n)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		nets []*net.IPNet
+		err  string
+	}{
+		{nets("192.0.2.0/24", "2001:db8::/64"), ""},
+		{nets("10.244.3.0/24"), "overlaps the node's underlay network 10.244.3.0/24"},
+		{nets("10.0.0.0/8"), "overlaps the node's underlay network 10.0.0.0/8"},
+		{nets("fd00:10:244:1::/64"), "fd00:10:244:1::/64"},
+	} {
+		err := c.CheckUnderlay(tc.nets)
+		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("CheckUnderlay(%v) = %v, want %q", tc.nets, err, tc.err)
 		}
 	}
 }

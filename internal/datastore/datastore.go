@@ -45,6 +45,9 @@ type Membership interface {
 	// the record before and after: the subnets differ when another node
 	// took them meanwhile, and everything that depends on them must follow.
 	Run(ctx context.Context, changed func(old, cur cluster.Node)) error
+	// Healthy is nil while the datastore has confirmed the membership
+	// recently enough (within its grace period); else it says why not.
+	Healthy() error
 	// Release gives the node's subnets back and removes its record, so
 	// every other node drops its routes at once.
 	Release(ctx context.Context) error

@@ -2,34 +2,34 @@ package nft
 
 import (
 	"errors"
-	"net"
 	"testing"
 
-	"github.com/podnet/podnet/internal/attachment"
-
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/google/nftables"
 
 	"github.com/podnet/podnet/internal/cniplugin"
+	"github.com/podnet/podnet/internal/nft/nfttest"
 )
 
-// TestLosingEveryRaceIsTryAgainLater makes every listing of a DEL stale:
-// between each listing and its batch another connection removes the
-// attachment's rule and adds it back under a new handle. The transaction
-// gives up after maxAttempts builds with the spec's "try again later"
-// (11), and leaves the other writer's rule alone.
+// TestLosingEveryRaceIsTryAgainLater makes every listing of a deletion
+// stale: between each listing and its batch another connection removes
+// the owner's rule and adds it back under a new handle. The transaction
+// gives up after maxAttempts builds with an error the CNI layer reports
+// as the spec's "try again later" (11), and leaves the other writer's
+// rule alone.
 func TestLosingEveryRaceIsTryAgainLater(t *testing.T) {
-	ns := tempNS(t, "nfttest")
+	ns := nfttest.NS(t, "nftcore")
 	c, other := connIn(t, ns), connIn(t, ns)
-	a := att("race", "pod1", "eth0")
-	ips := []*net.IPNet{{IP: net.IPv4(10, 53, 0, 2), Mask: net.CIDRMask(24, 32)}}
-	if err := c.AddMasquerade(a, ips); err != nil {
+	o := Owner("race/pod1/eth0")
+	want := []ChainRules{{testChain, []*nftables.Rule{markRule(1)}}}
+	if err := c.Replace(o, want); err != nil {
 		t.Fatal(err)
 	}
-	builds, err := racingDel(t, c, a, func(int) {
-		if err := other.DelAttachment(a); err != nil {
+	builds, err := racingDel(t, c, o, func(int) {
+		if err := other.DeleteOwned([]*nftables.Chain{testChain}, func(x Owner) bool { return x == o }); err != nil {
 			t.Fatal(err)
 		}
-		if err := other.AddMasquerade(a, ips); err != nil {
+		if err := other.Replace(o, want); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -40,33 +40,8 @@ func TestLosingEveryRaceIsTryAgainLater(t *testing.T) {
 	if !errors.As(cniplugin.AsCNIError(err), &e) || e.Code != types.ErrTryAgainLater {
 		t.Fatalf("transaction that lost every race = %v, want code 11", err)
 	}
-	t.Logf("code %d: %s; %s", e.Code, e.Msg, e.Details)
-	if got, want := owners(t, c), []string{"masquerade " + a.String()}; !equal(got, want) {
+	t.Logf("code %d: %s", e.Code, e.Msg)
+	if got, want := owners(t, c), []string{"owned " + string(o)}; !equal(got, want) {
 		t.Errorf("rules %q, want %q (the other writer's)", got, want)
 	}
-}
-
-// racingDel deletes a's rules in one transaction, running between (with
-// the build's number) after each listing, before the batch is sent; it
-// returns how many times the batch was built.
-func racingDel(t *testing.T, c *Conn, a attachment.ID, between func(build int)) (int, error) {
-	t.Helper()
-	builds := 0
-	err := c.transact(func() (bool, error) {
-		builds++
-		rules, err := c.listAll()
-		if err != nil {
-			return false, err
-		}
-		queued, err := c.queueDeletes(rules, func(r ruleRef) bool { return r.comment == a.String() })
-		if err != nil {
-			return false, err
-		}
-		if builds == 1 && !queued {
-			t.Fatal("nothing to delete on the first listing")
-		}
-		between(builds)
-		return queued, nil
-	})
-	return builds, err
 }

@@ -8,76 +8,98 @@ import (
 	"reflect"
 	"syscall"
 
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/podnet/podnet/internal/cniplugin"
 )
 
-// ruleRef is what deleting a rule and recognizing its owner take: where the
-// rule is, its handle and its comment; and, when asked for, its
-// expressions as the kernel encodes them.
-type ruleRef struct {
-	family  nftables.TableFamily
-	table   string
-	chain   string
-	handle  uint64
-	comment string
-	exprs   []byte // NFTA_RULE_EXPRESSIONS, only when list was asked for them
+// Rule is a rule as a dump shows it: where it is, its handle, its owner
+// and, when asked for, its expressions as the kernel encodes them (see
+// SameExprs and WalkExprs).
+type Rule struct {
+	Family nftables.TableFamily
+	Table  string
+	Chain  string
+	Handle uint64
+	Owner  Owner
+	Exprs  []byte // NFTA_RULE_EXPRESSIONS, only when asked for
 }
 
-var errDumpInterrupted = errors.New("nftables dump interrupted by concurrent commits")
+var (
+	errDumpInterrupted = errors.New("nftables dump interrupted by concurrent commits")
+	// errMissing is a dump of a table, chain or set that does not exist.
+	errMissing = errors.New("no such nftables object")
+)
 
-// listAll returns the rules of every podnet table: one dump per table.
-func (c *Conn) listAll() ([]ruleRef, error) {
-	var all []ruleRef
-	for _, t := range tables {
-		rules, err := c.list(t, "", "")
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, rules...)
-	}
-	return all, nil
+// List dumps the rules of table t, or of its chain when chain is not
+// empty, without their expressions; a missing table or chain has no rules.
+func (c *Conn) List(t *nftables.Table, chain string) ([]Rule, error) {
+	var rules []Rule
+	err := c.read(func(tx *Tx) (err error) {
+		rules, err = tx.Rules(t, chain, "")
+		return err
+	})
+	return rules, err
 }
 
-// list dumps the rules of one table, or of one of its chains when chain is
-// not empty; a missing table or chain has no rules. Expressions are kept
-// only for the rules whose comment is exprsOf. A dump the kernel flags as
-// interrupted by a commit (it may have skipped rules) is redone.
-func (c *Conn) list(t *nftables.Table, chain, exprsOf string) ([]ruleRef, error) {
+// listRules dumps the rules of one table, or of one of its chains when
+// chain is not empty. Expressions are kept only for the rules whose
+// owner is exprsOf.
+func (c *Conn) listRules(t *nftables.Table, chain string, exprsOf Owner) ([]Rule, error) {
 	attrs := []netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: cstring(t.Name)}}
 	if chain != "" {
 		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_RULE_CHAIN, Data: cstring(chain)})
 	}
+	var rules []Rule
+	err := c.dumpRetried(t.Family, unix.NFT_MSG_GETRULE, attrs, func() { rules = rules[:0] }, func(typ uint16, data []byte) error {
+		if typ != unix.NFT_MSG_NEWRULE {
+			return nil
+		}
+		r, err := decodeRule(data, exprsOf)
+		if err == nil {
+			rules = append(rules, r)
+		}
+		return err
+	})
+	if err != nil && !errors.Is(err, errMissing) {
+		return nil, fmt.Errorf("list rules of %s %s: %w", FamilyName(t.Family), t.Name, err)
+	}
+	return rules, nil
+}
+
+// dumpRetried runs the dump request msg of family with attrs, calling
+// each for every message of the answer (its nftables message type and its
+// payload after the nfgenmsg header), and redoes it, after reset, when
+// the kernel flags it as interrupted by a commit (it may have skipped
+// objects). A missing table or object is errMissing.
+func (c *Conn) dumpRetried(family nftables.TableFamily, msg uint16, attrs []netlink.Attribute, reset func(), each func(typ uint16, data []byte) error) error {
 	data, err := netlink.MarshalAttributes(attrs)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	req := netlink.Message{
 		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msg),
 			Flags: netlink.Request | netlink.Dump,
 		},
-		Data: append(nfgenmsg(t.Family), data...),
+		Data: append(nfgenmsg(family), data...),
 	}
 	for attempt := 1; ; attempt++ {
-		rules, err := c.dump(req, exprsOf)
+		reset()
+		err := c.dump(req, each)
 		if err == nil {
-			return rules, nil
+			return nil
+		}
+		if errors.Is(err, errMissing) {
+			return err
 		}
 		if !errors.Is(err, errDumpInterrupted) {
 			c.dropNL()
-		}
-		if !errors.Is(err, errDumpInterrupted) {
-			return nil, fmt.Errorf("list rules of %s %s: %w", familyName(t.Family), t.Name, err)
+			return err
 		}
 		if attempt == maxAttempts {
-			return nil, cniplugin.Wrap(types.ErrTryAgainLater, "nftables dumps kept being interrupted by other writers",
-				fmt.Errorf("list rules of %s %s: gave up after %d attempts: %w", familyName(t.Family), t.Name, maxAttempts, err))
+			return &retryError{what: "nftables dumps kept being interrupted by other writers", err: err}
 		}
 	}
 }
@@ -88,22 +110,19 @@ func (c *Conn) list(t *nftables.Table, chain, exprsOf string) ([]ruleRef, error)
 // the system calls and restarts of the kernel's walk of the chain.
 const dumpBufSize = 64 << 10
 
-func (c *Conn) dump(req netlink.Message, exprsOf string) ([]ruleRef, error) {
+func (c *Conn) dump(req netlink.Message, each func(typ uint16, data []byte) error) error {
 	sent, err := c.nl.Send(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	raw, err := c.nl.SyscallConn()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if c.buf == nil {
 		c.buf = make([]byte, dumpBufSize)
 	}
-	var (
-		rules       []ruleRef
-		interrupted bool
-	)
+	interrupted := false
 	for {
 		var n int
 		var rerr error
@@ -111,14 +130,14 @@ func (c *Conn) dump(req netlink.Message, exprsOf string) ([]ruleRef, error) {
 			n, _, rerr = unix.Recvfrom(int(fd), c.buf, 0)
 			return rerr != unix.EAGAIN && rerr != unix.EINTR
 		}); err != nil {
-			return nil, err
+			return err
 		}
 		if rerr != nil {
-			return nil, fmt.Errorf("netlink receive: %w", rerr)
+			return fmt.Errorf("netlink receive: %w", rerr)
 		}
 		msgs, err := syscall.ParseNetlinkMessage(c.buf[:n])
 		if err != nil {
-			return nil, fmt.Errorf("netlink receive: %w", err)
+			return fmt.Errorf("netlink receive: %w", err)
 		}
 		for _, m := range msgs {
 			if m.Header.Seq != sent.Header.Sequence {
@@ -126,72 +145,71 @@ func (c *Conn) dump(req netlink.Message, exprsOf string) ([]ruleRef, error) {
 			}
 			// The kernel flags the messages of a dump written after a
 			// commit that happened since its earlier parts. Only flagged
-			// rules mean an inconsistent listing: a flagged NLMSG_DONE
-			// follows rules that all predate the commit.
+			// objects mean an inconsistent listing: a flagged NLMSG_DONE
+			// follows objects that all predate the commit.
 			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 && m.Header.Type != unix.NLMSG_DONE {
 				interrupted = true
 			}
 			switch m.Header.Type {
 			case unix.NLMSG_DONE:
 				if interrupted {
-					return nil, errDumpInterrupted
+					return errDumpInterrupted
 				}
-				return rules, nil
+				return nil
 			case unix.NLMSG_ERROR:
 				if len(m.Data) < 4 {
-					return nil, errors.New("netlink receive: short error message")
+					return errors.New("netlink receive: short error message")
 				}
-				if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-					if syscall.Errno(errno) == unix.ENOENT {
-						return nil, nil
-					}
-					return nil, fmt.Errorf("netlink receive: %w", syscall.Errno(errno))
+				switch errno := syscall.Errno(-int32(binary.NativeEndian.Uint32(m.Data))); errno {
+				case 0:
+					return nil
+				case unix.ENOENT:
+					return errMissing
+				default:
+					return fmt.Errorf("netlink receive: %w", errno)
 				}
-				return rules, nil
-			case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE:
-				r, err := decodeRule(m.Data, exprsOf)
-				if err != nil {
-					return nil, err
+			default:
+				if m.Header.Type>>8 != unix.NFNL_SUBSYS_NFTABLES || len(m.Data) < 4 {
+					continue
 				}
-				rules = append(rules, r)
+				if err := each(m.Header.Type&0xff, m.Data); err != nil {
+					return err
+				}
 			}
 		}
 	}
 }
 
-// decodeRule decodes the location, handle and comment of a rule message;
-// its expressions are copied out, undecoded, for a rule whose comment is
+// decodeRule decodes the location, handle and owner of a rule message;
+// its expressions are copied out, undecoded, for a rule whose owner is
 // exprsOf.
-func decodeRule(data []byte, exprsOf string) (ruleRef, error) {
-	if len(data) < 4 {
-		return ruleRef{}, errors.New("short nftables rule message")
-	}
-	r := ruleRef{family: nftables.TableFamily(data[0])}
+func decodeRule(data []byte, exprsOf Owner) (Rule, error) {
+	r := Rule{Family: nftables.TableFamily(data[0])}
 	var exprs []byte
 	err := walkAttrs(data[4:], func(typ uint16, v []byte) {
 		switch typ {
 		case unix.NFTA_RULE_TABLE:
-			r.table = cstringOf(v)
+			r.Table = cstringOf(v)
 		case unix.NFTA_RULE_CHAIN:
-			r.chain = cstringOf(v)
+			r.Chain = cstringOf(v)
 		case unix.NFTA_RULE_HANDLE:
 			if len(v) == 8 {
-				r.handle = binary.BigEndian.Uint64(v)
+				r.Handle = binary.BigEndian.Uint64(v)
 			}
 		case unix.NFTA_RULE_USERDATA:
-			r.comment = commentFrom(v)
+			r.Owner = ownerFrom(v)
 		case unix.NFTA_RULE_EXPRESSIONS:
 			exprs = v
 		}
 	})
 	if err != nil {
-		return ruleRef{}, err
+		return Rule{}, err
 	}
-	if exprsOf != "" && r.comment == exprsOf {
-		r.exprs = bytes.Clone(exprs)
+	if exprsOf != "" && r.Owner == exprsOf {
+		r.Exprs = bytes.Clone(exprs)
 	}
-	if r.handle == 0 {
-		return ruleRef{}, errors.New("nftables rule message without handle")
+	if r.Handle == 0 {
+		return Rule{}, errors.New("nftables rule message without handle")
 	}
 	return r, nil
 }
@@ -222,37 +240,41 @@ func walkAttrs(b []byte, f func(typ uint16, v []byte)) error {
 	return nil
 }
 
-// sameExprs reports whether raw, a rule's expressions as the kernel dumps
+// WalkExprs calls f with the name and the undecoded data of each
+// expression of raw, a rule's expressions as a dump shows them (Rule.Exprs);
+// decode the data with expr.Unmarshal.
+func WalkExprs(raw []byte, f func(name string, data []byte)) {
+	_ = walkAttrs(raw, func(typ uint16, v []byte) {
+		if typ != unix.NFTA_LIST_ELEM {
+			return
+		}
+		var name string
+		var data []byte
+		if walkAttrs(v, func(t uint16, b []byte) {
+			switch t {
+			case unix.NFTA_EXPR_NAME:
+				name = cstringOf(b)
+			case unix.NFTA_EXPR_DATA:
+				data = b
+			}
+		}) != nil {
+			name = ""
+		}
+		f(name, data)
+	})
+}
+
+// SameExprs reports whether raw, a rule's expressions as the kernel dumps
 // them, are want. Each kernel expression is decoded into a value of the
 // type of the wanted expression at its position, once its name matched.
-func sameExprs(family nftables.TableFamily, raw []byte, want []expr.Any) bool {
+func SameExprs(family nftables.TableFamily, raw []byte, want []expr.Any) bool {
 	type elem struct {
 		name string
 		data []byte
 	}
-	parse := func(b []byte) (e elem, err error) {
-		err = walkAttrs(b, func(typ uint16, v []byte) {
-			switch typ {
-			case unix.NFTA_EXPR_NAME:
-				e.name = cstringOf(v)
-			case unix.NFTA_EXPR_DATA:
-				e.data = v
-			}
-		})
-		return e, err
-	}
 	var have []elem
-	err := walkAttrs(raw, func(typ uint16, v []byte) {
-		if typ != unix.NFTA_LIST_ELEM {
-			return
-		}
-		e, perr := parse(v)
-		if perr != nil {
-			e.name = ""
-		}
-		have = append(have, e)
-	})
-	if err != nil || len(have) != len(want) {
+	WalkExprs(raw, func(name string, data []byte) { have = append(have, elem{name, data}) })
+	if len(have) != len(want) {
 		return false
 	}
 	fam := byte(family)
@@ -261,8 +283,13 @@ func sameExprs(family nftables.TableFamily, raw []byte, want []expr.Any) bool {
 		if err != nil {
 			return false
 		}
-		we, err := parse(b)
-		if err != nil || we.name == "" || we.name != have[i].name {
+		name := ""
+		_ = walkAttrs(b, func(t uint16, v []byte) {
+			if t == unix.NFTA_EXPR_NAME {
+				name = cstringOf(v)
+			}
+		})
+		if name == "" || name != have[i].name {
 			return false
 		}
 		got, ok := reflect.New(reflect.TypeOf(w).Elem()).Interface().(expr.Any)
@@ -280,7 +307,8 @@ func nfgenmsg(family nftables.TableFamily) []byte {
 
 func cstring(s string) []byte { return append([]byte(s), 0) }
 
-func familyName(f nftables.TableFamily) string {
+// FamilyName is the nft keyword of a table family ("inet", "bridge", …).
+func FamilyName(f nftables.TableFamily) string {
 	switch f {
 	case nftables.TableFamilyINet:
 		return "inet"
@@ -296,4 +324,34 @@ func familyName(f nftables.TableFamily) string {
 		return "arp"
 	}
 	return fmt.Sprintf("family-%d", f)
+}
+
+// Chains dumps the names of the chains of table t; none when t does not
+// exist.
+func (tx *Tx) Chains(t *nftables.Table) ([]string, error) {
+	var names []string
+	attrs := []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: cstring(t.Name)}}
+	err := tx.c.dumpRetried(t.Family, unix.NFT_MSG_GETCHAIN, attrs, func() { names = names[:0] }, func(typ uint16, data []byte) error {
+		if typ != unix.NFT_MSG_NEWCHAIN {
+			return nil
+		}
+		table := ""
+		name := ""
+		err := walkAttrs(data[4:], func(typ uint16, v []byte) {
+			switch typ {
+			case unix.NFTA_CHAIN_TABLE:
+				table = cstringOf(v)
+			case unix.NFTA_CHAIN_NAME:
+				name = cstringOf(v)
+			}
+		})
+		if table == t.Name { // the kernel filters dumps by table since 6.x only
+			names = append(names, name)
+		}
+		return err
+	})
+	if err != nil && !errors.Is(err, errMissing) {
+		return nil, fmt.Errorf("list chains of %s %s: %w", FamilyName(t.Family), t.Name, err)
+	}
+	return names, nil
 }

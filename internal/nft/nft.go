@@ -1,123 +1,72 @@
-// Package nft programs podnet's own nftables tables through netlink, never
-// by running nft or iptables.
+// Package nft is podnet's nftables core: a connection to nftables in one
+// network namespace, through netlink (never by running nft or iptables),
+// on which each feature owns its tables, chains, rules, sets and maps.
 //
-// # Layout
+// # What the core provides
 //
-// podnet owns one table per address family it needs, each named "podnet",
-// and never touches anybody else's tables:
+//   - Transactions: Conn.Transact builds one netlink batch, which the
+//     kernel applies atomically, from what it reads of the kernel's state,
+//     and builds it again on fresh state when another writer changed what
+//     it relied on (see below).
+//   - Ownership: every rule a feature adds carries its owner (for the
+//     plugins, the attachment identity network/containerID/ifname) as its
+//     comment, in the userdata TLV format of libnftnl, so `nft list
+//     ruleset` shows it. Conn.Replace makes an owner's rules in some chains
+//     exactly the wanted ones, Conn.Check verifies them, Conn.DeleteOwned
+//     removes the rules whose owner a predicate selects.
+//   - Dumps: targeted listings of one chain's rules, one set's elements or
+//     a table's chain names (Tx.Rules, Tx.Elements, Tx.Chains), redone
+//     when the kernel flags them as interrupted by a commit, and lookups of
+//     single elements by key (Tx.GetElements) that dump nothing.
+//   - Sets and maps (Set): named sets and maps with concatenated keys,
+//     intervals, verdict or data values, updated element by element:
+//     Conn.SyncSet adds only the missing and deletes only the stale
+//     elements in one transaction (the diff is the pure Diff), and
+//     Conn.AddElements and Conn.DeleteElements change single elements.
 //
-//	table inet podnet {
-//		chain masquerade {	# bridge/ptp ipMasq, one rule per pod address
-//			type nat hook postrouting priority srcnat; policy accept;
-//		}
-//	}
-//	table bridge podnet {
-//		chain macspoofchk {	# bridge macspoofchk, one rule per attachment
-//			type filter hook prerouting priority -300; policy accept;	# "dstnat"
-//		}
-//	}
-//
-// Every feature has its own base chain, so features never share or reorder
-// each other's rules and a chain holds nothing but per-attachment rules:
-// there is no static rule that would have to be added exactly once. Later
-// features get chains of their own next to these: portmap's DNAT in inet
-// prerouting/output (priority dstnat) and its hairpin SNAT in postrouting,
-// the firewall plugin in inet forward (priority filter), the node agent's
-// egress masquerade in inet postrouting, services and policy in sets and
-// maps of the inet table.
-//
-// # Identity
-//
-// Every rule carries the identity of the attachment it belongs to
-// (attachment.ID.String(): network/containerID/ifname) as its
-// comment, in the userdata TLV format of libnftnl, so `nft list ruleset`
-// shows it. DelAttachment and GC find rules by that comment alone, in any
-// chain of any podnet table, so they need neither the pod's namespace nor
-// the result of ADD.
+// The features live in packages of their own: podrules (the plugins'
+// per-attachment rules: masquerade, MAC spoof check, portmap, firewall)
+// and egress (the node agent's egress masquerade). A later controller
+// (services, policy) owns a table of its own on the same core: its chains
+// through Transact, its sets and verdict maps through Set.
 //
 // # Transactions and concurrency
 //
-// Each mutation is one netlink batch, which the kernel applies atomically:
-// the table and chain an ADD needs are created in the same batch as its
-// rules (unless its listing just showed the chain holding rules), with
-// "add" semantics (NLM_F_CREATE without NLM_F_EXCL), so creating what
-// already exists neither fails nor disturbs other rules. Reading is a
-// targeted dump of one chain (ADD, CHECK) or of each podnet table (DEL, GC),
-// redone when the kernel flags it as interrupted by a commit. When a batch
-// fails with ENOENT because a rule it deletes was removed by another process
-// between the dump and the batch, the dump is redone and the batch retried.
+// Objects are created with "add" semantics (NLM_F_CREATE without
+// NLM_F_EXCL), so creating what already exists neither fails nor disturbs
+// its content. When a batch fails with ENOENT because a rule or element it
+// deletes was removed by another process between the dump and the batch,
+// the dump is redone and the batch retried. A transaction that keeps
+// losing such races, or a dump that keeps being interrupted, fails with an
+// error wrapping unix.EAGAIN: a transient condition the caller may retry
+// (the CNI layer maps it to "try again later", 11).
 package nft
 
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
-	"github.com/podnet/podnet/internal/attachment"
-
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/nftables"
-	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/podnet/podnet/internal/cniplugin"
 )
 
-// TableName is the name of every nftables table podnet owns.
+// TableName is the name of the tables the plugins and the agent's egress
+// share, one per address family they need ("inet podnet", "bridge
+// podnet"). A later feature may own a table of another name.
 const TableName = "podnet"
 
-// Chain names, one base chain per feature.
-const (
-	// MasqueradeChain is the inet nat postrouting chain of ipMasq.
-	MasqueradeChain = "masquerade"
-	// MacSpoofChain is the bridge filter prerouting chain of macspoofchk.
-	MacSpoofChain = "macspoofchk"
-)
-
 // maxAttempts bounds how often a transaction is retried after losing a race
-// with another process.
+// with another process, and how often an interrupted dump is redone.
 const maxAttempts = 10
-
-// maxCommentLen is the longest identity that fits a userdata comment: the
-// kernel keeps at most 256 bytes of rule userdata, the TLV header takes
-// two and the terminating NUL one.
-const maxCommentLen = 253
-
-var (
-	inetTable   = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
-	bridgeTable = &nftables.Table{Family: nftables.TableFamilyBridge, Name: TableName}
-
-	// tables lists every podnet table: DelAttachment and GC search them all.
-	tables = []*nftables.Table{inetTable, bridgeTable}
-
-	acceptPolicy = nftables.ChainPolicyAccept
-
-	masqChain = &nftables.Chain{
-		Name:     MasqueradeChain,
-		Table:    inetTable,
-		Type:     nftables.ChainTypeNAT,
-		Hooknum:  nftables.ChainHookPostrouting,
-		Priority: nftables.ChainPriorityNATSource,
-		Policy:   &acceptPolicy,
-	}
-	spoofChain = &nftables.Chain{
-		Name:     MacSpoofChain,
-		Table:    bridgeTable,
-		Type:     nftables.ChainTypeFilter,
-		Hooknum:  nftables.ChainHookPrerouting,
-		Priority: nftables.ChainPriorityRef(-300), // as the reference's macspoofchk
-		Policy:   &acceptPolicy,
-	}
-)
 
 // ErrClosed is returned by the methods of a closed Conn.
 var ErrClosed = errors.New("nft: connection closed")
 
-// Conn programs podnet's tables in one network namespace; every mutation
-// is one netlink transaction (one batch). A Conn is safe for concurrent
-// use; its operations are serialized.
+// Conn programs nftables in one network namespace; every mutation is one
+// netlink transaction (one batch). A Conn is safe for concurrent use; its
+// operations are serialized.
 type Conn struct {
 	mu     sync.Mutex
 	nsFd   int
@@ -199,163 +148,24 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// DelAttachment removes every rule of the attachment from all of podnet's
-// tables, whatever feature added it, in one transaction. It needs nothing
-// but the attachment's identity (not the pod's namespace, not the result
-// of ADD), and succeeds when there is nothing to remove.
-func (c *Conn) DelAttachment(a attachment.ID) error {
-	id := a.String()
-	err := c.transact(func() (bool, error) {
-		rules, err := c.listAll()
-		if err != nil {
-			return false, err
-		}
-		return c.queueDeletes(rules, func(r ruleRef) bool { return r.comment == id })
-	})
-	if err != nil {
-		return fmt.Errorf("delete nftables rules of %s: %w", id, err)
-	}
-	return nil
-}
-
-// GC removes, in one transaction, every rule of the attachments of network
-// for which keep returns false. Rules of other networks and rules without
-// an attachment identity are left alone. keep runs with c locked and must
-// not call c.
-func (c *Conn) GC(network string, keep func(attachment.ID) bool) error {
-	err := c.transact(func() (bool, error) {
-		rules, err := c.listAll()
-		if err != nil {
-			return false, err
-		}
-		return c.queueDeletes(rules, func(r ruleRef) bool {
-			a, err := attachment.Parse(r.comment)
-			return err == nil && a.Network == network && !keep(a)
-		})
-	})
-	if err != nil {
-		return fmt.Errorf("garbage-collect nftables rules of network %s: %w", network, err)
-	}
-	return nil
-}
-
-// Attachments lists the attachments of network that own rules in podnet's
-// tables, each once: what DEL or GC has left behind, when called after
-// them. It only reads.
-func (c *Conn) Attachments(network string) ([]attachment.ID, error) {
+// read runs f, which dumps, with the connection locked and ready.
+func (c *Conn) read(f func(*Tx) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.ready(); err != nil {
-		return nil, err
-	}
-	rules, err := c.listAll()
-	if err != nil {
-		return nil, err
-	}
-	seen := map[attachment.ID]bool{}
-	var out []attachment.ID
-	for _, r := range rules {
-		a, err := attachment.Parse(r.comment)
-		if err != nil || a.Network != network || seen[a] {
-			continue
-		}
-		seen[a] = true
-		out = append(out, a)
-	}
-	return out, nil
-}
-
-// replace makes the attachment's rules in chain exactly rules, in one
-// transaction that also creates the chain's table and the chain unless the
-// listing showed the chain exists (it had rules): re-adding an existing
-// base chain costs the kernel more than the rest of the batch.
-func (c *Conn) replace(chain *nftables.Chain, a attachment.ID, rules []*nftables.Rule) error {
-	return c.replaceChains(a, []chainRules{{chain, rules}})
-}
-
-// chainRules is the set of rules an attachment wants in one chain.
-type chainRules struct {
-	chain *nftables.Chain
-	rules []*nftables.Rule
-}
-
-// replaceChains makes the attachment's rules in each listed chain exactly the
-// listed rules, in one transaction. A chain that gets rules is created
-// (with its table) unless the listing showed it holding rules; a chain
-// listed without rules only loses the attachment's old ones. Chains are
-// created before any rule is added, so a rule may jump to a chain created
-// in the same batch.
-func (c *Conn) replaceChains(a attachment.ID, sets []chainRules) error {
-	id := a.String()
-	comment, err := commentOf(a)
-	if err != nil {
 		return err
 	}
-	return c.transact(func() (bool, error) {
-		stale := false
-		olds := make([][]ruleRef, len(sets))
-		tablesAdded := map[*nftables.Table]bool{}
-		for i, s := range sets {
-			old, err := c.list(s.chain.Table, s.chain.Name, "")
-			if err != nil {
-				return false, err
-			}
-			olds[i] = old
-			if len(old) > 0 {
-				stale = true
-				continue
-			}
-			if len(s.rules) == 0 {
-				continue
-			}
-			if !tablesAdded[s.chain.Table] {
-				c.nft.AddTable(s.chain.Table)
-				tablesAdded[s.chain.Table] = true
-				c.queued++
-			}
-			c.nft.AddChain(s.chain)
-			c.queued++
-		}
-		for _, old := range olds {
-			if _, err := c.queueDeletes(old, func(r ruleRef) bool { return r.comment == id }); err != nil {
-				return false, err
-			}
-		}
-		for _, s := range sets {
-			for _, r := range s.rules {
-				r.Table, r.Chain, r.UserData = s.chain.Table, s.chain, comment
-				c.nft.AddRule(r)
-				c.queued++
-			}
-		}
-		return stale, nil
-	})
+	return f(&Tx{c: c})
 }
 
-// queueDeletes queues the deletion of the listed rules that match and
-// reports whether it queued any.
-func (c *Conn) queueDeletes(rules []ruleRef, match func(ruleRef) bool) (bool, error) {
-	queued := false
-	for _, r := range rules {
-		if !match(r) {
-			continue
-		}
-		t := &nftables.Table{Family: r.family, Name: r.table}
-		if err := c.nft.DelRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: r.chain, Table: t}, Handle: r.handle}); err != nil {
-			return false, err
-		}
-		queued = true
-		c.queued++
-	}
-	return queued, nil
-}
-
-// transact runs build, which reads the kernel's state and queues one batch,
-// and sends that batch. build reports whether the batch relies on what it
-// read still being there (rules to delete, a chain to add rules to): when
-// such a batch fails with ENOENT, another process removed it in between,
-// and build runs again on fresh state.
-func (c *Conn) transact(build func() (stale bool, err error)) error {
+// Transact runs build, which reads the kernel's state through tx and
+// queues one batch on it, and sends that batch; a build that queues
+// nothing sends nothing. build reports whether the batch relies on what it
+// read still being there (rules or elements to delete, a chain to add
+// rules to): when such a batch fails with ENOENT, another process removed
+// it in between, and build runs again on fresh state, up to maxAttempts
+// times. The last error then wraps unix.EAGAIN.
+func (c *Conn) Transact(build func(tx *Tx) (stale bool, err error)) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var err error
@@ -365,8 +175,11 @@ func (c *Conn) transact(build func() (stale bool, err error)) error {
 		}
 		c.queued = 0
 		var stale bool
-		stale, err = build()
+		stale, err = build(&Tx{c: c, attempt: attempt})
 		if err == nil {
+			if c.queued == 0 {
+				return nil
+			}
 			c.sizeBuffers()
 			if err = c.nft.Flush(); err == nil {
 				return nil
@@ -378,10 +191,22 @@ func (c *Conn) transact(build func() (stale bool, err error)) error {
 		}
 	}
 	// Other writers keep changing what the batch relies on: a transient
-	// condition, which the runtime is told to retry later (11).
-	return cniplugin.Wrap(types.ErrTryAgainLater, "nftables transaction kept losing races with other writers",
-		fmt.Errorf("gave up after %d attempts: %w", maxAttempts, err))
+	// condition, for the caller to retry later.
+	return &retryError{what: "nftables transaction kept losing races with other writers", err: err}
 }
+
+// retryError is a transient failure: it wraps unix.EAGAIN besides the
+// last error seen.
+type retryError struct {
+	what string
+	err  error
+}
+
+func (e *retryError) Error() string {
+	return fmt.Sprintf("%s: gave up after %d attempts: %v", e.what, maxAttempts, e.err)
+}
+
+func (e *retryError) Unwrap() []error { return []error{unix.EAGAIN, e.err} }
 
 // Socket buffer sizing: a batch is sent in one sendmsg, which fails with
 // EMSGSIZE when it exceeds the send buffer, and the kernel answers every
@@ -414,30 +239,64 @@ func (c *Conn) sizeBuffers() {
 	c.sockbuf = want
 }
 
-// commentOf returns the attachment's identity as rule userdata.
-func commentOf(a attachment.ID) ([]byte, error) {
-	id := a.String()
-	if _, err := attachment.Parse(id); err != nil {
-		return nil, fmt.Errorf("invalid attachment identity: %w", err)
-	}
-	if len(id) > maxCommentLen {
-		return nil, fmt.Errorf("attachment identity %q is longer than the %d bytes an nftables comment holds", id, maxCommentLen)
-	}
-	return userdata.AppendString(nil, userdata.TypeComment, id), nil
+// Tx is one batch being built by Conn.Transact, and the dumps it reads
+// the kernel's state with. It is valid only inside the build function.
+type Tx struct {
+	c       *Conn
+	attempt int // 0 for the first build of a transaction
 }
 
-// commentFrom returns the comment stored in rule userdata, or "". Unlike
-// userdata.GetString it never panics on a malformed TLV another tool wrote.
-func commentFrom(ud []byte) string {
-	for len(ud) >= 2 {
-		typ, n := userdata.Type(ud[0]), int(ud[1])
-		if len(ud) < 2+n {
-			return ""
-		}
-		if typ == userdata.TypeComment {
-			return strings.TrimSuffix(string(ud[2:2+n]), "\x00")
-		}
-		ud = ud[2+n:]
+// Retry tells whether this build follows a batch that failed because the
+// kernel's state changed under it.
+func (tx *Tx) Retry() bool { return tx.attempt > 0 }
+
+// AddTable queues the creation of t unless it exists.
+func (tx *Tx) AddTable(t *nftables.Table) {
+	tx.c.nft.AddTable(t)
+	tx.c.queued++
+}
+
+// AddChain queues the creation of ch unless it exists.
+func (tx *Tx) AddChain(ch *nftables.Chain) {
+	tx.c.nft.AddChain(ch)
+	tx.c.queued++
+}
+
+// FlushChain queues the removal of every rule of ch, which must exist.
+func (tx *Tx) FlushChain(ch *nftables.Chain) {
+	tx.c.nft.FlushChain(ch)
+	tx.c.queued++
+}
+
+// DelChain queues the removal of ch with its rules, whether or not it
+// exists (it is added first); nothing may refer to it.
+func (tx *Tx) DelChain(ch *nftables.Chain) {
+	tx.c.nft.AddChain(ch)
+	tx.c.nft.DelChain(ch)
+	tx.c.queued += 2
+}
+
+// AddRule queues r, appended to its chain, with owner as its comment
+// (none when owner is empty).
+func (tx *Tx) AddRule(r *nftables.Rule, owner Owner) {
+	r.UserData = owner.comment()
+	tx.c.nft.AddRule(r)
+	tx.c.queued++
+}
+
+// DelRule queues the removal of a listed rule.
+func (tx *Tx) DelRule(r Rule) error {
+	t := &nftables.Table{Family: r.Family, Name: r.Table}
+	if err := tx.c.nft.DelRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: r.Chain, Table: t}, Handle: r.Handle}); err != nil {
+		return fmt.Errorf("delete rule %d of %s: %w", r.Handle, r.Chain, err)
 	}
-	return ""
+	tx.c.queued++
+	return nil
+}
+
+// Rules dumps the rules of table t, or of its chain when chain is not
+// empty; a missing table or chain has no rules. The expressions are kept
+// for the rules whose owner is exprsOf (none when it is empty).
+func (tx *Tx) Rules(t *nftables.Table, chain string, exprsOf Owner) ([]Rule, error) {
+	return tx.c.listRules(t, chain, exprsOf)
 }

@@ -3,40 +3,17 @@ package nft
 import (
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
-
-	"github.com/podnet/podnet/internal/attachment"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/nft/nfttest"
 )
-
-// tempNS creates a throwaway network namespace removed when the test ends,
-// also on failure. Tests never open a Conn on the machine's namespace.
-func tempNS(t *testing.T, prefix string) *netns.Temp {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	ns, err := netns.NewTemp(prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Remove(); err != nil {
-			t.Errorf("remove netns: %v", err)
-		}
-	})
-	return ns
-}
 
 // connIn opens a Conn in the namespace, closed when the test ends.
 func connIn(t *testing.T, ns *netns.Temp) *Conn {
@@ -49,468 +26,225 @@ func connIn(t *testing.T, ns *netns.Temp) *Conn {
 	return c
 }
 
-func cidr(t *testing.T, s string) *net.IPNet {
-	t.Helper()
-	ip, n, err := net.ParseCIDR(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.IP = ip
-	return n
+var (
+	testTable = &nftables.Table{Family: nftables.TableFamilyINet, Name: "podnet-test"}
+	testChain = &nftables.Chain{Table: testTable, Name: "owned"}
+)
+
+// markRule is "meta mark set <n>": distinct rules, easy to tell apart.
+func markRule(n uint32) *nftables.Rule {
+	return &nftables.Rule{Exprs: []expr.Any{
+		&expr.Immediate{Register: 1, Data: []byte{byte(n), byte(n >> 8), byte(n >> 16), byte(n >> 24)}},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}}
 }
 
-func cidrs(t *testing.T, ss ...string) []*net.IPNet {
-	var out []*net.IPNet
-	for _, s := range ss {
-		out = append(out, cidr(t, s))
-	}
-	return out
-}
-
-func mac(t *testing.T, s string) net.HardwareAddr {
-	t.Helper()
-	m, err := net.ParseMAC(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func att(network, id, ifname string) attachment.ID {
-	return attachment.ID{Network: network, ContainerID: id, IfName: ifname}
-}
-
-// owners lists the comment of every rule in every podnet table, sorted,
-// one entry per rule, prefixed with the chain: "masquerade net/id/eth0".
+// owners lists "chain owner" for every rule of the test table, sorted.
 func owners(t *testing.T, c *Conn) []string {
 	t.Helper()
-	c.mu.Lock()
-	err := c.ready()
-	var rules []ruleRef
-	if err == nil {
-		rules, err = c.listAll()
-	}
-	c.mu.Unlock()
+	rules, err := c.List(testTable, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
 	for _, r := range rules {
-		out = append(out, r.chain+" "+r.comment)
+		out = append(out, r.Chain+" "+string(r.Owner))
 	}
 	sort.Strings(out)
 	return out
 }
 
-// nftList runs the nft CLI in the namespace to observe the ruleset.
-func nftList(t *testing.T, ns *netns.Temp) string {
-	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns.Name, "nft", "list", "ruleset").CombinedOutput()
-	if err != nil {
-		t.Fatalf("nft list ruleset: %v\n%s", err, out)
-	}
-	return string(out)
-}
+func equal(a, b []string) bool { return strings.Join(a, "\n") == strings.Join(b, "\n") }
 
-func equal(a, b []string) bool {
-	return strings.Join(a, "\n") == strings.Join(b, "\n")
-}
-
-func TestMasqueradeAddCheckDel(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		ips   []string
-		other string // an address whose rule must not be found
-	}{
-		{"ipv4", []string{"10.1.0.5/24"}, "10.1.0.6/24"},
-		{"ipv6", []string{"fd00:1::5/64"}, "fd00:1::6/64"},
-		{"dual", []string{"10.1.0.5/24", "fd00:1::5/64"}, "10.1.0.5/16"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ns := tempNS(t, "nfttest")
-			c := connIn(t, ns)
-			a := att("net1", "c1", "eth0")
-			ips := cidrs(t, tc.ips...)
-
-			if err := c.CheckMasquerade(a, ips); err == nil {
-				t.Fatal("CheckMasquerade succeeded before AddMasquerade")
-			}
-			for i := 0; i < 2; i++ { // the second ADD must change nothing
-				if err := c.AddMasquerade(a, ips); err != nil {
-					t.Fatalf("AddMasquerade #%d: %v", i+1, err)
-				}
-				var want []string
-				for range ips {
-					want = append(want, "masquerade "+a.String())
-				}
-				if got := owners(t, c); !equal(got, want) {
-					t.Fatalf("after ADD #%d rules are %q, want %q", i+1, got, want)
-				}
-			}
-			if err := c.CheckMasquerade(a, ips); err != nil {
-				t.Fatalf("CheckMasquerade: %v", err)
-			}
-			if err := c.CheckMasquerade(a, append(ips, cidr(t, tc.other))); err == nil {
-				t.Error("CheckMasquerade found a rule for an address never added")
-			}
-			if err := c.CheckMasquerade(att("net1", "c2", "eth0"), ips); err == nil {
-				t.Error("CheckMasquerade found the rules under another attachment")
-			}
-			if err := c.DelAttachment(a); err != nil {
-				t.Fatalf("DelAttachment: %v", err)
-			}
-			if got := owners(t, c); len(got) != 0 {
-				t.Fatalf("rules left after DEL: %q", got)
-			}
-			if err := c.CheckMasquerade(a, ips); err == nil {
-				t.Error("CheckMasquerade succeeded after DEL")
-			}
-			if err := c.DelAttachment(a); err != nil {
-				t.Errorf("second DelAttachment: %v", err)
-			}
-		})
-	}
-}
-
-// TestMasqueradeRuleText checks with the nft CLI that the rules mean what
-// the reference ipMasq means and carry the identity as a comment.
-func TestMasqueradeRuleText(t *testing.T) {
-	ns := tempNS(t, "nfttest")
+func TestReplaceCheckDeleteOwned(t *testing.T) {
+	ns := nfttest.NS(t, "nftcore")
 	c := connIn(t, ns)
-	a := att("mynet", "0123456789abcdef", "eth0")
-	if err := c.AddMasquerade(a, cidrs(t, "10.1.0.5/24", "fd00:1::5/64", "10.2.0.7/32")); err != nil {
-		t.Fatal(err)
+	a, b := Owner("net/a/eth0"), Owner("net/b/eth0")
+	if i, err := c.Check(a, testChain, []*nftables.Rule{markRule(1)}); err != nil || i != 0 {
+		t.Fatalf("Check before Replace = %d, %v; want 0 (missing)", i, err)
 	}
-	out := nftList(t, ns)
-	for _, want := range []string{
-		"table inet podnet",
-		"chain masquerade",
-		"type nat hook postrouting priority srcnat; policy accept;",
-		`ip saddr 10.1.0.5 ip daddr != 10.1.0.0/24 ip daddr != 224.0.0.0/4 masquerade comment "mynet/0123456789abcdef/eth0"`,
-		`ip6 saddr fd00:1::5 ip6 daddr != fd00:1::/64 ip6 daddr != ff00::/8 masquerade comment "mynet/0123456789abcdef/eth0"`,
-		`ip saddr 10.2.0.7 ip daddr != 10.2.0.7 ip daddr != 224.0.0.0/4 masquerade comment "mynet/0123456789abcdef/eth0"`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("ruleset lacks %q:\n%s", want, out)
-		}
-	}
-}
-
-func TestAddMasqueradeReplacesAttachmentRules(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c := connIn(t, ns)
-	a := att("net1", "c1", "eth0")
-	if err := c.AddMasquerade(a, cidrs(t, "10.1.0.5/24", "10.1.0.5/24")); err != nil {
-		t.Fatal(err)
-	}
-	if got := owners(t, c); len(got) != 1 {
-		t.Fatalf("duplicate address gave rules %q", got)
-	}
-	if err := c.AddMasquerade(a, cidrs(t, "10.1.0.9/24")); err != nil {
-		t.Fatal(err)
-	}
-	if got := owners(t, c); len(got) != 1 {
-		t.Fatalf("rules %q, want exactly one", got)
-	}
-	if err := c.CheckMasquerade(a, cidrs(t, "10.1.0.9/24")); err != nil {
-		t.Error(err)
-	}
-	if err := c.CheckMasquerade(a, cidrs(t, "10.1.0.5/24")); err == nil {
-		t.Error("the replaced rule is still there")
-	}
-}
-
-func TestMacSpoofCheckAddCheckDel(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c := connIn(t, ns)
-	a := att("net1", "c1", "eth0")
-	m := mac(t, "02:42:0a:01:00:05")
-	if err := c.CheckMacSpoofCheck(a, "veth1234", m); err == nil {
-		t.Fatal("CheckMacSpoofCheck succeeded before AddMacSpoofCheck")
-	}
-	for i := 0; i < 2; i++ {
-		if err := c.AddMacSpoofCheck(a, "veth1234", m); err != nil {
-			t.Fatalf("AddMacSpoofCheck #%d: %v", i+1, err)
-		}
-		if got, want := owners(t, c), []string{"macspoofchk " + a.String()}; !equal(got, want) {
-			t.Fatalf("after ADD #%d rules are %q, want %q", i+1, got, want)
-		}
-	}
-	if err := c.CheckMacSpoofCheck(a, "veth1234", m); err != nil {
-		t.Fatalf("CheckMacSpoofCheck: %v", err)
-	}
-	if err := c.CheckMacSpoofCheck(a, "veth1234", mac(t, "02:42:0a:01:00:06")); err == nil {
-		t.Error("CheckMacSpoofCheck accepted another MAC")
-	}
-	if err := c.CheckMacSpoofCheck(a, "veth9999", m); err == nil {
-		t.Error("CheckMacSpoofCheck accepted another interface")
-	}
-	out := nftList(t, ns)
-	for _, want := range []string{
-		"table bridge podnet",
-		"type filter hook prerouting priority dstnat; policy accept;", // -300 in the bridge family,
-		`iifname "veth1234" ether saddr != 02:42:0a:01:00:05 drop comment "net1/c1/eth0"`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("ruleset lacks %q:\n%s", want, out)
-		}
-	}
-	if err := c.DelAttachment(a); err != nil {
-		t.Fatal(err)
-	}
-	if got := owners(t, c); len(got) != 0 {
-		t.Fatalf("rules left after DEL: %q", got)
-	}
-	if err := c.CheckMacSpoofCheck(a, "veth1234", m); err == nil {
-		t.Error("CheckMacSpoofCheck succeeded after DEL")
-	}
-}
-
-// TestDelAttachmentRemovesEveryFeature adds both features for one
-// attachment and removes them with one DEL, leaving others' rules alone.
-func TestDelAttachmentRemovesEveryFeature(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c := connIn(t, ns)
-	a, b := att("net1", "c1", "eth0"), att("net1", "c2", "eth0")
-	for _, x := range []struct {
-		a   attachment.ID
-		ip  string
-		dev string
-		mac string
-	}{{a, "10.1.0.5/24", "veth-a", "02:00:00:00:00:0a"}, {b, "10.1.0.6/24", "veth-b", "02:00:00:00:00:0b"}} {
-		if err := c.AddMasquerade(x.a, cidrs(t, x.ip)); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.AddMacSpoofCheck(x.a, x.dev, mac(t, x.mac)); err != nil {
+	for i := 0; i < 2; i++ { // the second Replace changes nothing
+		if err := c.Replace(a, []ChainRules{{testChain, []*nftables.Rule{markRule(1), markRule(2)}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := c.DelAttachment(a); err != nil {
+	if err := c.Replace(b, []ChainRules{{testChain, []*nftables.Rule{markRule(3)}}}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"macspoofchk " + b.String(), "masquerade " + b.String()}
-	if got := owners(t, c); !equal(got, want) {
+	if got, want := owners(t, c), []string{"owned net/a/eth0", "owned net/a/eth0", "owned net/b/eth0"}; !equal(got, want) {
 		t.Fatalf("rules %q, want %q", got, want)
 	}
-	if err := c.CheckMasquerade(b, cidrs(t, "10.1.0.6/24")); err != nil {
-		t.Error(err)
+	if i, err := c.Check(a, testChain, []*nftables.Rule{markRule(2), markRule(1)}); err != nil || i != -1 {
+		t.Errorf("Check = %d, %v; want -1", i, err)
 	}
-	if err := c.CheckMacSpoofCheck(b, "veth-b", mac(t, "02:00:00:00:00:0b")); err != nil {
-		t.Error(err)
+	if i, err := c.Check(a, testChain, []*nftables.Rule{markRule(1), markRule(3)}); err != nil || i != 1 {
+		t.Errorf("Check of another owner's rule = %d, %v; want 1", i, err)
+	}
+	// Replacing with fewer rules drops the others.
+	if err := c.Replace(a, []ChainRules{{testChain, []*nftables.Rule{markRule(2)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if i, _ := c.Check(a, testChain, []*nftables.Rule{markRule(1)}); i != 0 {
+		t.Error("the replaced rule is still there")
+	}
+	if err := c.DeleteOwned([]*nftables.Chain{{Table: testTable}}, func(o Owner) bool { return o == a }); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := owners(t, c), []string{"owned net/b/eth0"}; !equal(got, want) {
+		t.Fatalf("after DeleteOwned rules %q, want %q", got, want)
+	}
+	if err := c.Replace("", nil); err == nil {
+		t.Error("empty owner accepted")
+	}
+	if err := c.Replace(Owner(strings.Repeat("x", 254)), nil); err == nil {
+		t.Error("owner longer than a comment accepted")
+	}
+	if out := nfttest.Ruleset(t, ns); !strings.Contains(out, `meta mark set 0x00000003 comment "net/b/eth0"`) {
+		t.Errorf("owner not shown as the comment:\n%s", out)
 	}
 }
 
-func TestDelUnknownAttachment(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c := connIn(t, ns)
-	a := att("net1", "nope", "eth0")
-	// No podnet table at all.
-	if err := c.DelAttachment(a); err != nil {
-		t.Fatalf("DEL without tables: %v", err)
-	}
-	if err := c.GC("net1", func(attachment.ID) bool { return false }); err != nil {
-		t.Fatalf("GC without tables: %v", err)
-	}
-	// Tables exist, with another attachment's rules.
-	b := att("net1", "other", "eth0")
-	if err := c.AddMasquerade(b, cidrs(t, "10.1.0.5/24")); err != nil {
+func TestDeleteOwnedWithoutTable(t *testing.T) {
+	c := connIn(t, nfttest.NS(t, "nftcore"))
+	if err := c.DeleteOwned([]*nftables.Chain{{Table: testTable}, testChain}, func(Owner) bool { return true }); err != nil {
 		t.Fatal(err)
-	}
-	if err := c.DelAttachment(a); err != nil {
-		t.Fatalf("DEL of unknown attachment: %v", err)
-	}
-	if err := c.CheckMasquerade(b, cidrs(t, "10.1.0.5/24")); err != nil {
-		t.Error(err)
-	}
-}
-
-func TestGC(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c := connIn(t, ns)
-	stale1, valid, stale2 := att("net1", "c1", "eth0"), att("net1", "c2", "eth0"), att("net1", "c3", "net1")
-	otherNet := att("net2", "c1", "eth0")
-	for i, a := range []attachment.ID{stale1, valid, stale2, otherNet} {
-		if err := c.AddMasquerade(a, cidrs(t, fmt.Sprintf("10.1.0.%d/24", i+2), fmt.Sprintf("fd00::%d/64", i+2))); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.AddMacSpoofCheck(a, fmt.Sprintf("veth%d", i), mac(t, fmt.Sprintf("02:00:00:00:00:%02x", i))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// A rule without identity (someone else's) must survive GC and DEL.
-	addForeignRule(t, c)
-
-	var asked []string
-	var mu sync.Mutex
-	keep := func(a attachment.ID) bool {
-		mu.Lock()
-		asked = append(asked, a.String())
-		mu.Unlock()
-		return a == valid
-	}
-	if err := c.GC("net1", keep); err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range asked {
-		if !strings.HasPrefix(s, "net1/") {
-			t.Errorf("GC of net1 asked about %s", s)
-		}
-	}
-	want := []string{
-		"macspoofchk " + otherNet.String(), "macspoofchk " + valid.String(),
-		"masquerade ", // the foreign rule
-		"masquerade " + otherNet.String(), "masquerade " + otherNet.String(),
-		"masquerade " + valid.String(), "masquerade " + valid.String(),
-	}
-	sort.Strings(want)
-	if got := owners(t, c); !equal(got, want) {
-		t.Fatalf("after GC rules are\n%q\nwant\n%q", got, want)
-	}
-	// GC with everything valid changes nothing.
-	if err := c.GC("net1", func(attachment.ID) bool { return true }); err != nil {
-		t.Fatal(err)
-	}
-	if got := owners(t, c); !equal(got, want) {
-		t.Fatalf("GC keeping all removed rules: %q", got)
-	}
-	if err := c.DelAttachment(valid); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.DelAttachment(otherNet); err != nil {
-		t.Fatal(err)
-	}
-	if got := owners(t, c); !equal(got, []string{"masquerade "}) {
-		t.Fatalf("foreign rule not kept alone: %q", got)
-	}
-}
-
-// addForeignRule adds a rule without podnet identity to the masquerade
-// chain, as an administrator might.
-func addForeignRule(t *testing.T, c *Conn) {
-	t.Helper()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.ready(); err != nil {
-		t.Fatal(err)
-	}
-	c.nft.AddRule(&nftables.Rule{Table: inetTable, Chain: masqChain, Exprs: []expr.Any{&expr.Counter{}}})
-	if err := c.nft.Flush(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestExistingTablesUntouched checks that the "add table/chain" of every
-// ADD neither fails on existing objects nor flushes them, including a chain
-// someone else added to podnet's table.
-func TestExistingTablesUntouched(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c := connIn(t, ns)
-	a := att("net1", "c1", "eth0")
-	if err := c.AddMasquerade(a, cidrs(t, "10.1.0.5/24")); err != nil {
-		t.Fatal(err)
-	}
-	extra := &nftables.Chain{Table: inetTable, Name: "extra"}
-	c.mu.Lock()
-	if err := c.ready(); err != nil {
-		t.Fatal(err)
-	}
-	c.nft.AddChain(extra)
-	c.nft.AddRule(&nftables.Rule{Table: inetTable, Chain: extra, Exprs: []expr.Any{&expr.Counter{}}})
-	err := c.nft.Flush()
-	c.mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 3; i++ {
-		b := att("net1", fmt.Sprintf("n%d", i), "eth0")
-		if err := c.AddMasquerade(b, cidrs(t, fmt.Sprintf("10.1.0.%d/24", 10+i))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.CheckMasquerade(a, cidrs(t, "10.1.0.5/24")); err != nil {
-		t.Error(err)
-	}
-	if got := owners(t, c); len(got) != 5 {
-		t.Errorf("rules %q, want 4 masquerade rules and the extra chain's", got)
-	}
-}
-
-func TestInvalidInput(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c := connIn(t, ns)
-	a := att("net1", "c1", "eth0")
-	for _, ipn := range []*net.IPNet{
-		nil,
-		{IP: net.ParseIP("10.1.0.5")},
-		{IP: net.ParseIP("fd00::1"), Mask: net.CIDRMask(24, 32)},
-		{IP: net.IP{1, 2, 3}, Mask: net.CIDRMask(24, 32)},
-	} {
-		if err := c.AddMasquerade(a, []*net.IPNet{ipn}); err == nil {
-			t.Errorf("AddMasquerade(%v) succeeded", ipn)
-		}
-	}
-	if err := c.AddMacSpoofCheck(a, "", mac(t, "02:00:00:00:00:01")); err == nil {
-		t.Error("empty interface name accepted")
-	}
-	if err := c.AddMacSpoofCheck(a, "a-very-long-interface", mac(t, "02:00:00:00:00:01")); err == nil {
-		t.Error("interface name longer than IFNAMSIZ accepted")
-	}
-	if err := c.AddMacSpoofCheck(a, "veth1", net.HardwareAddr{1, 2}); err == nil {
-		t.Error("short MAC accepted")
-	}
-	long := att(strings.Repeat("n", 200), strings.Repeat("c", 64), "eth0")
-	if err := c.AddMasquerade(long, cidrs(t, "10.1.0.5/24")); err == nil {
-		t.Error("identity too long for a comment accepted")
-	}
-	if err := c.AddMasquerade(att("", "c1", "eth0"), cidrs(t, "10.1.0.5/24")); err == nil {
-		t.Error("attachment without network accepted")
-	}
-	if got := owners(t, c); len(got) != 0 {
-		t.Errorf("invalid input left rules: %q", got)
 	}
 }
 
 func TestClosed(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c, err := New(ns.Fd())
+	c, err := New(nfttest.NS(t, "nftcore").Fd())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
+	for i := 0; i < 2; i++ {
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close #%d: %v", i+1, err)
+		}
 	}
-	if err := c.Close(); err != nil {
-		t.Errorf("second Close: %v", err)
+	if err := c.Replace("o", []ChainRules{{testChain, []*nftables.Rule{markRule(1)}}}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Replace after Close: %v", err)
 	}
-	a := att("net1", "c1", "eth0")
-	if err := c.AddMasquerade(a, cidrs(t, "10.1.0.5/24")); !errors.Is(err, ErrClosed) {
-		t.Errorf("AddMasquerade after Close: %v", err)
+	if _, err := c.List(testTable, ""); !errors.Is(err, ErrClosed) {
+		t.Errorf("List after Close: %v", err)
 	}
-	if err := c.DelAttachment(a); !errors.Is(err, ErrClosed) {
-		t.Errorf("DelAttachment after Close: %v", err)
-	}
-	if err := c.CheckMasquerade(a, cidrs(t, "10.1.0.5/24")); !errors.Is(err, ErrClosed) {
-		t.Errorf("CheckMasquerade after Close: %v", err)
+	if _, err := c.Check("o", testChain, nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("Check after Close: %v", err)
 	}
 }
 
-func TestCommentRoundTrip(t *testing.T) {
-	a := att("net-1.x", "abc_DEF-123", "eth0")
-	ud, err := commentOf(a)
+func TestOwnerRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		ud   []byte
+		want Owner
+	}{
+		{Owner("net-1.x/abc_DEF-123/eth0").comment(), "net-1.x/abc_DEF-123/eth0"},
+		{nil, ""}, {[]byte{0}, ""}, {[]byte{0, 5, 'a'}, ""}, {[]byte{1, 200}, ""},
+		{[]byte{7, 1, 'x', 0, 3, 'a', 'b', 0}, "ab"}, // after another TLV
+	} {
+		if got := ownerFrom(tc.ud); got != tc.want {
+			t.Errorf("ownerFrom(%v) = %q, want %q", tc.ud, got, tc.want)
+		}
+	}
+}
+
+// racingDel deletes o's rules of the test table in one transaction,
+// running between (with the build's number) after each listing, before
+// the batch is sent; it returns how many times the batch was built.
+func racingDel(t *testing.T, c *Conn, o Owner, between func(build int)) (int, error) {
+	t.Helper()
+	builds := 0
+	err := c.Transact(func(tx *Tx) (bool, error) {
+		builds++
+		rules, err := tx.Rules(testTable, "", "")
+		if err != nil {
+			return false, err
+		}
+		queued, err := tx.DelRules(rules, func(r Rule) bool { return r.Owner == o })
+		if err != nil {
+			return false, err
+		}
+		if builds == 1 && !queued {
+			t.Fatal("nothing to delete on the first listing")
+		}
+		between(builds)
+		return queued, nil
+	})
+	return builds, err
+}
+
+// TestStaleListingRetried makes a deletion's listing stale on purpose:
+// between the listing and the batch another connection removes the rules.
+// The batch fails with ENOENT, the listing is redone, and it succeeds.
+func TestStaleListingRetried(t *testing.T) {
+	ns := nfttest.NS(t, "nftcore")
+	c, other := connIn(t, ns), connIn(t, ns)
+	a, b := Owner("stale/pod1/eth0"), Owner("stale/pod2/eth0")
+	for i, o := range []Owner{a, b} {
+		if err := c.Replace(o, []ChainRules{{testChain, []*nftables.Rule{markRule(uint32(i))}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	builds, err := racingDel(t, c, a, func(build int) {
+		if build == 1 {
+			if err := other.DeleteOwned([]*nftables.Chain{testChain}, func(x Owner) bool { return x == a }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 	if err != nil {
+		t.Fatalf("transaction after a stale listing: %v", err)
+	}
+	if builds != 2 {
+		t.Errorf("built %d times, want 2 (one retry)", builds)
+	}
+	if got, want := owners(t, c), []string{"owned " + string(b)}; !equal(got, want) {
+		t.Errorf("rules %q, want %q", got, want)
+	}
+	// The connection is still usable after the failed batch.
+	if err := c.Replace(a, []ChainRules{{testChain, []*nftables.Rule{markRule(5)}}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := commentFrom(ud); got != a.String() {
-		t.Fatalf("comment %q, want %q", got, a.String())
+}
+
+// TestLargeBatches adds and removes thousands of rules in single
+// transactions, as a GC after a crash of a full node does: the kernel's
+// acknowledgements of such a batch overflow a default receive buffer.
+func TestLargeBatches(t *testing.T) {
+	c := connIn(t, nfttest.NS(t, "nftcore"))
+	const n = 3000
+	err := c.Transact(func(tx *Tx) (bool, error) {
+		tx.AddTable(testTable)
+		tx.AddChain(testChain)
+		for i := 0; i < n; i++ {
+			r := markRule(uint32(i))
+			r.Table, r.Chain = testTable, testChain
+			tx.AddRule(r, Owner(fmt.Sprintf("big/pod%04d/eth0", i)))
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("add %d rules in one batch: %v", n, err)
 	}
-	back, err := attachment.Parse(commentFrom(ud))
-	if err != nil || back != a {
-		t.Fatalf("ParseAttachment = %v, %v", back, err)
+	if got := owners(t, c); len(got) != n {
+		t.Fatalf("%d rules, want %d", len(got), n)
 	}
-	for _, bad := range [][]byte{nil, {0}, {0, 5, 'a'}, {1, 200}, {7, 1, 'x', 0, 3, 'a', 'b', 0}} {
-		_ = commentFrom(bad) // must not panic
+	last := Owner(fmt.Sprintf("big/pod%04d/eth0", n-1))
+	if i, err := c.Check(last, testChain, []*nftables.Rule{markRule(n - 1)}); err != nil || i != -1 {
+		t.Fatalf("Check after a large batch = %d, %v", i, err)
 	}
-	if got := commentFrom([]byte{7, 1, 'x', 0, 3, 'a', 'b', 0}); got != "ab" {
-		t.Errorf("comment after another TLV = %q", got)
+	if err := c.DeleteOwned([]*nftables.Chain{testChain}, func(o Owner) bool { return o != last }); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := owners(t, c), []string{"owned " + string(last)}; !equal(got, want) {
+		t.Fatalf("rules left %q, want %q", got, want)
+	}
+}
+
+// TestRetryErrorIsEAGAIN: the error of a transaction that gave up wraps
+// unix.EAGAIN and the last failure.
+func TestRetryErrorIsEAGAIN(t *testing.T) {
+	err := error(&retryError{what: "x", err: unix.ENOENT})
+	if !errors.Is(err, unix.EAGAIN) || !errors.Is(err, unix.ENOENT) {
+		t.Errorf("%v wraps neither EAGAIN nor its cause", err)
 	}
 }

@@ -53,6 +53,8 @@ type Underlay struct {
 	Name    string
 	MTU     int
 	IP, IP6 net.IP
+	// Nets are the networks of the interface's global addresses.
+	Nets []*net.IPNet
 }
 
 // Env is what every controller is built from: the node's identity and

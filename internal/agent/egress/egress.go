@@ -8,12 +8,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	"github.com/podnet/podnet/internal/agent/controller"
-	"github.com/podnet/podnet/internal/cluster"
-	"github.com/podnet/podnet/internal/nft"
+	nftegress "github.com/podnet/podnet/internal/nft/egress"
 )
 
 // Controller is the egress controller.
@@ -43,15 +41,15 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 		<-ctx.Done()
 		return nil
 	}
-	conn, err := nft.New(c.env.NetNSFd())
+	rules, err := nftegress.New(c.env.NetNSFd())
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	defer conn.Close()
+	defer rules.Close()
 	resync := time.NewTicker(c.env.Resync)
 	defer resync.Stop()
 	for {
-		if wrote, err := conn.SyncEgress(clusterCIDRs(c.env.Cluster)); err != nil {
+		if wrote, err := rules.Sync(c.env.Cluster.CIDRs()); err != nil {
 			h.NotReady("%v", err)
 			c.log.Error("egress masquerade", "err", err)
 		} else {
@@ -70,20 +68,10 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 
 // Cleanup removes the egress rules.
 func (c *Controller) Cleanup(context.Context) error {
-	conn, err := nft.New(c.env.NetNSFd())
+	rules, err := nftegress.New(c.env.NetNSFd())
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	defer conn.Close()
-	return conn.DelEgress()
-}
-
-func clusterCIDRs(c cluster.Config) []*net.IPNet {
-	var out []*net.IPNet
-	for _, s := range []string{c.ClusterCIDR, c.ClusterCIDR6} {
-		if _, n, err := net.ParseCIDR(s); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out
+	defer rules.Close()
+	return rules.Delete()
 }

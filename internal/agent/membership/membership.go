@@ -34,6 +34,7 @@ type Controller struct {
 	log     *slog.Logger
 
 	subnetChanges prometheus.Counter
+	lost          prometheus.Counter
 
 	mu      sync.Mutex
 	joined  time.Time
@@ -51,7 +52,11 @@ func New(env controller.Env, store datastore.Store, dataDir string) *Controller 
 			Help: "Times the node's membership was lost and came back with other pod subnets.",
 		}),
 	}
-	env.Metrics.MustRegister(c.subnetChanges)
+	c.lost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podnet_agent_membership_lost_total",
+		Help: "Times the datastore stopped confirming the node's membership within its grace (unreachable, or the lease lost).",
+	})
+	env.Metrics.MustRegister(c.subnetChanges, c.lost)
 	return c
 }
 
@@ -73,7 +78,41 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 		return c.store.WatchNodes(ctx, func(nodes []cluster.Node) { c.env.Peers.Set(nodes) })
 	})
 	g.Go(func() error { return c.publish(ctx, mem) })
+	g.Go(func() error { return c.watchHealth(ctx, h, mem) })
 	return g.Wait()
+}
+
+// healthPeriod is how often the membership's health is checked.
+const healthPeriod = time.Second
+
+// watchHealth reports the controller not ready while the datastore has not
+// confirmed the membership within its grace, and logs and counts each loss
+// and recovery: the node's routes stay as they are meanwhile, but its
+// peers may drop its subnet.
+func (c *Controller) watchHealth(ctx context.Context, h *controller.Health, mem datastore.Membership) error {
+	t := time.NewTicker(healthPeriod)
+	defer t.Stop()
+	lost := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		switch err := mem.Healthy(); {
+		case err != nil && !lost:
+			lost = true
+			c.lost.Inc()
+			c.log.Error("the datastore no longer confirms the node's membership", "err", err)
+			h.NotReady("%v", err)
+		case err != nil:
+			h.NotReady("%v", err)
+		case lost:
+			lost = false
+			c.log.Info("the datastore confirms the node's membership again")
+			h.Ready()
+		}
+	}
 }
 
 // join takes the node's membership, asking for its last subnets, and

@@ -32,8 +32,10 @@ type Controller struct {
 	routes          *prometheus.GaugeVec
 	reconcile       prometheus.Histogram
 	reconcileErrors prometheus.Counter
+	refusedPeers    prometheus.Gauge
 
 	mu         sync.Mutex
+	refused    map[string]string // peer name → why it is refused, as last logged
 	backends   map[string]cluster.Backend
 	npeers     int
 	peersSince map[string]time.Time
@@ -57,8 +59,11 @@ func New(env controller.Env) *Controller {
 		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podnet_agent_reconcile_errors_total", Help: "Reconciles of the node's routes that ended with an error.",
 		}),
+		refusedPeers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podnet_agent_peers_refused", Help: "Node records this node refuses to route to (bad or conflicting subnets).",
+		}),
 	}
-	env.Metrics.MustRegister(c.peers, c.routes, c.reconcile, c.reconcileErrors)
+	env.Metrics.MustRegister(c.peers, c.routes, c.reconcile, c.reconcileErrors, c.refusedPeers)
 	return c
 }
 
@@ -204,26 +209,104 @@ func (c *Controller) converge(h *controller.Health, fab fabric.Backend, nodes []
 	}
 }
 
-// peersOf turns the other nodes' records into fabric peers; a record with
-// a malformed VTEP MAC is left out and logged.
+// peersOf turns the other nodes' records into fabric peers. A record the
+// node must not route is refused, logged when its refusal is new, and
+// counted: a subnet outside the cluster CIDR or not of the node subnet
+// size (0.0.0.0/1 would override the default route), one that overlaps
+// this node's own subnets or another peer's (then every claimant is
+// refused: the datastore let two nodes claim it, and neither claim can be
+// trusted), or a malformed VTEP MAC.
 func (c *Controller) peersOf(nodes []cluster.Node) []fabric.Peer {
-	var out []fabric.Peer
+	self, _, _ := c.env.Self.Load()
+	refused := map[string]string{}
+	var cands []fabric.Peer
 	for _, n := range nodes {
 		if n.Name == c.env.NodeName {
 			continue
 		}
 		p := fabric.Peer{Name: n.Name, IP: n.IP, IP6: n.IP6, Subnet: n.Subnet, Subnet6: n.Subnet6}
+		if why := c.checkSubnets(self, n); why != "" {
+			refused[n.Name] = why
+			continue
+		}
 		if n.VTEPMAC != "" {
 			mac, err := net.ParseMAC(n.VTEPMAC)
 			if err != nil {
-				c.log.Warn("peer's VTEP MAC is malformed", "peer", n.Name, "mac", n.VTEPMAC)
+				refused[n.Name] = fmt.Sprintf("malformed VTEP MAC %q", n.VTEPMAC)
 				continue
 			}
 			p.VTEPMAC = mac
 		}
+		cands = append(cands, p)
+	}
+	// Checked subnets are aligned and of one size per family: two overlap
+	// only when they are equal.
+	claims := map[string][]string{}
+	for _, p := range cands {
+		for _, sn := range []*net.IPNet{p.Subnet, p.Subnet6} {
+			if sn != nil {
+				claims[sn.String()] = append(claims[sn.String()], p.Name)
+			}
+		}
+	}
+	var out []fabric.Peer
+	for _, p := range cands {
+		clash := ""
+		for _, sn := range []*net.IPNet{p.Subnet, p.Subnet6} {
+			if sn != nil && len(claims[sn.String()]) > 1 {
+				clash = fmt.Sprintf("subnet %s is claimed by %v", sn, claims[sn.String()])
+			}
+		}
+		if clash != "" {
+			refused[p.Name] = clash
+			continue
+		}
 		out = append(out, p)
 	}
+	c.mu.Lock()
+	for name, why := range refused {
+		if c.refused[name] != why {
+			c.log.Error("refusing to route to a peer", "peer", name, "why", why)
+		}
+	}
+	c.refused = refused
+	c.mu.Unlock()
+	c.refusedPeers.Set(float64(len(refused)))
 	return out
+}
+
+// checkSubnets says why n's subnets must not be routed to, or "".
+func (c *Controller) checkSubnets(self, n cluster.Node) string {
+	if n.Subnet == nil && n.Subnet6 == nil {
+		return "no pod subnet"
+	}
+	cl := c.env.Cluster
+	for _, f := range []struct {
+		sn, own    *net.IPNet
+		cidr       string
+		size       int
+		field, fam string
+	}{
+		{n.Subnet, self.Subnet, cl.ClusterCIDR, cl.SubnetSize, "subnet", "IPv4"},
+		{n.Subnet6, self.Subnet6, cl.ClusterCIDR6, cl.SubnetSize6, "subnet6", "IPv6"},
+	} {
+		if f.sn == nil {
+			continue
+		}
+		_, cidr, err := net.ParseCIDR(f.cidr)
+		if err != nil {
+			return fmt.Sprintf("%s %s: the cluster has no %s CIDR", f.field, f.sn, f.fam)
+		}
+		ones, bits := f.sn.Mask.Size()
+		cbits := len(cidr.IP) * 8
+		if bits != cbits || ones != f.size || !cidr.Contains(f.sn.IP) {
+			return fmt.Sprintf("%s %s is not a /%d of the cluster CIDR %s", f.field, f.sn, f.size, cidr)
+		}
+		if cluster.Overlaps(f.sn, f.own) {
+			return fmt.Sprintf("%s %s is this node's own", f.field, f.sn)
+		}
+	}
+	return ""
 }
 
 // record keeps what the status reports: the backend per peer and when the

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -105,32 +104,8 @@ func decodeConfig(b []byte) (cluster.Config, error) {
 // configDiff names the fields set in want that differ from stored.
 func configDiff(stored, want cluster.Config) []string {
 	var d []string
-	str := func(name, s, w string, canon func(string) string) {
-		if w != "" && canon(w) != canon(s) {
-			d = append(d, fmt.Sprintf("%s: stored %q, wanted %q", name, s, w))
-		}
+	for _, f := range stored.Diff(want, true) {
+		d = append(d, fmt.Sprintf("%s: stored %s, wanted %s", f.Field, f.A, f.B))
 	}
-	num := func(name string, s, w int) {
-		if w != 0 && w != s {
-			d = append(d, fmt.Sprintf("%s: stored %d, wanted %d", name, s, w))
-		}
-	}
-	str("clusterCIDR", stored.ClusterCIDR, want.ClusterCIDR, canonCIDR)
-	str("clusterCIDR6", stored.ClusterCIDR6, want.ClusterCIDR6, canonCIDR)
-	num("subnetSize", stored.SubnetSize, want.SubnetSize)
-	num("subnetSize6", stored.SubnetSize6, want.SubnetSize6)
-	str("backend", string(stored.Backend), string(want.Backend), func(s string) string { return s })
-	num("vni", stored.VNI, want.VNI)
-	num("vxlanPort", stored.VXLANPort, want.VXLANPort)
-	num("mtu", stored.MTU, want.MTU)
 	return d
-}
-
-// canonCIDR is the canonical text of a CIDR (IPv6 zeros compressed), or s
-// when it does not parse.
-func canonCIDR(s string) string {
-	if _, n, err := net.ParseCIDR(s); err == nil {
-		return n.String()
-	}
-	return s
 }

@@ -25,6 +25,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podnet/podnet/internal/cluster"
@@ -41,6 +44,9 @@ const DefaultPrefix = "/podnet/"
 
 // DefaultDialTimeout is the dial timeout used when Config.DialTimeout is 0.
 const DefaultDialTimeout = 5 * time.Second
+
+// reconnectMax bounds the client's wait between reconnection attempts.
+const reconnectMax = 2 * time.Second
 
 // DefaultLeaseTTL is the lease TTL used when Config.LeaseTTL is 0.
 const DefaultLeaseTTL = 60 * time.Second
@@ -89,7 +95,7 @@ type Store struct {
 	ttl    time.Duration
 	log    *slog.Logger
 
-	renewals, reacquisitions prometheus.Counter
+	renewals, reacquisitions, refusedRecords prometheus.Counter
 }
 
 var _ datastore.Store = (*Store)(nil)
@@ -125,12 +131,15 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		reacquisitions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podnet_agent_lease_reacquisitions_total", Help: "Times the lease was lost and the node's subnets taken again.",
 		}),
+		refusedRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podnet_agent_node_records_refused_total", Help: "Node records refused because their subnets are not leased to them.",
+		}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Metrics != nil {
-		for _, c := range []prometheus.Collector{s.renewals, s.reacquisitions} {
+		for _, c := range []prometheus.Collector{s.renewals, s.reacquisitions, s.refusedRecords} {
 			if err := cfg.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("datastore: metrics: %w", err)
 			}
@@ -160,6 +169,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// Keepalive pings detect a dead server on an idle connection.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
+		// Reconnect within seconds of etcd coming back, well inside any
+		// lease TTL: gRPC's default backoff grows to two minutes, so after
+		// an outage a lease could expire before its first renewal.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
+			MinConnectTimeout: 2 * time.Second,
+		})},
 	}
 	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
 		info := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}

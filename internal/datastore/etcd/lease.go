@@ -31,6 +31,7 @@ type Lease struct {
 	id        clientv3.LeaseID
 	released  bool
 	renewals  atomic.Uint64
+	confirmed atomic.Int64 // unix nanoseconds of the last grant or renewal
 	reacquire atomic.Uint64
 }
 
@@ -69,6 +70,7 @@ func (s *Store) Acquire(ctx context.Context, n cluster.Node, prefer cluster.Node
 		return nil, err
 	}
 	l.node, l.id = node, id
+	l.confirmed.Store(time.Now().UnixNano())
 	return l, nil
 }
 
@@ -199,6 +201,18 @@ func heldIn(p *pool, held map[string]bool) *net.IPNet {
 	return best
 }
 
+// Healthy is nil while etcd confirmed the lease (granted or renewed it)
+// within its TTL; else it says since when it did not. A node whose lease
+// went that long unconfirmed may already have lost it: its peers may be
+// dropping its routes, and the datastore is likely unreachable.
+func (l *Lease) Healthy() error {
+	last := time.Unix(0, l.confirmed.Load())
+	if since := time.Since(last); since > l.ttl {
+		return fmt.Errorf("etcd has not renewed the node's lease for %s (TTL %s): the datastore is unreachable or the lease lost", since.Round(time.Second), l.ttl)
+	}
+	return nil
+}
+
 // Node is the node's record as last written.
 func (l *Lease) Node() cluster.Node {
 	l.mu.Lock()
@@ -236,6 +250,7 @@ func (l *Lease) Run(ctx context.Context, changed func(old, cur cluster.Node)) er
 		if err == nil {
 			for range ch {
 				l.renewals.Add(1)
+				l.confirmed.Store(time.Now().UnixNano())
 				l.s.renewals.Inc()
 				b.reset()
 			}
@@ -281,6 +296,7 @@ func (l *Lease) reacquireLost(ctx context.Context, b *backoff, changed func(old,
 			return
 		}
 		l.node, l.id = node, id
+		l.confirmed.Store(time.Now().UnixNano())
 		l.mu.Unlock()
 		l.reacquire.Add(1)
 		l.s.reacquisitions.Inc()

@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/podnet/podnet/internal/cluster"
 )
@@ -414,4 +417,42 @@ func TestRunReleaseStops(t *testing.T) {
 	if nodes, _ := s.Nodes(testCtx(t)); len(nodes) != 0 || l.Stats().Reacquisitions != 0 {
 		t.Fatalf("after release: %+v, stats %+v", nodes, l.Stats())
 	}
+}
+
+// TestWatchNodesRefusesForgedRecords writes records around the subnet
+// leases, as a host that could write to etcd would: one claiming a subnet
+// another node holds (named to sort first), one claiming halves of the
+// address space nobody leased, one with no subnet. The watch never hands
+// them out, and counts them.
+func TestWatchNodesRefusesForgedRecords(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	acquire(t, s, "b", cluster.Node{}, testTTL)
+	ch := watch(t, s)
+	expect(t, ch, "b=10.244.0.0/24")
+	before := testutil.ToFloat64(s.refusedRecords)
+	for _, rec := range []string{
+		`{"name":"a","ip":"192.0.2.66","subnet":"10.244.0.0/24"}`,
+		`{"name":"evil","ip":"192.0.2.66","subnet":"0.0.0.0/1"}`,
+		`{"name":"empty","ip":"192.0.2.66"}`,
+	} {
+		var n cluster.Node
+		if err := json.Unmarshal([]byte(rec), &n); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Client().Put(testCtx(t), s.key(keyNodes+n.Name), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A later legitimate change still comes through, without the forgeries.
+	acquire(t, s, "c", cluster.Node{}, testTTL)
+	expect(t, ch, "b=10.244.0.0/24 c=10.244.1.0/24")
+	if got := testutil.ToFloat64(s.refusedRecords) - before; got != 3 {
+		t.Fatalf("refused records counted %v, want 3", got)
+	}
+	// A subnet key rewritten to another owner takes the record out.
+	if _, err := s.Client().Put(testCtx(t), s.key(keySubnets+"10.244.1.0_24"), "a"); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, "b=10.244.0.0/24")
 }

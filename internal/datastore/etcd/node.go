@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -60,50 +61,145 @@ func sortedNodes(m map[string]cluster.Node) []cluster.Node {
 	return out
 }
 
-// WatchNodes calls f with the complete current set of nodes (as Nodes
-// returns it) at start and after every change, until ctx is done; then it
-// returns nil. It lists, then watches from the list's revision; when the
-// watch fails (compaction, lost leader, connection) it lists again, retrying
-// with backoff while etcd is unreachable. f runs on WatchNodes' goroutine:
-// the next change waits for it.
+// WatchNodes calls f with the complete current set of valid node records,
+// sorted by name, at start and after every change, until ctx is done; then
+// it returns nil. A record is valid when the subnet keys assign each of its
+// subnets to it: a record written around the subnet leases (claiming a
+// subnet another node holds, or one nobody leased) is left out and logged,
+// whatever the names, so a forged or stale claim never wins by the order
+// of names. It lists, then watches the whole prefix from the list's
+// revision; when the watch fails (compaction, lost leader, connection) it
+// lists again, retrying with backoff while etcd is unreachable. f runs on
+// WatchNodes' goroutine: the next change waits for it.
 func (s *Store) WatchNodes(ctx context.Context, f func([]cluster.Node)) error {
 	wctx := clientv3.WithRequireLeader(ctx)
-	prefix := s.key(keyNodes)
 	b := newBackoff()
 	for ctx.Err() == nil {
-		nodes, rev, err := s.listNodes(wctx)
+		v, rev, err := s.listView(wctx)
 		if err != nil {
 			s.log.Warn("watch nodes: list failed, retrying", "err", err)
 			b.wait(ctx)
 			continue
 		}
 		b.reset()
-		f(sortedNodes(nodes))
-		for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		f(v.valid())
+		for wr := range s.cli.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 			if err := wr.Err(); err != nil {
 				s.log.Info("watch nodes: watch ended, listing again", "err", err)
 				break
 			}
+			changed := false
 			for _, ev := range wr.Events {
-				name := strings.TrimPrefix(string(ev.Kv.Key), prefix)
-				if ev.Type == clientv3.EventTypeDelete {
-					delete(nodes, name)
-					continue
-				}
-				n, err := s.decodeNode(ev.Kv)
-				if err != nil {
-					s.log.Warn("skipping node record", "err", err)
-					delete(nodes, name)
-					continue
-				}
-				nodes[name] = n
+				changed = v.apply(ev) || changed
 			}
-			if len(wr.Events) > 0 {
-				f(sortedNodes(nodes))
+			if changed {
+				f(v.valid())
 			}
 		}
 	}
 	return nil
+}
+
+// view is what WatchNodes follows: the node records and the subnet keys'
+// owners.
+type view struct {
+	s       *Store
+	nodes   map[string]cluster.Node
+	owners  map[string]string // subnet key name → node name
+	refused map[string]string // node name → why, as last logged
+}
+
+// listView reads the records and the subnet keys at one revision.
+func (s *Store) listView(ctx context.Context) (*view, int64, error) {
+	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("datastore: list nodes: %w", err)
+	}
+	v := &view{s: s, nodes: map[string]cluster.Node{}, owners: map[string]string{}, refused: map[string]string{}}
+	for _, kv := range resp.Kvs {
+		v.put(kv)
+	}
+	return v, resp.Header.Revision, nil
+}
+
+// apply follows one watch event; it reports whether a record or an owner
+// changed.
+func (v *view) apply(ev *clientv3.Event) bool {
+	if ev.Type == clientv3.EventTypeDelete {
+		k := string(ev.Kv.Key)
+		if name, ok := strings.CutPrefix(k, v.s.key(keyNodes)); ok {
+			delete(v.nodes, name)
+			return true
+		}
+		if sn, ok := strings.CutPrefix(k, v.s.key(keySubnets)); ok {
+			delete(v.owners, sn)
+			return true
+		}
+		return false
+	}
+	return v.put(ev.Kv)
+}
+
+// put records a node record or a subnet key; other keys are ignored.
+func (v *view) put(kv *mvccpb.KeyValue) bool {
+	k := string(kv.Key)
+	if sn, ok := strings.CutPrefix(k, v.s.key(keySubnets)); ok {
+		v.owners[sn] = string(kv.Value)
+		return true
+	}
+	name, ok := strings.CutPrefix(k, v.s.key(keyNodes))
+	if !ok {
+		return false
+	}
+	n, err := v.s.decodeNode(kv)
+	if err != nil {
+		v.s.log.Warn("skipping node record", "err", err)
+		delete(v.nodes, name)
+		return true
+	}
+	v.nodes[name] = n
+	return true
+}
+
+// valid is the records whose subnets the subnet keys assign to them; the
+// others are logged when their refusal is new.
+func (v *view) valid() []cluster.Node {
+	out := make(map[string]cluster.Node, len(v.nodes))
+	refused := map[string]string{}
+	for name, n := range v.nodes {
+		if why := v.disowned(n); why != "" {
+			refused[name] = why
+			continue
+		}
+		out[name] = n
+	}
+	for name, why := range refused {
+		if v.refused[name] != why {
+			v.s.log.Error("refusing a node record whose subnets are not leased to it", "node", name, "why", why)
+			v.s.refusedRecords.Inc()
+		}
+	}
+	v.refused = refused
+	return sortedNodes(out)
+}
+
+// disowned says why n's subnets are not all assigned to n, or "".
+func (v *view) disowned(n cluster.Node) string {
+	if n.Subnet == nil && n.Subnet6 == nil {
+		return "it holds no subnet"
+	}
+	for _, sn := range []*net.IPNet{n.Subnet, n.Subnet6} {
+		if sn == nil {
+			continue
+		}
+		switch owner, ok := v.owners[subnetKeyName(sn)]; {
+		case !ok:
+			return fmt.Sprintf("subnet %s is leased to nobody", sn)
+		case owner != n.Name:
+			return fmt.Sprintf("subnet %s is leased to %q", sn, owner)
+		}
+	}
+	return ""
 }
 
 // backoff waits 250 ms, doubling up to 5 s, between retries.

@@ -14,7 +14,7 @@ import (
 
 	"github.com/podnet/podnet/internal/attach"
 	"github.com/podnet/podnet/internal/cniplugin"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/podrules"
 )
 
 // Conf is the firewall plugin's configuration: the reference's fields.
@@ -34,11 +34,11 @@ type Conf struct {
 	IngressPolicy string `json:"ingressPolicy,omitempty"`
 }
 
-var policies = map[string]nft.Isolation{
-	"":            nft.Open,
-	"open":        nft.Open,
-	"same-bridge": nft.SameBridge,
-	"isolated":    nft.Isolated,
+var policies = map[string]podrules.Isolation{
+	"":            podrules.Open,
+	"open":        podrules.Open,
+	"same-bridge": podrules.SameBridge,
+	"isolated":    podrules.Isolated,
 }
 
 // Plugin returns the firewall plugin.
@@ -71,18 +71,18 @@ func load(data []byte) (*Conf, error) {
 // spec is what the rules of the attachment are made of: the addresses of
 // prevResult and, for the isolating policies, the bridge: prevResult's
 // first interface, as the reference takes it.
-func spec(c *Conf) (nft.Firewall, error) {
+func spec(c *Conf) (podrules.Firewall, error) {
 	prev, err := c.Prev()
 	if err != nil {
-		return nft.Firewall{}, err
+		return podrules.Firewall{}, err
 	}
-	f := nft.Firewall{Isolation: policies[c.IngressPolicy]}
+	f := podrules.Firewall{Isolation: policies[c.IngressPolicy]}
 	for _, ipc := range prev.IPs {
 		f.IPs = append(f.IPs, ipc.Address.IP)
 	}
-	if f.Isolation != nft.Open {
+	if f.Isolation != podrules.Open {
 		if len(prev.Interfaces) == 0 || prev.Interfaces[0] == nil || prev.Interfaces[0].Name == "" {
-			return nft.Firewall{}, cniplugin.Invalid(
+			return podrules.Firewall{}, cniplugin.Invalid(
 				"ingress policy %q needs the bridge as prevResult's first interface: chain firewall after bridge", c.IngressPolicy)
 		}
 		f.Bridge = prev.Interfaces[0].Name
@@ -99,8 +99,8 @@ func spec(c *Conf) (nft.Firewall, error) {
 
 // withConn runs f with a connection to podnet's tables in the caller's
 // (the host's) namespace.
-func withConn(f func(*nft.Conn) error) error {
-	c, err := nft.New(0)
+func withConn(f func(*podrules.Conn) error) error {
+	c, err := podrules.New(0)
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -118,7 +118,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	id := cniplugin.AttachmentOf(c.Name, args)
-	if err := withConn(func(n *nft.Conn) error { return n.AddFirewall(id, f) }); err != nil {
+	if err := withConn(func(n *podrules.Conn) error { return n.AddFirewall(id, f) }); err != nil {
 		return nil, err
 	}
 	return c.Prev()
@@ -137,7 +137,7 @@ func check(args *skel.CmdArgs) error {
 		return err
 	}
 	id := cniplugin.AttachmentOf(c.Name, args)
-	return withConn(func(n *nft.Conn) error { return n.CheckFirewall(id, f) })
+	return withConn(func(n *podrules.Conn) error { return n.CheckFirewall(id, f) })
 }
 
 // del removes the attachment's firewall rules by its identity alone: no
@@ -148,7 +148,7 @@ func del(args *skel.CmdArgs) error {
 		return err
 	}
 	id := cniplugin.AttachmentOf(c.Name, args)
-	return withConn(func(n *nft.Conn) error { return n.DelFirewall(id) })
+	return withConn(func(n *podrules.Conn) error { return n.DelFirewall(id) })
 }
 
 // gc removes the rules of the network's attachments that are not valid.
@@ -157,7 +157,7 @@ func gc(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	return withConn(func(n *nft.Conn) error {
+	return withConn(func(n *podrules.Conn) error {
 		return n.GC(c.Name, func(a attachment.ID) bool { return c.KeepsAttachment(a) })
 	})
 }

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/cniplugin"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/podrules"
 )
 
 // Route types of "-m addrtype" and "fib … type", by name.
@@ -193,7 +193,7 @@ func (p *condParser) addr(opt string, dst, neg bool) error {
 	if (n.IP.To4() == nil) != p.v6 {
 		return p.invalid("%s %s is not of the conditions' address family", opt, v)
 	}
-	m, ok := nft.AddrMatch(n, dst, neg)
+	m, ok := podrules.AddrMatch(n, dst, neg)
 	if !ok {
 		return p.invalid("%s %q", opt, v)
 	}
@@ -247,6 +247,6 @@ func (p *condParser) fib(opt string, dst, neg bool) error {
 		}
 		return p.invalid("%s %q is not an address type", opt, v)
 	}
-	p.out = append(p.out, nft.FibAddrType(dst, t, neg)...)
+	p.out = append(p.out, podrules.FibAddrType(dst, t, neg)...)
 	return nil
 }

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/cniplugin"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/podrules"
 )
 
 // DefaultMarkBit is the reference's default masquerade mark bit
@@ -45,7 +45,7 @@ type Conf struct {
 
 	snat      bool
 	markBit   uint
-	mappings  []nft.PortMapping
+	mappings  []podrules.PortMapping
 	condV4    []expr.Any
 	condV6    []expr.Any
 	nftSyntax bool
@@ -122,22 +122,22 @@ func load(data []byte) (*Conf, error) {
 }
 
 // mapping validates an entry.
-func (e Entry) mapping() (nft.PortMapping, error) {
+func (e Entry) mapping() (podrules.PortMapping, error) {
 	if e.HostPort < 1 || e.HostPort > 65535 {
-		return nft.PortMapping{}, fmt.Errorf("invalid host port number %d", e.HostPort)
+		return podrules.PortMapping{}, fmt.Errorf("invalid host port number %d", e.HostPort)
 	}
 	if e.ContainerPort < 1 || e.ContainerPort > 65535 {
-		return nft.PortMapping{}, fmt.Errorf("invalid container port number %d", e.ContainerPort)
+		return podrules.PortMapping{}, fmt.Errorf("invalid container port number %d", e.ContainerPort)
 	}
 	proto, ok := protocols[strings.ToLower(e.Protocol)]
 	if !ok {
-		return nft.PortMapping{}, fmt.Errorf("unsupported protocol %q (tcp, udp or sctp)", e.Protocol)
+		return podrules.PortMapping{}, fmt.Errorf("unsupported protocol %q (tcp, udp or sctp)", e.Protocol)
 	}
-	m := nft.PortMapping{HostPort: uint16(e.HostPort), ContainerPort: uint16(e.ContainerPort), Protocol: proto}
+	m := podrules.PortMapping{HostPort: uint16(e.HostPort), ContainerPort: uint16(e.ContainerPort), Protocol: proto}
 	if e.HostIP != "" {
 		m.HostIP = net.ParseIP(e.HostIP)
 		if m.HostIP == nil {
-			return nft.PortMapping{}, fmt.Errorf("invalid hostIP %q", e.HostIP)
+			return podrules.PortMapping{}, fmt.Errorf("invalid hostIP %q", e.HostIP)
 		}
 	}
 	return m, nil
@@ -146,7 +146,7 @@ func (e Entry) mapping() (nft.PortMapping, error) {
 // portMaps returns the forwarding of the pod's first IPv4 and first IPv6
 // address on its interface ifName, as the reference picks them from the
 // previous result.
-func (c *Conf) portMaps(prev *current.Result, ifName string) []nft.PortMap {
+func (c *Conf) portMaps(prev *current.Result, ifName string) []podrules.PortMap {
 	var v4, v6 net.IP
 	for _, ip := range prev.IPs {
 		is4 := ip.Address.IP.To4() != nil
@@ -165,7 +165,7 @@ func (c *Conf) portMaps(prev *current.Result, ifName string) []nft.PortMap {
 			v6 = ip.Address.IP
 		}
 	}
-	var out []nft.PortMap
+	var out []podrules.PortMap
 	for _, ip := range []net.IP{v4, v6} {
 		if ip == nil {
 			continue
@@ -174,7 +174,7 @@ func (c *Conf) portMaps(prev *current.Result, ifName string) []nft.PortMap {
 		if ip.To4() == nil {
 			cond = c.condV6
 		}
-		out = append(out, nft.PortMap{
+		out = append(out, podrules.PortMap{
 			ContainerIP: ip, Mappings: c.mappings, Conditions: cond,
 			SNAT: c.snat, MasqAll: c.MasqAll, MarkBit: c.markBit,
 		})

@@ -19,7 +19,7 @@ import (
 
 	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/link"
-	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/podrules"
 )
 
 // Plugin returns the portmap plugin.
@@ -29,8 +29,8 @@ func Plugin() cniplugin.Plugin {
 
 // withNFT runs f with a connection to podnet's tables in the host
 // namespace.
-func withNFT(f func(*nft.Conn) error) error {
-	conn, err := nft.New(0)
+func withNFT(f func(*podrules.Conn) error) error {
+	conn, err := podrules.New(0)
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -66,7 +66,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 			}
 		}
 	}
-	if err := withNFT(func(conn *nft.Conn) error {
+	if err := withNFT(func(conn *podrules.Conn) error {
 		return conn.AddPortMaps(cniplugin.AttachmentOf(c.Name, args), maps)
 	}); err != nil {
 		return nil, err
@@ -77,7 +77,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	var flush []flow
 	for _, pm := range maps {
 		for _, m := range pm.Mappings {
-			if m.Protocol == unix.IPPROTO_UDP && (m.HostIP == nil || nft.NFProto(m.HostIP) == nft.NFProto(pm.ContainerIP)) {
+			if m.Protocol == unix.IPPROTO_UDP && (m.HostIP == nil || podrules.NFProto(m.HostIP) == podrules.NFProto(pm.ContainerIP)) {
 				flush = append(flush, flow{hostPort: m.HostPort, v6: pm.ContainerIP.To4() == nil})
 			}
 		}
@@ -93,8 +93,8 @@ func del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	var removed []nft.Forward
-	if err := withNFT(func(conn *nft.Conn) error {
+	var removed []podrules.Forward
+	if err := withNFT(func(conn *podrules.Conn) error {
 		removed, err = conn.DelPortMaps(cniplugin.AttachmentOf(c.Name, args))
 		return err
 	}); err != nil {
@@ -129,7 +129,7 @@ func check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	return withNFT(func(conn *nft.Conn) error {
+	return withNFT(func(conn *podrules.Conn) error {
 		return conn.CheckPortMaps(cniplugin.AttachmentOf(c.Name, args), c.portMaps(prev, args.IfName))
 	})
 }
@@ -139,7 +139,7 @@ func gc(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	return withNFT(func(conn *nft.Conn) error { return conn.GCPortMaps(c.Name, c.KeepsAttachment) })
+	return withNFT(func(conn *podrules.Conn) error { return conn.GCPortMaps(c.Name, c.KeepsAttachment) })
 }
 
 // routeLocalnet lets connections from 127.0.0.0/8, DNATed to the pod,

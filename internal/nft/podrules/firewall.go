@@ -1,15 +1,16 @@
-package nft
+package podrules
 
 import (
 	"encoding/binary"
 	"fmt"
 	"net"
 
-	"github.com/podnet/podnet/internal/attachment"
-
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/attachment"
+	"github.com/podnet/podnet/internal/nft"
 )
 
 // The firewall plugin's chains:
@@ -125,7 +126,7 @@ func (c *Conn) AddFirewall(a attachment.ID, f Firewall) error {
 	if err != nil {
 		return err
 	}
-	if err := c.replaceChains(a, sets); err != nil {
+	if err := c.replace(a, sets); err != nil {
 		return fmt.Errorf("add firewall rules for %s: %w", a, err)
 	}
 	return nil
@@ -139,7 +140,7 @@ func (c *Conn) CheckFirewall(a attachment.ID, f Firewall) error {
 		return err
 	}
 	for _, s := range sets {
-		if err := c.check(s.chain, a, s.rules, func(i int) string {
+		if err := c.check(s.Chain, a, s.Rules, func(i int) string {
 			return fmt.Sprintf("firewall rule %d", i+1)
 		}); err != nil {
 			return err
@@ -151,7 +152,7 @@ func (c *Conn) CheckFirewall(a attachment.ID, f Firewall) error {
 // firewallRules returns the rules of every firewall chain for f; a chain
 // without rules for f is listed empty so stale rules of the attachment are
 // removed from it.
-func firewallRules(f Firewall) ([]chainRules, error) {
+func firewallRules(f Firewall) ([]nft.ChainRules, error) {
 	var admit []*nftables.Rule
 	seen := map[string]bool{}
 	for _, ip := range f.IPs {
@@ -165,9 +166,9 @@ func firewallRules(f Firewall) ([]chainRules, error) {
 		}
 		admit = append(admit, in, out)
 	}
-	sets := []chainRules{
-		{chain: stage2Chain}, {chain: isolationChain}, {chain: bridgeIsolationChain},
-		{chain: firewallChain, rules: admit},
+	sets := []nft.ChainRules{
+		{Chain: stage2Chain}, {Chain: isolationChain}, {Chain: bridgeIsolationChain},
+		{Chain: firewallChain, Rules: admit},
 	}
 	if f.Isolation == Open {
 		return sets, nil
@@ -186,11 +187,11 @@ func firewallRules(f Firewall) ([]chainRules, error) {
 		return out
 	}
 	drop := []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}
-	sets[0].rules = []*nftables.Rule{{Exprs: cat(oif(expr.CmpOpEq), drop)}}
-	sets[1].rules = []*nftables.Rule{{Exprs: cat(iif(expr.CmpOpEq), oif(expr.CmpOpNeq),
+	sets[0].Rules = []*nftables.Rule{{Exprs: cat(oif(expr.CmpOpEq), drop)}}
+	sets[1].Rules = []*nftables.Rule{{Exprs: cat(iif(expr.CmpOpEq), oif(expr.CmpOpNeq),
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: FirewallStage2Chain}})}}
 	if f.Isolation == Isolated {
-		sets[1].rules = append(sets[1].rules, &nftables.Rule{Exprs: cat(iif(expr.CmpOpEq), oif(expr.CmpOpEq), drop)})
+		sets[1].Rules = append(sets[1].Rules, &nftables.Rule{Exprs: cat(iif(expr.CmpOpEq), oif(expr.CmpOpEq), drop)})
 		for _, port := range f.Ports {
 			pname, err := ifname(port)
 			if err != nil {
@@ -198,7 +199,7 @@ func firewallRules(f Firewall) ([]chainRules, error) {
 			}
 			for _, proto := range []uint16{unix.ETH_P_IP, unix.ETH_P_IPV6} {
 				p := binary.BigEndian.AppendUint16(nil, proto)
-				sets[2].rules = append(sets[2].rules, &nftables.Rule{Exprs: cat(
+				sets[2].Rules = append(sets[2].Rules, &nftables.Rule{Exprs: cat(
 					metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, pname),
 					metaCmp(expr.MetaKeyPROTOCOL, expr.CmpOpEq, p),
 					drop)})
@@ -267,7 +268,7 @@ func (c *Conn) DelFirewall(a attachment.ID) error {
 	if err != nil {
 		return err
 	}
-	if err := c.replaceChains(a, sets); err != nil {
+	if err := c.replace(a, sets); err != nil {
 		return fmt.Errorf("delete firewall rules of %s: %w", a, err)
 	}
 	return nil

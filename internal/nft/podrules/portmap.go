@@ -1,15 +1,16 @@
-package nft
+package podrules
 
 import (
 	"encoding/binary"
 	"fmt"
 	"net"
 
-	"github.com/podnet/podnet/internal/attachment"
-
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/attachment"
+	"github.com/podnet/podnet/internal/nft"
 )
 
 // Chains of the portmap plugin, in the inet podnet table.
@@ -83,7 +84,7 @@ func (c *Conn) AddPortMaps(a attachment.ID, maps []PortMap) error {
 	if n == 0 {
 		return nil
 	}
-	if err := c.replaceChains(a, want); err != nil {
+	if err := c.replace(a, want); err != nil {
 		return fmt.Errorf("add port mappings for %s: %w", a, err)
 	}
 	return nil
@@ -97,8 +98,7 @@ func (c *Conn) CheckPortMaps(a attachment.ID, maps []PortMap) error {
 		return err
 	}
 	for _, w := range want {
-		rules := w.rules
-		if err := c.check(w.chain, a, rules, func(i int) string {
+		if err := c.check(w.Chain, a, w.Rules, func(i int) string {
 			return fmt.Sprintf("port mapping rule %d", i+1)
 		}); err != nil {
 			return err
@@ -121,27 +121,27 @@ type Forward struct {
 // identity, and returns the forwardings it removed (read from the rules
 // themselves), so that their conntrack entries can be flushed.
 func (c *Conn) DelPortMaps(a attachment.ID) ([]Forward, error) {
-	id := a.String()
+	id := nft.Owner(a.String())
 	var removed []Forward
-	err := c.transact(func() (bool, error) {
+	err := c.nft.Transact(func(tx *nft.Tx) (bool, error) {
 		removed = removed[:0]
 		queued := false
 		for _, ch := range portMapChains {
-			exprsOf := ""
+			exprsOf := nft.Owner("")
 			if ch == portMapDNATChain {
 				exprsOf = id
 			}
-			rules, err := c.list(ch.Table, ch.Name, exprsOf)
+			rules, err := tx.Rules(ch.Table, ch.Name, exprsOf)
 			if err != nil {
 				return false, err
 			}
-			q, err := c.queueDeletes(rules, func(r ruleRef) bool { return r.comment == id })
+			q, err := tx.DelRules(rules, func(r nft.Rule) bool { return r.Owner == id })
 			if err != nil {
 				return false, err
 			}
 			queued = queued || q
 			for _, r := range rules {
-				if f, ok := forwardOf(ch.Table.Family, r.exprs); ok && r.comment == id {
+				if f, ok := forwardOf(ch.Table.Family, r.Exprs); ok && r.Owner == id {
 					removed = append(removed, f)
 				}
 			}
@@ -155,28 +155,10 @@ func (c *Conn) DelPortMaps(a attachment.ID) ([]Forward, error) {
 }
 
 // GCPortMaps removes, in one transaction, the port forwarding rules of
-// every attachment of network for which keep returns false. keep runs
-// with c locked and must not call c.
+// every attachment of network for which keep returns false. keep must not
+// call c.
 func (c *Conn) GCPortMaps(network string, keep func(attachment.ID) bool) error {
-	err := c.transact(func() (bool, error) {
-		queued := false
-		for _, ch := range portMapChains {
-			rules, err := c.list(ch.Table, ch.Name, "")
-			if err != nil {
-				return false, err
-			}
-			q, err := c.queueDeletes(rules, func(r ruleRef) bool {
-				a, err := attachment.Parse(r.comment)
-				return err == nil && a.Network == network && !keep(a)
-			})
-			if err != nil {
-				return false, err
-			}
-			queued = queued || q
-		}
-		return queued, nil
-	})
-	if err != nil {
+	if err := c.nft.DeleteOwned(portMapChains, gcMatch(network, keep)); err != nil {
 		return fmt.Errorf("garbage-collect port mappings of network %s: %w", network, err)
 	}
 	return nil
@@ -184,7 +166,7 @@ func (c *Conn) GCPortMaps(network string, keep func(attachment.ID) bool) error {
 
 // portMapRules returns the rules of maps per chain and how many
 // mappings they forward.
-func portMapRules(maps []PortMap) ([]chainRules, int, error) {
+func portMapRules(maps []PortMap) ([]nft.ChainRules, int, error) {
 	var dnat, output, masq []*nftables.Rule
 	n := 0
 	for _, pm := range maps {
@@ -226,9 +208,9 @@ func portMapRules(maps []PortMap) ([]chainRules, int, error) {
 		}
 		n += mapped
 	}
-	want := []chainRules{{portMapDNATChain, dnat}, {portMapOutputChain, output}}
+	want := []nft.ChainRules{{Chain: portMapDNATChain, Rules: dnat}, {Chain: portMapOutputChain, Rules: output}}
 	if len(masq) > 0 {
-		want = append(want, chainRules{portMapMasqChain, masq})
+		want = append(want, nft.ChainRules{Chain: portMapMasqChain, Rules: masq})
 	}
 	return want, n, nil
 }
@@ -411,20 +393,7 @@ func forwardOf(family nftables.TableFamily, raw []byte) (Forward, bool) {
 		isDNAT bool
 	)
 	fam := byte(family)
-	_ = walkAttrs(raw, func(typ uint16, v []byte) {
-		if typ != unix.NFTA_LIST_ELEM {
-			return
-		}
-		var name string
-		var data []byte
-		_ = walkAttrs(v, func(t uint16, b []byte) {
-			switch t {
-			case unix.NFTA_EXPR_NAME:
-				name = cstringOf(b)
-			case unix.NFTA_EXPR_DATA:
-				data = b
-			}
-		})
+	nft.WalkExprs(raw, func(name string, data []byte) {
 		switch name {
 		case "meta":
 			var m expr.Meta

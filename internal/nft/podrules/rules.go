@@ -1,14 +1,14 @@
-package nft
+package podrules
 
 import (
 	"fmt"
 	"net"
 
-	"github.com/podnet/podnet/internal/attachment"
-
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/attachment"
 )
 
 // AddMasquerade makes the attachment's masquerade rules exactly those for
@@ -22,7 +22,7 @@ func (c *Conn) AddMasquerade(a attachment.ID, ips []*net.IPNet) error {
 	if err != nil {
 		return err
 	}
-	if err := c.replace(masqChain, a, rules); err != nil {
+	if err := c.add(masquerade, a, rules); err != nil {
 		return fmt.Errorf("add masquerade for %s: %w", a, err)
 	}
 	return nil
@@ -35,7 +35,7 @@ func (c *Conn) CheckMasquerade(a attachment.ID, ips []*net.IPNet) error {
 	if err != nil {
 		return err
 	}
-	return c.check(masqChain, a, rules, func(i int) string {
+	return c.checkDispatched(masquerade, a, rules, func(i int) string {
 		return fmt.Sprintf("masquerade rule for %s", ips[i])
 	})
 }
@@ -50,7 +50,7 @@ func (c *Conn) AddMacSpoofCheck(a attachment.ID, hostIfName string, mac net.Hard
 	if err != nil {
 		return err
 	}
-	if err := c.replace(spoofChain, a, []*nftables.Rule{r}); err != nil {
+	if err := c.add(macSpoofCheck, a, []*nftables.Rule{r}); err != nil {
 		return fmt.Errorf("add mac spoof check for %s: %w", a, err)
 	}
 	return nil
@@ -63,41 +63,9 @@ func (c *Conn) CheckMacSpoofCheck(a attachment.ID, hostIfName string, mac net.Ha
 	if err != nil {
 		return err
 	}
-	return c.check(spoofChain, a, []*nftables.Rule{r}, func(int) string {
+	return c.checkDispatched(macSpoofCheck, a, []*nftables.Rule{r}, func(int) string {
 		return fmt.Sprintf("mac spoof check rule for %s on %s", mac, hostIfName)
 	})
-}
-
-// check returns an error naming the first of want that the attachment's
-// rules in chain do not contain.
-func (c *Conn) check(chain *nftables.Chain, a attachment.ID, want []*nftables.Rule, name func(int) string) error {
-	id := a.String()
-	if _, err := commentOf(a); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.ready(); err != nil {
-		return err
-	}
-	have, err := c.list(chain.Table, chain.Name, id)
-	if err != nil {
-		return err
-	}
-	for i, w := range want {
-		found := false
-		for _, r := range have {
-			if r.comment == id && sameExprs(chain.Table.Family, r.exprs, w.Exprs) {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return fmt.Errorf("%s of attachment %s is missing from %s %s chain %s",
-				name(i), id, familyName(chain.Table.Family), chain.Table.Name, chain.Name)
-		}
-	}
-	return nil
 }
 
 // masqRules returns one rule per distinct address.

@@ -1,4 +1,4 @@
-package nft
+package podrules
 
 import (
 	"encoding/binary"

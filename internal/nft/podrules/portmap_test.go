@@ -1,4 +1,4 @@
-package nft
+package podrules
 
 import (
 	"net"
@@ -6,12 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podnet/podnet/internal/attachment"
-
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/testing/sandbox"
+	"github.com/podnet/podnet/internal/attachment"
+	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/nfttest"
 )
 
 func portMapsFor(t *testing.T) []PortMap {
@@ -50,8 +49,13 @@ func TestPortMapsLifecycle(t *testing.T) {
 	if err := c.AddPortMaps(a, []PortMap{{ContainerIP: net.ParseIP("10.1.0.5"), SNAT: true}}); err != nil {
 		t.Fatal(err)
 	}
-	if out := nftOut(t, ns, "list", "tables"); strings.Contains(out, TableName) {
-		t.Fatalf("AddPortMaps without mappings created a table:\n%s", out)
+	var chains []string
+	err := c.nft.Transact(func(tx *nft.Tx) (_ bool, err error) {
+		chains, err = tx.Chains(inetTable)
+		return false, err
+	})
+	if err != nil || len(chains) != 0 {
+		t.Fatalf("AddPortMaps without mappings created chains %q (%v)", chains, err)
 	}
 
 	maps := portMapsFor(t)
@@ -78,27 +82,6 @@ func TestPortMapsLifecycle(t *testing.T) {
 		t.Error("check passed for a mapping that is not installed")
 	}
 
-	out := nftOut(t, ns, "list", "table", "inet", TableName)
-	for _, want := range []string{
-		`tcp dport 8080 fib daddr type local ip saddr != 10.9.0.0/16 ip saddr 10.1.0.5 meta mark set meta mark | 0x00002000`,
-		`tcp dport 8080 fib daddr type local ip saddr != 10.9.0.0/16 dnat ip to 10.1.0.5:80`,
-		`udp dport 5353 ip daddr 192.0.2.1 fib daddr type local ip saddr != 10.9.0.0/16 dnat ip to 10.1.0.5:53`,
-		`ip saddr 127.0.0.0/8 meta mark set meta mark | 0x00002000`,
-		`tcp dport 8080 fib daddr type local dnat ip6 to [fd00::5]:80`,
-		`ip daddr 10.1.0.5 meta mark & 0x00002000 == 0x00002000 masquerade`,
-		`ip6 daddr fd00::5 meta mark & 0x00002000 == 0x00002000 masquerade`,
-		`type nat hook prerouting priority dstnat`,
-		`type nat hook output priority -100`,
-		`type nat hook postrouting priority srcnat`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("ruleset lacks %q:\n%s", want, out)
-		}
-	}
-	if strings.Contains(out, "9000") || strings.Contains(out, "dnat ip6 to [fd00::5]:53") {
-		t.Errorf("mappings of the other family were installed:\n%s", out)
-	}
-
 	got, err := c.DelPortMaps(a)
 	if err != nil {
 		t.Fatal(err)
@@ -111,9 +94,8 @@ func TestPortMapsLifecycle(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("DelPortMaps removed %v, want %v", got, want)
 	}
-	out = nftOut(t, ns, "list", "table", "inet", TableName)
-	if strings.Contains(out, "c1") || !strings.Contains(out, "net/c2/eth0") {
-		t.Errorf("after DEL of c1:\n%s", out)
+	if got, want := owners(t, c), []string{"portmap-output net/c2/eth0", "portmap-prerouting net/c2/eth0"}; !equal(got, want) {
+		t.Errorf("after DEL of c1 rules are %q, want %q", got, want)
 	}
 	if got, err := c.DelPortMaps(a); err != nil || len(got) != 0 {
 		t.Errorf("second DEL: %v %v", got, err)
@@ -134,16 +116,38 @@ func TestPortMapsLifecycle(t *testing.T) {
 	if err := c.CheckPortMaps(b, other); err == nil {
 		t.Error("c2 survived GC")
 	}
-	if out := nftOut(t, ns, "list", "table", "inet", TableName); strings.Contains(out, "net/") {
-		t.Errorf("rules left after GC:\n%s", out)
+	if got := owners(t, c); len(got) != 0 {
+		t.Errorf("rules left after GC: %q", got)
 	}
 }
 
-func nftOut(t *testing.T, ns *netns.Temp, args ...string) string {
-	t.Helper()
-	out, err := sandbox.NFT(ns.NS, args...)
-	if err != nil {
+// TestPortMapsRuleText checks with the nft tool that the rules are the
+// documented ones.
+func TestPortMapsRuleText(t *testing.T) {
+	ns := tempNS(t, "pnpm")
+	c := connIn(t, ns)
+	if err := c.AddPortMaps(att("net", "c1", "eth0"), portMapsFor(t)); err != nil {
 		t.Fatal(err)
 	}
-	return string(out)
+	out := nfttest.NFT(t, ns, "list", "table", "inet", nft.TableName)
+	for _, want := range []string{
+		`tcp dport 8080 fib daddr type local ip saddr != 10.9.0.0/16 ip saddr 10.1.0.5 meta mark set meta mark | 0x00002000`,
+		`tcp dport 8080 fib daddr type local ip saddr != 10.9.0.0/16 dnat ip to 10.1.0.5:80`,
+		`udp dport 5353 ip daddr 192.0.2.1 fib daddr type local ip saddr != 10.9.0.0/16 dnat ip to 10.1.0.5:53`,
+		`ip saddr 127.0.0.0/8 meta mark set meta mark | 0x00002000`,
+		`tcp dport 8080 fib daddr type local dnat ip6 to [fd00::5]:80`,
+		`ip daddr 10.1.0.5 meta mark & 0x00002000 == 0x00002000 masquerade`,
+		`ip6 daddr fd00::5 meta mark & 0x00002000 == 0x00002000 masquerade`,
+		`type nat hook prerouting priority dstnat`,
+		`type nat hook output priority -100`,
+		`type nat hook postrouting priority srcnat`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "9000") || strings.Contains(out, "dnat ip6 to [fd00::5]:53") {
+		t.Errorf("mappings of the other family were installed:\n%s", out)
+	}
+
 }

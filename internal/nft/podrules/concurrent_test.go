@@ -1,4 +1,4 @@
-package nft
+package podrules
 
 import (
 	"fmt"
@@ -118,42 +118,5 @@ func TestConcurrentDelSameRules(t *testing.T) {
 	}
 	if got := owners(t, c); len(got) != 0 {
 		t.Fatalf("rules left: %q", got)
-	}
-}
-
-// TestStaleListingRetried makes a DEL's listing stale on purpose: between
-// the listing and the batch another connection removes the rules. The
-// batch fails with ENOENT, the listing is redone, and DEL succeeds.
-func TestStaleListingRetried(t *testing.T) {
-	ns := tempNS(t, "nfttest")
-	c, other := connIn(t, ns), connIn(t, ns)
-	a, b := att("stale", "pod1", "eth0"), att("stale", "pod2", "eth0")
-	for i, x := range []attachment.ID{a, b} {
-		if err := c.AddMasquerade(x, []*net.IPNet{{IP: net.IPv4(10, 52, 0, byte(i+2)), Mask: net.CIDRMask(24, 32)}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	builds, err := racingDel(t, c, a, func(build int) {
-		if build == 1 {
-			if err := other.DelAttachment(a); err != nil {
-				t.Fatal(err)
-			}
-		}
-	})
-	if err != nil {
-		t.Fatalf("transaction after a stale listing: %v", err)
-	}
-	if builds != 2 {
-		t.Errorf("built %d times, want 2 (one retry)", builds)
-	}
-	if got, want := owners(t, c), []string{"masquerade " + b.String()}; !equal(got, want) {
-		t.Errorf("rules %q, want %q", got, want)
-	}
-	// The connection is still usable after the failed batch.
-	if err := c.AddMasquerade(a, []*net.IPNet{{IP: net.IPv4(10, 52, 0, 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.CheckMasquerade(a, []*net.IPNet{{IP: net.IPv4(10, 52, 0, 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -1,0 +1,77 @@
+// Package nfttest holds the helpers the nft packages' tests share:
+// throwaway network namespaces, connections in them and the nft tool's
+// view of their ruleset. Tests never open a connection on the machine's
+// own namespace.
+package nfttest
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/testing/sandbox"
+)
+
+// NS creates a throwaway network namespace removed when the test ends,
+// also on failure; it skips the test without root.
+func NS(t testing.TB, prefix string) *netns.Temp {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	ns, err := netns.NewTemp(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Remove(); err != nil {
+			t.Errorf("remove netns: %v", err)
+		}
+	})
+	return ns
+}
+
+// NFT runs the nft tool in the namespace to observe it; it skips the
+// test where nft is not installed, so call it after the checks that need
+// no nft.
+func NFT(t testing.TB, ns *netns.Temp, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft not installed: the rules' text is not checked")
+	}
+	out, err := sandbox.NFT(ns.NS, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// Ruleset is `nft list ruleset` in the namespace.
+func Ruleset(t testing.TB, ns *netns.Temp) string {
+	t.Helper()
+	return NFT(t, ns, "list", "ruleset")
+}
+
+// CIDR parses an address with its prefix length, keeping the address
+// (10.1.0.5/24 stays 10.1.0.5, not 10.1.0.0).
+func CIDR(t testing.TB, s string) *net.IPNet {
+	t.Helper()
+	ip, n, err := net.ParseCIDR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.IP = ip
+	return n
+}
+
+// CIDRs parses each of ss with CIDR.
+func CIDRs(t testing.TB, ss ...string) []*net.IPNet {
+	t.Helper()
+	out := make([]*net.IPNet, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, CIDR(t, s))
+	}
+	return out
+}
