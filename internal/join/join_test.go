@@ -13,8 +13,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/podnet/podnet/internal/pki"
 )
@@ -95,8 +98,14 @@ func TestLoadOrCreateToken(t *testing.T) {
 }
 
 // endpoint serves a join endpoint of a fresh CA on loopback and returns
-// it with its URL and token.
+// its CA, URL and token.
 func endpoint(t *testing.T) (*pki.CA, string, Token) {
+	ca, url, tok, _ := endpointServer(t)
+	return ca, url, tok
+}
+
+// endpointServer is endpoint, with the Server.
+func endpointServer(t *testing.T) (*pki.CA, string, Token, *Server) {
 	t.Helper()
 	ca := newCA(t)
 	tok, err := NewToken(ca)
@@ -118,13 +127,33 @@ func endpoint(t *testing.T) (*pki.CA, string, Token) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return ca, "https://" + addr, tok
+	return ca, "https://" + addr, tok, s
 }
 
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return c
+}
+
+// TestFetchWaitsWhenBusy gives the endpoint an empty request budget that
+// refills slowly: Fetch gets 429, waits the Retry-After, tries again (a new
+// connection each time) and joins.
+func TestFetchWaitsWhenBusy(t *testing.T) {
+	_, url, tok, s := endpointServer(t)
+	s.limiter = rate.NewLimiter(rate.Every(1500*time.Millisecond), 1)
+	s.limiter.Allow()
+	var dials atomic.Int32
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	if _, err := Fetch(ctx(t), Request{URL: url, Token: tok, NodeName: "n1", Dial: dial}); err != nil {
+		t.Fatal(err)
+	}
+	if n := dials.Load(); n < 2 {
+		t.Fatalf("joined in %d attempt(s): Fetch did not get 429, or did not retry", n)
+	}
 }
 
 func TestFetch(t *testing.T) {
