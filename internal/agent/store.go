@@ -59,7 +59,7 @@ func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prome
 			ClientURL: client,
 			PeerURL:   peer,
 		}
-		if isHTTPS(client) || isHTTPS(peer) {
+		if isHTTPS(client) {
 			var err error
 			if sec, err = a.securePKI(&c, ul); err != nil {
 				return nil, err
@@ -96,15 +96,21 @@ func (s storeWithJoin) Close() error {
 	return errors.Join(s.join.Close(), s.Store.Close())
 }
 
-// embeddedURLs are the embedded server's client and peer URLs, by default
-// https on the node's underlay address and on loopback.
+// embeddedURLs are the embedded server's client and peer URLs: by default
+// https on the node's underlay address, and the peer URL on loopback with
+// the client URL's scheme (a plaintext client URL, allowed on loopback or
+// when insecure, has no PKI to serve the peer with).
 func (c *Config) embeddedURLs(ul controller.Underlay) (client, peer string) {
 	client, peer = c.EtcdClientURL, c.EtcdPeerURL
 	if client == "" {
 		client = "https://" + net.JoinHostPort(ul.IP.String(), strconv.Itoa(etcdClientPort))
 	}
 	if peer == "" {
-		peer = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(etcdPeerPort))
+		scheme := "http"
+		if isHTTPS(client) {
+			scheme = "https"
+		}
+		peer = scheme + "://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(etcdPeerPort))
 	}
 	return client, peer
 }

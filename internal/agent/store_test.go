@@ -74,6 +74,24 @@ func TestValidateDatastoreSecurity(t *testing.T) {
 	}
 }
 
+func TestEmbeddedURLs(t *testing.T) {
+	ul := controller.Underlay{IP: net.IPv4(10, 0, 0, 1)}
+	for _, tc := range []struct {
+		client, peer         string
+		wantClient, wantPeer string
+	}{
+		{"", "", "https://10.0.0.1:2379", "https://127.0.0.1:2380"},
+		{"https://10.0.0.1:12379", "", "https://10.0.0.1:12379", "https://127.0.0.1:2380"},
+		{"http://127.0.0.1:2379", "", "http://127.0.0.1:2379", "http://127.0.0.1:2380"},
+		{"", "https://127.0.0.1:12380", "https://10.0.0.1:2379", "https://127.0.0.1:12380"},
+	} {
+		c := Config{EtcdClientURL: tc.client, EtcdPeerURL: tc.peer}
+		if client, peer := c.embeddedURLs(ul); client != tc.wantClient || peer != tc.wantPeer {
+			t.Errorf("embeddedURLs(%q, %q) = %q, %q; want %q, %q", tc.client, tc.peer, client, peer, tc.wantClient, tc.wantPeer)
+		}
+	}
+}
+
 // storeAgent is an agent configured for the datastore only, its data in a
 // fresh directory.
 func storeAgent(t *testing.T, name string, mutate func(*Config)) *Agent {
