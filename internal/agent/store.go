@@ -73,8 +73,11 @@ func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prome
 		return nil, errors.New("unknown datastore " + a.cfg.Datastore)
 	}
 	s, err := etcd.Open(ctx, c)
-	if err != nil || sec == nil {
-		return s, err
+	if err != nil {
+		return nil, err
+	}
+	if sec == nil {
+		return s, nil
 	}
 	joinSrv, err := a.serveJoin(ctx, s, sec, ul)
 	if err != nil {
