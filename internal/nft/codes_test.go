@@ -8,7 +8,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/podnet/podnet/internal/cniplugin"
-	"github.com/podnet/podnet/internal/nft/nfttest"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 // TestLosingEveryRaceIsTryAgainLater makes every listing of a deletion

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/netns"
-	"github.com/podnet/podnet/internal/nft/nfttest"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 // connIn opens a Conn in the namespace, closed when the test ends.

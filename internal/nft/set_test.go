@@ -10,7 +10,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
-	"github.com/podnet/podnet/internal/nft/nfttest"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 func elem(key string) nftables.SetElement { return nftables.SetElement{Key: []byte(key)} }

@@ -10,8 +10,8 @@ import (
 
 	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/nft"
-	"github.com/podnet/podnet/internal/nft/nfttest"
 	"github.com/podnet/podnet/internal/nft/podrules"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 func TestElements(t *testing.T) {

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/podnet/podnet/internal/attachment"
-	"github.com/podnet/podnet/internal/nft/nfttest"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 // benchOps measures what one plugin invocation costs, with other pods'

@@ -15,7 +15,7 @@ import (
 	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/nft"
-	"github.com/podnet/podnet/internal/nft/nfttest"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 // connIn opens a Conn in the namespace, closed when the test ends.

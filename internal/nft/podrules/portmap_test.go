@@ -10,7 +10,7 @@ import (
 
 	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/nft"
-	"github.com/podnet/podnet/internal/nft/nfttest"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 func portMapsFor(t *testing.T) []PortMap {
