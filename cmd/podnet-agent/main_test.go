@@ -61,3 +61,25 @@ func TestConfigFile(t *testing.T) {
 		})
 	}
 }
+
+// TestInsecureDatastoreRefused runs the agent with plaintext datastore
+// URLs on the network or a malformed join token: it refuses before it
+// does anything.
+func TestInsecureDatastoreRefused(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"--datastore", "etcd", "--etcd-endpoints", "http://192.0.2.1:2379"}, "http://192.0.2.1:2379 is plaintext"},
+		{[]string{"--datastore", "embedded", "--etcd-client-url", "http://192.0.2.1:2379"}, "http://192.0.2.1:2379 is plaintext"},
+		{[]string{"--datastore", "etcd", "--etcd-endpoints", "https://192.0.2.1:2379", "--join-token", "not-a-token"}, "not a podnet join token"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			cmd := command()
+			cmd.SetArgs(append([]string{"--node-name", "n1", "--data-dir", t.TempDir()}, tc.args...))
+			if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("podnet-agent %v: %v, want an error about %q", tc.args, err, tc.wantErr)
+			}
+		})
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,7 +23,6 @@ import (
 	"github.com/podnet/podnet/internal/atomicfile"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/datastore"
-	"github.com/podnet/podnet/internal/datastore/etcd"
 )
 
 // Agent is one node's daemon.
@@ -193,44 +191,6 @@ func (a *Agent) addControllers(m *controller.Manager, env controller.Env, store 
 		Binary: a.cfg.CNIBinary, BinDir: a.cfg.CNIBinDir, ConfDir: a.cfg.CNIConfDir, IPAMDir: a.cfg.IPAMDir, Chain: a.cfg.Chain,
 	}))
 	m.Add(podcount.New(env))
-}
-
-// openStore opens the configured datastore: an embedded etcd server (its
-// client URL on the node's underlay address by default) or an external
-// etcd. The datastore logs through the agent's logger.
-func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prometheus.Registerer) (datastore.Store, error) {
-	c := etcd.Config{
-		Endpoints: a.cfg.EtcdEndpoints,
-		CAFile:    a.cfg.EtcdCAFile,
-		CertFile:  a.cfg.EtcdCertFile,
-		KeyFile:   a.cfg.EtcdKeyFile,
-		Prefix:    a.cfg.Prefix,
-		LeaseTTL:  a.cfg.LeaseTTL,
-		Log:       a.log.With("component", "datastore"),
-		Metrics:   reg,
-	}
-	switch a.cfg.Datastore {
-	case "embedded":
-		client := a.cfg.EtcdClientURL
-		if client == "" {
-			client = "http://" + net.JoinHostPort(ul.IP.String(), "2379")
-		}
-		peer := a.cfg.EtcdPeerURL
-		if peer == "" {
-			peer = "http://127.0.0.1:2380"
-		}
-		c.Endpoints = nil
-		c.Embed = &etcd.EmbedConfig{
-			Name:      a.cfg.NodeName,
-			DataDir:   filepath.Join(a.cfg.DataDir, "etcd"),
-			ClientURL: client,
-			PeerURL:   peer,
-		}
-	case "etcd":
-	default:
-		return nil, errors.New("unknown datastore " + a.cfg.Datastore)
-	}
-	return etcd.Open(ctx, c)
 }
 
 // clusterCfgUnderlay refuses a cluster whose pod networks overlap the

@@ -31,9 +31,23 @@ type Config struct {
 	EtcdCertFile  string
 	EtcdKeyFile   string
 	// EtcdClientURL and EtcdPeerURL are where the embedded server listens
-	// (defaults: http://<node IP>:2379 and http://127.0.0.1:2380).
+	// (defaults: https://<node IP>:2379 and https://127.0.0.1:2380).
 	EtcdClientURL string
 	EtcdPeerURL   string
+
+	// Datastore security (see store.go and docs/agent-datastore.md).
+	//
+	// JoinToken (or the file JoinTokenFile holds) lets a client of another
+	// agent's embedded datastore obtain its client certificate from that
+	// agent's join endpoint, JoinURL (default https://<first endpoint's
+	// host>:2378). JoinListen is where an embedding agent serves the join
+	// endpoint (default <node IP>:2378). InsecureDatastore allows plaintext
+	// datastore URLs on non-loopback addresses.
+	JoinToken         string
+	JoinTokenFile     string
+	JoinURL           string
+	JoinListen        string
+	InsecureDatastore bool
 	// Prefix is the datastore key prefix.
 	Prefix string
 	// DataDir keeps the embedded etcd's data and the node's last lease.
@@ -114,6 +128,7 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("unknown datastore %q (embedded or etcd)", c.Datastore))
 	}
+	errs = append(errs, c.validateDatastoreSecurity()...)
 	if c.LeaseTTL < 5*time.Second {
 		errs = append(errs, fmt.Errorf("lease TTL %s is shorter than 5s", c.LeaseTTL))
 	}

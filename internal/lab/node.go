@@ -69,16 +69,21 @@ func (l *Lab) agentArgs(n *Node) []string {
 	if n.IP6 != "" {
 		args = append(args, "--node-ip6", n.IP6, "--cluster-cidr6", clusterCIDR6, "--node-subnet-size6", strconv.Itoa(subnetSize6))
 	}
+	// The embedding agent secures the datastore on its own (mutual TLS,
+	// its CA made on first start); the others join with its token.
 	if n.Embedded {
-		args = append(args, "--datastore", "embedded",
-			"--etcd-client-url", "http://"+net.JoinHostPort(n.IP, "2379"),
-			"--etcd-peer-url", "http://127.0.0.1:2380")
+		args = append(args, "--datastore", "embedded")
 	} else {
+		e := l.etcdNode()
 		args = append(args, "--datastore", "etcd",
-			"--etcd-endpoints", "http://"+net.JoinHostPort(l.etcdNode().IP, "2379"))
+			"--etcd-endpoints", "https://"+net.JoinHostPort(e.IP, "2379"),
+			"--join-token-file", JoinTokenFile(e))
 	}
 	return args
 }
+
+// JoinTokenFile is where the embedding node's agent writes the join token.
+func JoinTokenFile(n *Node) string { return filepath.Join(n.Dir, "data", "join-token") }
 
 // startAgent starts the node's agent inside its namespace, detached (it
 // outlives the command that started it), logging to the node's dir.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/podnet/podnet/internal/cluster"
@@ -37,6 +38,16 @@ func (s *Store) EnsureClusterConfig(ctx context.Context, want cluster.Config) (c
 	if err := full.Validate(); err != nil {
 		return cluster.Config{}, nil, err
 	}
+	// Read first: a node whose etcd role may only read the config (see
+	// AuthorizeNode) cannot run the transaction, whose both branches etcd
+	// authorizes.
+	stored, err := s.ClusterConfig(ctx)
+	if err == nil {
+		return stored, configDiff(stored, want), nil
+	}
+	if !errors.Is(err, ErrNoClusterConfig) {
+		return cluster.Config{}, nil, err
+	}
 	val, err := json.Marshal(full)
 	if err != nil {
 		return cluster.Config{}, nil, fmt.Errorf("datastore: cluster config: %w", err)
@@ -46,6 +57,9 @@ func (s *Store) EnsureClusterConfig(ctx context.Context, want cluster.Config) (c
 		Then(clientv3.OpPut(key, string(val))).
 		Else(clientv3.OpGet(key)).
 		Commit()
+	if errors.Is(err, rpctypes.ErrPermissionDenied) {
+		return cluster.Config{}, nil, fmt.Errorf("datastore: no cluster config stored yet, and this node may not store one (the embedding agent stores it when it starts): %w", err)
+	}
 	if err != nil {
 		return cluster.Config{}, nil, fmt.Errorf("datastore: store cluster config: %w", err)
 	}
@@ -56,7 +70,7 @@ func (s *Store) EnsureClusterConfig(ctx context.Context, want cluster.Config) (c
 	if len(kvs) == 0 {
 		return cluster.Config{}, nil, fmt.Errorf("datastore: cluster config vanished while read")
 	}
-	stored, err := decodeConfig(kvs[0].Value)
+	stored, err = decodeConfig(kvs[0].Value)
 	if err != nil {
 		return cluster.Config{}, nil, err
 	}

@@ -24,11 +24,13 @@ type EmbedConfig struct {
 	// server listens on it and advertises it.
 	ClientURL string
 	// PeerURL is the raft peer URL (unused by a single node but required
-	// by etcd), e.g. "http://127.0.0.1:2380".
+	// by etcd), e.g. "https://127.0.0.1:2380": when https, the peer
+	// listener serves CertFile and requires peer certificates signed by
+	// ClientCAFile.
 	PeerURL string
 	// CertFile and KeyFile are the server's certificate for an https
-	// ClientURL. ClientCAFile, when set, makes the server require client
-	// certificates signed by that CA.
+	// ClientURL or PeerURL. ClientCAFile, when set, makes the server
+	// require client certificates signed by that CA.
 	CertFile, KeyFile, ClientCAFile string
 }
 
@@ -71,6 +73,9 @@ func startEmbedded(ctx context.Context, ec EmbedConfig, lg *zap.Logger, lvl zap.
 	if (curl.Scheme == "https") != (ec.CertFile != "") {
 		return embeddedServer{}, fmt.Errorf("datastore: embedded etcd: ClientURL %s needs CertFile/KeyFile exactly when it is https", ec.ClientURL)
 	}
+	if purl.Scheme == "https" && (ec.CertFile == "" || ec.ClientCAFile == "") {
+		return embeddedServer{}, fmt.Errorf("datastore: embedded etcd: an https PeerURL (%s) needs CertFile/KeyFile and ClientCAFile", ec.PeerURL)
+	}
 	if err := os.MkdirAll(ec.DataDir, 0o700); err != nil {
 		return embeddedServer{}, fmt.Errorf("datastore: embedded etcd data dir: %w", err)
 	}
@@ -92,6 +97,14 @@ func startEmbedded(ctx context.Context, ec EmbedConfig, lg *zap.Logger, lvl zap.
 		KeyFile:        ec.KeyFile,
 		TrustedCAFile:  ec.ClientCAFile,
 		ClientCertAuth: ec.ClientCAFile != "",
+	}
+	if purl.Scheme == "https" {
+		cfg.PeerTLSInfo = transport.TLSInfo{
+			CertFile:       ec.CertFile,
+			KeyFile:        ec.KeyFile,
+			TrustedCAFile:  ec.ClientCAFile,
+			ClientCertAuth: true,
+		}
 	}
 	cfg.SnapshotCount = embedSnapshotCount
 	cfg.SnapshotCatchUpEntries = embedSnapshotCatchUpEntries

@@ -1,13 +1,9 @@
 package etcd
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +12,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/pki"
 )
 
 func TestEmbeddedServerAndExternalClient(t *testing.T) {
@@ -89,65 +86,33 @@ func TestEmbeddedServerAndExternalClient(t *testing.T) {
 	}
 }
 
-// writePEM writes a certificate signed by parent (self-signed when parent is
-// nil) and its key into dir as name.crt and name.key.
-func writePEM(t *testing.T, dir, name string, tmpl *x509.Certificate, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
+// testPKI is a cluster CA in dir with a server certificate for loopback
+// and a client certificate; it returns the file of each.
+func testPKI(t *testing.T, dir string) (ca, serverCert, serverKey, clientCert, clientKey string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := pki.LoadOrCreateCA(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	serverCert, serverKey, err = c.EnsureServer(dir, []string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	kder, err := x509.MarshalECPrivateKey(key)
+	clientCert, clientKey, err = c.EnsureClient(dir, "agent")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, name+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
+	return filepath.Join(dir, pki.CACertFile), serverCert, serverKey, clientCert, clientKey
 }
 
 func TestTLS(t *testing.T) {
-	pki := t.TempDir()
-	now := time.Now()
-	cert := func(serial int64, cn string, ca bool, usage x509.ExtKeyUsage) *x509.Certificate {
-		c := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-			KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-			ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		if ca {
-			c.IsCA, c.BasicConstraintsValid = true, true
-			c.KeyUsage |= x509.KeyUsageCertSign
-			c.ExtKeyUsage = nil
-		}
-		return c
-	}
-	caCert, caKey := writePEM(t, pki, "ca", cert(1, "podnet test CA", true, 0), nil, nil)
-	writePEM(t, pki, "server", cert(2, "etcd", false, x509.ExtKeyUsageServerAuth), caCert, caKey)
-	writePEM(t, pki, "client", cert(3, "agent", false, x509.ExtKeyUsageClientAuth), caCert, caKey)
-	writePEM(t, pki, "other-ca", cert(4, "another CA", true, 0), nil, nil)
-	f := func(n string) string { return filepath.Join(pki, n) }
+	ca, srvCert, srvKey, cliCert, cliKey := testPKI(t, t.TempDir())
+	otherCA, _, _, otherCert, otherKey := testPKI(t, t.TempDir())
 
 	ec := testEmbed(t, t.TempDir(), "https")
-	ec.CertFile, ec.KeyFile, ec.ClientCAFile = f("server.crt"), f("server.key"), f("ca.crt")
-	tlsClient := Config{CAFile: f("ca.crt"), CertFile: f("client.crt"), KeyFile: f("client.key")}
+	ec.PeerURL = strings.Replace(ec.PeerURL, "http:", "https:", 1)
+	ec.CertFile, ec.KeyFile, ec.ClientCAFile = srvCert, srvKey, ca
+	tlsClient := Config{CAFile: ca, CertFile: cliCert, KeyFile: cliKey}
 
 	srvCfg := tlsClient
 	srvCfg.Embed = ec
@@ -170,9 +135,10 @@ func TestTLS(t *testing.T) {
 	}
 
 	for name, bad := range map[string]Config{
-		"no client cert": {CAFile: f("ca.crt")},
-		"wrong CA":       {CAFile: f("other-ca.crt"), CertFile: f("client.crt"), KeyFile: f("client.key")},
-		"plain":          {},
+		"no client cert":                    {CAFile: ca},
+		"client cert of another CA":         {CAFile: ca, CertFile: otherCert, KeyFile: otherKey},
+		"server checked against another CA": {CAFile: otherCA, CertFile: cliCert, KeyFile: cliKey},
+		"plain":                             {},
 	} {
 		bad.Endpoints, bad.DialTimeout = []string{ec.ClientURL}, 500*time.Millisecond
 		if name == "plain" {
@@ -183,7 +149,48 @@ func TestTLS(t *testing.T) {
 			t.Fatalf("%s: client connected", name)
 		}
 	}
-	if _, err := Open(testCtx(t), Config{Endpoints: ext.Endpoints, CAFile: f("missing.crt")}); err == nil || !strings.Contains(err.Error(), "client TLS") {
+	if _, err := Open(testCtx(t), Config{Endpoints: ext.Endpoints, CAFile: filepath.Join(t.TempDir(), "missing.crt")}); err == nil || !strings.Contains(err.Error(), "client TLS") {
 		t.Fatalf("missing CA file: %v", err)
 	}
+
+	// The peer listener, too, wants a certificate of the CA.
+	peer := strings.TrimPrefix(ec.PeerURL, "https://")
+	for name, certs := range map[string][]tls.Certificate{"none": nil, "another CA's": {loadPair(t, otherCert, otherKey)}} {
+		conn, err := tls.Dial("tcp", peer, &tls.Config{RootCAs: caPool(t, ca), Certificates: certs})
+		if err == nil {
+			// TLS 1.3: the server checks the client's certificate after
+			// the client's handshake ends; the refusal comes on reading,
+			// an accepted connection just waits for a request.
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+		}
+		var ne net.Error
+		if err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("peer listener with %s client certificate: accepted (%v)", name, err)
+		}
+	}
+	if _, err := Open(testCtx(t), Config{Embed: &EmbedConfig{Name: "x", DataDir: t.TempDir(), ClientURL: ec.ClientURL, PeerURL: ec.PeerURL, CertFile: srvCert, KeyFile: srvKey}}); err == nil || !strings.Contains(err.Error(), "PeerURL") {
+		t.Fatalf("https peer URL without a CA: %v", err)
+	}
+}
+
+func loadPair(t *testing.T, cert, key string) tls.Certificate {
+	t.Helper()
+	c, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func caPool(t *testing.T, caFile string) *x509.CertPool {
+	t.Helper()
+	c, err := pki.ReadCert(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := x509.NewCertPool()
+	p.AddCert(c)
+	return p
 }
