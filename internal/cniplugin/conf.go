@@ -108,24 +108,31 @@ func (n *NetConf) KeepsAttachment(a attachment.ID) bool {
 	return false
 }
 
-// checkGCInput refuses a GC whose configuration lists no valid
-// attachments: the spec requires cni.dev/valid-attachments (an array, empty
-// when no attachment is valid), and libcni always sends it. Without it, or
-// with it null, GC would take every attachment of the network for stale,
-// so the call is invalid (7) and nothing is collected. The legacy
-// cni.dev/attachments key, which libcni sends as well, is accepted in its
-// place.
+// checkGCInput refuses a GC whose configuration lacks the list of valid
+// attachments: the spec requires cni.dev/valid-attachments, and libcni
+// always sends it. Without it GC would take every attachment of the
+// network for stale, so the call is invalid (7) and nothing is collected.
+// The legacy cni.dev/attachments key, which libcni sends as well, is
+// accepted in its place. A null list is libcni's encoding of a runtime's
+// nil slice — no attachment is valid, as an empty array says — and is
+// accepted as such: refusing it would break GC on a node without pods.
 func checkGCInput(data []byte) error {
-	var lists struct {
-		Valid  *[]types.GCAttachment `json:"cni.dev/valid-attachments"`
-		Legacy *[]types.GCAttachment `json:"cni.dev/attachments"`
-	}
+	var lists map[string]json.RawMessage
 	if err := json.Unmarshal(data, &lists); err != nil {
 		return NewError(types.ErrDecodingFailure, "failed to parse network configuration", err.Error())
 	}
-	if lists.Valid == nil && lists.Legacy == nil {
+	_, valid := lists["cni.dev/valid-attachments"]
+	_, legacy := lists["cni.dev/attachments"]
+	if !valid && !legacy {
 		return NewError(types.ErrInvalidNetworkConfig, "GC without cni.dev/valid-attachments",
-			"the list of valid attachments is missing or null; an empty array says none is valid")
+			"the list of valid attachments is missing; an empty array says none is valid")
+	}
+	var typed struct {
+		Valid  []types.GCAttachment `json:"cni.dev/valid-attachments"`
+		Legacy []types.GCAttachment `json:"cni.dev/attachments"`
+	}
+	if err := json.Unmarshal(data, &typed); err != nil {
+		return NewError(types.ErrDecodingFailure, "failed to parse network configuration", err.Error())
 	}
 	return nil
 }

@@ -19,8 +19,8 @@ func TestCheckGCInput(t *testing.T) {
 		{"legacy key only", head + `,"cni.dev/attachments":[]}`, 0},
 		{"both keys, as libcni sends them", head + `,"cni.dev/valid-attachments":[],"cni.dev/attachments":[]}`, 0},
 		{"key missing", head + `}`, types.ErrInvalidNetworkConfig},
-		{"key null", head + `,"cni.dev/valid-attachments":null}`, types.ErrInvalidNetworkConfig},
-		{"both null", head + `,"cni.dev/valid-attachments":null,"cni.dev/attachments":null}`, types.ErrInvalidNetworkConfig},
+		{"key null, libcni's nil slice: none valid", head + `,"cni.dev/valid-attachments":null}`, 0},
+		{"both null", head + `,"cni.dev/valid-attachments":null,"cni.dev/attachments":null}`, 0},
 		{"not an array", head + `,"cni.dev/valid-attachments":{}}`, types.ErrDecodingFailure},
 		{"malformed", head, types.ErrDecodingFailure},
 	} {

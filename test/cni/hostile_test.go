@@ -211,8 +211,6 @@ func TestHostileInput(t *testing.T) {
 		code  uint
 	}{
 		{name: "GC without cni.dev/valid-attachments", command: "GC", code: codeConf},
-		{name: "GC with cni.dev/valid-attachments null", command: "GC", code: codeConf,
-			conf: func(c sandbox.Conf) { c["cni.dev/valid-attachments"] = nil }},
 		{name: "host-local GC without cni.dev/valid-attachments", plugin: "host-local", command: "GC", code: codeConf},
 		{name: "tuning GC without cni.dev/valid-attachments", plugin: "tuning", command: "GC", code: codeConf},
 		{name: "GC with only the legacy cni.dev/attachments", command: "GC", code: codeOK,
