@@ -31,18 +31,25 @@ func acquire(t testing.TB, s *Store, name string, prefer cluster.Node, ttl time.
 	return l
 }
 
-// subnetOwners maps each subnet key of s to the node holding it.
-func subnetOwners(t testing.TB, s *Store) map[string]string {
+// subnetOwners maps each claimed subnet of s (its key name) to the node
+// holding it, and counts the claim keys.
+func subnetOwners(t testing.TB, s *Store) (map[string]string, int) {
 	t.Helper()
-	resp, err := s.Client().Get(testCtx(t), s.key(keySubnets), clientv3.WithPrefix())
+	resp, err := s.Client().Get(testCtx(t), s.key(keyClaims), clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := map[string]string{}
+	cs := claims{}
 	for _, kv := range resp.Kvs {
-		m[strings.TrimPrefix(string(kv.Key), s.key(keySubnets))] = string(kv.Value)
+		if !cs.put(s, kv) {
+			t.Fatalf("%s is no claim key", kv.Key)
+		}
 	}
-	return m
+	m := map[string]string{}
+	for sn := range cs {
+		m[sn] = cs.owner(sn)
+	}
+	return m, len(resp.Kvs)
 }
 
 func TestAcquireConcurrentDistinct(t *testing.T) {
@@ -85,17 +92,18 @@ func TestAcquireConcurrentDistinct(t *testing.T) {
 			t.Fatalf("10.244.%d.0/24 not leased: leases are not the first free ones", i)
 		}
 	}
-	owners := subnetOwners(t, s)
+	// Every race loser withdrew its claim.
+	owners, keys := subnetOwners(t, s)
 	nodes, err := s.Nodes(testCtx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(owners) != n || len(nodes) != n {
-		t.Fatalf("%d subnet keys, %d node records, want %d each", len(owners), len(nodes), n)
+	if len(owners) != n || keys != n || len(nodes) != n {
+		t.Fatalf("%d subnets claimed by %d keys, %d node records, want %d each", len(owners), keys, len(nodes), n)
 	}
 	for _, nd := range nodes {
 		if owners[subnetKeyName(nd.Subnet)] != nd.Name || s.recordLease(t, nd.Name) != s.mustLease(t, nd.Name) {
-			t.Fatalf("record of %s (%s) disagrees with the subnet keys", nd.Name, nd.Subnet)
+			t.Fatalf("record of %s (%s) disagrees with the claims", nd.Name, nd.Subnet)
 		}
 	}
 }
@@ -119,20 +127,14 @@ func (s *Store) recordLease(t testing.TB, name string) clientv3.LeaseID {
 	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }
 
-// mustLease is the lease the subnet key of node name is bound to.
+// mustLease is the lease the claim of node name is bound to.
 func (s *Store) mustLease(t testing.TB, name string) clientv3.LeaseID {
 	t.Helper()
-	resp, err := s.Client().Get(testCtx(t), s.key(keySubnets), clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
+	resp, err := s.Client().Get(testCtx(t), s.key(keyClaims+name+"/"), clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) == 0 {
+		t.Fatalf("no claim of %s: %v", name, err)
 	}
-	for _, kv := range resp.Kvs {
-		if string(kv.Value) == name {
-			return clientv3.LeaseID(kv.Lease)
-		}
-	}
-	t.Fatalf("no subnet key for %s", name)
-	return 0
+	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }
 
 func TestAcquireRestartKeepsSubnet(t *testing.T) {
@@ -160,14 +162,14 @@ func TestAcquireRestartKeepsSubnet(t *testing.T) {
 		t.Fatalf("old lease after restart: ttl %v, err %v; want revoked (-1)", ttl, err)
 	}
 	if got := s.mustLease(t, "b"); got != l.ID() {
-		t.Fatalf("subnet key bound to lease %x, want the new %x", got, l.ID())
+		t.Fatalf("claim bound to lease %x, want the new %x", got, l.ID())
 	}
 	nodes, _ := s.Nodes(testCtx(t))
 	if len(nodes) != 3 || nodes[1].Name != "b" || s.recordLease(t, "b") != l.ID() {
 		t.Fatalf("nodes after restart: %+v", nodes)
 	}
-	if owners := subnetOwners(t, s); len(owners) != 3 {
-		t.Fatalf("subnet keys after restart: %v", owners)
+	if owners, keys := subnetOwners(t, s); len(owners) != 3 || keys != 3 {
+		t.Fatalf("claims after restart: %v in %d keys", owners, keys)
 	}
 }
 
@@ -206,8 +208,8 @@ func TestAcquireExhausted(t *testing.T) {
 		t.Fatalf("fifth node: err = %v, want exhaustion naming 10.9.0.0/28 and /30", err)
 	}
 	// The failed attempt left no lease or key behind.
-	if owners := subnetOwners(t, s); len(owners) != 4 {
-		t.Fatalf("subnet keys after exhaustion: %v", owners)
+	if owners, keys := subnetOwners(t, s); len(owners) != 4 || keys != 4 {
+		t.Fatalf("claims after exhaustion: %v in %d keys", owners, keys)
 	}
 	if after := leaseCount(t, s); after != before {
 		t.Fatalf("%d etcd leases before the failed acquire, %d after", before, after)
@@ -316,13 +318,13 @@ func TestWatchNodesJoinLeaveRelease(t *testing.T) {
 		t.Fatal("update of another node's record accepted")
 	}
 
-	// Release: record and subnet key vanish at once.
+	// Release: record and claim vanish at once.
 	if err := a.Release(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
 	nodes, _ = s.Nodes(testCtx(t))
-	owners := subnetOwners(t, s)
-	if len(nodes) != 1 || nodes[0].Name != "b" || len(owners) != 1 || owners["10.244.1.0_24"] != "b" {
+	owners, keys := subnetOwners(t, s)
+	if len(nodes) != 1 || nodes[0].Name != "b" || keys != 1 || owners["10.244.1.0_24"] != "b" {
 		t.Fatalf("after release: nodes %+v, subnets %v", nodes, owners)
 	}
 	expect(t, ch, "b=10.244.1.0/24")
@@ -350,8 +352,8 @@ func TestLeaseExpiryReclaims(t *testing.T) {
 	acquire(t, s, "dead", cluster.Node{}, 2*time.Second) // nobody keeps it alive
 	expect(t, ch, "dead=10.244.1.0/24 keep=10.244.0.0/24")
 	expect(t, ch, "keep=10.244.0.0/24")
-	if owners := subnetOwners(t, s); len(owners) != 1 {
-		t.Fatalf("after expiry: %v", owners)
+	if owners, keys := subnetOwners(t, s); len(owners) != 1 || keys != 1 {
+		t.Fatalf("after expiry: %v in %d keys", owners, keys)
 	}
 	if got := acquire(t, s, "new", cluster.Node{}, testTTL).Node().Subnet.String(); got != "10.244.1.0/24" {
 		t.Fatalf("reclaimed subnet went elsewhere: new got %s", got)
@@ -450,8 +452,11 @@ func TestWatchNodesRefusesForgedRecords(t *testing.T) {
 	if got := testutil.ToFloat64(s.refusedRecords) - before; got != 3 {
 		t.Fatalf("refused records counted %v, want 3", got)
 	}
-	// A subnet key rewritten to another owner takes the record out.
-	if _, err := s.Client().Put(testCtx(t), s.key(keySubnets+"10.244.1.0_24"), "a"); err != nil {
+	// A claim taken from c by a takes c's record out, and a's stays out.
+	sn := mustCIDR(t, "10.244.1.0/24")
+	if _, err := s.Client().Txn(testCtx(t)).Then(
+		clientv3.OpDelete(s.claimKey("c", sn)), clientv3.OpPut(s.claimKey("a", sn), sn.String()),
+	).Commit(); err != nil {
 		t.Fatal(err)
 	}
 	expect(t, ch, "b=10.244.0.0/24")
