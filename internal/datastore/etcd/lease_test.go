@@ -461,3 +461,117 @@ func TestWatchNodesRefusesForgedRecords(t *testing.T) {
 	}
 	expect(t, ch, "b=10.244.0.0/24")
 }
+
+// claimRevisions are the create and mod revisions of node's claim of sn.
+func claimRevisions(t testing.TB, s *Store, node string, sn *net.IPNet) (create, mod int64) {
+	t.Helper()
+	resp, err := s.Client().Get(testCtx(t), s.claimKey(node, sn))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("claim of %s by %s: %v", sn, node, err)
+	}
+	return resp.Kvs[0].CreateRevision, resp.Kvs[0].ModRevision
+}
+
+// TestLateClaimLoses: a node claims a subnet a live node holds and names it
+// in its record, as a compromised node may (the claim is under its own
+// name). The watch keeps handing out the older claim's node only: as is,
+// and when that node restarts (rebinding its claim to a new lease keeps
+// the claim's create revision, so its precedence). The late claim wins only
+// when the older one is gone: its node left, or lost its lease and came
+// back with a fresh claim, of another subnet.
+func TestLateClaimLoses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		then func(t *testing.T, s *Store, a *Lease)
+		want string
+	}{
+		{"as is", func(*testing.T, *Store, *Lease) {}, "a=10.244.0.0/24 c=10.244.1.0/24"},
+		{"owner restarts", func(t *testing.T, s *Store, a *Lease) {
+			sn := a.Node().Subnet
+			create, mod := claimRevisions(t, s, "a", sn)
+			s2, err := Open(testCtx(t), Config{Endpoints: []string{sharedURL(t)}, Prefix: s.Prefix()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s2.Close() })
+			if got := acquire(t, s2, "a", cluster.Node{}, testTTL).Node().Subnet; got.String() != sn.String() {
+				t.Fatalf("restarted a got %s, want %s", got, sn)
+			}
+			if create2, mod2 := claimRevisions(t, s, "a", sn); create2 != create || mod2 <= mod {
+				t.Fatalf("rebound claim: create revision %d → %d, mod %d → %d; want the same create revision, a later mod", create, create2, mod, mod2)
+			}
+		}, "a=10.244.0.0/24 c=10.244.1.0/24"},
+		{"owner leaves", func(t *testing.T, _ *Store, a *Lease) {
+			if err := a.Release(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+		}, "c=10.244.1.0/24 x=10.244.0.0/24"},
+		{"owner loses its lease", func(t *testing.T, s *Store, a *Lease) {
+			if _, err := s.Client().Revoke(testCtx(t), a.ID()); err != nil {
+				t.Fatal(err)
+			}
+			a.reacquireLost(testCtx(t), newBackoff(), nil)
+		}, "a=10.244.1.0/24 c=10.244.2.0/24 x=10.244.0.0/24"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			withConfig(t, s, v4Config)
+			a := acquire(t, s, "a", cluster.Node{}, testTTL)
+			sn := a.Node().Subnet
+			ch := watch(t, s)
+			expect(t, ch, "a=10.244.0.0/24")
+			if _, err := s.Client().Txn(testCtx(t)).Then(
+				clientv3.OpPut(s.claimKey("x", sn), sn.String()),
+				clientv3.OpPut(s.key(keyNodes+"x"), `{"name":"x","ip":"192.0.2.66","subnet":"10.244.0.0/24"}`),
+			).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			tc.then(t, s, a)
+			// A node joining after all that: the watch has seen it all.
+			acquire(t, s, "c", cluster.Node{}, testTTL)
+			expect(t, ch, tc.want)
+		})
+	}
+}
+
+// TestRaceLoserBacksOff: a node whose claim is not its subnet's first
+// (another node's claim was created between its read and its write)
+// deletes that claim and keeps the ones it won; acquiring again, it keeps
+// the subnet it won and does not take the lost one.
+func TestRaceLoserBacksOff(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	lost := acquire(t, s, "a", cluster.Node{}, testTTL).Node().Subnet
+	won := mustCIDR(t, "10.244.5.0/24")
+	for _, sn := range []*net.IPNet{lost, won} { // b's claims as its transaction left them
+		if _, err := s.Client().Put(testCtx(t), s.claimKey("b", sn), sn.String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		picked   []*net.IPNet
+		wantLost bool
+		wantKeys int
+	}{
+		{"won", []*net.IPNet{won}, false, 3},
+		{"one lost", []*net.IPNet{lost, won}, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := s.Client().Get(testCtx(t), s.key(keyClaims), clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.dropLost(testCtx(t), "b", tc.picked, resp.Kvs)
+			if err != nil || got != tc.wantLost {
+				t.Fatalf("lost = %v, %v; want %v", got, err, tc.wantLost)
+			}
+			if owners, keys := subnetOwners(t, s); keys != tc.wantKeys || owners[subnetKeyName(lost)] != "a" || owners[subnetKeyName(won)] != "b" {
+				t.Fatalf("claims: %v in %d keys, want %d keys", owners, keys, tc.wantKeys)
+			}
+		})
+	}
+	if got := acquire(t, s, "b", cluster.Node{Subnet: lost}, testTTL).Node().Subnet; got.String() != won.String() {
+		t.Fatalf("b acquired %s, want the subnet it won, %s", got, won)
+	}
+}
