@@ -132,7 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			Name: "podnet_agent_lease_reacquisitions_total", Help: "Times the lease was lost and the node's subnets taken again.",
 		}),
 		refusedRecords: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "podnet_agent_node_records_refused_total", Help: "Node records refused because their subnets are not leased to them.",
+			Name: "podnet_agent_node_records_refused_total", Help: "Node records refused because their node does not hold their subnets' oldest claims.",
 		}),
 	}
 	if s.log == nil {

@@ -227,7 +227,7 @@ func (s *Store) dropLost(ctx context.Context, node string, picked []*net.IPNet, 
 	return true, nil
 }
 
-// heldIn is a subnet of p among the node's held subnet keys, or nil.
+// heldIn is a subnet of p among the subnets the node holds, or nil.
 func heldIn(p *pool, held map[string]bool) *net.IPNet {
 	var best *net.IPNet
 	for k := range held {
@@ -379,7 +379,7 @@ func (l *Lease) Update(ctx context.Context, n cluster.Node) error {
 	return nil
 }
 
-// Release revokes the lease: the node's record and subnet keys vanish at
+// Release revokes the lease: the node's record and claims vanish at
 // once (a graceful leave), and Run returns.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()
