@@ -109,7 +109,8 @@ func (l *Lease) acquire(ctx context.Context, n cluster.Node, prefer cluster.Node
 // bind writes n's record and one claim per family under lease id in a
 // transaction that also reads the claims back. A claim that is not its
 // subnet's first (lowest create revision) lost a race to another node's:
-// bind deletes it and picks again. It returns the record and the node's other leases (to revoke).
+// bind deletes it and picks again. It returns the record and the node's
+// other leases (to revoke).
 func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n cluster.Node, prefer cluster.Node, cfg cluster.Config) (cluster.Node, []clientv3.LeaseID, error) {
 	v4, v6 := pools(cfg)
 	nodeKey := s.key(keyNodes + n.Name)
