@@ -210,15 +210,16 @@ func TestSubnetChangeFollowed(t *testing.T) {
 		t.Fatalf("joined with %s", old)
 	}
 	prefix := tn.cfg.Prefix
-	nodeKey, subnetKey := prefix+"nodes/n1", prefix+"subnets/10.244.0.0_24"
+	nodeKey, theftKey := prefix+"nodes/n1", prefix+"claims/thief/10.244.0.0_24"
 	resp, err := tn.client.Get(ctx, nodeKey)
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("record of n1: %v", err)
 	}
 	lease := clientv3.LeaseID(resp.Kvs[0].Lease)
-	// The thief takes the subnet in one transaction, then n1's lease goes.
+	// The thief claims the subnet (without a lease: its claim stays), then
+	// n1's lease goes with its older claim: the subnet is the thief's.
 	if _, err := tn.client.Txn(ctx).Then(
-		clientv3.OpDelete(nodeKey), clientv3.OpPut(subnetKey, "thief"), // a put without lease detaches the key
+		clientv3.OpDelete(nodeKey), clientv3.OpPut(theftKey, "10.244.0.0/24"),
 	).Commit(); err != nil {
 		t.Fatal(err)
 	}

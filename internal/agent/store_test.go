@@ -206,7 +206,7 @@ func TestSecuredDatastore(t *testing.T) {
 			if _, _, err := cs.EnsureClusterConfig(openCtx(t), a.cfg.Cluster); err != nil {
 				t.Fatalf("joined node cannot use the datastore: %v", err)
 			}
-			// Its etcd role confines it to its own record (and the subnet keys).
+			// Its etcd role confines it to its own record (and its claims).
 			cli := cs.(*etcd.Store).Client()
 			for _, key := range []string{"/podnet/nodes/n1", "/podnet/nodes/n0", "/podnet/config"} {
 				_, err := cli.Put(openCtx(t), key, "{}")

@@ -68,8 +68,9 @@ func opCtx(t *testing.T) context.Context {
 // plaintext is refused, a wrong join token is refused; with the right
 // token the same place gets a certificate and can read — so the refusals
 // are the datastore's, not the network's — but, as any joined node, write
-// neither another node's record nor the cluster config. The lab's second
-// node joined with the token.
+// neither another node's record or claim nor the cluster config; its own
+// claim of the embedding node's subnet, with a record naming it, is routed
+// by nobody. The lab's second node joined with the token.
 func TestDatastoreRefusesStrangers(t *testing.T) {
 	l := newLab(t, lab.Spec{Nodes: 2, PodsPerNode: 1})
 	e := l.Nodes[0]
@@ -98,6 +99,14 @@ func TestDatastoreRefusesStrangers(t *testing.T) {
 	roots := func() *tls.Config {
 		p := (&pki.CA{Cert: ca}).Pool()
 		return &tls.Config{RootCAs: p, ServerName: e.IP}
+	}
+	st, err := l.AgentStatus(ctxFor(t), e)
+	if err != nil || st.Node.Subnet == nil {
+		t.Fatalf("%s's status: %+v, %v", e.Name, st, err)
+	}
+	subnet := st.Node.Subnet.String()
+	claimOf := func(node string) string {
+		return "/podnet-lab/claims/" + node + "/" + strings.Replace(subnet, "/", "_", 1)
 	}
 	vantages := map[string]string{"pod": l.Pods[0].NS}
 	for _, ns := range l.Namespaces {
@@ -156,15 +165,27 @@ func TestDatastoreRefusesStrangers(t *testing.T) {
 			if r, err := probe.Get(opCtx(t), "/podnet-lab/config"); err != nil || r.Count != 1 {
 				t.Fatalf("read with the token's certificate: %v", err)
 			}
-			// Its etcd role lets it write its own record only.
-			for _, key := range []string{"/podnet-lab/nodes/" + e.Name, "/podnet-lab/config", "/podnet-lab/nodes/evil"} {
+			// Its etcd role lets it write its own record and claims only.
+			for _, key := range []string{"/podnet-lab/nodes/" + e.Name, "/podnet-lab/config", "/podnet-lab/nodes/evil", claimOf(e.Name)} {
 				if _, err := probe.Put(opCtx(t), key, `{"name":"evil","ip":"10.100.1.200","subnet":"0.0.0.0/1"}`); err == nil || !strings.Contains(err.Error(), "permission denied") {
 					t.Errorf("a joined node writes %s: %v", key, err)
 				}
 			}
+			if _, err := probe.Delete(opCtx(t), claimOf(e.Name)); err == nil || !strings.Contains(err.Error(), "permission denied") {
+				t.Errorf("a joined node deletes %s's claim: %v", e.Name, err)
+			}
+			// Its own claim of a live node's subnet, and a record naming
+			// it, are written but routed by nobody: the older claim owns it.
+			if _, err := probe.Txn(opCtx(t)).Then(
+				clientv3.OpPut(claimOf("probe"), subnet),
+				clientv3.OpPut("/podnet-lab/nodes/probe", `{"name":"probe","ip":"10.100.1.200","subnet":"`+subnet+`"}`),
+			).Commit(); err != nil {
+				t.Errorf("a joined node writes its own claim and record: %v", err)
+			}
 		})
 	}
-	// No record was forged: every node still routes only to the others.
+	// No record was forged, the probe's is refused: every node still
+	// routes only to the others.
 	wantBackends(t, l, true, "")
 	checkAll(t, l)
 }

@@ -22,7 +22,7 @@ const nodeRolePrefix = "podnet-node:"
 // CN of this Store's own certificate) gets the root role; every node that
 // has a record gets its node role (see AuthorizeNode). It is a no-op when
 // authentication is already on. From then on a node's certificate only
-// reads under the prefix and writes its own record and subnet keys.
+// reads under the prefix and writes its own record and claims.
 func (s *Store) EnableNodeAuth(ctx context.Context, admin string) error {
 	st, err := s.cli.AuthStatus(ctx)
 	if err != nil {
@@ -58,14 +58,14 @@ func (s *Store) EnableNodeAuth(ctx context.Context, admin string) error {
 
 // AuthorizeNode gives the etcd user name (a node's certificate CN) its
 // node role: read every key under the prefix, write its record
-// <prefix>nodes/<name> and the subnet keys <prefix>subnets/ (a node must
-// create the key of the subnet it takes, whose name is the subnet's). It
-// refuses a name that holds the root role. Idempotent.
+// <prefix>nodes/<name> and its claims <prefix>claims/<name>/, nothing
+// else. It refuses a name that holds the root role. Idempotent.
 func (s *Store) AuthorizeNode(ctx context.Context, name string) error {
 	if u, err := s.cli.UserGet(ctx, name); err == nil && slices.Contains(u.Roles, rootName) {
 		return fmt.Errorf("datastore: %q is an administrator, not a node", name)
 	}
 	role := nodeRolePrefix + name
+	own := s.key(keyClaims + name + "/")
 	if _, err := s.cli.RoleAdd(ctx, role); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
 		return fmt.Errorf("datastore: role %s: %w", role, err)
 	}
@@ -75,7 +75,7 @@ func (s *Store) AuthorizeNode(ctx context.Context, name string) error {
 	}{
 		{s.prefix, clientv3.GetPrefixRangeEnd(s.prefix), clientv3.PermissionType(clientv3.PermRead)},
 		{s.key(keyNodes + name), "", clientv3.PermissionType(clientv3.PermReadWrite)},
-		{s.key(keySubnets), clientv3.GetPrefixRangeEnd(s.key(keySubnets)), clientv3.PermissionType(clientv3.PermReadWrite)},
+		{own, clientv3.GetPrefixRangeEnd(own), clientv3.PermissionType(clientv3.PermReadWrite)},
 	} {
 		if _, err := s.cli.RoleGrantPermission(ctx, role, p.key, p.end, p.perm); err != nil {
 			return fmt.Errorf("datastore: role %s: grant %s: %w", role, p.key, err)

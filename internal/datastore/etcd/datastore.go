@@ -6,13 +6,13 @@
 // client of an external etcd cluster, or of another agent's embedded server
 // (Config.Endpoints). Every key lives under one prefix (default "/podnet/"):
 //
-//	<prefix>config                 the cluster.Config, JSON, created once
-//	<prefix>nodes/<name>           a cluster.Node record, JSON, bound to the node's etcd lease
-//	<prefix>subnets/<cidr, / as _> the name of the node holding that subnet, same lease
+//	<prefix>config                       the cluster.Config, JSON, created once
+//	<prefix>nodes/<name>                 a cluster.Node record, JSON, bound to the node's etcd lease
+//	<prefix>claims/<name>/<cidr, / as _> the node's claim of that subnet (its CIDR), same lease
 //
-// Writes that must not race are etcd transactions: the config is created only
-// if absent, a subnet key only if absent or already held by the same node.
-// See docs/agent-datastore.md.
+// A subnet belongs to its live claim of the lowest create revision, so a
+// node writes only keys named after itself. The config is created in a
+// transaction only if absent. See docs/agent-datastore.md.
 package etcd
 
 import (
@@ -132,7 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			Name: "podnet_agent_lease_reacquisitions_total", Help: "Times the lease was lost and the node's subnets taken again.",
 		}),
 		refusedRecords: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "podnet_agent_node_records_refused_total", Help: "Node records refused because their subnets are not leased to them.",
+			Name: "podnet_agent_node_records_refused_total", Help: "Node records refused because their node does not hold their subnets' oldest claims.",
 		}),
 	}
 	if s.log == nil {
@@ -230,9 +230,9 @@ func (s *Store) Client() *clientv3.Client { return s.cli }
 func (s *Store) Prefix() string { return s.prefix }
 
 const (
-	keyConfig  = "config"
-	keyNodes   = "nodes/"
-	keySubnets = "subnets/"
+	keyConfig = "config"
+	keyNodes  = "nodes/"
+	keyClaims = "claims/"
 )
 
 func (s *Store) key(k string) string { return s.prefix + k }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/podnet/podnet/internal/datastore"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -47,13 +48,17 @@ type LeaseStats struct {
 // with the given TTL: the grace period before a dead node's record and
 // subnets vanish and can be leased again.
 //
-// The subnet the node already holds is given back (a restarted agent keeps
-// its subnet: its keys still exist under the old lease; they are rebound to
-// the new lease and the old lease is revoked), else prefer's subnet (the
-// agent's last one, from its local state) if it is free and fits the
-// config, else the first free subnet in address order. Each subnet key is
-// written in an etcd transaction that requires it absent or already held by
-// the node, so two nodes never hold the same subnet; a lost race is retried.
+// A node holds a subnet by its claim key (see claims): the subnet belongs to
+// the live claim etcd created first. The subnet the node already holds is
+// given back (a restarted agent keeps its subnet: its keys still exist
+// under the old lease; they are rebound to the new lease, keeping the
+// claim's create revision, and the old lease is revoked), else prefer's
+// subnet (the agent's last one, from its local state) if nobody else claims
+// it and it fits the config, else the first subnet nobody else claims, in
+// address order. The claims and the record are written in one etcd
+// transaction, which also reads the claims back: when another node claimed
+// a picked subnet first, the node deletes its claim and picks again, so two
+// nodes never hold the same subnet.
 // When a family has no free subnet the error wraps ErrExhausted and names
 // the CIDR and subnet size. n's Subnet fields are ignored. A node name must
 // be held by one agent at a time.
@@ -101,39 +106,46 @@ func (l *Lease) acquire(ctx context.Context, n cluster.Node, prefer cluster.Node
 	return node, g.ID, nil
 }
 
-// bind writes n's record and one subnet key per family under lease id in a
-// transaction, retrying when another node won a subnet first. It returns
-// the record and the node's other leases (to revoke).
+// bind writes n's record and one claim per family under lease id in a
+// transaction that also reads the claims back. A claim that is not its
+// subnet's first (lowest create revision) lost a race to another node's:
+// bind deletes it and picks again. It returns the record and the node's
+// other leases (to revoke).
 func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n cluster.Node, prefer cluster.Node, cfg cluster.Config) (cluster.Node, []clientv3.LeaseID, error) {
 	v4, v6 := pools(cfg)
 	nodeKey := s.key(keyNodes + n.Name)
+	listClaims := clientv3.OpGet(s.key(keyClaims), clientv3.WithPrefix())
 	for ctx.Err() == nil {
-		resp, err := s.cli.Txn(ctx).Then(
-			clientv3.OpGet(s.key(keySubnets), clientv3.WithPrefix()),
-			clientv3.OpGet(nodeKey),
-		).Commit()
+		resp, err := s.cli.Txn(ctx).Then(listClaims, clientv3.OpGet(nodeKey)).Commit()
 		if err != nil {
-			return cluster.Node{}, nil, fmt.Errorf("read subnets: %w", err)
+			return cluster.Node{}, nil, fmt.Errorf("read claims: %w", err)
 		}
-		taken := map[string]bool{}
-		held := map[string]bool{}
+		cs := claims{}
 		oldLeases := map[clientv3.LeaseID]bool{}
 		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
-			k := strings.TrimPrefix(string(kv.Key), s.key(keySubnets))
-			taken[k] = true
-			if string(kv.Value) == n.Name {
-				held[k] = true
+			cs.put(s, kv)
+			if node, _, _ := s.parseClaimKey(string(kv.Key)); node == n.Name {
 				oldLeases[clientv3.LeaseID(kv.Lease)] = true
 			}
 		}
 		for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
 			oldLeases[clientv3.LeaseID(kv.Lease)] = true
 		}
+		held, taken := map[string]bool{}, map[string]bool{}
+		for sn := range cs {
+			if cs.owner(sn) == n.Name {
+				held[sn] = true
+			}
+			if cs.claimedByOthers(sn, n.Name) {
+				taken[sn] = true
+			}
+		}
 
 		rec := n
 		rec.Subnet, rec.Subnet6 = nil, nil
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
+		var picked []*net.IPNet
 		pick := func(p *pool, preferred *net.IPNet) (*net.IPNet, error) {
 			if p == nil {
 				return nil, nil
@@ -148,13 +160,12 @@ func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n cluster.Node, p
 					return nil, err
 				}
 			}
-			key := s.key(keySubnets + subnetKeyName(sn))
-			if held[subnetKeyName(sn)] {
-				cmps = append(cmps, clientv3.Compare(clientv3.Value(key), "=", n.Name))
-			} else {
-				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
-			}
-			ops = append(ops, clientv3.OpPut(key, n.Name, clientv3.WithLease(id)))
+			// The claim is as read: absent, or the node's own, which the
+			// put rebinds to the new lease keeping its create revision.
+			key := s.claimKey(n.Name, sn)
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", cs[subnetKeyName(sn)][n.Name]))
+			ops = append(ops, clientv3.OpPut(key, sn.String(), clientv3.WithLease(id)))
+			picked = append(picked, sn)
 			return sn, nil
 		}
 		if rec.Subnet, err = pick(v4, prefer.Subnet); err != nil {
@@ -167,13 +178,20 @@ func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n cluster.Node, p
 		if err != nil {
 			return cluster.Node{}, nil, err
 		}
-		ops = append(ops, clientv3.OpPut(nodeKey, string(val), clientv3.WithLease(id)))
+		ops = append(ops, clientv3.OpPut(nodeKey, string(val), clientv3.WithLease(id)), listClaims)
 		tr, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return cluster.Node{}, nil, fmt.Errorf("lease subnets: %w", err)
+			return cluster.Node{}, nil, fmt.Errorf("claim subnets: %w", err)
 		}
 		if !tr.Succeeded {
-			continue // another node took a subnet between read and write
+			continue // the node's own claim changed between read and write
+		}
+		lost, err := s.dropLost(ctx, n.Name, picked, tr.Responses[len(tr.Responses)-1].GetResponseRange().Kvs)
+		if err != nil {
+			return cluster.Node{}, nil, err
+		}
+		if lost {
+			continue // another node claimed a subnet first
 		}
 		delete(oldLeases, id)
 		delete(oldLeases, clientv3.NoLease)
@@ -186,7 +204,31 @@ func (s *Store) bind(ctx context.Context, id clientv3.LeaseID, n cluster.Node, p
 	return cluster.Node{}, nil, ctx.Err()
 }
 
-// heldIn is a subnet of p among the node's held subnet keys, or nil.
+// dropLost deletes node's claims among picked that are not their subnet's
+// first in kvs (the claims as the node's transaction left them): another
+// node claimed that subnet first. It reports whether it dropped any.
+func (s *Store) dropLost(ctx context.Context, node string, picked []*net.IPNet, kvs []*mvccpb.KeyValue) (bool, error) {
+	cs := claims{}
+	for _, kv := range kvs {
+		cs.put(s, kv)
+	}
+	var dels []clientv3.Op
+	for _, sn := range picked {
+		if owner := cs.owner(subnetKeyName(sn)); owner != node {
+			s.log.Info("another node claimed the subnet first, trying another", "node", node, "subnet", sn, "owner", owner)
+			dels = append(dels, clientv3.OpDelete(s.claimKey(node, sn)))
+		}
+	}
+	if len(dels) == 0 {
+		return false, nil
+	}
+	if _, err := s.cli.Txn(ctx).Then(dels...).Commit(); err != nil {
+		return true, fmt.Errorf("drop lost claims: %w", err)
+	}
+	return true, nil
+}
+
+// heldIn is a subnet of p among the subnets the node holds, or nil.
 func heldIn(p *pool, held map[string]bool) *net.IPNet {
 	var best *net.IPNet
 	for k := range held {
@@ -338,7 +380,7 @@ func (l *Lease) Update(ctx context.Context, n cluster.Node) error {
 	return nil
 }
 
-// Release revokes the lease: the node's record and subnet keys vanish at
+// Release revokes the lease: the node's record and claims vanish at
 // once (a graceful leave), and Run returns.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()

@@ -31,18 +31,25 @@ func acquire(t testing.TB, s *Store, name string, prefer cluster.Node, ttl time.
 	return l
 }
 
-// subnetOwners maps each subnet key of s to the node holding it.
-func subnetOwners(t testing.TB, s *Store) map[string]string {
+// subnetOwners maps each claimed subnet of s (its key name) to the node
+// holding it, and counts the claim keys.
+func subnetOwners(t testing.TB, s *Store) (map[string]string, int) {
 	t.Helper()
-	resp, err := s.Client().Get(testCtx(t), s.key(keySubnets), clientv3.WithPrefix())
+	resp, err := s.Client().Get(testCtx(t), s.key(keyClaims), clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := map[string]string{}
+	cs := claims{}
 	for _, kv := range resp.Kvs {
-		m[strings.TrimPrefix(string(kv.Key), s.key(keySubnets))] = string(kv.Value)
+		if !cs.put(s, kv) {
+			t.Fatalf("%s is no claim key", kv.Key)
+		}
 	}
-	return m
+	m := map[string]string{}
+	for sn := range cs {
+		m[sn] = cs.owner(sn)
+	}
+	return m, len(resp.Kvs)
 }
 
 func TestAcquireConcurrentDistinct(t *testing.T) {
@@ -85,17 +92,18 @@ func TestAcquireConcurrentDistinct(t *testing.T) {
 			t.Fatalf("10.244.%d.0/24 not leased: leases are not the first free ones", i)
 		}
 	}
-	owners := subnetOwners(t, s)
+	// Every race loser withdrew its claim.
+	owners, keys := subnetOwners(t, s)
 	nodes, err := s.Nodes(testCtx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(owners) != n || len(nodes) != n {
-		t.Fatalf("%d subnet keys, %d node records, want %d each", len(owners), len(nodes), n)
+	if len(owners) != n || keys != n || len(nodes) != n {
+		t.Fatalf("%d subnets claimed by %d keys, %d node records, want %d each", len(owners), keys, len(nodes), n)
 	}
 	for _, nd := range nodes {
 		if owners[subnetKeyName(nd.Subnet)] != nd.Name || s.recordLease(t, nd.Name) != s.mustLease(t, nd.Name) {
-			t.Fatalf("record of %s (%s) disagrees with the subnet keys", nd.Name, nd.Subnet)
+			t.Fatalf("record of %s (%s) disagrees with the claims", nd.Name, nd.Subnet)
 		}
 	}
 }
@@ -119,20 +127,14 @@ func (s *Store) recordLease(t testing.TB, name string) clientv3.LeaseID {
 	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }
 
-// mustLease is the lease the subnet key of node name is bound to.
+// mustLease is the lease the claim of node name is bound to.
 func (s *Store) mustLease(t testing.TB, name string) clientv3.LeaseID {
 	t.Helper()
-	resp, err := s.Client().Get(testCtx(t), s.key(keySubnets), clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
+	resp, err := s.Client().Get(testCtx(t), s.key(keyClaims+name+"/"), clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) == 0 {
+		t.Fatalf("no claim of %s: %v", name, err)
 	}
-	for _, kv := range resp.Kvs {
-		if string(kv.Value) == name {
-			return clientv3.LeaseID(kv.Lease)
-		}
-	}
-	t.Fatalf("no subnet key for %s", name)
-	return 0
+	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }
 
 func TestAcquireRestartKeepsSubnet(t *testing.T) {
@@ -160,14 +162,14 @@ func TestAcquireRestartKeepsSubnet(t *testing.T) {
 		t.Fatalf("old lease after restart: ttl %v, err %v; want revoked (-1)", ttl, err)
 	}
 	if got := s.mustLease(t, "b"); got != l.ID() {
-		t.Fatalf("subnet key bound to lease %x, want the new %x", got, l.ID())
+		t.Fatalf("claim bound to lease %x, want the new %x", got, l.ID())
 	}
 	nodes, _ := s.Nodes(testCtx(t))
 	if len(nodes) != 3 || nodes[1].Name != "b" || s.recordLease(t, "b") != l.ID() {
 		t.Fatalf("nodes after restart: %+v", nodes)
 	}
-	if owners := subnetOwners(t, s); len(owners) != 3 {
-		t.Fatalf("subnet keys after restart: %v", owners)
+	if owners, keys := subnetOwners(t, s); len(owners) != 3 || keys != 3 {
+		t.Fatalf("claims after restart: %v in %d keys", owners, keys)
 	}
 }
 
@@ -206,8 +208,8 @@ func TestAcquireExhausted(t *testing.T) {
 		t.Fatalf("fifth node: err = %v, want exhaustion naming 10.9.0.0/28 and /30", err)
 	}
 	// The failed attempt left no lease or key behind.
-	if owners := subnetOwners(t, s); len(owners) != 4 {
-		t.Fatalf("subnet keys after exhaustion: %v", owners)
+	if owners, keys := subnetOwners(t, s); len(owners) != 4 || keys != 4 {
+		t.Fatalf("claims after exhaustion: %v in %d keys", owners, keys)
 	}
 	if after := leaseCount(t, s); after != before {
 		t.Fatalf("%d etcd leases before the failed acquire, %d after", before, after)
@@ -316,13 +318,13 @@ func TestWatchNodesJoinLeaveRelease(t *testing.T) {
 		t.Fatal("update of another node's record accepted")
 	}
 
-	// Release: record and subnet key vanish at once.
+	// Release: record and claim vanish at once.
 	if err := a.Release(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
 	nodes, _ = s.Nodes(testCtx(t))
-	owners := subnetOwners(t, s)
-	if len(nodes) != 1 || nodes[0].Name != "b" || len(owners) != 1 || owners["10.244.1.0_24"] != "b" {
+	owners, keys := subnetOwners(t, s)
+	if len(nodes) != 1 || nodes[0].Name != "b" || keys != 1 || owners["10.244.1.0_24"] != "b" {
 		t.Fatalf("after release: nodes %+v, subnets %v", nodes, owners)
 	}
 	expect(t, ch, "b=10.244.1.0/24")
@@ -350,8 +352,8 @@ func TestLeaseExpiryReclaims(t *testing.T) {
 	acquire(t, s, "dead", cluster.Node{}, 2*time.Second) // nobody keeps it alive
 	expect(t, ch, "dead=10.244.1.0/24 keep=10.244.0.0/24")
 	expect(t, ch, "keep=10.244.0.0/24")
-	if owners := subnetOwners(t, s); len(owners) != 1 {
-		t.Fatalf("after expiry: %v", owners)
+	if owners, keys := subnetOwners(t, s); len(owners) != 1 || keys != 1 {
+		t.Fatalf("after expiry: %v in %d keys", owners, keys)
 	}
 	if got := acquire(t, s, "new", cluster.Node{}, testTTL).Node().Subnet.String(); got != "10.244.1.0/24" {
 		t.Fatalf("reclaimed subnet went elsewhere: new got %s", got)
@@ -450,9 +452,126 @@ func TestWatchNodesRefusesForgedRecords(t *testing.T) {
 	if got := testutil.ToFloat64(s.refusedRecords) - before; got != 3 {
 		t.Fatalf("refused records counted %v, want 3", got)
 	}
-	// A subnet key rewritten to another owner takes the record out.
-	if _, err := s.Client().Put(testCtx(t), s.key(keySubnets+"10.244.1.0_24"), "a"); err != nil {
+	// A claim taken from c by a takes c's record out, and a's stays out.
+	sn := mustCIDR(t, "10.244.1.0/24")
+	if _, err := s.Client().Txn(testCtx(t)).Then(
+		clientv3.OpDelete(s.claimKey("c", sn)), clientv3.OpPut(s.claimKey("a", sn), sn.String()),
+	).Commit(); err != nil {
 		t.Fatal(err)
 	}
 	expect(t, ch, "b=10.244.0.0/24")
+}
+
+// claimRevisions are the create and mod revisions of node's claim of sn.
+func claimRevisions(t testing.TB, s *Store, node string, sn *net.IPNet) (create, mod int64) {
+	t.Helper()
+	resp, err := s.Client().Get(testCtx(t), s.claimKey(node, sn))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("claim of %s by %s: %v", sn, node, err)
+	}
+	return resp.Kvs[0].CreateRevision, resp.Kvs[0].ModRevision
+}
+
+// TestLateClaimLoses: a node claims a subnet a live node holds and names it
+// in its record, as a compromised node may (the claim is under its own
+// name). The watch keeps handing out the older claim's node only: as is,
+// and when that node restarts (rebinding its claim to a new lease keeps
+// the claim's create revision, so its precedence). The late claim wins only
+// when the older one is gone: its node left, or lost its lease and came
+// back with a fresh claim, of another subnet.
+func TestLateClaimLoses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		then func(t *testing.T, s *Store, a *Lease)
+		want string
+	}{
+		{"as is", func(*testing.T, *Store, *Lease) {}, "a=10.244.0.0/24 c=10.244.1.0/24"},
+		{"owner restarts", func(t *testing.T, s *Store, a *Lease) {
+			sn := a.Node().Subnet
+			create, mod := claimRevisions(t, s, "a", sn)
+			s2, err := Open(testCtx(t), Config{Endpoints: []string{sharedURL(t)}, Prefix: s.Prefix()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s2.Close() })
+			if got := acquire(t, s2, "a", cluster.Node{}, testTTL).Node().Subnet; got.String() != sn.String() {
+				t.Fatalf("restarted a got %s, want %s", got, sn)
+			}
+			if create2, mod2 := claimRevisions(t, s, "a", sn); create2 != create || mod2 <= mod {
+				t.Fatalf("rebound claim: create revision %d → %d, mod %d → %d; want the same create revision, a later mod", create, create2, mod, mod2)
+			}
+		}, "a=10.244.0.0/24 c=10.244.1.0/24"},
+		{"owner leaves", func(t *testing.T, _ *Store, a *Lease) {
+			if err := a.Release(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+		}, "c=10.244.1.0/24 x=10.244.0.0/24"},
+		{"owner loses its lease", func(t *testing.T, s *Store, a *Lease) {
+			if _, err := s.Client().Revoke(testCtx(t), a.ID()); err != nil {
+				t.Fatal(err)
+			}
+			a.reacquireLost(testCtx(t), newBackoff(), nil)
+		}, "a=10.244.1.0/24 c=10.244.2.0/24 x=10.244.0.0/24"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			withConfig(t, s, v4Config)
+			a := acquire(t, s, "a", cluster.Node{}, testTTL)
+			sn := a.Node().Subnet
+			ch := watch(t, s)
+			expect(t, ch, "a=10.244.0.0/24")
+			if _, err := s.Client().Txn(testCtx(t)).Then(
+				clientv3.OpPut(s.claimKey("x", sn), sn.String()),
+				clientv3.OpPut(s.key(keyNodes+"x"), `{"name":"x","ip":"192.0.2.66","subnet":"10.244.0.0/24"}`),
+			).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			tc.then(t, s, a)
+			// A node joining after all that: the watch has seen it all.
+			acquire(t, s, "c", cluster.Node{}, testTTL)
+			expect(t, ch, tc.want)
+		})
+	}
+}
+
+// TestRaceLoserBacksOff: a node whose claim is not its subnet's first
+// (another node's claim was created between its read and its write)
+// deletes that claim and keeps the ones it won; acquiring again, it keeps
+// the subnet it won and does not take the lost one.
+func TestRaceLoserBacksOff(t *testing.T) {
+	s := newStore(t)
+	withConfig(t, s, v4Config)
+	lost := acquire(t, s, "a", cluster.Node{}, testTTL).Node().Subnet
+	won := mustCIDR(t, "10.244.5.0/24")
+	for _, sn := range []*net.IPNet{lost, won} { // b's claims as its transaction left them
+		if _, err := s.Client().Put(testCtx(t), s.claimKey("b", sn), sn.String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		picked   []*net.IPNet
+		wantLost bool
+		wantKeys int
+	}{
+		{"won", []*net.IPNet{won}, false, 3},
+		{"one lost", []*net.IPNet{lost, won}, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := s.Client().Get(testCtx(t), s.key(keyClaims), clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.dropLost(testCtx(t), "b", tc.picked, resp.Kvs)
+			if err != nil || got != tc.wantLost {
+				t.Fatalf("lost = %v, %v; want %v", got, err, tc.wantLost)
+			}
+			if owners, keys := subnetOwners(t, s); keys != tc.wantKeys || owners[subnetKeyName(lost)] != "a" || owners[subnetKeyName(won)] != "b" {
+				t.Fatalf("claims: %v in %d keys, want %d keys", owners, keys, tc.wantKeys)
+			}
+		})
+	}
+	if got := acquire(t, s, "b", cluster.Node{Subnet: lost}, testTTL).Node().Subnet; got.String() != won.String() {
+		t.Fatalf("b acquired %s, want the subnet it won, %s", got, won)
+	}
 }

@@ -63,11 +63,11 @@ func sortedNodes(m map[string]cluster.Node) []cluster.Node {
 
 // WatchNodes calls f with the complete current set of valid node records,
 // sorted by name, at start and after every change, until ctx is done; then
-// it returns nil. A record is valid when the subnet keys assign each of its
-// subnets to it: a record written around the subnet leases (claiming a
-// subnet another node holds, or one nobody leased) is left out and logged,
-// whatever the names, so a forged or stale claim never wins by the order
-// of names. It lists, then watches the whole prefix from the list's
+// it returns nil. A record is valid when each of its subnets belongs to it:
+// its node's claim of the subnet is the subnet's first (see claims). A
+// record written around the claims (naming a subnet another node claimed
+// first, or one nobody claims) is left out and logged, whatever the names
+// and whoever wrote it, so a forged, late or stale claim never wins. It lists, then watches the whole prefix from the list's
 // revision; when the watch fails (compaction, lost leader, connection) it
 // lists again, retrying with backoff while etcd is unreachable. f runs on
 // WatchNodes' goroutine: the next change waits for it.
@@ -100,29 +100,28 @@ func (s *Store) WatchNodes(ctx context.Context, f func([]cluster.Node)) error {
 	return nil
 }
 
-// view is what WatchNodes follows: the node records and the subnet keys'
-// owners.
+// view is what WatchNodes follows: the node records and the claims.
 type view struct {
 	s       *Store
 	nodes   map[string]cluster.Node
-	owners  map[string]string // subnet key name → node name
+	claims  claims
 	refused map[string]string // node name → why, as last logged
 }
 
-// listView reads the records and the subnet keys at one revision.
+// listView reads the records and the claims at one revision.
 func (s *Store) listView(ctx context.Context) (*view, int64, error) {
 	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, fmt.Errorf("datastore: list nodes: %w", err)
 	}
-	v := &view{s: s, nodes: map[string]cluster.Node{}, owners: map[string]string{}, refused: map[string]string{}}
+	v := &view{s: s, nodes: map[string]cluster.Node{}, claims: claims{}, refused: map[string]string{}}
 	for _, kv := range resp.Kvs {
 		v.put(kv)
 	}
 	return v, resp.Header.Revision, nil
 }
 
-// apply follows one watch event; it reports whether a record or an owner
+// apply follows one watch event; it reports whether a record or a claim
 // changed.
 func (v *view) apply(ev *clientv3.Event) bool {
 	if ev.Type == clientv3.EventTypeDelete {
@@ -131,23 +130,17 @@ func (v *view) apply(ev *clientv3.Event) bool {
 			delete(v.nodes, name)
 			return true
 		}
-		if sn, ok := strings.CutPrefix(k, v.s.key(keySubnets)); ok {
-			delete(v.owners, sn)
-			return true
-		}
-		return false
+		return v.claims.remove(v.s, k)
 	}
 	return v.put(ev.Kv)
 }
 
-// put records a node record or a subnet key; other keys are ignored.
+// put records a node record or a claim; other keys are ignored.
 func (v *view) put(kv *mvccpb.KeyValue) bool {
-	k := string(kv.Key)
-	if sn, ok := strings.CutPrefix(k, v.s.key(keySubnets)); ok {
-		v.owners[sn] = string(kv.Value)
+	if v.claims.put(v.s, kv) {
 		return true
 	}
-	name, ok := strings.CutPrefix(k, v.s.key(keyNodes))
+	name, ok := strings.CutPrefix(string(kv.Key), v.s.key(keyNodes))
 	if !ok {
 		return false
 	}
@@ -161,8 +154,8 @@ func (v *view) put(kv *mvccpb.KeyValue) bool {
 	return true
 }
 
-// valid is the records whose subnets the subnet keys assign to them; the
-// others are logged when their refusal is new.
+// valid is the records whose subnets belong to them; the others are logged
+// when their refusal is new.
 func (v *view) valid() []cluster.Node {
 	out := make(map[string]cluster.Node, len(v.nodes))
 	refused := map[string]string{}
@@ -175,7 +168,7 @@ func (v *view) valid() []cluster.Node {
 	}
 	for name, why := range refused {
 		if v.refused[name] != why {
-			v.s.log.Error("refusing a node record whose subnets are not leased to it", "node", name, "why", why)
+			v.s.log.Error("refusing a node record whose subnets are not its own", "node", name, "why", why)
 			v.s.refusedRecords.Inc()
 		}
 	}
@@ -183,7 +176,7 @@ func (v *view) valid() []cluster.Node {
 	return sortedNodes(out)
 }
 
-// disowned says why n's subnets are not all assigned to n, or "".
+// disowned says why n's subnets do not all belong to n, or "".
 func (v *view) disowned(n cluster.Node) string {
 	if n.Subnet == nil && n.Subnet6 == nil {
 		return "it holds no subnet"
@@ -192,11 +185,11 @@ func (v *view) disowned(n cluster.Node) string {
 		if sn == nil {
 			continue
 		}
-		switch owner, ok := v.owners[subnetKeyName(sn)]; {
-		case !ok:
-			return fmt.Sprintf("subnet %s is leased to nobody", sn)
+		switch owner := v.claims.owner(subnetKeyName(sn)); {
+		case owner == "":
+			return fmt.Sprintf("subnet %s is claimed by nobody", sn)
 		case owner != n.Name:
-			return fmt.Sprintf("subnet %s is leased to %q", sn, owner)
+			return fmt.Sprintf("subnet %s is claimed first by %q", sn, owner)
 		}
 	}
 	return ""

@@ -73,7 +73,7 @@ func (p *pool) firstFree(taken map[string]bool) (*net.IPNet, error) {
 	return nil, fmt.Errorf("%w: all %d /%d subnets of %s are leased", ErrExhausted, n, p.size, p.cidr)
 }
 
-// subnetKeyName is a subnet's key below <prefix>subnets/: its CIDR with "/"
+// subnetKeyName is a subnet's name in a claim key: its CIDR with "/"
 // replaced by "_".
 func subnetKeyName(n *net.IPNet) string {
 	return strings.Replace(n.String(), "/", "_", 1)
