@@ -113,7 +113,7 @@ type state struct {
 // stateFile is the name of the state file in Dir.
 const stateFile = "state.json"
 
-// componentOrder is the start order; Stop goes the other way.
+// componentOrder is the start order: etcd first.
 var componentOrder = []string{ComponentEtcd, ComponentAPIServer, ComponentControllerManager, ComponentScheduler}
 
 // StartControlPlane creates (or reuses, when Dir holds them from an
@@ -210,14 +210,15 @@ func (cp *ControlPlane) StopComponent(name string) error {
 
 // Stop stops every component and returns once their processes are gone
 // (reaped, when they are this process's children). The files stay in
-// Dir.
+// Dir. etcd goes last: the API server shutting down still writes to it.
 func (cp *ControlPlane) Stop() error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(componentOrder))
-	for i, name := range componentOrder {
-		wg.Go(func() { errs[i] = cp.stop(name) })
+	for i, name := range componentOrder[1:] {
+		wg.Go(func() { errs[i+1] = cp.stop(name) })
 	}
 	wg.Wait()
+	errs[0] = cp.stop(componentOrder[0])
 	return errors.Join(errs...)
 }
 
@@ -417,23 +418,10 @@ func (cp *ControlPlane) spawn(name string) (*process, error) {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "--- %s podnet: starting %s\n", time.Now().Format(time.RFC3339), strings.Join(argv, " "))
-	ns, err := netns.Open(cp.cfg.NetNS)
-	if err != nil {
-		return nil, fmt.Errorf("kube: start %s: %w", name, err)
-	}
-	defer ns.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = cp.cfg.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if cp.cfg.Detach {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	} else {
-		// Killed when the thread that forked it (one that returns to
-		// the runtime's pool) ends: in practice, with this process.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	}
-	// Only the fork happens inside the namespace.
-	if err := ns.Do(cmd.Start); err != nil {
+	if err := startInNetNS(cp.cfg.NetNS, cmd, cp.cfg.Detach); err != nil {
 		return nil, fmt.Errorf("kube: start %s: %w", name, err)
 	}
 	p := &process{PID: cmd.Process.Pid, done: make(chan struct{})}
