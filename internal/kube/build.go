@@ -157,10 +157,14 @@ func Build(ctx context.Context, cfg BuildConfig) (Binaries, error) {
 	if complete(bins) { // built by whoever held the lock
 		return bins, nil
 	}
-	if err := os.RemoveAll(final); err != nil { // an entry missing files
-		return Binaries{}, fmt.Errorf("kube build: %w", err)
+	// Clear an entry missing files and what killed builds of it left.
+	stale, _ := filepath.Glob(filepath.Join(cacheDir, ".build-"+key+"-*"))
+	for _, d := range append(stale, final) {
+		if err := os.RemoveAll(d); err != nil {
+			return Binaries{}, fmt.Errorf("kube build: %w", err)
+		}
 	}
-	tmp, err := os.MkdirTemp(cacheDir, ".build-")
+	tmp, err := os.MkdirTemp(cacheDir, ".build-"+key+"-")
 	if err != nil {
 		return Binaries{}, fmt.Errorf("kube build: %w", err)
 	}

@@ -121,10 +121,17 @@ var componentOrder = []string{ComponentEtcd, ComponentAPIServer, ComponentContro
 // components inside cfg.NetNS and returns once the API server is ready,
 // the controller manager and the scheduler are healthy and the default
 // ServiceAccount and the kubernetes Service exist. On failure whatever was
-// started is stopped.
+// started is stopped. A control plane still running from Dir is an error.
 func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPlane, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if prev, err := OpenControlPlane(cfg.Dir); err == nil {
+		for name, p := range prev.procs {
+			if p.alive() {
+				return nil, fmt.Errorf("kube: control plane: %s (pid %d) of %s still runs: stop that control plane first", name, p.PID, cfg.Dir)
+			}
+		}
 	}
 	cp := &ControlPlane{cfg: cfg, procs: map[string]*process{}}
 	if err := cp.prepare(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -149,6 +150,9 @@ func TestControlPlane(t *testing.T) {
 		}
 		if opened.Config().IP.String() != ip.String() || opened.AdminKubeconfig() != cp.AdminKubeconfig() {
 			t.Errorf("reopened %+v, want the started one's config", opened.Config())
+		}
+		if _, err := StartControlPlane(ctx, opened.Config()); err == nil || !strings.Contains(err.Error(), "still runs") {
+			t.Errorf("a second start in the running control plane's directory: %v, want an error", err)
 		}
 		// Stopping through the reopened state, which knows the processes
 		// by PID only, as the lab does in a later command.
