@@ -73,7 +73,7 @@ func TestControlPlane(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		assertMode(t, path, 0o600)
+		assertFileMode(t, path, 0o600)
 		node := cpTestClient(t, cp, path)
 		if _, err := node.CoreV1().Nodes().Create(ctx, cpTestNode("n1"), metav1.CreateOptions{}); err != nil {
 			t.Fatalf("node n1 creating itself: %v", err)
@@ -86,8 +86,8 @@ func TestControlPlane(t *testing.T) {
 			what string
 			err  error
 		}{
-			{"patch n1", patchNode(ctx, node, "n1", patch)},
-			{"patch n2", patchNode(ctx, node, "n2", patch)},
+			{"patch n1", cpTestPatchNode(ctx, node, "n1", patch)},
+			{"patch n2", cpTestPatchNode(ctx, node, "n2", patch)},
 			{"create n3", func() error {
 				_, err := node.CoreV1().Nodes().Create(ctx, cpTestNode("n3"), metav1.CreateOptions{})
 				return err
@@ -191,7 +191,7 @@ func TestControlPlane(t *testing.T) {
 func cpTestBinaries(ctx context.Context, t *testing.T) Binaries {
 	t.Helper()
 	start := time.Now()
-	bins, err := Build(ctx, BuildConfig{Out: testWriter{t}})
+	bins, err := Build(ctx, BuildConfig{Out: cpTestWriter{t}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func cpTestNode(name string) *corev1.Node {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
 }
 
-func patchNode(ctx context.Context, c kubernetes.Interface, name string, patch []byte) error {
+func cpTestPatchNode(ctx context.Context, c kubernetes.Interface, name string, patch []byte) error {
 	_, err := c.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, patch, metav1.PatchOptions{})
 	return err
 }
@@ -291,10 +291,10 @@ func cpTestPIDs(t *testing.T, dir string) map[string]int {
 	return pids
 }
 
-// testWriter writes to the test log.
-type testWriter struct{ t *testing.T }
+// cpTestWriter writes to the test log.
+type cpTestWriter struct{ t *testing.T }
 
-func (w testWriter) Write(b []byte) (int, error) {
+func (w cpTestWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
 }
