@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,11 +17,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/vishvananda/netlink"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -30,7 +34,9 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
+	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/image"
+	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
@@ -515,4 +521,148 @@ func TestConfigKeys(t *testing.T) {
 			t.Errorf("ConfigMap key %q is no podnet-agent flag", k)
 		}
 	}
+}
+
+// TestLeaveWait runs the cleanup container's command, podnet-agent leave
+// --wait, on a node (a throwaway network namespace) whose agent ran and
+// stopped: leave removes the node's conflist, then the process waits
+// until SIGTERM and exits 0. A leave whose datastore is gone still
+// removes the conflist, and exits with the error instead of waiting.
+func TestLeaveWait(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces)")
+	}
+	agentBin := filepath.Join(binDir(t), "podnet-agent")
+	ns, err := netns.NewTemp("pnleave")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Remove() })
+	// The node's underlay: a veth pair with an address and a default route.
+	if err := ns.Do(func() error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0p"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		for _, n := range []string{"eth0", "eth0p"} {
+			l, err := netlink.LinkByName(n)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+		addr, err := netlink.ParseAddr("192.0.2.10/24")
+		if err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(l, addr); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP("192.0.2.1")})
+	}); err != nil {
+		t.Fatalf("underlay: %v", err)
+	}
+	dir := t.TempDir()
+	conflist := filepath.Join(dir, "conf", cniconf.FileName)
+	args := []string{"--node-name=n1", "--backend=host-gw", "--listen=",
+		"--data-dir=" + filepath.Join(dir, "data"), "--cni-conf-dir=" + filepath.Dir(conflist),
+		"--cni-bin-dir=" + filepath.Join(dir, "bin"), "--ipam-dir=" + filepath.Join(dir, "ipam")}
+	start := func(extra ...string) (*exec.Cmd, *lockedBuffer, chan error) {
+		t.Helper()
+		cmd := exec.Command(agentBin, append(extra, args...)...)
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := ns.Do(cmd.Start); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			<-done
+		})
+		return cmd, out, done
+	}
+	wait := func(what string, done chan error, cond func() bool) {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for !cond() {
+			select {
+			case err := <-done:
+				t.Fatalf("podnet-agent exited (%v) waiting for %s", err, what)
+			case <-deadline:
+				t.Fatalf("no %s after 30s", what)
+			case <-tick.C:
+			}
+		}
+	}
+	exists := func() bool { _, err := os.Stat(conflist); return err == nil }
+
+	agent, out, done := start()
+	wait("conflist", done, exists)
+	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("agent: %v\n%s", err, out)
+	}
+	done <- nil // for the cleanup's wait
+
+	leave, out, done := start("leave", "--wait")
+	wait("the conflist removed", done, func() bool { return !exists() })
+	wait("left", done, func() bool { return strings.Contains(out.String(), "waiting for SIGTERM") })
+	if err := leave.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("leave --wait: %v\n%s", err, out)
+	}
+	done <- nil
+
+	// The datastore's data gone: leave cleans the node, and fails.
+	if err := os.WriteFile(conflist, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "data")); err != nil {
+		t.Fatal(err)
+	}
+	_, out, done = start("leave", "--wait")
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("leave without a datastore succeeded:\n%s", out)
+		}
+		done <- nil
+	case <-time.After(60 * time.Second):
+		t.Fatalf("leave --wait without a datastore did not exit:\n%s", out)
+	}
+	if exists() {
+		t.Errorf("the conflist is still there after a leave without a datastore:\n%s", out)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a process writes to while a test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
