@@ -2,6 +2,18 @@
 GO      ?= go
 BIN     := bin
 
+# The release: the binaries' version (podnet version, podnet-agent
+# --version) and the image's tag; IMAGE is the image's repository.
+# deploy/podnet.yaml runs the image of the defaults, $(IMAGE):$(VERSION)
+# (a test in deploy/ keeps them equal): building another VERSION means
+# running that tag (docs/kubernetes.md).
+VERSION ?= dev
+IMAGE   ?= ghcr.io/podnet/podnet
+# Static binaries (no cgo, so no libc to load): they run on any Linux and
+# in an image holding nothing else. Only the tests' own build uses cgo
+# (-race needs it).
+GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w -X main.Version=$(VERSION)'
+
 # bench: pods per configuration, pods added at once in the burst and burst
 # rounds per suite; extra flags for go run ./bench/cniadd.
 N           ?= 200
@@ -23,16 +35,23 @@ CHAOS_FLAGS ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build deps test demo bench bench-cni bench-dataplane bench-agent bench-chaos clean
+.PHONY: build image deps test demo bench bench-cni bench-dataplane bench-agent bench-chaos clean
 
 # The plugin binary, and in bin/cni/ the plugins as a CNI bin dir (one hard
 # link per plugin type, ready to copy to /opt/cni/bin); the node agent and
-# the user CLI.
+# the user CLI. All static.
 build:
-	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet-cni ./cmd/podnet-cni
+	$(GOBUILD) -o $(BIN)/podnet-cni ./cmd/podnet-cni
 	@mkdir -p $(BIN)/cni && for p in $$($(BIN)/podnet-cni names); do ln -f $(BIN)/podnet-cni $(BIN)/cni/$$p; done
-	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet-agent ./cmd/podnet-agent
-	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/podnet ./cmd/podnet
+	$(GOBUILD) -o $(BIN)/podnet-agent ./cmd/podnet-agent
+	$(GOBUILD) -o $(BIN)/podnet ./cmd/podnet
+
+# The container image deploy/podnet.yaml runs, $(IMAGE):$(VERSION), as a
+# docker-archive: $(BIN)/podnet-image.tar, for `ctr -n k8s.io images
+# import`, `docker load` or `crane push` (docs/kubernetes.md). Built from
+# the binaries without a container engine.
+image: build
+	$(GO) run ./deploy/image -bin $(BIN) -ref $(IMAGE):$(VERSION) -o $(BIN)/podnet-image.tar
 
 # A 3-node lab with 2 pods per node: every node runs podnet-agent, pods are
 # attached through CNI, every pod is checked against every pod and the

@@ -3,6 +3,7 @@
 //
 //	podnet-agent [flags]         run the agent
 //	podnet-agent leave [flags]   take a stopped node out of the cluster
+//	                             (--wait: then wait for SIGTERM)
 //
 // Every flag can also be set in a YAML file (--config) under the flag's
 // name; flags given on the command line win over the file.
@@ -83,6 +84,7 @@ func command() *cobra.Command {
 			return report(a.Run(ctx))
 		},
 	}
+	var wait bool
 	leave := &cobra.Command{
 		Use:   "leave",
 		Short: "take this node out of the cluster (stop its agent first): revoke its lease, remove its routes, rules and CNI configuration",
@@ -91,9 +93,17 @@ func command() *cobra.Command {
 			if err != nil {
 				return report(err)
 			}
-			return report(a.Leave(cmd.Context()))
+			if err := a.Leave(cmd.Context()); err != nil || !wait {
+				return report(err)
+			}
+			fmt.Fprintln(os.Stderr, "podnet-agent: left the cluster; waiting for SIGTERM")
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			return nil
 		},
 	}
+	leave.Flags().BoolVar(&wait, "wait", false, "once left, wait for SIGTERM instead of exiting (as the container of a DaemonSet: deploy/podnet-cleanup.yaml)")
 	root.AddCommand(leave)
 
 	f := root.PersistentFlags()
