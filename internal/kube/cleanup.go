@@ -257,6 +257,31 @@ func CgroupProcs(parent string) []int {
 	return pids
 }
 
+// KillCgroups kills every process in the cgroup parent or below, in any
+// hierarchy, and returns those it found. Where the kernel has cgroup.kill
+// (cgroup v2, Linux 5.14+) the tree is killed at once, processes being
+// forked included; the others get SIGKILL until none is left.
+func KillCgroups(parent string) []int {
+	dirs, err := cgroupDirs(parent)
+	if err != nil {
+		return nil
+	}
+	found := CgroupProcs(parent)
+	for _, d := range dirs {
+		// No such file in a v1 hierarchy, or on an old kernel.
+		if f, err := os.OpenFile(filepath.Join(d, "cgroup.kill"), os.O_WRONLY, 0); err == nil {
+			_, _ = f.WriteString("1")
+			f.Close()
+		}
+	}
+	for _, pid := range KillLeft(0, func() []int { return CgroupProcs(parent) }) {
+		if !slices.Contains(found, pid) {
+			found = append(found, pid)
+		}
+	}
+	return found
+}
+
 // RemoveCgroups kills the processes left in the cgroup parent (in every
 // hierarchy: cgroup v1 controllers and v2) and removes it with its
 // descendants, children first; it returns the processes it had to kill.
@@ -265,7 +290,7 @@ func RemoveCgroups(parent string) (killed []int, err error) {
 	if err != nil {
 		return nil, err
 	}
-	killed = KillLeft(0, func() []int { return CgroupProcs(parent) })
+	killed = KillCgroups(parent)
 	var errs []error
 	for i := len(dirs) - 1; i >= 0; i-- {
 		if err := removeCgroupDir(dirs[i]); err != nil {

@@ -331,20 +331,26 @@ func (n *Node) supervisorAlive() bool {
 // Stop stops the node and removes what it made outside Dir: the
 // supervisor (which stops kubelet and kube-proxy, then containerd, then
 // what is left in its mount namespace and cgroups), then any process left
-// in the node's mount namespace or cgroups (a killed supervisor's
-// shims and pods), the node's cgroups in every hierarchy, and the
+// in the node's cgroups (where every process of the node is from its
+// birth: the supervisor runs in cgroupRoot/supervisor) or mount namespace,
+// as a killed supervisor leaves them, the node's cgroups in every hierarchy, and the
 // mountpoint directories it created on the machine, once no node uses
 // them. Mounts die with the node's mount namespace; one found under Dir
 // in this process's namespace is removed and reported. Files in Dir stay
 // until the caller removes Dir. Stopping a stopped node is no error.
 func (n *Node) Stop() error {
 	var errs []error
-	if n.supervisorAlive() {
+	// A supervisor that stops on SIGTERM leaves nothing; one that is
+	// gone already (killed, the machine rebooted) leaves its processes
+	// to Stop.
+	graceful := n.supervisorAlive()
+	if graceful {
 		if err := syscall.Kill(n.st.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 			errs = append(errs, fmt.Errorf("signal supervisor: %w", err))
 		}
 		if !n.waitSupervisor(60 * time.Second) {
 			errs = append(errs, errors.New("the supervisor did not stop on SIGTERM: killed"))
+			graceful = false
 			_ = syscall.Kill(n.st.PID, syscall.SIGKILL)
 			n.waitSupervisor(10 * time.Second)
 		}
@@ -353,10 +359,9 @@ func (n *Node) Stop() error {
 		<-n.exited
 	}
 	cgroup := n.st.Config.cgroupRoot()
-	left := func() []int { return append(ProcsInMountNS(n.st.MountNS), CgroupProcs(cgroup)...) }
-	if killed := KillLeft(0, left); len(killed) > 0 && len(errs) == 0 {
-		// Only an error when the supervisor was not killed itself: it
-		// should have ended them.
+	killed := KillCgroups(cgroup)
+	killed = append(killed, KillLeft(0, func() []int { return ProcsInMountNS(n.st.MountNS) })...)
+	if len(killed) > 0 && graceful {
 		errs = append(errs, fmt.Errorf("processes left by the supervisor, killed: %v", killed))
 	}
 	if _, err := RemoveCgroups(cgroup); err != nil {

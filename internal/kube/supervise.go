@@ -116,7 +116,7 @@ func (s *supervisor) setUp(ctx context.Context) (string, error) {
 		detachNamespaceMounts,
 		s.cfg.mountNodeDirs,
 		s.cfg.bindSysctls,
-		s.cfg.makeCgroupRoot,
+		s.cfg.makeCgroups,
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {

@@ -264,28 +264,49 @@ func (c NodeConfig) probeOverlay() bool {
 	return unix.Unmount(merged, unix.MNT_DETACH) == nil
 }
 
-// makeCgroupRoot creates the node's cgroupRoot in every hierarchy
-// (kubelet refuses a cgroupRoot that does not exist); a cpuset cgroup
-// gets its parent's CPUs and memory nodes, without which no process
-// could join it.
-func (c NodeConfig) makeCgroupRoot() error {
+// supervisorCgroup is the cgroup of the supervisor, and so of all its
+// descendants but pods, below the node's cgroupRoot.
+const supervisorCgroup = "supervisor"
+
+// makeCgroups creates the node's cgroupRoot in every hierarchy (kubelet
+// refuses a cgroupRoot that does not exist) and moves the supervisor into
+// cgroupRoot/supervisor: every process the node forks is then in the
+// node's cgroups from its birth, and Stop finds (and in cgroup v2 kills
+// at once) them all there.
+func (c NodeConfig) makeCgroups() error {
 	roots, err := cgroupHierarchies()
 	if err != nil {
 		return err
 	}
+	pid := []byte(fmt.Sprint(os.Getpid()))
 	for _, r := range roots {
-		dir := filepath.Join(r, c.cgroupRoot())
-		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("create cgroup: %w", err)
+		root := filepath.Join(r, c.cgroupRoot())
+		own := filepath.Join(root, supervisorCgroup)
+		for _, dir := range []string{root, own} {
+			if err := makeCgroup(dir); err != nil {
+				return err
+			}
 		}
-		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
-			v, err := os.ReadFile(filepath.Join(r, f))
-			if err != nil {
-				continue // not the cpuset hierarchy
-			}
-			if err := os.WriteFile(filepath.Join(dir, f), v, 0o644); err != nil {
-				return fmt.Errorf("cgroup %s: %w", filepath.Join(dir, f), err)
-			}
+		if err := os.WriteFile(filepath.Join(own, "cgroup.procs"), pid, 0); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", own, err)
+		}
+	}
+	return nil
+}
+
+// makeCgroup creates a cgroup; in the cpuset hierarchy it gets its
+// parent's CPUs and memory nodes, without which no process could join it.
+func makeCgroup(dir string) error {
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create cgroup: %w", err)
+	}
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		v, err := os.ReadFile(filepath.Join(filepath.Dir(dir), f))
+		if err != nil {
+			continue // not the cpuset hierarchy
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), v, 0); err != nil {
+			return fmt.Errorf("cgroup %s: %w", filepath.Join(dir, f), err)
 		}
 	}
 	return nil
