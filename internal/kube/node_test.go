@@ -248,6 +248,11 @@ func TestNodeStandalone(t *testing.T) {
 				t.Errorf("OpenNode: %+v, %v", o, err)
 			}
 
+			// Importing again (as the lab does with images built later)
+			// replaces the image in place.
+			if err := n.ImportImages(ctx, images...); err != nil {
+				t.Errorf("ImportImages: %v", err)
+			}
 			conn, err := DialCRI(n.ContainerdSocket())
 			if err != nil {
 				t.Fatal(err)
