@@ -32,7 +32,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersion(), newDemo(), newLab())
+	root.AddCommand(newVersion(), newDemo(), newLab(), newKubeNode())
 	return root
 }
 

@@ -13,12 +13,12 @@ package cri
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
@@ -33,11 +33,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	if left := reapOrphans(5 * time.Second); len(left) > 0 {
+	if left := kube.ReapOrphans(5*time.Second, kube.RuntimeOrphan); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "shims or pod processes still running after the tests: %v\n", left)
 		code = 1
 	}
-	cleanupImage()
+	cleanupImages()
 	sandbox.CleanupShared()
 	os.Exit(code)
 }
@@ -50,31 +50,14 @@ func requireRoot(t testing.TB) {
 	}
 }
 
-// toolPath is the PATH containerd finds its shim and runc in.
-const toolPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-// tools are the binaries the tests run: the daemon, runc and the client
-// that imports the sandbox image.
-type tools struct{ containerd, runc, ctr string }
-
 // requireTools finds containerd, its runc shim, runc and ctr, and fails
 // (not skips: a runtime test that silently skips proves nothing) when one
 // is missing.
-func requireTools(t testing.TB) tools {
+func requireTools(t testing.TB) kube.ContainerdTools {
 	t.Helper()
-	find := func(name string) string {
-		for _, dir := range []string{"", "/usr/sbin", "/usr/local/sbin", "/sbin"} {
-			p := name
-			if dir != "" {
-				p = dir + "/" + name
-			}
-			if abs, err := exec.LookPath(p); err == nil {
-				return abs
-			}
-		}
-		t.Fatalf("%s not found: .ci/deps installs containerd and runc (apt-get install containerd runc)", name)
-		return ""
+	tl, err := kube.FindContainerdTools()
+	if err != nil {
+		t.Fatal(err)
 	}
-	find("containerd-shim-runc-v2") // containerd runs it from its PATH
-	return tools{containerd: find("containerd"), runc: find("runc"), ctr: find("ctr")}
+	return tl
 }

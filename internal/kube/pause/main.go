@@ -1,7 +1,8 @@
-// Command pause is the sandbox image's only program in test/cri: the
-// process that holds a pod's namespaces, as Kubernetes' pause does. It
+// Command pause is the program of the pod sandbox image (kube.PauseImage):
+// the process that holds a pod's namespaces, as Kubernetes' pause does. It
 // sleeps until SIGTERM or SIGINT (the signals a runtime stops a sandbox
 // with; as PID 1 of the pod it only gets those it handles) and exits 0.
+// It is built static (CGO_ENABLED=0) by kube.PodImages.
 package main
 
 import (
