@@ -17,7 +17,8 @@ import (
 )
 
 // Limits are the rates (bits per second) and bursts (bits) of the
-// reference's bandwidth entry; zero means no limit in that direction.
+// reference's bandwidth entry; a zero rate means no limit in that
+// direction, a zero (or NoBurst) burst the default one.
 type Limits struct {
 	IngressRate  uint64 `json:"ingressRate"`
 	IngressBurst uint64 `json:"ingressBurst"`
@@ -80,7 +81,7 @@ func (s shaping) tbf(linkIndex int) *netlink.Tbf {
 
 // shapingOf validates one direction and converts it; ok is false when the
 // direction is unlimited. A rate without a burst, or with the burst
-// containerd and CRI-O send for "none given" (NoBurst), gets
+// containerd sends for "none given" (NoBurst), gets
 // DefaultBurst; a burst without a rate is invalid, as in the reference.
 func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err error) {
 	switch {
@@ -108,9 +109,9 @@ func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err 
 	return s, true, nil
 }
 
-// NoBurst is the burst (bits) containerd and CRI-O send with the
+// NoBurst is the burst (bits) containerd sends with the
 // kubernetes.io/{ingress,egress}-bandwidth annotations, which carry no
-// burst: math.MaxUint32, their "none given".
+// burst: math.MaxUint32, its "none given".
 const NoBurst = math.MaxUint32
 
 // The default burst: burstTime of traffic at the rate, and at least
