@@ -140,7 +140,7 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "where the CNI configuration is written")
 	f.StringVar(&cfg.CNIBinary, "cni-binary", "", "podnet-cni binary to install (default: beside podnet-agent)")
 	f.StringVar(&cfg.IPAMDir, "ipam-dir", cfg.IPAMDir, "host-local's state directory for the cluster network")
-	f.StringSliceVar(&cfg.Chain, "cni-chain", cfg.Chain, "plugins chained after podnet in the conflist")
+	f.StringSliceVar(&cfg.Chain, "cni-chain", cfg.Chain, "plugins chained after podnet in the conflist (none by default: podnet honours the portMappings and bandwidth capabilities itself; chaining portmap or bandwidth hands that capability to it)")
 	f.BoolVar(&cfg.Egress, "egress-masquerade", cfg.Egress, "masquerade pod traffic leaving the cluster CIDRs")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of /healthz, /readyz, /status and /metrics (empty: off); loopback by default, widen it (e.g. <node IP>:9099) only where scrapers need it")
 	f.DurationVar(&cfg.Resync, "resync", cfg.Resync, "period of the full reconcile behind the event-driven one")

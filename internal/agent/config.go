@@ -76,7 +76,9 @@ type Config struct {
 	CNIConfDir string
 	CNIBinary  string
 	IPAMDir    string
-	// Chain lists the plugins chained after podnet in the conflist.
+	// Chain lists the plugins chained after podnet in the conflist; by
+	// default none: podnet honours the portMappings and bandwidth
+	// capabilities itself (see cniconf.Cluster).
 	Chain []string
 
 	// Egress masquerades pod traffic leaving the cluster CIDRs.
@@ -106,7 +108,6 @@ func Defaults() Config {
 		CNIBinDir:  "/opt/cni/bin",
 		CNIConfDir: "/etc/cni/net.d",
 		IPAMDir:    "/run/podnet/ipam",
-		Chain:      []string{"portmap", "bandwidth"},
 		Egress:     true,
 		Listen:     "127.0.0.1:9099",
 		Resync:     30 * time.Second,

@@ -333,8 +333,8 @@ func TestStatusDuringChurn(t *testing.T) {
 
 // TestPodCount: a pod attached to the cluster network on the node (the host
 // end of its veth, stamped with its attachment) is counted in /status and
-// the podnet_node_pods gauge, and uncounted once it is gone; a link of
-// another network is not counted.
+// the podnet_node_pods gauge, once even with the ifb of its shaping, and
+// uncounted once it is gone; a link of another network is not counted.
 func TestPodCount(t *testing.T) {
 	tn := startNode(t)
 	h, err := netlink.NewHandleAt(tn.ns.Handle())
@@ -351,10 +351,17 @@ func TestPodCount(t *testing.T) {
 		return l
 	}
 	pod := add(cniconf.NetworkName, "p0")
+	a := attachment.ID{Network: cniconf.NetworkName, ContainerID: "c-p0", IfName: "eth0"}
+	ifb, err := link.CreateOwned(h, &netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: link.IfbName(a)}}, a)
+	if err != nil {
+		t.Fatal(err)
+	}
 	add("other", "p1")
 	waitFor(t, "one pod counted", func() bool { return tn.getStatus(t).Pods == 1 && metric(t, tn, "podnet_node_pods") == 1 })
-	if err := h.LinkDel(pod); err != nil {
-		t.Fatal(err)
+	for _, l := range []netlink.Link{pod, ifb} {
+		if err := h.LinkDel(l); err != nil {
+			t.Fatal(err)
+		}
 	}
 	waitFor(t, "no pod counted", func() bool { return tn.getStatus(t).Pods == 0 && metric(t, tn, "podnet_node_pods") == 0 })
 }

@@ -179,8 +179,8 @@ func ApplyDNS(res *current.Result, conf *cniplugin.NetConf) {
 }
 
 // Del tears an attachment down: the container interface (if the namespace
-// is still there), the host-side link, every podnet rule of the attachment
-// and its addresses. It is safe to repeat and needs neither the container's
+// is still there), the host-side links (its veth, and the ifb of its egress
+// shaping), every podnet rule of the attachment and its addresses. It is safe to repeat and needs neither the container's
 // namespace nor the result of ADD.
 func Del(args *skel.CmdArgs, conf *cniplugin.NetConf) error {
 	ctx := context.Background()
@@ -192,7 +192,7 @@ func Del(args *skel.CmdArgs, conf *cniplugin.NetConf) error {
 	if h, err := netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
 		errs = append(errs, fmt.Errorf("netlink: %w", err))
 	} else {
-		errs = append(errs, link.DelHostLink(h, id))
+		errs = append(errs, link.DelHostLink(h, id), link.DelOwnedLink(h, link.IfbName(id), id))
 		h.Close()
 	}
 	if c, err := podrules.New(0); err != nil {

@@ -34,6 +34,11 @@ type Routing struct {
 	OnLink func(h *netlink.Handle, l netlink.Link, res *current.Result) error
 	// Masquerade the pod's traffic that leaves through the host.
 	Masquerade bool
+	// After, if set, runs last, once the pod is wired (veth, addresses,
+	// routes), with the host end of its veth: what the plugin does
+	// beyond the veth (the capabilities it honours itself). What it
+	// registers with the session is undone with the rest if ADD fails.
+	After func(s *Session, host netlink.Link, res *current.Result) error
 }
 
 // AddRouted is ADD of a routed veth plugin: IPAM's addresses, shaped by r,
@@ -86,6 +91,11 @@ func AddRouted(args *skel.CmdArgs, conf *cniplugin.NetConf, r Routing) (types.Re
 	}
 	if r.Masquerade {
 		if err := s.Masquerade(res.IPs); err != nil {
+			return nil, err
+		}
+	}
+	if r.After != nil {
+		if err := r.After(s, veth.Host, res); err != nil {
 			return nil, err
 		}
 	}

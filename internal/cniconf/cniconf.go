@@ -4,7 +4,10 @@
 // without an agent (the CNI benchmark) generate it with the same code.
 package cniconf
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"slices"
+)
 
 // NetworkName is the name of podnet's cluster network.
 const NetworkName = "podnet"
@@ -33,6 +36,10 @@ type Cluster struct {
 	IPAMDir string
 	// Chain lists the plugins chained after the interface plugin:
 	// portmap and bandwidth get their capabilities (portmap with snat).
+	// Empty is the agent's default: the podnet plugin then honours the
+	// portMappings and bandwidth capabilities itself, and the conflist is
+	// that one plugin (one process per pod ADD). podnet declares only the
+	// capabilities its chain does not hand to portmap or bandwidth.
 	Chain []string
 
 	// Type is the interface plugin (default "podnet"); another type with
@@ -46,8 +53,8 @@ type Cluster struct {
 }
 
 // Conflist encodes the configuration as a conflist file's content: the
-// interface plugin over the node's subnets with host-local IPAM, then the
-// chained plugins.
+// interface plugin over the node's subnets with host-local IPAM (podnet's
+// declaring the capabilities it honours), then the chained plugins.
 func (c Cluster) Conflist() ([]byte, error) {
 	typ, name := c.Type, c.Name
 	if typ == "" {
@@ -65,11 +72,24 @@ func (c Cluster) Conflist() ([]byte, error) {
 	for _, s := range c.Subnets {
 		ranges = append(ranges, []any{map[string]any{"subnet": s}})
 	}
-	plugins := []any{map[string]any{
+	first := map[string]any{
 		"type": typ,
 		"mtu":  c.MTU,
 		"ipam": map[string]any{"type": "host-local", "ranges": ranges, "dataDir": c.IPAMDir},
-	}}
+	}
+	if typ == "podnet" {
+		caps := map[string]bool{}
+		if !slices.Contains(c.Chain, "portmap") {
+			caps["portMappings"] = true
+		}
+		if !slices.Contains(c.Chain, "bandwidth") {
+			caps["bandwidth"] = true
+		}
+		if len(caps) > 0 {
+			first["capabilities"] = caps
+		}
+	}
+	plugins := []any{first}
 	for _, p := range c.Chain {
 		conf := map[string]any{"type": p}
 		switch p {

@@ -2,7 +2,7 @@ package cniconf
 
 import (
 	"encoding/json"
-	"strings"
+	"maps"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
@@ -20,16 +20,21 @@ func TestConflist(t *testing.T) {
 		wantName, wantVer, typ  string
 		wantCompat              string
 		wantRanges, wantPlugins int
+		// wantCaps is the first plugin's capabilities.
+		wantCaps map[string]bool
 	}{
-		{"agent defaults, dual stack",
-			Cluster{Subnets: []string{"10.244.3.0/24", "fd00:10:244:3::/64"}, MTU: 1450, IPAMDir: "/run/podnet/ipam", Chain: []string{"portmap", "bandwidth"}},
-			NetworkName, Version, "podnet", CompatVersion, 2, 3},
+		{"agent defaults, dual stack: one plugin",
+			Cluster{Subnets: []string{"10.244.3.0/24", "fd00:10:244:3::/64"}, MTU: 1450, IPAMDir: "/run/podnet/ipam"},
+			NetworkName, Version, "podnet", CompatVersion, 2, 1, map[string]bool{"portMappings": true, "bandwidth": true}},
+		{"chained portmap and bandwidth",
+			Cluster{Subnets: []string{"10.244.3.0/24"}, MTU: 1450, IPAMDir: "/run/podnet/ipam", Chain: []string{"portmap", "bandwidth"}},
+			NetworkName, Version, "podnet", CompatVersion, 1, 3, nil},
+		{"chained portmap only",
+			Cluster{Subnets: []string{"10.244.3.0/24"}, MTU: 1450, IPAMDir: "/run/podnet/ipam", Chain: []string{"portmap"}},
+			NetworkName, Version, "podnet", CompatVersion, 1, 2, map[string]bool{"bandwidth": true}},
 		{"reference counterpart",
 			Cluster{Subnets: []string{"10.244.3.0/24"}, MTU: 1500, IPAMDir: "/tmp/ipam", Chain: []string{"portmap", "bandwidth"}, Type: "ptp", CNIVersion: "1.0.0", Name: "ref"},
-			"ref", "1.0.0", "ptp", "1.0.0", 1, 3},
-		{"no chain",
-			Cluster{Subnets: []string{"10.244.3.0/24"}, MTU: 1450, IPAMDir: "/run/podnet/ipam"},
-			NetworkName, Version, "podnet", CompatVersion, 1, 1},
+			"ref", "1.0.0", "ptp", "1.0.0", 1, 3, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := tc.c.Conflist()
@@ -70,8 +75,14 @@ func TestConflist(t *testing.T) {
 					t.Errorf("plugin %d is %s, want %s", i+1, got, want)
 				}
 			}
-			if tc.wantPlugins > 1 && !strings.Contains(string(list.Plugins[1].Bytes), `"portMappings":true`) {
-				t.Errorf("portmap lacks the portMappings capability: %s", list.Plugins[1].Bytes)
+			if got := list.Plugins[0].Network.Capabilities; !maps.Equal(got, tc.wantCaps) {
+				t.Errorf("first plugin's capabilities %v, want %v", got, tc.wantCaps)
+			}
+			for _, p := range list.Plugins[1:] {
+				want := map[string]string{"portmap": "portMappings", "bandwidth": "bandwidth"}[p.Network.Type]
+				if !p.Network.Capabilities[want] {
+					t.Errorf("%s lacks the %s capability: %s", p.Network.Type, want, p.Bytes)
+				}
 			}
 		})
 	}

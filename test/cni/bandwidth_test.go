@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -239,9 +241,10 @@ func TestBandwidth(t *testing.T) {
 	}
 }
 
-// TestBandwidthBadInput checks the reference's validation: a rate without
-// a burst (or the reverse) and a burst of 4GB or more are config errors,
-// and nothing is left in the kernel.
+// TestBandwidthBadInput checks the reference's validation: a burst
+// without a rate and a burst of 4GB or more are config errors, and nothing
+// is left in the kernel. (A rate without a burst gets the default burst,
+// where the reference refuses it.)
 func TestBandwidthBadInput(t *testing.T) {
 	requireTC(t)
 	bin := podnetBin(t)
@@ -249,7 +252,6 @@ func TestBandwidthBadInput(t *testing.T) {
 		name string
 		caps map[string]any
 	}{
-		{"ingress rate without burst", sandbox.BandwidthCap(1000, 0, 0, 0)},
 		{"egress burst without rate", sandbox.BandwidthCap(0, 0, 0, 1000)},
 		{"burst of 4GB", sandbox.BandwidthCap(1_000_000, 8*(1<<32), 0, 0)},
 		{"shaped subnets", map[string]any{"bandwidth": map[string]any{"ingressRate": 1000, "ingressBurst": 1000, "shapedSubnets": []string{"10.0.0.0/8"}}}},
@@ -355,4 +357,58 @@ func throughput(t *testing.T, srv, cli *netns.NS, addr string, size int) float64
 		t.Fatal(r.err)
 	}
 	return r.bps
+}
+
+// TestBandwidthDefaultBurst sends 2 MiB to and from a pod shaped at 8
+// Mbit/s in each direction with the burst containerd sends for the
+// kubernetes.io/*-bandwidth annotations (math.MaxUint32: none given),
+// through the chained bandwidth plugin and through the cluster conflist's
+// podnet plugin: each transfer takes about size/rate (at least 80 % of it:
+// the default burst is a few milliseconds of the rate, not minutes), and
+// is not stalled (at most 4 times it).
+func TestBandwidthDefaultBurst(t *testing.T) {
+	requireTC(t)
+	bin := podnetBin(t)
+	requirePlugins(t, bin, "bridge", "host-local", "bandwidth", "podnet")
+	const (
+		rate = 8_000_000 // bits/s
+		size = 2 << 20   // bytes: ~2.1 s at the rate
+	)
+	want := time.Duration(float64(size*8) / rate * float64(time.Second))
+	for _, tc := range []struct {
+		name string
+		list func(dataDir string) *libcni.NetworkConfigList
+	}{
+		{"chained bandwidth", func(d string) *libcni.NetworkConfigList { return mustList(t, bwList("1.0.0", d)) }},
+		{"cluster conflist", func(d string) *libcni.NetworkConfigList { return clusterList(t, "1.0.0", d) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := ctxFor(t)
+			sb := newSandbox(t, bin)
+			if _, err := sb.NewPeer(nodeAddrs, peerAddrs); err != nil {
+				t.Fatalf("peer: %v", err)
+			}
+			pod := newPod(t, sb)
+			r, err := sb.Add(ctx, tc.list(sb.DataDir("ipam")), pod.RT(sandbox.BandwidthCap(rate, math.MaxUint32, rate, math.MaxUint32)))
+			if err != nil {
+				t.Fatalf("ADD: %s", cniruntime.Describe(err))
+			}
+			podIP := toCurrent(t, r).IPs[0].Address.IP.String()
+			for _, dir := range []struct {
+				name     string
+				srv, cli *netns.NS
+				addr     string
+			}{
+				{"ingress", pod.NS.NS, sb.Host.NS, podIP},
+				{"egress", sb.Host.NS, pod.NS.NS, nodeIP4},
+			} {
+				bps := throughput(t, dir.srv, dir.cli, dir.addr, size)
+				took := time.Duration(float64(size*8) / bps * float64(time.Second))
+				t.Logf("%s: 2 MiB in %s at %.2f Mbit/s (%.2f of size/rate)", dir.name, took.Round(time.Millisecond), bps/1e6, float64(took)/float64(want))
+				if took < want*8/10 || took > 4*want {
+					t.Errorf("%s: 2 MiB took %s at %d Mbit/s, want about %s (0.8 to 4 times)", dir.name, took.Round(time.Millisecond), rate/1_000_000, want.Round(time.Millisecond))
+				}
+			}
+		})
+	}
 }

@@ -92,7 +92,7 @@ func startNode(t *testing.T, cniVersion string) *node {
 		t.Fatalf("peer: %v", err)
 	}
 	conflist, err := cniconf.Cluster{Subnets: []string{podSubnet}, MTU: 1500, IPAMDir: n.ipamDir,
-		Chain: []string{"portmap", "bandwidth"}, CNIVersion: cniVersion}.Conflist()
+		CNIVersion: cniVersion}.Conflist()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,8 @@ type Config struct {
 	BinDir, ConfDir string
 	// IPAMDir is host-local's dataDir in the conflist.
 	IPAMDir string
-	// Chain lists the plugins chained after podnet in the conflist.
+	// Chain lists the plugins chained after podnet in the conflist
+	// (usually none: podnet honours portMappings and bandwidth itself).
 	Chain []string
 }
 

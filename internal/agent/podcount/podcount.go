@@ -1,6 +1,7 @@
 // Package podcount is the agent's controller that counts the pods attached
-// to the cluster network on this node — the host ends of their veths, which
-// carry the attachment identity — and exports the count as a metric and in
+// to the cluster network on this node — the attachments its host links (the
+// pods' veths, and the ifbs of the shaped ones) carry the identity of — and
+// exports the count as a metric and in
 // /status.
 package podcount
 
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podnet/podnet/internal/agent/controller"
+	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/cniconf"
 	"github.com/podnet/podnet/internal/link"
@@ -55,10 +57,15 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 		if err != nil {
 			return err
 		}
+		// A shaped pod owns an ifb beside its veth: count attachments.
+		pods := map[attachment.ID]bool{}
+		for _, l := range links {
+			pods[l.Attachment] = true
+		}
 		c.mu.Lock()
-		c.pods = len(links)
+		c.pods = len(pods)
 		c.mu.Unlock()
-		c.gauge.Set(float64(len(links)))
+		c.gauge.Set(float64(len(pods)))
 		h.Ready()
 		select {
 		case <-ctx.Done():

@@ -39,7 +39,7 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.none() {
+	if p.None() {
 		return prev, nil
 	}
 	if c.NetConf.PrevResult == nil {
@@ -54,6 +54,23 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if err != nil {
 		return nil, cniplugin.NewError(types.ErrInvalidNetworkConfig, "cannot find the pod's host interface", err.Error())
 	}
+	ifb, err := p.Apply(s, hostLink)
+	if err != nil {
+		return nil, err
+	}
+	if ifb != nil {
+		prev.Interfaces = append(prev.Interfaces, ifb)
+	}
+	s.Done()
+	return prev, nil
+}
+
+// Apply shapes the pod whose veth's host end is hostLink, in the session
+// of its attachment: a tbf on hostLink for the ingress limit; for the
+// egress limit, the attachment's ifb with a tbf and a redirect to it of
+// what hostLink receives. It returns the ifb as a result interface (nil
+// without an egress limit). What it did is undone if the session fails.
+func (p Plan) Apply(s *attach.Session, hostLink netlink.Link) (*current.Interface, error) {
 	if p.hasIngress {
 		q := p.ingress.tbf(hostLink.Attrs().Index)
 		if err := s.Host.QdiscAdd(q); err != nil {
@@ -61,18 +78,14 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 		}
 		s.OnFailure(func() { _ = s.Host.QdiscDel(q) })
 	}
-	if p.hasEgress {
-		ifb, err := addEgress(s, hostLink, p.egress)
-		if err != nil {
-			return nil, err
-		}
-		prev.Interfaces = append(prev.Interfaces, &current.Interface{
-			Name: ifb.Attrs().Name,
-			Mac:  ifb.Attrs().HardwareAddr.String(),
-		})
+	if !p.hasEgress {
+		return nil, nil
 	}
-	s.Done()
-	return prev, nil
+	ifb, err := addEgress(s, hostLink, p.egress)
+	if err != nil {
+		return nil, err
+	}
+	return &current.Interface{Name: ifb.Attrs().Name, Mac: ifb.Attrs().HardwareAddr.String()}, nil
 }
 
 // addEgress creates the attachment's ifb with the shaping, and redirects

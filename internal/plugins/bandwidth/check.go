@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podnet/podnet/internal/attach"
+	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/link"
 )
@@ -25,7 +26,7 @@ func check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if p.none() {
+	if p.None() {
 		return nil
 	}
 	s, err := attach.Begin(args, &c.NetConf)
@@ -38,22 +39,28 @@ func check(args *skel.CmdArgs) error {
 	if err != nil {
 		return cniplugin.NewError(types.ErrInvalidNetworkConfig, "cannot find the pod's host interface", err.Error())
 	}
+	return p.Check(s.Host, hostLink, s.ID)
+}
+
+// Check verifies that the qdiscs and the redirect Apply set up for the
+// attachment on its host veth hostLink are there, with the plan's limits.
+func (p Plan) Check(h *netlink.Handle, hostLink netlink.Link, id attachment.ID) error {
 	if p.hasIngress {
-		if err := checkTbf(s.Host, hostLink, p.ingress); err != nil {
+		if err := checkTbf(h, hostLink, p.ingress); err != nil {
 			return err
 		}
 	}
 	if !p.hasEgress {
 		return nil
 	}
-	ifb, err := s.Host.LinkByName(link.IfbName(s.ID))
-	if err != nil || ifb.Attrs().Alias != link.Alias(s.ID) {
-		return fmt.Errorf("ifb %s of %s is missing", link.IfbName(s.ID), s.ID)
+	ifb, err := h.LinkByName(link.IfbName(id))
+	if err != nil || ifb.Attrs().Alias != link.Alias(id) {
+		return fmt.Errorf("ifb %s of %s is missing", link.IfbName(id), id)
 	}
-	if err := checkTbf(s.Host, ifb, p.egress); err != nil {
+	if err := checkTbf(h, ifb, p.egress); err != nil {
 		return err
 	}
-	filters, err := s.Host.FilterList(hostLink, ingressHandle)
+	filters, err := h.FilterList(hostLink, ingressHandle)
 	if err != nil {
 		return fmt.Errorf("list ingress filters of %s: %w", hostLink.Attrs().Name, err)
 	}

@@ -9,6 +9,7 @@ package bandwidth
 
 import (
 	"math"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -16,7 +17,8 @@ import (
 )
 
 // Limits are the rates (bits per second) and bursts (bits) of the
-// reference's bandwidth entry; zero means no limit in that direction.
+// reference's bandwidth entry; a zero rate means no limit in that
+// direction, a zero (or NoBurst) burst the default one.
 type Limits struct {
 	IngressRate  uint64 `json:"ingressRate"`
 	IngressBurst uint64 `json:"ingressBurst"`
@@ -77,15 +79,14 @@ func (s shaping) tbf(linkIndex int) *netlink.Tbf {
 	}
 }
 
-// shapingOf validates one direction (rate and burst both set or both
-// unset, in the kernel's ranges) and converts it; ok is false when the
-// direction is unlimited.
+// shapingOf validates one direction and converts it; ok is false when the
+// direction is unlimited. A rate without a burst, or with the burst
+// containerd sends for "none given" (NoBurst), gets
+// DefaultBurst; a burst without a rate is invalid, as in the reference.
 func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err error) {
 	switch {
 	case rateBits == 0 && burstBits == 0:
 		return shaping{}, false, nil
-	case burstBits == 0:
-		return shaping{}, false, cniplugin.Invalid("%sRate is set, so %sBurst must also be set", dir, dir)
 	case rateBits == 0:
 		return shaping{}, false, cniplugin.Invalid("%sBurst is set, so %sRate must also be set", dir, dir)
 	case burstBits/8 >= math.MaxUint32:
@@ -94,7 +95,11 @@ func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err 
 		return shaping{}, false, cniplugin.Invalid("%sRate %d is below one byte per second", dir, rateBits)
 	}
 	s.rate = rateBits / 8
-	s.burst = min(uint32(burstBits/8), maxBurst(s.rate))
+	if burstBits == 0 || burstBits == NoBurst {
+		s.burst = DefaultBurst(s.rate)
+	} else {
+		s.burst = min(uint32(burstBits/8), maxBurst(s.rate))
+	}
 	s.buffer = netlink.Xmittime(s.rate, s.burst)
 	queued := float64(s.rate)*latencyUsec/netlink.TIME_UNITS_PER_SEC + float64(s.burst)
 	if queued >= math.MaxUint32 {
@@ -104,30 +109,55 @@ func shapingOf(dir string, rateBits, burstBits uint64) (s shaping, ok bool, err 
 	return s, true, nil
 }
 
+// NoBurst is the burst (bits) containerd sends with the
+// kubernetes.io/{ingress,egress}-bandwidth annotations, which carry no
+// burst: math.MaxUint32, its "none given".
+const NoBurst = math.MaxUint32
+
+// The default burst: burstTime of traffic at the rate, and at least
+// minBurst.
+const (
+	burstTime = 5 * time.Millisecond
+	// minBurst is the largest packet the stack hands a qdisc (a 64 KiB
+	// GSO packet, far above any MTU in use): tbf then never has to split
+	// a packet, nor drop one larger than its bucket.
+	minBurst = 64 << 10
+)
+
+// DefaultBurst is the burst (bytes) of a limit given without one:
+// max(rate × 5 ms, 64 KiB). A few milliseconds of the rate keep the
+// average at the rate — a 10 MiB transfer at 8 Mbit/s takes about 10 s —
+// while a bucket of one full-sized packet at least lets every packet
+// through.
+func DefaultBurst(rate uint64) uint32 {
+	b := max(float64(rate)*burstTime.Seconds(), minBurst)
+	return uint32(min(b, float64(maxBurst(rate))))
+}
+
 // maxBurst is the largest burst (bytes) the kernel's token bucket can
 // time at rate (bytes per second): tbf holds the time to send the burst
 // in a 32-bit count of scheduler ticks, about 275 s on most kernels. A
-// longer burst is cut to it rather than refused: containerd sends
-// 4294967295 bits, its "no burst given", with the
-// kubernetes.io/*-bandwidth annotations, which is longer than that for
-// any rate below about 16 Mbit/s; the reference lets the buffer wrap
-// around to whatever its low 32 bits say.
+// longer burst is cut to it rather than refused (the reference lets the
+// buffer wrap around to whatever its low 32 bits say).
 func maxBurst(rate uint64) uint32 {
 	usec := float64(math.MaxUint32-1) / max(1, netlink.TickInUsec())
 	return uint32(min(math.MaxUint32-1, usec/netlink.TIME_UNITS_PER_SEC*float64(rate)))
 }
 
-// plan is what the limits ask of the kernel.
-type plan struct {
+// Plan is what a pod's limits ask of the kernel: a token bucket for
+// each limited direction.
+type Plan struct {
 	ingress, egress       shaping
 	hasIngress, hasEgress bool
 }
 
-// none tells whether nothing is to be shaped.
-func (p plan) none() bool { return !p.hasIngress && !p.hasEgress }
+// None tells whether nothing is to be shaped.
+func (p Plan) None() bool { return !p.hasIngress && !p.hasEgress }
 
-func planOf(l *Limits) (plan, error) {
-	var p plan
+// PlanOf validates limits (nil: none) and converts them to a plan; every
+// failure is error 7.
+func PlanOf(l *Limits) (Plan, error) {
+	var p Plan
 	if l == nil {
 		return p, nil
 	}
@@ -148,11 +178,11 @@ func planOf(l *Limits) (plan, error) {
 func decode(data []byte) (*Conf, error) { return cniplugin.DecodeNew[Conf](data) }
 
 // load reads the configuration and validates the limits in force.
-func load(data []byte) (*Conf, plan, error) {
+func load(data []byte) (*Conf, Plan, error) {
 	c, err := decode(data)
 	if err != nil {
-		return nil, plan{}, err
+		return nil, Plan{}, err
 	}
-	p, err := planOf(c.Effective())
+	p, err := PlanOf(c.Effective())
 	return c, p, err
 }

@@ -5,9 +5,18 @@
 // pod's address to it. Addresses come from the IPAM plugin of the
 // configuration (the node agent writes host-local over the node's leased
 // subnet), so ADD, DEL and GC never need the agent to be running.
+//
+// The plugin honours the portMappings and bandwidth capabilities itself,
+// with the portmap and bandwidth plugins' code and semantics, so that the
+// cluster conflist is this one plugin and a pod's ADD is one process: the
+// host ports forwarded to the pod in podnet's nftables table, and its
+// traffic shaped by token buckets on the host end of its veth (ingress)
+// and on the attachment's ifb (egress). DEL, GC and CHECK cover them by
+// the attachment's identity, as they cover the veth.
 package podnet
 
 import (
+	"errors"
 	"fmt"
 	"net"
 
@@ -19,6 +28,8 @@ import (
 	"github.com/podnet/podnet/internal/attach"
 	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/link"
+	"github.com/podnet/podnet/internal/plugins/bandwidth"
+	"github.com/podnet/podnet/internal/plugins/portmap"
 )
 
 // The gateways every pod routes through. The host end of each pod's veth
@@ -33,13 +44,13 @@ var (
 // Plugin returns the podnet plugin.
 func Plugin() cniplugin.Plugin {
 	del, gc, status := attach.RoutedTeardown(func(args *skel.CmdArgs) (*cniplugin.NetConf, error) {
-		c, err := load(args.StdinData)
+		c, err := decode(args.StdinData)
 		if err != nil {
 			return nil, err
 		}
 		return &c.NetConf, nil
 	})
-	return cniplugin.Plugin{Add: add, Del: del, Check: check, GC: gc, Status: status}
+	return cniplugin.Plugin{Add: add, Del: withUnmap(del), Check: check, GC: gc, Status: status}
 }
 
 // Conf is the podnet plugin's configuration.
@@ -47,9 +58,21 @@ type Conf struct {
 	cniplugin.NetConf
 	// MTU of the pod's interface; the agent sets it to the fabric's MTU.
 	MTU int `json:"mtu"`
+	// Options are the portmap plugin's fields (snat, markMasqBit, …),
+	// applied to the mappings of the portMappings capability.
+	portmap.Options
+	// RuntimeConfig holds the capabilities' arguments.
+	RuntimeConfig struct {
+		PortMaps  []portmap.Entry   `json:"portMappings,omitempty"`
+		Bandwidth *bandwidth.Limits `json:"bandwidth,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+
+	fwd   *portmap.Forwarding
+	shape bandwidth.Plan
 }
 
-func load(data []byte) (*Conf, error) {
+// decode reads and checks the configuration DEL, GC and STATUS need.
+func decode(data []byte) (*Conf, error) {
 	c := &Conf{}
 	if err := cniplugin.Decode(data, c); err != nil {
 		return nil, err
@@ -61,6 +84,36 @@ func load(data []byte) (*Conf, error) {
 		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
 	}
 	return c, nil
+}
+
+// load reads the configuration of ADD and CHECK, with the capabilities'
+// arguments validated.
+func load(data []byte) (*Conf, error) {
+	c, err := decode(data)
+	if err != nil {
+		return nil, err
+	}
+	if c.fwd, err = c.Options.Compile(c.RuntimeConfig.PortMaps); err != nil {
+		return nil, err
+	}
+	if c.shape, err = bandwidth.PlanOf(c.RuntimeConfig.Bandwidth); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// withUnmap is DEL: the attachment's port forwarding first (so that the
+// UDP flows it forwarded are flushed with it), then the routed veth's
+// teardown, which removes the rest by identity (the veth with its qdiscs,
+// the ifb, every other rule, the addresses).
+func withUnmap(del func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		c, err := decode(args.StdinData)
+		if err != nil {
+			return err
+		}
+		return errors.Join(portmap.Unmap(cniplugin.AttachmentOf(c.Name, args)), del(args))
+	}
 }
 
 // gatewayOf is the pod's gateway for an address's family.
@@ -76,7 +129,33 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return attach.AddRouted(args, &c.NetConf, attach.Routing{MTU: c.MTU, Shape: routed, OnLink: gatewayOnLink})
+	return attach.AddRouted(args, &c.NetConf, attach.Routing{MTU: c.MTU, Shape: routed, OnLink: gatewayOnLink, After: c.capabilities})
+}
+
+// capabilities forwards the pod's host ports and shapes its traffic, in
+// the session of its ADD; the shaping's ifb joins the result's
+// interfaces, as the bandwidth plugin adds it.
+func (c *Conf) capabilities(s *attach.Session, host netlink.Link, res *current.Result) error {
+	if !c.fwd.Empty() {
+		conn, err := s.NFT()
+		if err != nil {
+			return err
+		}
+		if err := c.fwd.Apply(conn, s.ID, res, s.Args.IfName); err != nil {
+			return err
+		}
+	}
+	if c.shape.None() {
+		return nil
+	}
+	ifb, err := c.shape.Apply(s, host)
+	if err != nil {
+		return err
+	}
+	if ifb != nil {
+		res.Interfaces = append(res.Interfaces, ifb)
+	}
+	return nil
 }
 
 // routed turns an IPAM result into the routed pod's: each address as a
@@ -138,5 +217,24 @@ func check(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.Close()
-	return s.CheckRouted(prev)
+	if err := s.CheckRouted(prev); err != nil {
+		return err
+	}
+	if !c.fwd.Empty() {
+		conn, err := s.NFT()
+		if err != nil {
+			return err
+		}
+		if err := c.fwd.Check(conn, s.ID, prev, args.IfName); err != nil {
+			return err
+		}
+	}
+	if c.shape.None() {
+		return nil
+	}
+	host, err := s.Host.LinkByName(link.HostVethName(s.ID))
+	if err != nil {
+		return fmt.Errorf("host veth of %s: %w", s.ID, err)
+	}
+	return c.shape.Check(s.Host, host, s.ID)
 }

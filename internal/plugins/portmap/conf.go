@@ -17,9 +17,10 @@ import (
 // (Kubernetes uses 14 and 15, Calico 20-31).
 const DefaultMarkBit = 13
 
-// Conf is the reference portmap configuration.
-type Conf struct {
-	cniplugin.NetConf
+// Options are portmap's configuration fields beside the mappings. The
+// podnet plugin, which honours the portMappings capability itself, reads
+// the same fields.
+type Options struct {
 	// SNAT masquerades hairpin and localhost connections (default true).
 	SNAT *bool `json:"snat,omitempty"`
 	// MasqAll masquerades every forwarded connection (with SNAT).
@@ -38,17 +39,18 @@ type Conf struct {
 	// Backend is the reference's backend choice (iptables or nftables);
 	// podnet always programs nftables, the field says how to read the
 	// conditions.
-	Backend       *string `json:"backend,omitempty"`
+	Backend *string `json:"backend,omitempty"`
+}
+
+// Conf is the reference portmap configuration.
+type Conf struct {
+	cniplugin.NetConf
+	Options
 	RuntimeConfig struct {
 		PortMaps []Entry `json:"portMappings,omitempty"`
 	} `json:"runtimeConfig,omitempty"`
 
-	snat      bool
-	markBit   uint
-	mappings  []podrules.PortMapping
-	condV4    []expr.Any
-	condV6    []expr.Any
-	nftSyntax bool
+	fwd *Forwarding
 }
 
 // Entry is one port mapping of the portMappings capability, as
@@ -74,52 +76,79 @@ func load(data []byte) (*Conf, error) {
 	if err := cniplugin.Decode(data, c); err != nil {
 		return nil, err
 	}
+	fwd, err := c.Options.Compile(c.RuntimeConfig.PortMaps)
+	if err != nil {
+		return nil, err
+	}
+	c.fwd = fwd
+	return c, nil
+}
+
+// Forwarding is the port forwarding of an attachment, validated: the
+// runtime's mappings and the options in force.
+type Forwarding struct {
+	snat      bool
+	masqAll   bool
+	markBit   uint
+	mappings  []podrules.PortMapping
+	condV4    []expr.Any
+	condV6    []expr.Any
+	nftSyntax bool
+}
+
+// Compile validates the options and the runtime's mappings; every
+// failure is a spec error (7 for invalid values, 2 for conditions podnet
+// cannot express).
+func (o Options) Compile(entries []Entry) (*Forwarding, error) {
 	invalid := func(format string, a ...any) error {
 		return cniplugin.Invalid(format, a...)
 	}
-	c.snat = c.SNAT == nil || *c.SNAT
-	if c.MarkMasqBit != nil && c.ExternalSetMarkChain != nil {
+	f := &Forwarding{snat: o.SNAT == nil || *o.SNAT, masqAll: o.MasqAll}
+	if o.MarkMasqBit != nil && o.ExternalSetMarkChain != nil {
 		return nil, invalid("portmap: cannot specify externalSetMarkChain and markMasqBit")
 	}
-	c.markBit = DefaultMarkBit
-	if c.MarkMasqBit != nil {
-		if *c.MarkMasqBit < 0 || *c.MarkMasqBit > 31 {
-			return nil, invalid("portmap: markMasqBit must be between 0 and 31, not %d", *c.MarkMasqBit)
+	f.markBit = DefaultMarkBit
+	if o.MarkMasqBit != nil {
+		if *o.MarkMasqBit < 0 || *o.MarkMasqBit > 31 {
+			return nil, invalid("portmap: markMasqBit must be between 0 and 31, not %d", *o.MarkMasqBit)
 		}
-		c.markBit = uint(*c.MarkMasqBit)
+		f.markBit = uint(*o.MarkMasqBit)
 	}
-	if c.ExternalSetMarkChain != nil && *c.ExternalSetMarkChain == "" {
+	if o.ExternalSetMarkChain != nil && *o.ExternalSetMarkChain == "" {
 		return nil, invalid("portmap: externalSetMarkChain is empty")
 	}
-	if c.Backend != nil {
-		switch *c.Backend {
+	if o.Backend != nil {
+		switch *o.Backend {
 		case "", "iptables":
 		case "nftables":
-			c.nftSyntax = true
+			f.nftSyntax = true
 		default:
-			return nil, invalid("portmap: unknown backend %q (iptables or nftables)", *c.Backend)
+			return nil, invalid("portmap: unknown backend %q (iptables or nftables)", *o.Backend)
 		}
 	}
-	for i, e := range c.RuntimeConfig.PortMaps {
+	for i, e := range entries {
 		m, err := e.mapping()
 		if err != nil {
 			return nil, invalid("portmap: portMappings[%d]: %v", i, err)
 		}
-		c.mappings = append(c.mappings, m)
+		f.mappings = append(f.mappings, m)
 	}
 	var err error
-	if c.ConditionsV4 != nil {
-		if c.condV4, err = parseConditions(*c.ConditionsV4, false, c.nftSyntax); err != nil {
+	if o.ConditionsV4 != nil {
+		if f.condV4, err = parseConditions(*o.ConditionsV4, false, f.nftSyntax); err != nil {
 			return nil, fmt.Errorf("conditionsV4: %w", err)
 		}
 	}
-	if c.ConditionsV6 != nil {
-		if c.condV6, err = parseConditions(*c.ConditionsV6, true, c.nftSyntax); err != nil {
+	if o.ConditionsV6 != nil {
+		if f.condV6, err = parseConditions(*o.ConditionsV6, true, f.nftSyntax); err != nil {
 			return nil, fmt.Errorf("conditionsV6: %w", err)
 		}
 	}
-	return c, nil
+	return f, nil
 }
+
+// Empty tells whether there is no mapping to forward.
+func (f *Forwarding) Empty() bool { return len(f.mappings) == 0 }
 
 // mapping validates an entry.
 func (e Entry) mapping() (podrules.PortMapping, error) {
@@ -146,7 +175,7 @@ func (e Entry) mapping() (podrules.PortMapping, error) {
 // portMaps returns the forwarding of the pod's first IPv4 and first IPv6
 // address on its interface ifName, as the reference picks them from the
 // previous result.
-func (c *Conf) portMaps(prev *current.Result, ifName string) []podrules.PortMap {
+func (f *Forwarding) portMaps(prev *current.Result, ifName string) []podrules.PortMap {
 	var v4, v6 net.IP
 	for _, ip := range prev.IPs {
 		is4 := ip.Address.IP.To4() != nil
@@ -170,13 +199,13 @@ func (c *Conf) portMaps(prev *current.Result, ifName string) []podrules.PortMap 
 		if ip == nil {
 			continue
 		}
-		cond := c.condV4
+		cond := f.condV4
 		if ip.To4() == nil {
-			cond = c.condV6
+			cond = f.condV6
 		}
 		out = append(out, podrules.PortMap{
-			ContainerIP: ip, Mappings: c.mappings, Conditions: cond,
-			SNAT: c.snat, MasqAll: c.MasqAll, MarkBit: c.markBit,
+			ContainerIP: ip, Mappings: f.mappings, Conditions: cond,
+			SNAT: f.snat, MasqAll: f.masqAll, MarkBit: f.markBit,
 		})
 	}
 	return out

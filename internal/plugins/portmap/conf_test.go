@@ -91,7 +91,7 @@ func TestLoad(t *testing.T) {
 				if err != nil {
 					t.Fatalf("load: %v", err)
 				}
-				if n := len(conf.condV4) + len(conf.condV6); n != c.conds {
+				if n := len(conf.fwd.condV4) + len(conf.fwd.condV6); n != c.conds {
 					t.Errorf("%d condition expressions, want %d", n, c.conds)
 				}
 				return
@@ -109,8 +109,8 @@ func TestLoadDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.snat || c.markBit != DefaultMarkBit || len(c.mappings) != 1 || c.mappings[0].Protocol != 6 {
-		t.Errorf("defaults: snat %v bit %d mappings %+v", c.snat, c.markBit, c.mappings)
+	if f := c.fwd; !f.snat || f.markBit != DefaultMarkBit || len(f.mappings) != 1 || f.mappings[0].Protocol != 6 {
+		t.Errorf("defaults: snat %v bit %d mappings %+v", f.snat, f.markBit, f.mappings)
 	}
 }
 
@@ -136,11 +136,11 @@ func TestPortMaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	maps := c.portMaps(prev, "eth0")
+	maps := c.fwd.portMaps(prev, "eth0")
 	if len(maps) != 2 || maps[0].ContainerIP.String() != "10.0.0.5" || maps[1].ContainerIP.String() != "fd00::5" {
 		t.Fatalf("portMaps: %+v", maps)
 	}
-	if maps := c.portMaps(prev, "eth1"); len(maps) != 1 || maps[0].ContainerIP.String() != "fd00::5" {
+	if maps := c.fwd.portMaps(prev, "eth1"); len(maps) != 1 || maps[0].ContainerIP.String() != "fd00::5" {
 		t.Errorf("portMaps of another interface: %+v", maps)
 	}
 }

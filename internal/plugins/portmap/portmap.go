@@ -14,9 +14,11 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/cniplugin"
 	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/nft/podrules"
@@ -46,30 +48,42 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if c.NetConf.PrevResult == nil {
 		return nil, cniplugin.NewError(types.ErrInvalidNetworkConfig, "portmap must be called as a chained plugin: no prevResult", "")
 	}
-	if len(c.mappings) == 0 {
+	if c.fwd.Empty() {
 		return c.NetConf.PrevResult, nil
 	}
 	prev, err := c.Prev()
 	if err != nil {
 		return nil, err
 	}
-	maps := c.portMaps(prev, args.IfName)
-	if len(maps) == 0 {
-		return c.NetConf.PrevResult, nil
+	if err := withNFT(func(conn *podrules.Conn) error {
+		return c.fwd.Apply(conn, cniplugin.AttachmentOf(c.Name, args), prev, args.IfName)
+	}); err != nil {
+		return nil, err
 	}
-	if c.snat {
+	return c.NetConf.PrevResult, nil
+}
+
+// Apply forwards the host ports to the pod's addresses on its interface
+// ifName in res (its first of each family), for the attachment: the
+// rules in one transaction on conn, route_localnet where the localhost
+// connections need it (with SNAT), and a flush of the UDP flows to the
+// mapped ports that predate the rules.
+func (f *Forwarding) Apply(conn *podrules.Conn, id attachment.ID, res *current.Result, ifName string) error {
+	maps := f.portMaps(res, ifName)
+	if len(maps) == 0 || f.Empty() {
+		return nil
+	}
+	if f.snat {
 		for _, pm := range maps {
 			if pm.ContainerIP.To4() != nil {
 				if err := routeLocalnet(pm.ContainerIP); err != nil {
-					return nil, err
+					return err
 				}
 			}
 		}
 	}
-	if err := withNFT(func(conn *podrules.Conn) error {
-		return conn.AddPortMaps(cniplugin.AttachmentOf(c.Name, args), maps)
-	}); err != nil {
-		return nil, err
+	if err := conn.AddPortMaps(id, maps); err != nil {
+		return err
 	}
 	// Forget the UDP flows to the mapped ports that predate the rules:
 	// conntrack would keep steering them past the new DNAT. As for the
@@ -85,7 +99,16 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if err := flushUDP(flush); err != nil {
 		fmt.Fprintf(os.Stderr, "portmap: flush stale UDP conntrack entries: %v\n", err)
 	}
-	return c.NetConf.PrevResult, nil
+	return nil
+}
+
+// Check verifies that every rule Apply installs for the attachment and
+// res is in place.
+func (f *Forwarding) Check(conn *podrules.Conn, id attachment.ID, res *current.Result, ifName string) error {
+	if f.Empty() {
+		return nil
+	}
+	return conn.CheckPortMaps(id, f.portMaps(res, ifName))
 }
 
 func del(args *skel.CmdArgs) error {
@@ -93,15 +116,22 @@ func del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	return Unmap(cniplugin.AttachmentOf(c.Name, args))
+}
+
+// Unmap removes the attachment's port forwarding rules, found by its
+// identity alone, and flushes the UDP flows they forwarded, which would
+// keep black-holing its host ports until they time out. It succeeds when
+// there is nothing to remove.
+func Unmap(id attachment.ID) error {
 	var removed []podrules.Forward
 	if err := withNFT(func(conn *podrules.Conn) error {
-		removed, err = conn.DelPortMaps(cniplugin.AttachmentOf(c.Name, args))
+		var err error
+		removed, err = conn.DelPortMaps(id)
 		return err
 	}); err != nil {
 		return err
 	}
-	// The UDP flows forwarded to the pod would keep black-holing its host
-	// ports until they time out.
 	var flush []flow
 	for _, f := range removed {
 		if f.Protocol == unix.IPPROTO_UDP {
@@ -122,7 +152,7 @@ func check(args *skel.CmdArgs) error {
 	if c.NetConf.PrevResult == nil {
 		return cniplugin.NewError(types.ErrInvalidNetworkConfig, "portmap CHECK needs a prevResult", "")
 	}
-	if len(c.mappings) == 0 {
+	if c.fwd.Empty() {
 		return nil
 	}
 	prev, err := c.Prev()
@@ -130,7 +160,7 @@ func check(args *skel.CmdArgs) error {
 		return err
 	}
 	return withNFT(func(conn *podrules.Conn) error {
-		return conn.CheckPortMaps(cniplugin.AttachmentOf(c.Name, args), c.portMaps(prev, args.IfName))
+		return c.fwd.Check(conn, cniplugin.AttachmentOf(c.Name, args), prev, args.IfName)
 	})
 }
 

@@ -64,17 +64,23 @@ func FullChain(version string) Chain {
 
 // ClusterChain is podnet's cluster conflist as the node agent writes it
 // (internal/cniconf: the interface plugin typ over a node subnet with
-// host-local, then portmap and bandwidth). typ "" is podnet's own plugin
-// and version "" the conflist's cniVersions (runtimes pick 1.1.0); the
-// reference counterpart is typ "ptp" at version "1.0.0".
+// host-local; podnet's own plugin alone, honouring the portMappings and
+// bandwidth capabilities, another type chained with portmap and
+// bandwidth). typ "" is podnet's own plugin and version "" the conflist's
+// cniVersions (runtimes pick 1.1.0); the reference counterpart is typ
+// "ptp" at version "1.0.0".
 func ClusterChain(typ, version string) Chain {
 	v := version
 	if v == "" {
 		v = cniconf.Version
 	}
+	var chain []string
+	if typ != "" && typ != "podnet" {
+		chain = []string{"portmap", "bandwidth"}
+	}
 	return Chain{Label: "cluster conflist", CNIVersion: v, conflist: func(name, dataDir string) ([]byte, error) {
 		c := cniconf.Cluster{Subnets: []string{"10.245.0.0/16"}, MTU: 1500, IPAMDir: filepath.Join(dataDir, "ipam"),
-			Chain: []string{"portmap", "bandwidth"}, Type: typ, CNIVersion: version, Name: name}
+			Chain: chain, Type: typ, CNIVersion: version, Name: name}
 		b, err := c.Conflist()
 		if err != nil {
 			return nil, fmt.Errorf("cluster conflist: %w", err)
