@@ -1,0 +1,11 @@
+// Package kube builds and runs a real Kubernetes for podnet's lab and
+// tests: Build makes the pinned release's binaries (Version, from the
+// components module) once and caches them; StartControlPlane runs etcd,
+// kube-apiserver, kube-controller-manager and kube-scheduler inside a
+// network namespace, with an x509 PKI, Node,RBAC authorization and
+// NodeRestriction admission, and hands out client-certificate
+// kubeconfigs for the nodes and their components; StartNode runs a node
+// (containerd, kubelet, kube-proxy) inside a node's network namespace and
+// a mount namespace of its own. Nothing runs in, or changes, the
+// machine's own network namespace.
+package kube
