@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -77,6 +78,13 @@ func startKubeControlPlane(t *testing.T, env *nodeEnv) (*kube.ControlPlane, kube
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The authorizer learns of the binding a moment later.
+	waitFor(t, "the agent user allowed to list the Nodes", func() bool {
+		review, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "list", Resource: "nodes"},
+		}}, metav1.CreateOptions{})
+		return err == nil && review.Status.Allowed
+	})
 	return cp, admin, kubeconfig
 }
 

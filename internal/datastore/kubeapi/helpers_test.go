@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -99,7 +100,29 @@ func startShared() error {
 	if shared.kubeconfig, err = cp.Kubeconfig(agentUser); err != nil {
 		return err
 	}
-	return bindRules(ctx, shared.admin, agentUser)
+	if err := bindRules(ctx, shared.admin, agentUser); err != nil {
+		return err
+	}
+	// The authorizer learns of the binding a moment later.
+	rc, err := restConfig(Config{Kubeconfig: shared.kubeconfig, NetNS: ns.NS})
+	if err != nil {
+		return err
+	}
+	agent, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	for {
+		_, err := agent.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the agent user cannot list the Nodes: %w", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // bindRules gives user exactly Rules(), cluster-wide.
