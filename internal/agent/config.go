@@ -23,9 +23,13 @@ import (
 type Config struct {
 	// NodeName identifies the node in the datastore (default: hostname).
 	NodeName string
-	// Datastore is "embedded" (run a single-node etcd in the agent) or
-	// "etcd" (connect to EtcdEndpoints).
-	Datastore     string
+	// Datastore is "embedded" (run a single-node etcd in the agent),
+	// "etcd" (connect to EtcdEndpoints) or "kubernetes" (the Node objects
+	// of the Kubernetes API: see internal/datastore/kubeapi).
+	Datastore string
+	// Kubeconfig reaches the Kubernetes API in kubernetes mode; "" is the
+	// in-cluster configuration (the pod's service account).
+	Kubeconfig    string
 	EtcdEndpoints []string
 	EtcdCAFile    string
 	EtcdCertFile  string
@@ -60,7 +64,8 @@ type Config struct {
 	// cluster configuration differs from the one it last ran with.
 	AcceptClusterChange bool
 	// LeaseTTL is the grace period after which a dead node's subnet is
-	// reclaimed and its routes removed everywhere.
+	// reclaimed and its routes removed everywhere; in kubernetes mode, how
+	// long the watch of the Nodes may fail before the agent reports it.
 	LeaseTTL time.Duration
 
 	// Iface is the underlay interface (default: the default route's);
@@ -126,8 +131,15 @@ func (c *Config) Validate() error {
 		if len(c.EtcdEndpoints) == 0 {
 			errs = append(errs, errors.New("--datastore=etcd needs --etcd-endpoints"))
 		}
+	case "kubernetes":
+		if len(c.EtcdEndpoints) > 0 {
+			errs = append(errs, errors.New("--etcd-endpoints is for --datastore=etcd, not kubernetes"))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("unknown datastore %q (embedded or etcd)", c.Datastore))
+		errs = append(errs, fmt.Errorf("unknown datastore %q (embedded, etcd or kubernetes)", c.Datastore))
+	}
+	if c.Kubeconfig != "" && c.Datastore != "kubernetes" {
+		errs = append(errs, errors.New("--kubeconfig is for --datastore=kubernetes"))
 	}
 	errs = append(errs, c.validateDatastoreSecurity()...)
 	if c.LeaseTTL < 5*time.Second {

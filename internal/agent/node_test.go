@@ -84,6 +84,36 @@ func startNode(t *testing.T) *testNode {
 // returns why it could not start.
 func startNodeWith(t *testing.T, mutate func(*Config)) (*testNode, error) {
 	t.Helper()
+	env := newNodeEnv(t)
+	cfg := env.cfg
+	cfg.EtcdClientURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	cfg.EtcdPeerURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	mutate(&cfg)
+	tn, err := env.start(t, cfg)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := etcd.Open(context.Background(), etcd.Config{Endpoints: []string{cfg.EtcdClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	tn.client = cli.Client()
+	tn.waitReady(t)
+	return tn, nil
+}
+
+// nodeEnv is where a test node runs: a throwaway "node" namespace whose
+// underlay eth0 (192.0.2.1/24) is a veth to a "peer" namespace, and the
+// configuration of an agent for it (all its files in a temporary dir, no
+// health server, a 1 s resync).
+type nodeEnv struct {
+	ns, peer *netns.Temp
+	cfg      Config
+}
+
+func newNodeEnv(t *testing.T) *nodeEnv {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
@@ -120,8 +150,6 @@ func startNodeWith(t *testing.T, mutate func(*Config)) (*testNode, error) {
 	cfg.NodeName = "n1"
 	cfg.NetNS = ns.NS
 	cfg.Iface = "eth0"
-	cfg.EtcdClientURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	cfg.EtcdPeerURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.LeaseTTL = 5 * time.Second
 	cfg.CNIBinary = cni
@@ -130,7 +158,13 @@ func startNodeWith(t *testing.T, mutate func(*Config)) (*testNode, error) {
 	cfg.IPAMDir = filepath.Join(dir, "ipam")
 	cfg.Listen = ""
 	cfg.Resync = time.Second
-	mutate(&cfg)
+	return &nodeEnv{ns: ns, peer: peer, cfg: cfg}
+}
+
+// start starts an agent of cfg in the node namespace, stopped when the
+// test ends, and returns why it could not start.
+func (env *nodeEnv) start(t *testing.T, cfg Config) (*testNode, error) {
+	t.Helper()
 	logs := &syncBuffer{}
 	a, err := New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
@@ -144,8 +178,13 @@ func startNodeWith(t *testing.T, mutate func(*Config)) (*testNode, error) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.run(ctx, n) }()
-	tn := &testNode{agent: a, node: n, cfg: cfg, ns: ns, logs: logs}
+	tn := &testNode{agent: a, node: n, cfg: cfg, ns: env.ns, logs: logs}
+	stopped := false
 	tn.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("agent: %v", err)
@@ -157,13 +196,6 @@ func startNodeWith(t *testing.T, mutate func(*Config)) (*testNode, error) {
 			t.Logf("agent log:\n%s", logs)
 		}
 	})
-	cli, err := etcd.Open(ctx, etcd.Config{Endpoints: []string{cfg.EtcdClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	tn.client = cli.Client()
-	tn.waitReady(t)
 	return tn, nil
 }
 

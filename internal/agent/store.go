@@ -10,10 +10,12 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
 
 	"github.com/podnet/podnet/internal/agent/controller"
 	"github.com/podnet/podnet/internal/datastore"
 	"github.com/podnet/podnet/internal/datastore/etcd"
+	"github.com/podnet/podnet/internal/datastore/kubeapi"
 	"github.com/podnet/podnet/internal/join"
 	"github.com/podnet/podnet/internal/pki"
 )
@@ -32,7 +34,8 @@ const (
 
 // openStore opens the configured datastore: an embedded etcd server (its
 // client URL on the node's underlay address by default) or an external
-// etcd, secured as docs/agent-datastore.md tells. The datastore logs
+// etcd, secured as docs/agent-datastore.md tells, or the Kubernetes API
+// (reached from the node's namespace). The datastore logs
 // through the agent's logger.
 func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prometheus.Registerer) (datastore.Store, error) {
 	c := etcd.Config{
@@ -69,6 +72,14 @@ func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prome
 		if err := a.joinCredentials(ctx, &c); err != nil {
 			return nil, err
 		}
+	case "kubernetes":
+		// client-go's own messages (its informers' retries) join the
+		// agent's log instead of going to stderr in klog's format.
+		klog.SetSlogLogger(c.Log.With("component", "client-go"))
+		return kubeapi.Open(ctx, kubeapi.Config{
+			NodeName: a.cfg.NodeName, Kubeconfig: a.cfg.Kubeconfig, Cluster: a.cfg.Cluster,
+			Grace: a.cfg.LeaseTTL, NetNS: a.cfg.NetNS, Log: c.Log, Metrics: reg,
+		})
 	default:
 		return nil, errors.New("unknown datastore " + a.cfg.Datastore)
 	}

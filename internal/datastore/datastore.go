@@ -2,9 +2,8 @@
 // cluster's shared state lives: the cluster configuration, each node's
 // membership (its record and pod subnets) and the watch of the other
 // nodes. The etcd implementation (embedded or external) is in
-// internal/datastore/etcd; a Kubernetes API implementation goes beside it,
-// implementing the same interfaces, without a change to the agent's
-// controllers.
+// internal/datastore/etcd, the Kubernetes API one (Node objects) in
+// internal/datastore/kubeapi; both implement the same interfaces.
 package datastore
 
 import (
@@ -23,7 +22,9 @@ type Store interface {
 	// Join makes self a member of the cluster: it obtains the node's pod
 	// subnets — the ones it already holds, else prefer's (its last ones,
 	// from local state) when free, else free ones — and publishes its
-	// record. self's subnet fields are ignored.
+	// record. self's subnet fields are ignored. A datastore whose subnets
+	// come from elsewhere (Kubernetes: kube-controller-manager) waits for
+	// them, telling what it waits for through ReportWait.
 	Join(ctx context.Context, self, prefer cluster.Node) (Membership, error)
 	// WatchNodes calls f with the complete set of node records, sorted by
 	// name, at start and after every change, until ctx ends (then it
@@ -38,7 +39,10 @@ type Membership interface {
 	// Node is the node's record as last written.
 	Node() cluster.Node
 	// Update rewrites the node's record (underlay addresses, VTEP MAC);
-	// the name and the subnets stay as they are.
+	// the name and the subnets stay as they are. The membership controller
+	// calls it once the node's fabric is set up and whenever what the
+	// peers need changes, so a datastore may take it as the fabric being
+	// up (Kubernetes: the Node's NetworkUnavailable condition).
 	Update(ctx context.Context, n cluster.Node) error
 	// Run keeps the membership alive until ctx ends, then returns nil.
 	// When the membership was lost and taken again, it calls changed with
@@ -51,4 +55,21 @@ type Membership interface {
 	// Release gives the node's subnets back and removes its record, so
 	// every other node drops its routes at once.
 	Release(ctx context.Context) error
+}
+
+type waitReporterKey struct{}
+
+// WithWaitReporter returns a context under which a Join that has to wait
+// for something outside the agent calls report with what it waits for
+// (e.g. "node.spec.podCIDRs"), so that the caller can tell its readiness —
+// as net/http/httptrace carries its hooks.
+func WithWaitReporter(ctx context.Context, report func(waitingFor string)) context.Context {
+	return context.WithValue(ctx, waitReporterKey{}, report)
+}
+
+// ReportWait tells ctx's wait reporter, if any, what a Join waits for.
+func ReportWait(ctx context.Context, waitingFor string) {
+	if report, ok := ctx.Value(waitReporterKey{}).(func(string)); ok {
+		report(waitingFor)
+	}
 }

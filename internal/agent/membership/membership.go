@@ -67,7 +67,9 @@ func (c *Controller) Name() string { return "membership" }
 // node's VTEP MAC whenever the fabric changes it, and follows the peers.
 func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 	h.NotReady("joining the cluster")
-	mem, err := c.join(ctx)
+	// A datastore that waits for something outside the agent says what.
+	jctx := datastore.WithWaitReporter(ctx, func(what string) { h.NotReady("joining the cluster: waiting for %s", what) })
+	mem, err := c.join(jctx)
 	if err != nil {
 		return err
 	}
@@ -156,22 +158,26 @@ func (c *Controller) changed(old, cur cluster.Node) {
 	c.env.Self.Set(cur)
 }
 
-// publish writes the node's record again whenever the fabric's Local
-// differs from it, retrying with backoff until it is written.
+// publish writes the node's record once the fabric is set up (the
+// datastore may take that as the node's network being up) and again
+// whenever the fabric's Local differs from it, retrying with backoff until
+// it is written.
 func (c *Controller) publish(ctx context.Context, mem datastore.Membership) error {
 	retry := time.Second
+	published := false
 	for {
 		local, ok, changed := c.env.Local.Load()
 		var wait <-chan time.Time
 		if ok {
 			node := mem.Node()
-			if mac := macString(local.VTEPMAC); mac != node.VTEPMAC {
+			if mac := macString(local.VTEPMAC); mac != node.VTEPMAC || !published {
 				node.VTEPMAC = mac
 				if err := mem.Update(ctx, node); err != nil {
 					c.log.Warn("publishing the VTEP MAC failed; retrying", "err", err, "in", retry)
 					wait = time.After(retry)
 					retry = min(2*retry, 30*time.Second)
 				} else {
+					published = true
 					retry = time.Second
 					c.saveLast(node)
 					c.env.Self.Set(node)
@@ -197,10 +203,20 @@ func (c *Controller) Cleanup(ctx context.Context) error {
 	ul := c.env.Underlay
 	var errs []error
 	if c.store != nil {
-		mem, err := c.store.Join(ctx, cluster.Node{Name: c.env.NodeName, IP: ul.IP, IP6: ul.IP6}, last)
-		if err == nil {
+		// A Join that has to wait (for subnets from elsewhere) finds a
+		// node that never published anything: there is nothing to release.
+		jctx, cancel := context.WithCancel(ctx)
+		waited := false
+		jctx = datastore.WithWaitReporter(jctx, func(string) { waited = true; cancel() })
+		mem, err := c.store.Join(jctx, cluster.Node{Name: c.env.NodeName, IP: ul.IP, IP6: ul.IP6}, last)
+		cancel()
+		switch {
+		case err == nil:
 			last = mem.Node()
 			err = mem.Release(ctx)
+		case waited && ctx.Err() == nil:
+			c.log.Info("the node holds no subnets yet: nothing to release")
+			err = nil
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("release the membership: %w", err))

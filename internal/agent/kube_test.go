@@ -1,0 +1,196 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/podnet/podnet/internal/datastore/kubeapi"
+	"github.com/podnet/podnet/internal/kube"
+)
+
+// startKubeControlPlane runs a real control plane in env's peer namespace,
+// reached by the node at 192.0.2.2, stopped when the test ends. It returns
+// an administrator's client and the kubeconfig of an agent user bound to
+// exactly kubeapi.Rules().
+func startKubeControlPlane(t *testing.T, env *nodeEnv) (*kube.ControlPlane, kubernetes.Interface, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	h, err := netlink.NewHandleAt(env.peer.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := netlink.ParseAddr("192.0.2.2/24")
+	if err := h.AddrAdd(eth0, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(eth0); err != nil {
+		t.Fatal(err)
+	}
+	bins, err := kube.Build(ctx, kube.BuildConfig{Out: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
+		Bins: bins, Dir: t.TempDir(), NetNS: env.peer.Path(), IP: addr.IP,
+		ClusterCIDR: "10.244.0.0/16", NodeCIDRMaskSize: 24, ServiceCIDR: "10.96.0.0/16",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	admin, err := cp.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const user = "podnet-agent"
+	kubeconfig, err := cp.Kubeconfig(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: user}, Rules: kubeapi.Rules()}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: user},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The authorizer learns of the binding a moment later.
+	waitFor(t, "the agent user allowed to list the Nodes", func() bool {
+		review, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "list", Resource: "nodes"},
+		}}, metav1.CreateOptions{})
+		return err == nil && review.Status.Allowed
+	})
+	return cp, admin, kubeconfig
+}
+
+// TestKubernetesDatastore runs an agent with --datastore kubernetes against
+// a real API server (reached from the node's namespace, with exactly the
+// documented RBAC rules): it waits, not ready and saying why, for its
+// Node's podCIDRs until kube-controller-manager allocates them; it then
+// becomes ready, publishes its annotations and NetworkUnavailable=False,
+// routes to a peer Node that has podnet's annotations, drops those routes
+// when the peer's Node is deleted, and on leave removes its annotations.
+func TestKubernetesDatastore(t *testing.T) {
+	env := newNodeEnv(t)
+	cp, admin, kubeconfig := startKubeControlPlane(t, env)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	nodes := admin.CoreV1().Nodes()
+
+	if err := cp.StopComponent(kube.ComponentControllerManager); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := env.cfg
+	cfg.Datastore, cfg.Kubeconfig = "kubernetes", kubeconfig
+	tn, err := env.start(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the agent to say it waits for the podCIDRs", func() bool {
+		return strings.Contains(tn.node.manager.NotReady(), "membership: joining the cluster: waiting for node.spec.podCIDRs")
+	})
+	st := tn.getStatus(t)
+	for _, c := range st.Controllers {
+		if c.Name == "membership" && (c.Ready || !strings.Contains(c.Reason, "node.spec.podCIDRs")) {
+			t.Errorf("/status while waiting: %+v", c)
+		}
+	}
+	if err := cp.StartComponent(ctx, kube.ComponentControllerManager); err != nil {
+		t.Fatal(err)
+	}
+	tn.waitReady(t)
+	n1, err := nodes.Get(ctx, "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := tn.getStatus(t); len(n1.Spec.PodCIDRs) != 1 || st.Node.Subnet.String() != n1.Spec.PodCIDRs[0] {
+		t.Fatalf("the agent's subnet %v, the Node's podCIDRs %v", st.Node.Subnet, n1.Spec.PodCIDRs)
+	}
+	waitFor(t, "n1's annotations and NetworkUnavailable=False", func() bool {
+		n1, err = nodes.Get(ctx, "n1", metav1.GetOptions{})
+		if err != nil || n1.Annotations[kubeapi.AnnotationNodeIP] != "192.0.2.1" || n1.Annotations[kubeapi.AnnotationVTEPMAC] == "" {
+			return false
+		}
+		for _, c := range n1.Status.Conditions {
+			if c.Type == corev1.NodeNetworkUnavailable {
+				return c.Status == corev1.ConditionFalse && c.Reason == kubeapi.ReasonUp
+			}
+		}
+		return false
+	})
+
+	// A peer on the same link: host-gw routes its podCIDR via its address.
+	peer := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n2", Annotations: map[string]string{
+			kubeapi.AnnotationNodeIP: "192.0.2.3", kubeapi.AnnotationVTEPMAC: "02:00:00:00:00:03",
+		}},
+		Spec: corev1.NodeSpec{PodCIDR: "10.244.100.0/24", PodCIDRs: []string{"10.244.100.0/24"}},
+	}
+	if _, err := nodes.Create(ctx, peer, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(tn.ns.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	_, peerSubnet, _ := net.ParseCIDR("10.244.100.0/24")
+	route := func() *netlink.Route {
+		rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: peerSubnet}, netlink.RT_FILTER_DST)
+		if err != nil || len(rs) == 0 {
+			return nil
+		}
+		return &rs[0]
+	}
+	waitFor(t, "the route to n2's podCIDR", func() bool { r := route(); return r != nil && r.Gw.Equal(net.IPv4(192, 0, 2, 3)) })
+	if st := tn.getStatus(t); st.Peers != 1 || !st.Ready {
+		t.Fatalf("status with a peer: %+v", st)
+	}
+
+	if err := nodes.Delete(ctx, "n2", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the route to n2 removed", func() bool { return route() == nil })
+
+	tn.stop()
+	if err := tn.agent.Leave(ctx); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	n1, err = nodes.Get(ctx, "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{kubeapi.AnnotationNodeIP, kubeapi.AnnotationNodeIP6, kubeapi.AnnotationVTEPMAC} {
+		if v, ok := n1.Annotations[k]; ok {
+			t.Errorf("after leave, %s = %q", k, v)
+		}
+	}
+}
