@@ -52,16 +52,16 @@ type BuildConfig struct {
 	Out io.Writer
 }
 
-// component is one binary Build makes: the file name it gets and the
+// buildTarget is one binary Build makes: the file name it gets and the
 // package it is built from.
-type component struct {
+type buildTarget struct {
 	file, pkg string
 	path      func(*Binaries) *string
 }
 
-// components are the binaries of a cluster. go build names etcd's
+// buildTargets are the binaries of a cluster. go build names etcd's
 // binary after its package ("server"): it is built on its own with -o.
-var components = []component{
+var buildTargets = []buildTarget{
 	{"kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", func(b *Binaries) *string { return &b.APIServer }},
 	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", func(b *Binaries) *string { return &b.ControllerManager }},
 	{"kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler", func(b *Binaries) *string { return &b.Scheduler }},
@@ -143,7 +143,7 @@ func Build(ctx context.Context, cfg BuildConfig) (Binaries, error) {
 	}
 	final := filepath.Join(cacheDir, key)
 	bins := binariesIn(final)
-	if complete(bins) {
+	if binariesComplete(bins) {
 		return bins, nil
 	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
@@ -154,13 +154,17 @@ func Build(ctx context.Context, cfg BuildConfig) (Binaries, error) {
 		return Binaries{}, err
 	}
 	defer unlock()
-	if complete(bins) { // built by whoever held the lock
+	if binariesComplete(bins) { // built by whoever held the lock
 		return bins, nil
 	}
-	if err := os.RemoveAll(final); err != nil { // an entry missing files
-		return Binaries{}, fmt.Errorf("kube build: %w", err)
+	// Clear an entry missing files and what killed builds of it left.
+	stale, _ := filepath.Glob(filepath.Join(cacheDir, ".build-"+key+"-*"))
+	for _, d := range append(stale, final) {
+		if err := os.RemoveAll(d); err != nil {
+			return Binaries{}, fmt.Errorf("kube build: %w", err)
+		}
 	}
-	tmp, err := os.MkdirTemp(cacheDir, ".build-")
+	tmp, err := os.MkdirTemp(cacheDir, ".build-"+key+"-")
 	if err != nil {
 		return Binaries{}, fmt.Errorf("kube build: %w", err)
 	}
@@ -184,7 +188,7 @@ func Build(ctx context.Context, cfg BuildConfig) (Binaries, error) {
 // go build (it links them in parallel), then etcd under its own name.
 func goBuild(ctx context.Context, out io.Writer, goBin, src, dir string) error {
 	var kube []string
-	for _, c := range components {
+	for _, c := range buildTargets {
 		if c.file != "etcd" {
 			kube = append(kube, c.pkg)
 		}
@@ -249,15 +253,15 @@ func cacheKey(ctx context.Context, goBin, src string) (string, error) {
 // binariesIn names the binaries in dir.
 func binariesIn(dir string) Binaries {
 	var b Binaries
-	for _, c := range components {
+	for _, c := range buildTargets {
 		*c.path(&b) = filepath.Join(dir, c.file)
 	}
 	return b
 }
 
-// complete tells whether every binary of b is there.
-func complete(b Binaries) bool {
-	for _, c := range components {
+// binariesComplete tells whether every binary of b is there.
+func binariesComplete(b Binaries) bool {
+	for _, c := range buildTargets {
 		st, err := os.Stat(*c.path(&b))
 		if err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
 			return false

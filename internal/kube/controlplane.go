@@ -47,14 +47,14 @@ const (
 
 // Waits of the control plane.
 const (
-	// componentTimeout bounds the wait for a component to become healthy
+	// cpStartTimeout bounds the wait for a component to become healthy
 	// when the caller's context has no deadline.
-	componentTimeout = 2 * time.Minute
-	// stopGrace is how long a component has to exit after SIGTERM before
+	cpStartTimeout = 2 * time.Minute
+	// cpStopGrace is how long a component has to exit after SIGTERM before
 	// it is killed.
-	stopGrace = 10 * time.Second
-	// pollInterval is how often health and exits are polled.
-	pollInterval = 100 * time.Millisecond
+	cpStopGrace = 10 * time.Second
+	// cpPollInterval is how often health and exits are polled.
+	cpPollInterval = 100 * time.Millisecond
 )
 
 // ControlPlaneConfig configures a control plane.
@@ -88,14 +88,14 @@ type ControlPlaneConfig struct {
 type ControlPlane struct {
 	cfg ControlPlaneConfig
 
-	mu    sync.Mutex          // guards procs and state.json
-	procs map[string]*process // by component name; absent: not started
-	pkiMu sync.Mutex          // serializes certificate issuing
+	mu    sync.Mutex            // guards procs and state.json
+	procs map[string]*cpProcess // by component name; absent: not started
+	pkiMu sync.Mutex            // serializes certificate issuing
 }
 
-// process is a component's process. Start tells it from a later process
+// cpProcess is a component's process. Start tells it from a later process
 // that reuses the PID.
-type process struct {
+type cpProcess struct {
 	PID   int
 	Start uint64 // start time, in clock ticks after boot (/proc/PID/stat)
 	// done is closed once the process has exited and been reaped; nil
@@ -104,16 +104,16 @@ type process struct {
 	done chan struct{}
 }
 
-// state is the content of Dir/state.json.
-type state struct {
+// cpState is the content of Dir/state.json.
+type cpState struct {
 	Config    ControlPlaneConfig
-	Processes map[string]*process
+	Processes map[string]*cpProcess
 }
 
-// stateFile is the name of the state file in Dir.
-const stateFile = "state.json"
+// cpStateFile is the name of the state file in Dir.
+const cpStateFile = "state.json"
 
-// componentOrder is the start order; Stop goes the other way.
+// componentOrder is the start order: etcd first.
 var componentOrder = []string{ComponentEtcd, ComponentAPIServer, ComponentControllerManager, ComponentScheduler}
 
 // StartControlPlane creates (or reuses, when Dir holds them from an
@@ -121,12 +121,19 @@ var componentOrder = []string{ComponentEtcd, ComponentAPIServer, ComponentContro
 // components inside cfg.NetNS and returns once the API server is ready,
 // the controller manager and the scheduler are healthy and the default
 // ServiceAccount and the kubernetes Service exist. On failure whatever was
-// started is stopped.
+// started is stopped. A control plane still running from Dir is an error.
 func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPlane, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	cp := &ControlPlane{cfg: cfg, procs: map[string]*process{}}
+	if prev, err := OpenControlPlane(cfg.Dir); err == nil {
+		for name, p := range prev.procs {
+			if p.alive() {
+				return nil, fmt.Errorf("kube: control plane: %s (pid %d) of %s still runs: stop that control plane first", name, p.PID, cfg.Dir)
+			}
+		}
+	}
+	cp := &ControlPlane{cfg: cfg, procs: map[string]*cpProcess{}}
 	if err := cp.prepare(); err != nil {
 		return nil, err
 	}
@@ -147,16 +154,16 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPla
 // OpenControlPlane opens the control plane whose state is in dir (as
 // StartControlPlane left it, maybe in another process).
 func OpenControlPlane(dir string) (*ControlPlane, error) {
-	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	b, err := os.ReadFile(filepath.Join(dir, cpStateFile))
 	if err != nil {
 		return nil, fmt.Errorf("kube: open control plane: %w", err)
 	}
-	var st state
+	var st cpState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("kube: open control plane: %s: %w", filepath.Join(dir, stateFile), err)
+		return nil, fmt.Errorf("kube: open control plane: %s: %w", filepath.Join(dir, cpStateFile), err)
 	}
 	if st.Processes == nil {
-		st.Processes = map[string]*process{}
+		st.Processes = map[string]*cpProcess{}
 	}
 	return &ControlPlane{cfg: st.Config, procs: st.Processes}, nil
 }
@@ -178,7 +185,7 @@ func (cp *ControlPlane) StartComponent(ctx context.Context, name string) error {
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, componentTimeout)
+		ctx, cancel = context.WithTimeout(ctx, cpStartTimeout)
 		defer cancel()
 	}
 	p, err := cp.spawn(name)
@@ -210,14 +217,15 @@ func (cp *ControlPlane) StopComponent(name string) error {
 
 // Stop stops every component and returns once their processes are gone
 // (reaped, when they are this process's children). The files stay in
-// Dir.
+// Dir. etcd goes last: the API server shutting down still writes to it.
 func (cp *ControlPlane) Stop() error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(componentOrder))
-	for i, name := range componentOrder {
-		wg.Go(func() { errs[i] = cp.stop(name) })
+	for i, name := range componentOrder[1:] {
+		wg.Go(func() { errs[i+1] = cp.stop(name) })
 	}
 	wg.Wait()
+	errs[0] = cp.stop(componentOrder[0])
 	return errors.Join(errs...)
 }
 
@@ -242,7 +250,7 @@ func (cp *ControlPlane) stop(name string) error {
 
 // validate checks the configuration.
 func (cfg *ControlPlaneConfig) validate() error {
-	if !complete(cfg.Bins) {
+	if !binariesComplete(cfg.Bins) {
 		return errors.New("kube: control plane: binaries missing (use Build)")
 	}
 	if cfg.Dir == "" || !filepath.IsAbs(cfg.Dir) {
@@ -409,7 +417,7 @@ func (cp *ControlPlane) args(name string) ([]string, bool) {
 
 // spawn starts a component inside the namespace, its output appended to
 // its log.
-func (cp *ControlPlane) spawn(name string) (*process, error) {
+func (cp *ControlPlane) spawn(name string) (*cpProcess, error) {
 	argv, _ := cp.args(name)
 	logf, err := os.OpenFile(cp.logFile(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -417,26 +425,13 @@ func (cp *ControlPlane) spawn(name string) (*process, error) {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "--- %s podnet: starting %s\n", time.Now().Format(time.RFC3339), strings.Join(argv, " "))
-	ns, err := netns.Open(cp.cfg.NetNS)
-	if err != nil {
-		return nil, fmt.Errorf("kube: start %s: %w", name, err)
-	}
-	defer ns.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = cp.cfg.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if cp.cfg.Detach {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	} else {
-		// Killed when the thread that forked it (one that returns to
-		// the runtime's pool) ends: in practice, with this process.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	}
-	// Only the fork happens inside the namespace.
-	if err := ns.Do(cmd.Start); err != nil {
+	if err := startInNetNS(cp.cfg.NetNS, cmd, cp.cfg.Detach); err != nil {
 		return nil, fmt.Errorf("kube: start %s: %w", name, err)
 	}
-	p := &process{PID: cmd.Process.Pid, done: make(chan struct{})}
+	p := &cpProcess{PID: cmd.Process.Pid, done: make(chan struct{})}
 	p.Start, _, _ = procStat(p.PID)
 	go func() {
 		_ = cmd.Wait() // reap it whenever it ends
@@ -447,7 +442,7 @@ func (cp *ControlPlane) spawn(name string) (*process, error) {
 
 // waitHealthy waits until the component answers its health check, failing
 // early when its process ends.
-func (cp *ControlPlane) waitHealthy(ctx context.Context, name string, p *process) error {
+func (cp *ControlPlane) waitHealthy(ctx context.Context, name string, p *cpProcess) error {
 	client, url, err := cp.healthCheck(name)
 	if err != nil {
 		return err
@@ -464,7 +459,7 @@ func (cp *ControlPlane) waitHealthy(ctx context.Context, name string, p *process
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("kube: %s not healthy (%v): %w; log %s:\n%s", name, last, ctx.Err(), cp.logFile(name), cp.logTail(name))
-		case <-time.After(pollInterval):
+		case <-time.After(cpPollInterval):
 		}
 	}
 }
@@ -524,7 +519,7 @@ func probe(ctx context.Context, client *http.Client, url string) error {
 func (cp *ControlPlane) waitServing(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, componentTimeout)
+		ctx, cancel = context.WithTimeout(ctx, cpStartTimeout)
 		defer cancel()
 	}
 	client, err := cp.Client()
@@ -553,7 +548,7 @@ func (cp *ControlPlane) waitServing(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("kube: control plane: waiting for %s (%v): %w", c.what, err, ctx.Err())
-			case <-time.After(pollInterval):
+			case <-time.After(cpPollInterval):
 			}
 		}
 	}
@@ -606,11 +601,11 @@ func (cp *ControlPlane) save() error {
 }
 
 func (cp *ControlPlane) saveLocked() error {
-	b, err := json.MarshalIndent(state{Config: cp.cfg, Processes: cp.procs}, "", "  ")
+	b, err := json.MarshalIndent(cpState{Config: cp.cfg, Processes: cp.procs}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("kube: control plane state: %w", err)
 	}
-	if _, err := atomicfile.Write(filepath.Join(cp.cfg.Dir, stateFile), append(b, '\n'), 0o644); err != nil {
+	if _, err := atomicfile.Write(filepath.Join(cp.cfg.Dir, cpStateFile), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("kube: control plane state: %w", err)
 	}
 	return nil
@@ -618,7 +613,7 @@ func (cp *ControlPlane) saveLocked() error {
 
 // alive tells whether the process runs: not exited, not a zombie, and its
 // PID not reused by another process.
-func (p *process) alive() bool {
+func (p *cpProcess) alive() bool {
 	if p.done != nil {
 		select {
 		case <-p.done:
@@ -630,41 +625,41 @@ func (p *process) alive() bool {
 	return ok && st != 'Z' && start == p.Start
 }
 
-// terminate sends SIGTERM, then SIGKILL after stopGrace, and waits until
+// terminate sends SIGTERM, then SIGKILL after cpStopGrace, and waits until
 // the process is gone (reaped, when it is a child).
-func (p *process) terminate() error {
+func (p *cpProcess) terminate() error {
 	if !p.alive() {
-		return p.reaped(stopGrace)
+		return p.reaped(cpStopGrace)
 	}
 	if err := syscall.Kill(p.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return err
 	}
-	if p.gone(stopGrace) {
-		return p.reaped(stopGrace)
+	if p.gone(cpStopGrace) {
+		return p.reaped(cpStopGrace)
 	}
 	if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return err
 	}
-	if !p.gone(stopGrace) {
+	if !p.gone(cpStopGrace) {
 		return fmt.Errorf("process %d still runs after SIGKILL", p.PID)
 	}
-	return p.reaped(stopGrace)
+	return p.reaped(cpStopGrace)
 }
 
 // gone waits up to d for the process to end.
-func (p *process) gone(d time.Duration) bool {
+func (p *cpProcess) gone(d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for p.alive() {
 		if time.Now().After(deadline) {
 			return false
 		}
-		time.Sleep(pollInterval / 5)
+		time.Sleep(cpPollInterval / 5)
 	}
 	return true
 }
 
 // reaped waits up to d for a child that ended to be reaped.
-func (p *process) reaped(d time.Duration) error {
+func (p *cpProcess) reaped(d time.Duration) error {
 	if p.done == nil {
 		return nil
 	}
@@ -678,7 +673,7 @@ func (p *process) reaped(d time.Duration) error {
 
 // procStat reads a process's start time and state from /proc; false when
 // there is no such process.
-func procStat(pid int) (start uint64, state byte, ok bool) {
+func procStat(pid int) (start uint64, cpState byte, ok bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, 0, false

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,7 +73,7 @@ func TestControlPlane(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		assertMode(t, path, 0o600)
+		assertFileMode(t, path, 0o600)
 		node := cpTestClient(t, cp, path)
 		if _, err := node.CoreV1().Nodes().Create(ctx, cpTestNode("n1"), metav1.CreateOptions{}); err != nil {
 			t.Fatalf("node n1 creating itself: %v", err)
@@ -85,8 +86,8 @@ func TestControlPlane(t *testing.T) {
 			what string
 			err  error
 		}{
-			{"patch n1", patchNode(ctx, node, "n1", patch)},
-			{"patch n2", patchNode(ctx, node, "n2", patch)},
+			{"patch n1", cpTestPatchNode(ctx, node, "n1", patch)},
+			{"patch n2", cpTestPatchNode(ctx, node, "n2", patch)},
 			{"create n3", func() error {
 				_, err := node.CoreV1().Nodes().Create(ctx, cpTestNode("n3"), metav1.CreateOptions{})
 				return err
@@ -150,6 +151,9 @@ func TestControlPlane(t *testing.T) {
 		if opened.Config().IP.String() != ip.String() || opened.AdminKubeconfig() != cp.AdminKubeconfig() {
 			t.Errorf("reopened %+v, want the started one's config", opened.Config())
 		}
+		if _, err := StartControlPlane(ctx, opened.Config()); err == nil || !strings.Contains(err.Error(), "still runs") {
+			t.Errorf("a second start in the running control plane's directory: %v, want an error", err)
+		}
 		// Stopping through the reopened state, which knows the processes
 		// by PID only, as the lab does in a later command.
 		if err := opened.StopComponent(ComponentScheduler); err != nil {
@@ -187,7 +191,7 @@ func TestControlPlane(t *testing.T) {
 func cpTestBinaries(ctx context.Context, t *testing.T) Binaries {
 	t.Helper()
 	start := time.Now()
-	bins, err := Build(ctx, BuildConfig{Out: testWriter{t}})
+	bins, err := Build(ctx, BuildConfig{Out: cpTestWriter{t}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +250,7 @@ func cpTestNode(name string) *corev1.Node {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
 }
 
-func patchNode(ctx context.Context, c kubernetes.Interface, name string, patch []byte) error {
+func cpTestPatchNode(ctx context.Context, c kubernetes.Interface, name string, patch []byte) error {
 	_, err := c.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, patch, metav1.PatchOptions{})
 	return err
 }
@@ -287,10 +291,10 @@ func cpTestPIDs(t *testing.T, dir string) map[string]int {
 	return pids
 }
 
-// testWriter writes to the test log.
-type testWriter struct{ t *testing.T }
+// cpTestWriter writes to the test log.
+type cpTestWriter struct{ t *testing.T }
 
-func (w testWriter) Write(b []byte) (int, error) {
+func (w cpTestWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
 }

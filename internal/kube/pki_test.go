@@ -61,7 +61,7 @@ func TestAuthorityIssues(t *testing.T) {
 					t.Errorf("host %s: %v", h, err)
 				}
 			}
-			assertMode(t, keyPath, 0o600)
+			assertFileMode(t, keyPath, 0o600)
 			before, _ := os.ReadFile(certPath)
 			if _, _, err := ca.ensure(tc.leaf); err != nil {
 				t.Fatal(err)
@@ -79,7 +79,7 @@ func TestAuthorityIssues(t *testing.T) {
 			}
 		})
 	}
-	assertMode(t, ca.keyFile(), 0o600)
+	assertFileMode(t, ca.keyFile(), 0o600)
 	again, err := loadOrCreateAuthority(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +95,7 @@ func TestServiceAccountKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertMode(t, keyPath, 0o600)
+	assertFileMode(t, keyPath, 0o600)
 	b, err := os.ReadFile(pubPath)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestServiceAccountKey(t *testing.T) {
 	}
 }
 
-func assertMode(t *testing.T, path string, want os.FileMode) {
+func assertFileMode(t *testing.T, path string, want os.FileMode) {
 	t.Helper()
 	st, err := os.Stat(path)
 	if err != nil {
