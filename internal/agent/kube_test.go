@@ -193,4 +193,26 @@ func TestKubernetesDatastore(t *testing.T) {
 			t.Errorf("after leave, %s = %q", k, v)
 		}
 	}
+	for _, c := range n1.Status.Conditions {
+		if c.Type == corev1.NodeNetworkUnavailable && (c.Status != corev1.ConditionTrue || c.Reason != kubeapi.ReasonLeft) {
+			t.Errorf("after leave, NetworkUnavailable %+v", c)
+		}
+	}
+
+	// A node still waiting for its podCIDRs has nothing to release: leave
+	// does not wait for them.
+	if err := cp.StopComponent(kube.ComponentControllerManager); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n3"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.NodeName = "n3"
+	a3, err := New(cfg, tn.agent.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a3.Leave(ctx); err != nil {
+		t.Fatalf("leave while waiting for podCIDRs: %v", err)
+	}
 }

@@ -113,6 +113,9 @@ var _ datastore.Store = (*Store)(nil)
 // reads the node's Node object; it fails when the API does not answer
 // within the timeout or the Node does not exist.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("datastore: kubernetes: no node name")
+	}
 	rc, err := restConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -120,14 +123,6 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("datastore: kubernetes client: %w", err)
-	}
-	return newStore(ctx, cfg, client)
-}
-
-// newStore is a Store of client; it reads the node's Node object.
-func newStore(ctx context.Context, cfg Config, client kubernetes.Interface) (*Store, error) {
-	if cfg.NodeName == "" {
-		return nil, errors.New("datastore: kubernetes: no node name")
 	}
 	if cfg.Grace <= 0 {
 		cfg.Grace = DefaultGrace
@@ -216,7 +211,7 @@ func (s *Store) EnsureClusterConfig(_ context.Context, want cluster.Config) (clu
 	return c, diffs, nil
 }
 
-// Close stops the Node informer, if it runs.
+// Close stops the Node informer, if it runs; it is the Store's last call.
 func (s *Store) Close() error {
 	s.informerOnce.Do(func() {}) // no informer starts after Close
 	if s.stop != nil {
