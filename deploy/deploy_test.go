@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podnet/podnet/internal/cniconf"
+	"github.com/podnet/podnet/internal/datastore/kubeapi"
 	"github.com/podnet/podnet/internal/image"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testing/sandbox"
@@ -126,11 +127,8 @@ func TestManifest(t *testing.T) {
 	}
 
 	t.Run("RBAC", func(t *testing.T) {
-		// Exactly the datastore's needs (kubeapi.Rules).
-		want := []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
-		}
+		// Exactly the datastore's needs.
+		want := kubeapi.Rules()
 		if !equality.Semantic.DeepEqual(o.role.Rules, want) {
 			t.Errorf("ClusterRole rules %+v, want %+v", o.role.Rules, want)
 		}
