@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
+	"k8s.io/klog/v2"
 
 	"github.com/podnet/podnet/internal/agent"
 )
@@ -66,7 +67,12 @@ func command() *cobra.Command {
 		if err != nil {
 			return nil, err
 		}
-		return agent.New(cfg, log.With("node", cfg.NodeName))
+		log = log.With("node", cfg.NodeName)
+		// client-go's own messages (its informers' retries) join the
+		// agent's log instead of going to stderr in klog's format; klog's
+		// logger is process-wide, so it is set here, once.
+		klog.SetSlogLogger(log.With("component", "client-go"))
+		return agent.New(cfg, log)
 	}
 	root := &cobra.Command{
 		Use:           "podnet-agent",

@@ -10,7 +10,6 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/klog/v2"
 
 	"github.com/podnet/podnet/internal/agent/controller"
 	"github.com/podnet/podnet/internal/datastore"
@@ -73,9 +72,6 @@ func (a *Agent) openStore(ctx context.Context, ul controller.Underlay, reg prome
 			return nil, err
 		}
 	case "kubernetes":
-		// client-go's own messages (its informers' retries) join the
-		// agent's log instead of going to stderr in klog's format.
-		klog.SetSlogLogger(c.Log.With("component", "client-go"))
 		return kubeapi.Open(ctx, kubeapi.Config{
 			NodeName: a.cfg.NodeName, Kubeconfig: a.cfg.Kubeconfig, Cluster: a.cfg.Cluster,
 			Grace: a.cfg.LeaseTTL, NetNS: a.cfg.NetNS, Log: c.Log, Metrics: reg,
