@@ -22,6 +22,7 @@ import (
 
 	"github.com/podnet/podnet/internal/atomicfile"
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/pki"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -299,7 +300,7 @@ func (cp *ControlPlane) prepare() error {
 			return fmt.Errorf("kube: control plane: %w", err)
 		}
 	}
-	ca, err := loadOrCreateAuthority(cp.pkiDir())
+	ca, err := loadOrCreateCA(cp.pkiDir())
 	if err != nil {
 		return err
 	}
@@ -308,16 +309,16 @@ func (cp *ControlPlane) prepare() error {
 		return err
 	}
 	loopback := net.IPv4(127, 0, 0, 1)
-	for _, l := range []leaf{
-		{name: ComponentAPIServer, cn: ComponentAPIServer, server: true,
-			ips: []net.IP{cp.cfg.IP, loopback, svcIP},
-			dns: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}},
+	for _, l := range []pki.Leaf{
+		{Name: ComponentAPIServer, CommonName: ComponentAPIServer, Server: true,
+			IPs:      []net.IP{cp.cfg.IP, loopback, svcIP},
+			DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}},
 		// The API server's identity towards kubelets (logs, exec).
-		{name: "kube-apiserver-kubelet-client", cn: "kube-apiserver-kubelet-client", orgs: []string{"system:masters"}},
-		{name: ComponentControllerManager, cn: ComponentControllerManager, server: true, ips: []net.IP{loopback}, dns: []string{"localhost"}},
-		{name: ComponentScheduler, cn: ComponentScheduler, server: true, ips: []net.IP{loopback}, dns: []string{"localhost"}},
+		{Name: "kube-apiserver-kubelet-client", CommonName: "kube-apiserver-kubelet-client", Organizations: []string{"system:masters"}, Client: true},
+		{Name: ComponentControllerManager, CommonName: ComponentControllerManager, Server: true, IPs: []net.IP{loopback}, DNSNames: []string{"localhost"}},
+		{Name: ComponentScheduler, CommonName: ComponentScheduler, Server: true, IPs: []net.IP{loopback}, DNSNames: []string{"localhost"}},
 	} {
-		if _, _, err := ca.ensure(l); err != nil {
+		if _, _, err := ca.EnsureLeaf(cp.pkiDir(), l); err != nil {
 			return err
 		}
 	}
@@ -396,7 +397,7 @@ func (cp *ControlPlane) args(name string) ([]string, bool) {
 			"--root-ca-file=" + cp.CAFile(),
 			"--service-account-private-key-file=" + pkiFile(saKeyFile),
 			"--cluster-signing-cert-file=" + cp.CAFile(),
-			"--cluster-signing-key-file=" + pkiFile(caKeyFile),
+			"--cluster-signing-key-file=" + pkiFile(pki.CAKeyFile),
 			"--controllers=*,bootstrapsigner,tokencleaner",
 			"--leader-elect=false",
 			"--profiling=false",

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/podnet/podnet/internal/atomicfile"
+	"github.com/podnet/podnet/internal/pki"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -39,17 +40,17 @@ func (cp *ControlPlane) Kubeconfig(user string, groups ...string) (string, error
 	}
 	cp.pkiMu.Lock()
 	defer cp.pkiMu.Unlock()
-	ca, err := loadOrCreateAuthority(cp.pkiDir())
+	ca, err := loadOrCreateCA(cp.pkiDir())
 	if err != nil {
 		return "", err
 	}
 	name := fileName(user)
-	certPath, keyPath, err := ca.ensure(leaf{name: "user-" + name, cn: user, orgs: groups})
+	certPath, keyPath, err := ca.EnsureLeaf(cp.pkiDir(), pki.Leaf{Name: "user-" + name, CommonName: user, Organizations: groups, Client: true})
 	if err != nil {
 		return "", err
 	}
 	files := map[string][]byte{}
-	for _, p := range []string{ca.certFile(), certPath, keyPath} {
+	for _, p := range []string{certPath, keyPath} {
 		if files[p], err = os.ReadFile(p); err != nil {
 			return "", fmt.Errorf("kube: kubeconfig for %s: %w", user, err)
 		}
@@ -58,7 +59,7 @@ func (cp *ControlPlane) Kubeconfig(user string, groups ...string) (string, error
 	cfg := clientcmdapi.Config{
 		Clusters: map[string]*clientcmdapi.Cluster{cluster: {
 			Server:                   cp.server(),
-			CertificateAuthorityData: files[ca.certFile()],
+			CertificateAuthorityData: ca.PEM,
 		}},
 		AuthInfos: map[string]*clientcmdapi.AuthInfo{user: {
 			ClientCertificateData: files[certPath],
@@ -84,7 +85,7 @@ func (cp *ControlPlane) AdminKubeconfig() string { return cp.kubeconfigPath(admi
 
 // CAFile is the path of the cluster CA's certificate: it verifies the API
 // server and every client certificate the cluster accepts.
-func (cp *ControlPlane) CAFile() string { return filepath.Join(cp.pkiDir(), caCertFile) }
+func (cp *ControlPlane) CAFile() string { return filepath.Join(cp.pkiDir(), pki.CACertFile) }
 
 // RESTConfig is a client configuration of the cluster administrator
 // whose connections are made inside the control plane's network

@@ -5,86 +5,39 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/pem"
-	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 
 	"github.com/podnet/podnet/internal/pki"
 )
 
-func TestAuthorityIssues(t *testing.T) {
+// TestCA checks the cluster CA's identity and files; pki's tests cover
+// the leaves it issues.
+func TestCA(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pki")
-	ca, err := loadOrCreateAuthority(dir)
+	ca, err := loadOrCreateCA(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
-	for _, tc := range []struct {
-		leaf  leaf
-		usage x509.ExtKeyUsage
-		hosts []string
-	}{
-		{
-			leaf:  leaf{name: "apiserver", cn: "kube-apiserver", server: true, ips: []net.IP{net.ParseIP("10.0.0.1"), net.ParseIP("10.96.0.1")}, dns: []string{"kubernetes.default.svc"}},
-			usage: x509.ExtKeyUsageServerAuth,
-			hosts: []string{"10.0.0.1", "10.96.0.1", "kubernetes.default.svc"},
-		},
-		{
-			leaf:  leaf{name: "admin", cn: "admin", orgs: []string{"system:masters"}},
-			usage: x509.ExtKeyUsageClientAuth,
-		},
-		{
-			leaf:  leaf{name: "node", cn: "system:node:n1", orgs: []string{"system:nodes", "extra"}},
-			usage: x509.ExtKeyUsageClientAuth,
-		},
-	} {
-		t.Run(tc.leaf.name, func(t *testing.T) {
-			certPath, keyPath, err := ca.ensure(tc.leaf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cert, err := pki.ReadCert(certPath)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{tc.usage}}); err != nil {
-				t.Errorf("verify: %v", err)
-			}
-			if cert.Subject.CommonName != tc.leaf.cn || !sameSet(cert.Subject.Organization, tc.leaf.orgs) {
-				t.Errorf("subject %v, want CN=%s O=%v", cert.Subject, tc.leaf.cn, tc.leaf.orgs)
-			}
-			for _, h := range tc.hosts {
-				if err := cert.VerifyHostname(h); err != nil {
-					t.Errorf("host %s: %v", h, err)
-				}
-			}
-			assertFileMode(t, keyPath, 0o600)
-			before, _ := os.ReadFile(certPath)
-			if _, _, err := ca.ensure(tc.leaf); err != nil {
-				t.Fatal(err)
-			}
-			if after, _ := os.ReadFile(certPath); !bytes.Equal(before, after) {
-				t.Error("a fitting certificate was reissued")
-			}
-			changed := tc.leaf
-			changed.orgs = append(slices.Clone(changed.orgs), "more")
-			if _, _, err := ca.ensure(changed); err != nil {
-				t.Fatal(err)
-			}
-			if after, _ := os.ReadFile(certPath); bytes.Equal(before, after) {
-				t.Error("a certificate for other groups was kept")
-			}
-		})
+	if c := ca.Cert; c.Subject.CommonName != "podnet kubernetes CA" || !c.IsCA || c.MaxPathLenZero {
+		t.Errorf("CA %v: IsCA %v, MaxPathLenZero %v", c.Subject, c.IsCA, c.MaxPathLenZero)
 	}
-	assertFileMode(t, ca.keyFile(), 0o600)
-	again, err := loadOrCreateAuthority(dir)
+	assertFileMode(t, dir, 0o700)
+	assertFileMode(t, filepath.Join(dir, pki.CAKeyFile), 0o600)
+	assertFileMode(t, filepath.Join(dir, pki.CACertFile), 0o644)
+	certPath, keyPath, err := ca.EnsureLeaf(dir, pki.Leaf{Name: "admin", CommonName: "admin", Organizations: []string{"system:masters"}, Client: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !again.cert.Equal(ca.cert) {
+	if certPath != filepath.Join(dir, "admin.crt") || keyPath != filepath.Join(dir, "admin.key") {
+		t.Errorf("leaf files %s, %s", certPath, keyPath)
+	}
+	again, err := loadOrCreateCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Cert.Equal(ca.Cert) {
 		t.Error("the CA was not reloaded")
 	}
 }

@@ -1,10 +1,12 @@
-// Package pki is the certificate authority of a podnet cluster's
+// Package pki provides certificate authorities kept in a directory with
+// the certificates they issue. Foremost it is the CA of a podnet cluster's
 // datastore: the embedding agent creates the CA on first start and issues
 // from it the embedded etcd server's certificate (serving clients and its
 // peer), its own client certificate and, through the join endpoint, the
-// client certificates of the nodes that join. Keys are ECDSA P-256; every
-// file is written atomically, private keys with mode 0600. Only the
-// standard library's crypto is used.
+// client certificates of the nodes that join. The Kubernetes clusters of
+// tests and the lab (internal/kube) keep their CA with it too. Keys are
+// ECDSA P-256; every file is written atomically, private keys with mode
+// 0600. Only the standard library's crypto is used.
 package pki
 
 import (
@@ -35,14 +37,30 @@ const (
 	RenewBefore  = 30 * 24 * time.Hour
 )
 
-// File names under a PKI directory.
+// File names under a PKI directory: the CA's, and those of the
+// datastore's server and client certificates (leaves named serverLeaf and
+// clientLeaf).
 const (
 	CACertFile     = "ca.crt"
 	CAKeyFile      = "ca.key"
-	ServerCertFile = "server.crt"
-	ServerKeyFile  = "server.key"
-	ClientCertFile = "client.crt"
-	ClientKeyFile  = "client.key"
+	ServerCertFile = serverLeaf + certExt
+	ServerKeyFile  = serverLeaf + keyExt
+	ClientCertFile = clientLeaf + certExt
+	ClientKeyFile  = clientLeaf + keyExt
+)
+
+const (
+	serverLeaf = "server"
+	clientLeaf = "client"
+	certExt    = ".crt"
+	keyExt     = ".key"
+)
+
+// The datastore CA's common name and the group of its nodes' client
+// certificates.
+const (
+	datastoreCAName = "podnet datastore CA"
+	nodesGroup      = "podnet:nodes"
 )
 
 // CA is the cluster's certificate authority.
@@ -53,9 +71,29 @@ type CA struct {
 	key  crypto.Signer
 }
 
-// LoadOrCreateCA loads the CA from dir (ca.crt, ca.key), or creates it
-// there, with dir, when there is none.
+// CAOptions describe the CA LoadOrCreateCAWith creates.
+type CAOptions struct {
+	// Name is the common name of the CA certificate.
+	Name string
+	// LeafOnly constrains the CA to issuing leaf certificates, no
+	// intermediate CAs (a path length of zero).
+	LeafOnly bool
+}
+
+// LoadOrCreateCA loads the datastore's CA from dir (ca.crt, ca.key), or
+// creates it there, with dir, when there is none: a CA named "podnet
+// datastore CA" that issues leaf certificates only.
 func LoadOrCreateCA(dir string) (*CA, error) {
+	return LoadOrCreateCAWith(dir, CAOptions{Name: datastoreCAName, LeafOnly: true})
+}
+
+// LoadOrCreateCAWith loads the CA from dir (ca.crt, ca.key), or creates
+// it there as opts say, with dir (0700), when there is none. A CA found in
+// dir is kept whatever its name and constraints.
+func LoadOrCreateCAWith(dir string, opts CAOptions) (*CA, error) {
+	if opts.Name == "" {
+		return nil, errors.New("pki: CA without a name")
+	}
 	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
 	cert, key, err := loadPair(certPath, keyPath)
 	switch {
@@ -70,19 +108,19 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	key, err = newKey()
+	key, err = NewKey()
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "podnet datastore CA"},
+		Subject:               pkix.Name{CommonName: opts.Name},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(CAValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLenZero:        true,
+		MaxPathLenZero:        opts.LeafOnly,
 	}
 	if tmpl.SerialNumber, err = serial(); err != nil {
 		return nil, err
@@ -92,7 +130,7 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 		return nil, fmt.Errorf("pki: create CA: %w", err)
 	}
 	// The key first: a certificate without its key is not a CA.
-	if err := writeKey(keyPath, key); err != nil {
+	if err := WriteKey(keyPath, key); err != nil {
 		return nil, err
 	}
 	if err := WriteFile(certPath, encodeCert(der), 0o644); err != nil {
@@ -122,54 +160,35 @@ func (ca *CA) Pool() *x509.CertPool {
 	return p
 }
 
-// EnsureServer makes sure dir holds a server certificate of the CA
-// (server.crt, server.key) valid for every host (IP addresses or DNS
-// names) and for a while yet, issuing a new one otherwise. It is good for
-// client and server authentication, as an etcd member's peer certificate
-// must be.
-func (ca *CA) EnsureServer(dir string, hosts []string) (certPath, keyPath string, err error) {
-	var ips []net.IP
-	var names []string
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			ips = append(ips, ip)
-		} else {
-			names = append(names, h)
-		}
-	}
-	tmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "podnet datastore server"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: ips,
-		DNSNames:    names,
-	}
-	return ca.ensureLeaf(dir, ServerCertFile, ServerKeyFile, tmpl, func(c *x509.Certificate) bool {
-		for _, h := range hosts {
-			if c.VerifyHostname(h) != nil {
-				return false
-			}
-		}
-		return slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-	})
+// Leaf describes a leaf certificate the CA issues.
+type Leaf struct {
+	// Name names the files of the certificate (Name.crt) and its private
+	// key (Name.key).
+	Name string
+	// CommonName and Organizations are the subject: for a client, its
+	// user name and groups.
+	CommonName    string
+	Organizations []string
+	// Server and Client are the uses of the certificate: authenticating
+	// a server (valid for IPs and DNSNames) and a client. One at least.
+	Server, Client bool
+	IPs            []net.IP
+	DNSNames       []string
 }
 
-// EnsureClient makes sure dir holds a client certificate of the CA for
-// name (client.crt, client.key), issuing a new one otherwise (dir is
-// created, 0700, when missing).
-func (ca *CA) EnsureClient(dir, name string) (certPath, keyPath string, err error) {
-	tmpl := clientTemplate(name)
-	return ca.ensureLeaf(dir, ClientCertFile, ClientKeyFile, tmpl, func(c *x509.Certificate) bool {
-		return c.Subject.CommonName == name
-	})
-}
-
-// ensureLeaf keeps dir's certFile/keyFile when the CA signed the
-// certificate, it is valid for RenewBefore still and fits; else it issues
-// tmpl with a new key.
-func (ca *CA) ensureLeaf(dir, certFile, keyFile string, tmpl *x509.Certificate, fits func(*x509.Certificate) bool) (string, string, error) {
-	certPath, keyPath := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
+// EnsureLeaf makes sure dir holds l's certificate and key, issued by the
+// CA, fitting l and valid for RenewBefore still; else it issues them anew
+// with a new key (dir is created, 0700, when missing). A certificate fits
+// when it has l's subject (organizations in any order), l's uses and
+// names among its own.
+func (ca *CA) EnsureLeaf(dir string, l Leaf) (certPath, keyPath string, err error) {
+	tmpl, err := l.template()
+	if err != nil {
+		return "", "", err
+	}
+	certPath, keyPath = filepath.Join(dir, l.Name+certExt), filepath.Join(dir, l.Name+keyExt)
 	cert, _, err := loadPair(certPath, keyPath)
-	if err == nil && ca.Valid(cert) == nil && fits(cert) {
+	if err == nil && ca.Valid(cert) == nil && l.fits(cert) {
 		return certPath, keyPath, nil
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -178,7 +197,7 @@ func (ca *CA) ensureLeaf(dir, certFile, keyFile string, tmpl *x509.Certificate, 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", fmt.Errorf("pki: %w", err)
 	}
-	key, err := newKey()
+	key, err := NewKey()
 	if err != nil {
 		return "", "", err
 	}
@@ -186,13 +205,97 @@ func (ca *CA) ensureLeaf(dir, certFile, keyFile string, tmpl *x509.Certificate, 
 	if err != nil {
 		return "", "", err
 	}
-	if err := writeKey(keyPath, key); err != nil {
+	if err := WriteKey(keyPath, key); err != nil {
 		return "", "", err
 	}
 	if err := WriteFile(certPath, encodeCert(der), 0o644); err != nil {
 		return "", "", err
 	}
 	return certPath, keyPath, nil
+}
+
+// template is the certificate template of l.
+func (l Leaf) template() (*x509.Certificate, error) {
+	if l.Name == "" || l.Name != filepath.Base(l.Name) || l.Name == "." || l.Name == ".." {
+		return nil, fmt.Errorf("pki: leaf %q: not a file name", l.Name)
+	}
+	if l.CommonName == "" {
+		return nil, fmt.Errorf("pki: leaf %q: empty common name", l.Name)
+	}
+	var usages []x509.ExtKeyUsage
+	if l.Server {
+		usages = append(usages, x509.ExtKeyUsageServerAuth)
+	}
+	if l.Client {
+		usages = append(usages, x509.ExtKeyUsageClientAuth)
+	}
+	if len(usages) == 0 {
+		return nil, fmt.Errorf("pki: leaf %q: for neither server nor client authentication", l.Name)
+	}
+	return &x509.Certificate{
+		Subject:     pkix.Name{CommonName: l.CommonName, Organization: l.Organizations},
+		ExtKeyUsage: usages,
+		IPAddresses: l.IPs,
+		DNSNames:    l.DNSNames,
+	}, nil
+}
+
+// fits tells whether c has l's subject, uses and names.
+func (l Leaf) fits(c *x509.Certificate) bool {
+	if c.Subject.CommonName != l.CommonName || !sameSet(c.Subject.Organization, l.Organizations) {
+		return false
+	}
+	if l.Server && !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth) ||
+		l.Client && !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return false
+	}
+	for _, ip := range l.IPs {
+		if c.VerifyHostname(ip.String()) != nil {
+			return false
+		}
+	}
+	for _, name := range l.DNSNames {
+		if c.VerifyHostname(name) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// sameSet tells whether a and b hold the same strings, in any order (DER
+// sorts a subject's organizations).
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}
+
+// EnsureServer makes sure dir holds the datastore's server certificate
+// (server.crt, server.key) valid for every host (IP addresses or DNS
+// names), as EnsureLeaf does. It is good for client and server
+// authentication, as an etcd member's peer certificate must be.
+func (ca *CA) EnsureServer(dir string, hosts []string) (certPath, keyPath string, err error) {
+	l := Leaf{Name: serverLeaf, CommonName: "podnet datastore server", Server: true, Client: true}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			l.IPs = append(l.IPs, ip)
+		} else {
+			l.DNSNames = append(l.DNSNames, h)
+		}
+	}
+	return ca.EnsureLeaf(dir, l)
+}
+
+// EnsureClient makes sure dir holds a datastore client certificate for
+// name (client.crt, client.key), as EnsureLeaf does.
+func (ca *CA) EnsureClient(dir, name string) (certPath, keyPath string, err error) {
+	return ca.EnsureLeaf(dir, nodeClient(name))
+}
+
+// nodeClient is the datastore client certificate of the node name.
+func nodeClient(name string) Leaf {
+	return Leaf{Name: clientLeaf, CommonName: name, Organizations: []string{nodesGroup}, Client: true}
 }
 
 // Valid tells why c is not a certificate of the CA valid for RenewBefore
@@ -223,18 +326,15 @@ func (ca *CA) SignClientCSR(csrPEM []byte, name string) ([]byte, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("pki: certificate request: %w", err)
 	}
-	der, err := ca.sign(clientTemplate(name), csr.PublicKey)
+	tmpl, err := nodeClient(name).template()
+	if err != nil {
+		return nil, err
+	}
+	der, err := ca.sign(tmpl, csr.PublicKey)
 	if err != nil {
 		return nil, err
 	}
 	return encodeCert(der), nil
-}
-
-func clientTemplate(name string) *x509.Certificate {
-	return &x509.Certificate{
-		Subject:     pkix.Name{CommonName: name, Organization: []string{"podnet:nodes"}},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
 }
 
 // sign issues tmpl (a leaf) for pub, valid LeafValidity from now.
@@ -257,7 +357,7 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error)
 // NewCSR returns a new private key (PEM) and a certificate request for it
 // (PEM) naming name.
 func NewCSR(name string) (keyPEM, csrPEM []byte, err error) {
-	key, err := newKey()
+	key, err := NewKey()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -351,7 +451,8 @@ func loadPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, error
 	return cert, signer, nil
 }
 
-func newKey() (*ecdsa.PrivateKey, error) {
+// NewKey generates a private key: ECDSA P-256.
+func NewKey() (*ecdsa.PrivateKey, error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("pki: key: %w", err)
@@ -367,7 +468,8 @@ func encodeKey(k crypto.Signer) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
-func writeKey(path string, k crypto.Signer) error {
+// WriteKey writes k, PKCS #8 in PEM, to path atomically with mode 0600.
+func WriteKey(path string, k crypto.Signer) error {
 	b, err := encodeKey(k)
 	if err != nil {
 		return err

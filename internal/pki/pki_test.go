@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 )
 
 func mode(t *testing.T, path string) os.FileMode {
@@ -37,6 +39,12 @@ func TestCAIsCreatedOnceWithPrivateFiles(t *testing.T) {
 	if !ca.Cert.IsCA || ca.Cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		t.Fatalf("CA certificate cannot sign: %+v", ca.Cert)
 	}
+	if ca.Cert.Subject.CommonName != "podnet datastore CA" || !ca.Cert.MaxPathLenZero || ca.Cert.MaxPathLen != 0 {
+		t.Errorf("datastore CA %v: MaxPathLenZero %v, MaxPathLen %d", ca.Cert.Subject, ca.Cert.MaxPathLenZero, ca.Cert.MaxPathLen)
+	}
+	if v := ca.Cert.NotAfter.Sub(ca.Cert.NotBefore); v != CAValidity+time.Hour {
+		t.Errorf("CA valid for %v", v)
+	}
 	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, CAKeyFile): 0o600, filepath.Join(dir, CACertFile): 0o644} {
 		if got := mode(t, path); got != want {
 			t.Errorf("%s: mode %o, want %o", path, got, want)
@@ -58,6 +66,155 @@ func TestCAIsCreatedOnceWithPrivateFiles(t *testing.T) {
 	os.Rename(filepath.Join(leafDir, ClientKeyFile), filepath.Join(leafDir, CAKeyFile))
 	if _, err := LoadOrCreateCA(leafDir); err == nil {
 		t.Fatal("a leaf certificate was loaded as the CA")
+	}
+}
+
+func TestLoadOrCreateCAWith(t *testing.T) {
+	for _, tc := range []struct {
+		opts CAOptions
+		ok   bool
+	}{
+		{CAOptions{Name: "test CA"}, true},
+		{CAOptions{Name: "leaf-only CA", LeafOnly: true}, true},
+		{CAOptions{}, false},
+	} {
+		t.Run(tc.opts.Name, func(t *testing.T) {
+			ca, err := LoadOrCreateCAWith(t.TempDir(), tc.opts)
+			if !tc.ok {
+				if err == nil {
+					t.Fatal("created")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := ca.Cert
+			if c.Subject.CommonName != tc.opts.Name || c.MaxPathLenZero != tc.opts.LeafOnly {
+				t.Errorf("CA %v, MaxPathLenZero %v; want %+v", c.Subject, c.MaxPathLenZero, tc.opts)
+			}
+		})
+	}
+}
+
+// TestEnsureLeaf issues each leaf, checks it, keeps it while it fits and
+// reissues it when the leaf asks for another subject, use or name.
+func TestEnsureLeaf(t *testing.T) {
+	ca, err := LoadOrCreateCAWith(t.TempDir(), CAOptions{Name: "test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "leaves")
+	apiserver := Leaf{Name: "apiserver", CommonName: "kube-apiserver", Server: true,
+		IPs: []net.IP{net.ParseIP("10.0.0.1"), net.ParseIP("fd00::1")}, DNSNames: []string{"kubernetes.default.svc"}}
+	node := Leaf{Name: "node", CommonName: "system:node:n1", Organizations: []string{"system:nodes", "extra"}, Client: true}
+	peer := Leaf{Name: "peer", CommonName: "peer", Server: true, Client: true, IPs: []net.IP{net.ParseIP("127.0.0.1")}}
+	change := func(l Leaf, f func(*Leaf)) Leaf {
+		l.Organizations, l.IPs, l.DNSNames = slices.Clone(l.Organizations), slices.Clone(l.IPs), slices.Clone(l.DNSNames)
+		f(&l)
+		return l
+	}
+	for _, tc := range []struct {
+		name    string
+		leaf    Leaf
+		usages  []x509.ExtKeyUsage
+		hosts   []string
+		changes []Leaf
+	}{
+		{
+			name: "server", leaf: apiserver,
+			usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			hosts:  []string{"10.0.0.1", "fd00::1", "kubernetes.default.svc"},
+			changes: []Leaf{
+				change(apiserver, func(l *Leaf) { l.IPs = append(l.IPs, net.ParseIP("10.96.0.1")) }),
+				change(apiserver, func(l *Leaf) { l.DNSNames = append(l.DNSNames, "kubernetes") }),
+				change(apiserver, func(l *Leaf) { l.Client = true }),
+				change(apiserver, func(l *Leaf) { l.CommonName = "other" }),
+			},
+		},
+		{
+			name: "client", leaf: node,
+			usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			changes: []Leaf{
+				change(node, func(l *Leaf) { l.Organizations = append(l.Organizations, "more") }),
+				change(node, func(l *Leaf) { l.Organizations = l.Organizations[:1] }),
+				change(node, func(l *Leaf) { l.Server = true }),
+			},
+		},
+		{
+			name: "server and client", leaf: peer,
+			usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+			hosts:  []string{"127.0.0.1"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			certPath, keyPath, err := ca.EnsureLeaf(dir, tc.leaf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if certPath != filepath.Join(dir, tc.leaf.Name+".crt") || keyPath != filepath.Join(dir, tc.leaf.Name+".key") {
+				t.Errorf("files %s, %s", certPath, keyPath)
+			}
+			if mode(t, keyPath) != 0o600 || mode(t, certPath) != 0o644 || mode(t, dir) != 0o700 {
+				t.Errorf("modes: key %o, certificate %o, directory %o", mode(t, keyPath), mode(t, certPath), mode(t, dir))
+			}
+			c, err := ReadCert(certPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(c.ExtKeyUsage, tc.usages) || c.IsCA {
+				t.Errorf("usages %v (CA %v), want %v", c.ExtKeyUsage, c.IsCA, tc.usages)
+			}
+			for _, u := range tc.usages {
+				if err := verify(ca, c, u, ""); err != nil {
+					t.Errorf("usage %v: %v", u, err)
+				}
+			}
+			for _, h := range tc.hosts {
+				if err := verify(ca, c, tc.usages[0], h); err != nil {
+					t.Errorf("host %s: %v", h, err)
+				}
+			}
+			if c.Subject.CommonName != tc.leaf.CommonName || !sameSet(c.Subject.Organization, tc.leaf.Organizations) {
+				t.Errorf("subject %v, want CN=%s O=%v", c.Subject, tc.leaf.CommonName, tc.leaf.Organizations)
+			}
+			if v := c.NotAfter.Sub(c.NotBefore); v != LeafValidity+time.Hour {
+				t.Errorf("valid for %v", v)
+			}
+			before := read(t, certPath)
+			if _, _, err := ca.EnsureLeaf(dir, tc.leaf); err != nil || !bytes.Equal(read(t, certPath), before) {
+				t.Fatalf("a fitting certificate was reissued (%v)", err)
+			}
+			for _, l := range tc.changes {
+				if _, _, err := ca.EnsureLeaf(dir, l); err != nil {
+					t.Fatal(err)
+				}
+				after := read(t, certPath)
+				if bytes.Equal(after, before) {
+					t.Errorf("certificate kept for %+v", l)
+				}
+				before = after
+			}
+		})
+	}
+}
+
+func TestEnsureLeafRefusesBadLeaves(t *testing.T) {
+	ca, err := LoadOrCreateCAWith(t.TempDir(), CAOptions{Name: "test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []Leaf{
+		{CommonName: "x", Client: true},
+		{Name: "../x", CommonName: "x", Client: true},
+		{Name: "..", CommonName: "x", Client: true},
+		{Name: "x", Client: true},
+		{Name: "x", CommonName: "x"},
+	} {
+		dir := t.TempDir()
+		if _, _, err := ca.EnsureLeaf(dir, l); err == nil {
+			t.Errorf("issued %+v", l)
+		}
 	}
 }
 
