@@ -558,18 +558,7 @@ func (cp *ControlPlane) waitServing(ctx context.Context) error {
 
 // dial connects from inside the control plane's network namespace.
 func (cp *ControlPlane) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	ns, err := netns.Open(cp.cfg.NetNS)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	var conn net.Conn
-	err = ns.Do(func() error {
-		var err error
-		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return conn, err
+	return netns.Dialer(cp.cfg.NetNS, nil)(ctx, network, addr)
 }
 
 // server is the API server's URL.

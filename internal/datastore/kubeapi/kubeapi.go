@@ -168,13 +168,7 @@ func restConfig(cfg Config) (*rest.Config, error) {
 	if ns := cfg.NetNS; ns != nil {
 		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 		rc.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.Do(func() error {
-				var err error
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
+			return ns.DialContext(ctx, d, network, addr)
 		}
 	}
 	return rc, nil
