@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,14 +12,7 @@ import (
 // TestDial connects to a listener on the loopback of a fresh namespace,
 // which only a socket made inside that namespace reaches.
 func TestDial(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	tmp, err := NewTemp("pntest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tmp.Remove()
+	tmp := newTemp(t)
 	var ln net.Listener
 	if err := tmp.Do(func() error {
 		var err error

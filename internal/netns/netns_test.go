@@ -82,7 +82,10 @@ func openWithin(t *testing.T, path string, d time.Duration) (*NS, error) {
 	}
 }
 
-func TestTempAndDo(t *testing.T) {
+// newTemp is a fresh namespace removed when the test ends; the test is
+// skipped unless run as root.
+func newTemp(t *testing.T) *Temp {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
@@ -90,7 +93,12 @@ func TestTempAndDo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tmp.Remove()
+	t.Cleanup(func() { tmp.Remove() })
+	return tmp
+}
+
+func TestTempAndDo(t *testing.T) {
+	tmp := newTemp(t)
 	cur, err := Current()
 	if err != nil {
 		t.Fatal(err)
@@ -125,13 +133,7 @@ func TestTempAndDo(t *testing.T) {
 // leaves: a binding file without its mount. DeleteNamed removes it, and a
 // second delete of the same name is no error.
 func TestDeleteNamedLeftovers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	tmp, err := NewTemp("pntest")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmp := newTemp(t)
 	tmp.Close()
 	bare := tmp.Name + "-bare"
 	if err := os.WriteFile(filepath.Join(RunDir, bare), nil, 0o444); err != nil {

@@ -70,30 +70,23 @@ func TestCAIsCreatedOnceWithPrivateFiles(t *testing.T) {
 }
 
 func TestLoadOrCreateCAWith(t *testing.T) {
-	for _, tc := range []struct {
-		opts CAOptions
-		ok   bool
-	}{
-		{CAOptions{Name: "test CA"}, true},
-		{CAOptions{Name: "leaf-only CA", LeafOnly: true}, true},
-		{CAOptions{}, false},
+	for _, opts := range []CAOptions{
+		{Name: "test CA"},
+		{Name: "leaf-only CA", LeafOnly: true},
 	} {
-		t.Run(tc.opts.Name, func(t *testing.T) {
-			ca, err := LoadOrCreateCAWith(t.TempDir(), tc.opts)
-			if !tc.ok {
-				if err == nil {
-					t.Fatal("created")
-				}
-				return
-			}
+		t.Run(opts.Name, func(t *testing.T) {
+			ca, err := LoadOrCreateCAWith(t.TempDir(), opts)
 			if err != nil {
 				t.Fatal(err)
 			}
 			c := ca.Cert
-			if c.Subject.CommonName != tc.opts.Name || c.MaxPathLenZero != tc.opts.LeafOnly {
-				t.Errorf("CA %v, MaxPathLenZero %v; want %+v", c.Subject, c.MaxPathLenZero, tc.opts)
+			if c.Subject.CommonName != opts.Name || c.MaxPathLenZero != opts.LeafOnly {
+				t.Errorf("CA %v, MaxPathLenZero %v; want %+v", c.Subject, c.MaxPathLenZero, opts)
 			}
 		})
+	}
+	if _, err := LoadOrCreateCAWith(t.TempDir(), CAOptions{}); err == nil {
+		t.Error("created a CA without a name")
 	}
 }
 
