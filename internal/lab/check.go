@@ -64,17 +64,31 @@ func (r *Report) Failures() int {
 // this process, listening inside the pod's namespace) answers with the
 // source address it saw, which must be the sender's pod address (no NAT).
 // Every pod also reaches the outside host, which must see the pod's node
-// address (egress masquerade).
+// address (egress masquerade). The pods are the lab's; in Kubernetes mode
+// those of its Deployment (KubePods).
 func (l *Lab) Check(ctx context.Context) (*Report, error) {
+	if l.Spec.Kubernetes {
+		pods, err := l.KubePods(ctx, PodsNamespace, PodsSelector)
+		if err != nil {
+			return nil, err
+		}
+		return l.CheckPods(ctx, pods)
+	}
 	l.mu.Lock()
 	pods := append([]*Pod(nil), l.Pods...)
 	l.mu.Unlock()
+	return l.CheckPods(ctx, pods)
+}
+
+// CheckPods is Check over the given pods (of the lab, or its Kubernetes
+// pods from KubePods).
+func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 	nodeIP := map[string][]string{}
 	for _, n := range l.Nodes {
 		nodeIP[n.Name] = []string{n.IP, n.IP6}
 	}
 
-	spaces := map[string]*netns.Temp{}
+	spaces := map[string]*netns.NS{}
 	defer func() {
 		for _, s := range spaces {
 			s.Close()
@@ -86,10 +100,10 @@ func (l *Lab) Check(ctx context.Context) (*Report, error) {
 			s()
 		}
 	}()
-	serve := func(name, nsName string) error {
-		ns, err := netns.OpenNamed(nsName)
+	serve := func(name string, open func() (*netns.NS, error)) error {
+		ns, err := open()
 		if err != nil {
-			return err
+			return fmt.Errorf("namespace of %s: %w", name, err)
 		}
 		spaces[name] = ns
 		stop, err := serveSource(ns)
@@ -100,11 +114,11 @@ func (l *Lab) Check(ctx context.Context) (*Report, error) {
 		return nil
 	}
 	for _, p := range pods {
-		if err := serve(p.Name, p.NS); err != nil {
+		if err := serve(p.Name, p.openNetNS); err != nil {
 			return nil, err
 		}
 	}
-	if err := serve("outside", l.nsName("outside")); err != nil {
+	if err := serve("outside", func() (*netns.NS, error) { return openNamed(l.nsName("outside")) }); err != nil {
 		return nil, err
 	}
 
@@ -150,9 +164,9 @@ func (l *Lab) Check(ctx context.Context) (*Report, error) {
 				var err error
 				switch pr.Proto {
 				case "icmp":
-					err = ping(ns.NS, dst, probeTimeout)
+					err = ping(ns, dst, probeTimeout)
 				case "tcp":
-					pr.Seen, err = askSource(ctx, ns.NS, dst)
+					pr.Seen, err = askSource(ctx, ns, dst)
 					if err == nil {
 						want := sameFamily(dst, src.IPs)
 						if pr.To == "outside" {
@@ -190,7 +204,7 @@ func sameFamily(ip net.IP, list []string) string {
 
 // serveSource listens on checkPort inside ns and answers every connection
 // with the source address it came from.
-func serveSource(ns *netns.Temp) (func(), error) {
+func serveSource(ns *netns.NS) (func(), error) {
 	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
