@@ -18,7 +18,6 @@ import (
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/lab"
-	"github.com/podnet/podnet/internal/netns"
 )
 
 // labFlags are the flags every lab command shares.
@@ -228,13 +227,9 @@ func newLabDown(f *labFlags) *cobra.Command {
 }
 
 func newLabExec(f *labFlags) *cobra.Command {
-	return onLab(f, "exec POD|NODE -- COMMAND [ARG...]", "Run a command inside a pod's or a node's network namespace", cobra.MinimumNArgs(2),
+	return onLab(f, "exec POD|NODE -- COMMAND [ARG...]", "Run a command inside a pod's (Kubernetes mode: NAMESPACE/POD) or a node's network namespace", cobra.MinimumNArgs(2),
 		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
-			nsName, err := l.Namespace(args[0])
-			if err != nil {
-				return err
-			}
-			ns, err := netns.OpenNamed(nsName)
+			ns, err := l.OpenNetNS(ctx, args[0])
 			if err != nil {
 				return err
 			}

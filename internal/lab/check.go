@@ -312,15 +312,19 @@ func (r *Report) Print(w io.Writer) {
 	for _, p := range r.Outside {
 		outside[p.From] = append(outside[p.From], p)
 	}
+	// Names sharing a prefix (a Deployment's pods) are shown without it.
+	prefix := commonPrefix(r.Pods)
+	if prefix != "" {
+		fmt.Fprintf(w, "pods %s…\n", prefix)
+	}
+	label := func(p string) string { return strings.TrimPrefix(p, prefix) }
 	width := 6
 	for _, p := range r.Pods {
-		if len(p) > width {
-			width = len(p)
-		}
+		width = max(width, len(label(p)))
 	}
 	fmt.Fprintf(w, "%-*s", width+2, "from\\to")
 	for _, p := range r.Pods {
-		fmt.Fprintf(w, " %-*s", width, p)
+		fmt.Fprintf(w, " %-*s", width, label(p))
 	}
 	fmt.Fprintf(w, " %s\n", "outside")
 	mark := func(ps []Probe) string {
@@ -335,7 +339,7 @@ func (r *Report) Print(w io.Writer) {
 		return "ok"
 	}
 	for _, from := range r.Pods {
-		fmt.Fprintf(w, "%-*s", width+2, from)
+		fmt.Fprintf(w, "%-*s", width+2, label(from))
 		for _, to := range r.Pods {
 			fmt.Fprintf(w, " %-*s", width, mark(cell[key{from, to}]))
 		}
@@ -363,6 +367,24 @@ func (r *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "%d/%d pod pairs reach each other over ICMP and TCP (%d probes; a pair is ok only if every receiver saw the sender's pod IP: no NAT); %d/%d pods reach the outside masqueraded as their node; %d failures\n",
 		okPairs, pairs, len(r.Probes), outOK, len(outside), r.Failures())
+}
+
+// commonPrefix is the longest prefix, ending in '/' or '-', that all of
+// several Kubernetes pod names (namespace/name) share.
+func commonPrefix(names []string) string {
+	if len(names) < 2 {
+		return ""
+	}
+	p := names[0]
+	for _, n := range names[1:] {
+		for !strings.HasPrefix(n, p) {
+			p = p[:len(p)-1]
+		}
+	}
+	if !strings.Contains(p, "/") {
+		return ""
+	}
+	return p[:strings.LastIndexAny(p, "/-")+1]
 }
 
 // Ping sends one ICMP echo from the pod to dst and waits for the reply.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"sort"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -69,6 +70,19 @@ func (l *Lab) PodNetNS(ctx context.Context, namespace, name string) (*netns.NS, 
 		return nil, err
 	}
 	return netns.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+}
+
+// OpenNetNS opens the network namespace of the lab's pod or node name,
+// or in Kubernetes mode of the pod namespace/name.
+func (l *Lab) OpenNetNS(ctx context.Context, name string) (*netns.NS, error) {
+	if ns, pod, ok := strings.Cut(name, "/"); ok && l.Spec.Kubernetes {
+		return l.PodNetNS(ctx, ns, pod)
+	}
+	nsName, err := l.Namespace(name)
+	if err != nil {
+		return nil, err
+	}
+	return openNamed(nsName)
 }
 
 // qosDirs are where kubelet (cgroupfs driver, cgroupsPerQOS) puts a pod's

@@ -380,13 +380,32 @@ func Down(base, name string) error {
 // killIn kills every process inside the named namespace and waits until
 // they are gone, so the namespace dies with its binding.
 func killIn(name string) error {
+	pids, err := procsIn(name)
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range pids {
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// procsIn lists the processes (but this one) inside the named namespace;
+// none when it does not exist.
+func procsIn(name string) ([]int, error) {
 	var target syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(netns.RunDir, name), &target); err != nil {
-		return nil
+		return nil, nil
 	}
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var pids []int
 	for _, p := range procs {
@@ -396,15 +415,8 @@ func killIn(name string) error {
 		}
 		var st syscall.Stat_t
 		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Dev == target.Dev && st.Ino == target.Ino {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
 			pids = append(pids, pid)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for _, pid := range pids {
-		for alive(pid) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	return nil
+	return pids, nil
 }
