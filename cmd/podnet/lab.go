@@ -155,9 +155,11 @@ func newLabDemo(f *labFlags) *cobra.Command {
 			if l != nil && !keep {
 				defer func() {
 					fmt.Fprintf(out, "tearing lab %s down\n", f.name)
+					start := time.Now()
 					if derr := lab.Down(f.base, f.name); derr != nil && err == nil {
 						err = derr
 					}
+					fmt.Fprintf(out, "lab %s down in %s\n", f.name, time.Since(start).Round(time.Millisecond))
 				}()
 			}
 			if err != nil {

@@ -127,23 +127,24 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 	if err != nil {
 		return err
 	}
+	t = time.Now()
 	if _, err := l.Kubectl(ctx, bytes.NewReader(manifest), "apply", "-f", "-"); err != nil {
 		return err
 	}
+	l.progress("podnet applied (deploy/podnet.yaml, backend %s) in %s", l.Spec.Backend, since(t))
 	t = time.Now()
-	l.progress("podnet applied (deploy/podnet.yaml, backend %s)", l.Spec.Backend)
 	if err := waitFor(ctx, "the podnet DaemonSet to roll out", func(ctx context.Context) (string, bool) {
 		return daemonSetRolledOut(ctx, client, len(nodes))
 	}); err != nil {
 		return err
 	}
-	l.progress("podnet ready on %d nodes after %s", len(nodes), since(t))
+	l.progress("podnet DaemonSet rolled out: a ready agent on each of %d nodes after %s", len(nodes), since(t))
 	if err := waitFor(ctx, "every node to be Ready", func(ctx context.Context) (string, bool) {
 		return nodesReady(ctx, client, len(nodes))
 	}); err != nil {
 		return err
 	}
-	l.progress("nodes Ready after %s", since(t))
+	l.progress("every node Ready after %s", since(t))
 	if err := l.recordJoins(ctx, nodes); err != nil {
 		return err
 	}
