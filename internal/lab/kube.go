@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,10 +65,9 @@ type KubeState struct {
 	// Images are the archives every node imports: pause, busybox and
 	// podnet's.
 	Images []string `json:"images,omitempty"`
-	// Forwarder is `podnet lab forward`, serving the API server on the
-	// machine's loopback at Port, for Kubeconfig.
-	Forwarder Process `json:"forwarder"`
-	Port      int     `json:"port,omitempty"`
+	// Port is where `podnet lab forward` serves the API server on the
+	// machine's loopback, for Kubeconfig.
+	Port int `json:"port,omitempty"`
 }
 
 // upKube brings up the Kubernetes mode on the underlay and the nodes'
@@ -312,7 +312,7 @@ func (l *Lab) startKubeNode(ctx context.Context, cp *kube.ControlPlane, n *Node)
 		return err
 	}
 	_, err = kube.StartNode(ctx, kube.NodeConfig{
-		Bins: l.Kube.Bins, Name: n.Name, NetNS: filepath.Join(netns.RunDir, n.NS), IP: segmentIP(n.Segment, n.Index), Dir: n.Dir,
+		Bins: l.Kube.Bins, Name: n.Name, NetNS: filepath.Join(netns.RunDir, n.NS), IP: net.ParseIP(n.IP), Dir: n.Dir,
 		Kubeconfig: kubelet, ProxyKubeconfig: proxy, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR,
 		Images: l.Kube.Images, Supervisor: []string{l.Bins.CLI, "kube-node"}, Detach: true,
 	})
@@ -465,11 +465,11 @@ func (l *Lab) runPods(ctx context.Context, c kubernetes.Interface, replicas int)
 	})
 }
 
-// downKube stops what the Kubernetes mode of the lab in dir runs, from
-// the files its parts left (also when the lab's state is gone): the
-// nodes (with their pods, mounts and cgroups), the control plane and the
-// forwarder.
-func downKube(dir string, st *State) error {
+// downKube stops what the Kubernetes mode of the lab name in dir runs,
+// from the files its parts left and the forwarder's command line (also
+// when the lab's state is gone): the nodes (with their pods, mounts and
+// cgroups), the control plane and the forwarder.
+func downKube(name, dir string) error {
 	var errs []error
 	nodeStates, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", "state.json"))
 	var nodes []*Node
@@ -490,8 +490,6 @@ func downKube(dir string, st *State) error {
 		}
 		errs = append(errs, err)
 	}
-	if st != nil && st.Kube != nil {
-		errs = append(errs, st.Kube.Forwarder.kill())
-	}
+	kube.KillLeft(0, func() []int { return kube.ProcsWithArg(forwarderNetNS(name)) })
 	return errors.Join(errs...)
 }
