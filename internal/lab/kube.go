@@ -87,27 +87,28 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		return err
 	}
 	t = time.Now()
+	// The images are written while the control plane starts.
+	imagesDone := make(chan error, 1)
+	go func() {
+		images, err := l.writeImages(ctx)
+		if err == nil {
+			l.progress("images pause, busybox and %s written after %s", deploy.Ref, since(t))
+			err = l.update(func() { ks.Images = images })
+		}
+		imagesDone <- err
+	}()
 	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
 		Bins: bins, Dir: ks.Dir, NetNS: filepath.Join(netns.RunDir, ks.NS), IP: segmentIP(1, cpHost),
 		ClusterCIDR: clusterCIDR, NodeCIDRMaskSize: nodeCIDRMask, ServiceCIDR: serviceCIDR, Detach: true,
 	})
 	if err != nil {
-		return err
+		return errors.Join(err, <-imagesDone)
 	}
 	l.progress("control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) in %s at https://%s:%d ready after %s",
 		ks.NS, ks.IP, kube.APIServerPort, since(t))
-	if err := l.startForwarder(); err != nil {
+	if err := errors.Join(l.startForwarder(), <-imagesDone); err != nil {
 		return err
 	}
-	t = time.Now()
-	images, err := l.writeImages(ctx)
-	if err != nil {
-		return err
-	}
-	if err := l.update(func() { ks.Images = images }); err != nil {
-		return err
-	}
-	l.progress("images pause, busybox and %s written after %s", deploy.Ref, since(t))
 	err = parallel(nodes, func(n *Node) error {
 		t := time.Now()
 		if err := l.startKubeNode(ctx, cp, n); err != nil {
