@@ -61,7 +61,7 @@ demo: build
 
 # The same on a real Kubernetes (v1.32.3, built once from the Go module
 # proxy into /var/cache/podnet/kube: ~7-10 min on 2 cores the first time,
-# then ~35 s): control plane, containerd, kubelet and kube-proxy on every
+# then ~35-45 s): control plane, containerd, kubelet and kube-proxy on every
 # node, podnet installed from deploy/podnet.yaml and its image, the pods a
 # Deployment's (needs root; docs/lab.md).
 demo-kube: build
