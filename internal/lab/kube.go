@@ -89,14 +89,14 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 	t = time.Now()
 	// The images are written while the control plane starts.
 	imagesDone := make(chan error, 1)
-	go func() {
+	go func(start time.Time) {
 		images, err := l.writeImages(ctx)
 		if err == nil {
-			l.progress("images pause, busybox and %s written after %s", deploy.Ref, since(t))
+			l.progress("images pause, busybox and %s written after %s", deploy.Ref, since(start))
 			err = l.update(func() { ks.Images = images })
 		}
 		imagesDone <- err
-	}()
+	}(t)
 	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
 		Bins: bins, Dir: ks.Dir, NetNS: filepath.Join(netns.RunDir, ks.NS), IP: segmentIP(1, cpHost),
 		ClusterCIDR: clusterCIDR, NodeCIDRMaskSize: nodeCIDRMask, ServiceCIDR: serviceCIDR, Detach: true,
