@@ -170,20 +170,7 @@ func procStat(pid int) (comm string, state byte, ok bool) {
 // client returns an HTTP client whose connections are made inside the
 // node's namespace (a socket stays in the namespace it was created in).
 func client(nsName string) *http.Client {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		ns, err := netns.OpenNamed(nsName)
-		if err != nil {
-			return nil, err
-		}
-		defer ns.Close()
-		var c net.Conn
-		err = ns.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
+	dial := netns.Dialer(filepath.Join(netns.RunDir, nsName), nil)
 	return &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
 }
 
