@@ -231,10 +231,11 @@ func testAPIServerOutage(t *testing.T, ctx context.Context, c *cluster) {
 		t.Fatal(ctx.Err())
 	case <-time.After(time.Until(down.Add(outage))):
 	}
+	stopped := time.Since(down)
 	if err := c.cp.StartComponent(ctx, kube.ComponentAPIServer); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("API server down for %s", time.Since(down).Round(time.Millisecond))
+	t.Logf("API server stopped for %s, then ready %s after its start", stopped.Round(time.Millisecond), (time.Since(down) - stopped).Round(time.Millisecond))
 	checkPings(t, pingers)
 	if s, err := tcp.stop(); err != nil {
 		t.Error(err)
@@ -290,8 +291,10 @@ func sandboxDuringOutage(ctx context.Context, c *cluster, rt runtimeapi.RuntimeS
 	if err != nil {
 		return nil, err
 	}
-	if len(allocs) > 0 {
-		return nil, fmt.Errorf("sandbox %s removed, its IPAM allocation remains: %v", id, allocs)
+	for _, a := range allocs {
+		if strings.Contains(a.Data, id) {
+			return nil, fmt.Errorf("sandbox %s (%s) removed, its IPAM allocation %s remains", id, ip, a.Path)
+		}
 	}
 	return ip, nil
 }
