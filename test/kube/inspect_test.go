@@ -2,11 +2,13 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -20,6 +22,7 @@ import (
 
 	"github.com/podnet/podnet/internal/attachment"
 	"github.com/podnet/podnet/internal/link"
+	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
@@ -137,43 +140,97 @@ func (c *cluster) qdiscs(node string, l netlink.Link) ([]netlink.Qdisc, error) {
 }
 
 // podnetState lists what podnet's agent installs on a node, one line
-// each: routes with podnet's routing protocol, its VXLAN device, its
-// nftables tables, its CNI conflist.
-func (c *cluster) podnetState(node string, routeProtocol netlink.RouteProtocol, device, confDir string) ([]string, error) {
-	var out []string
+// each: routes with podnet's routing protocol, its VXLAN device, podnet's
+// nftables tables with the agent's egress chain or any set or rule in
+// them, its CNI conflist. kept lists what the plugins keep, as
+// docs/kubernetes.md says: podnet tables holding only the plugins' empty
+// chains.
+func (c *cluster) podnetState(node string, routeProtocol netlink.RouteProtocol, device, egressChain, confDir string) (left, kept []string, err error) {
 	h, err := netlink.NewHandleAt(c.nodeNS(node).Handle(), unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer h.Close()
 	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProtocol, Table: unix.RT_TABLE_UNSPEC},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return nil, fmt.Errorf("routes of %s: %w", node, err)
+		return nil, nil, fmt.Errorf("routes of %s: %w", node, err)
 	}
 	for _, r := range routes {
-		out = append(out, "route "+r.String())
+		left = append(left, "route "+r.String())
 	}
 	if l, err := h.LinkByName(device); err == nil {
-		out = append(out, fmt.Sprintf("device %s (%s)", device, l.Type()))
+		left = append(left, fmt.Sprintf("device %s (%s)", device, l.Type()))
 	}
-	tables, err := sandbox.NFT(c.nodeNS(node), "list", "tables")
+	tables, err := nftTables(c.nodeNS(node))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	for _, line := range strings.Split(string(tables), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "table" && strings.HasPrefix(f[2], "podnet") {
-			out = append(out, "nftables "+line)
+	for _, t := range tables {
+		if !strings.HasPrefix(t.name, "podnet") {
+			continue
+		}
+		s := fmt.Sprintf("nftables table %s %s: chains %v, sets %v, %d rules", t.family, t.name, t.chains, t.sets, t.rules)
+		if t.rules > 0 || len(t.sets) > 0 || slices.Contains(t.chains, egressChain) || len(t.chains) == 0 {
+			left = append(left, s)
+		} else {
+			kept = append(kept, s)
 		}
 	}
 	confs, err := filesIn(confDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, f := range confs {
-		out = append(out, "CNI configuration "+f)
+		left = append(left, "CNI configuration "+f)
 	}
-	return out, nil
+	return left, kept, nil
+}
+
+// nftTable is what one nftables table of a namespace holds.
+type nftTable struct {
+	family, name string
+	chains, sets []string // sets and maps
+	rules        int
+}
+
+// nftTables lists the nftables tables of a namespace with their content.
+func nftTables(ns *netns.NS) ([]*nftTable, error) {
+	out, err := sandbox.NFT(ns, "-j", "list", "ruleset")
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Nftables []map[string]struct{ Family, Table, Name string } `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return nil, fmt.Errorf("parse nft -j output: %w", err)
+	}
+	var tables []*nftTable
+	byName := map[string]*nftTable{}
+	for _, obj := range doc.Nftables {
+		for kind, o := range obj {
+			if kind == "table" {
+				t := &nftTable{family: o.Family, name: o.Name}
+				tables = append(tables, t)
+				byName[o.Family+" "+o.Name] = t
+				continue
+			}
+			t := byName[o.Family+" "+o.Table]
+			if t == nil {
+				continue
+			}
+			switch kind {
+			case "chain":
+				t.chains = append(t.chains, o.Name)
+			case "set", "map":
+				t.sets = append(t.sets, o.Name)
+			case "rule":
+				t.rules++
+			}
+		}
+	}
+	return tables, nil
 }
 
 // nodeCondition returns the node's condition of type typ.
