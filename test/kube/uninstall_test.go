@@ -49,6 +49,9 @@ func testUninstall(t *testing.T, ctx context.Context, c *cluster) {
 		{deploy.Manifest, []string{"delete", "-f", "-"}},
 		{deploy.CleanupManifest, []string{"apply", "-f", "-"}},
 		{nil, []string{"-n", "kube-system", "rollout", "status", "daemonset/podnet-cleanup", "--timeout=2m"}},
+		// What each node's leave did, and how often it ran.
+		{nil, []string{"-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/component=cleanup", "-o", "wide"}},
+		{nil, []string{"-n", "kube-system", "logs", "-l", "app.kubernetes.io/component=cleanup", "--prefix", "--tail=20"}},
 		{deploy.CleanupManifest, []string{"delete", "-f", "-"}},
 	} {
 		var stdin io.Reader
