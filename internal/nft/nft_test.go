@@ -248,3 +248,31 @@ func TestRetryErrorIsEAGAIN(t *testing.T) {
 		t.Errorf("%v wraps neither EAGAIN nor its cause", err)
 	}
 }
+
+// TestDeleteTableIfEmpty: a table is deleted only once nothing is left in
+// it; one in use, or missing, stays as it is.
+func TestDeleteTableIfEmpty(t *testing.T) {
+	ns := nfttest.NS(t, "nftcore")
+	c := connIn(t, ns)
+	if deleted, err := c.DeleteTableIfEmpty(testTable); err != nil || deleted {
+		t.Fatalf("missing table: deleted %v, %v", deleted, err)
+	}
+	if err := c.Replace("net/a/eth0", []ChainRules{{testChain, []*nftables.Rule{markRule(1)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if deleted, err := c.DeleteTableIfEmpty(testTable); err != nil || deleted {
+		t.Fatalf("table with a chain: deleted %v, %v", deleted, err)
+	}
+	if got := owners(t, c); !equal(got, []string{"owned net/a/eth0"}) {
+		t.Fatalf("the table in use lost its rules: %q", got)
+	}
+	if err := c.Transact(func(tx *Tx) (bool, error) { tx.DelChain(testChain); return false, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if deleted, err := c.DeleteTableIfEmpty(testTable); err != nil || !deleted {
+		t.Fatalf("empty table: deleted %v, %v", deleted, err)
+	}
+	if out := nfttest.Ruleset(t, ns); strings.Contains(out, testTable.Name) {
+		t.Errorf("the empty table is still there:\n%s", out)
+	}
+}

@@ -211,8 +211,9 @@ func Rules() []*nftables.Rule {
 }
 
 // Delete removes the egress chain and sets (the agent's cleanup when
-// egress masquerade is turned off), in one transaction; removing what is
-// not there is no error.
+// egress masquerade is turned off, and on leave), in one transaction, then
+// the table if nothing else is left in it (the plugins keep their rules
+// of running pods there); removing what is not there is no error.
 func (e *Egress) Delete() error {
 	err := e.nft.Transact(func(tx *nft.Tx) (bool, error) {
 		tx.AddTable(table)
@@ -225,6 +226,9 @@ func (e *Egress) Delete() error {
 		return false, nil
 	})
 	if err != nil {
+		return fmt.Errorf("remove egress masquerade: %w", err)
+	}
+	if _, err := e.nft.DeleteTableIfEmpty(table); err != nil {
 		return fmt.Errorf("remove egress masquerade: %w", err)
 	}
 	return nil

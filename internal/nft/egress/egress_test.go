@@ -163,9 +163,27 @@ func TestDelete(t *testing.T) {
 			t.Errorf("%s left after Delete: %v %v", s.Name, elems, err)
 		}
 	}
+	if ruleset := nfttest.Ruleset(t, ns); strings.Contains(ruleset, "table inet podnet") {
+		t.Errorf("the empty table is left after Delete:\n%s", ruleset)
+	}
 	// Sync after Delete rebuilds everything.
 	if wrote, err := e.Sync(nfttest.CIDRs(t, "10.244.0.0/16")); err != nil || !wrote {
 		t.Errorf("Sync after Delete: wrote=%v err=%v", wrote, err)
+	}
+	// With a plugin's rules in the table, Delete leaves the table and them.
+	p, err := podrules.New(ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.AddMasquerade(attachment.ID{Network: "net1", ContainerID: "c1", IfName: "eth0"}, nfttest.CIDRs(t, "10.244.1.5/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if ruleset := nfttest.Ruleset(t, ns); !strings.Contains(ruleset, `comment "net1/c1/eth0"`) || strings.Contains(ruleset, "podnet-agent egress") {
+		t.Errorf("Delete with a plugin's rules in the table: want them kept, the egress rules gone:\n%s", ruleset)
 	}
 }
 
