@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -15,8 +16,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/lab"
-	"github.com/podnet/podnet/internal/netns"
 )
 
 // labFlags are the flags every lab command shares.
@@ -44,7 +45,7 @@ own network namespace. Needs root.`,
 	cmd.PersistentFlags().StringVar(&f.name, "name", "lab", "name of the lab (several labs can run side by side)")
 	cmd.PersistentFlags().StringVar(&f.base, "state-dir", lab.DefaultBaseDir, "where labs keep their state")
 	cmd.AddCommand(newLabUp(&f), newLabDemo(&f), newLabCheck(&f), newLabStatus(&f), newLabDown(&f),
-		newLabExec(&f), newLabPod(&f), newLabNode(&f))
+		newLabExec(&f), newLabPod(&f), newLabNode(&f), newLabKubectl(&f), newLabForward())
 	return cmd
 }
 
@@ -57,15 +58,20 @@ func specFlags(cmd *cobra.Command, s *lab.Spec, bins *lab.Binaries) {
 	fl.StringVar((*string)(&s.Backend), "backend", string(cluster.Auto), "auto, host-gw or vxlan")
 	fl.BoolVar(&s.IPv6, "ipv6", false, "dual-stack underlay and pods")
 	fl.DurationVar(&s.LeaseTTL, "lease-ttl", 20*time.Second, "grace period before a dead node's subnet is reclaimed")
+	fl.BoolVar(&s.Kubernetes, "kubernetes", false, "a real Kubernetes: control plane, containerd, kubelet and kube-proxy on every node, podnet as a DaemonSet, the pods a Deployment's (run from the podnet repository: it builds Kubernetes "+kube.Version+" once, ~7-10 min on 2 cores, then cached)")
 	fl.StringVar(&bins.Agent, "agent-bin", "", "podnet-agent binary (default: next to this executable)")
 	fl.StringVar(&bins.CNI, "cni-bin", "", "podnet-cni binary (default: next to this executable)")
 }
 
-// locateBins fills unset binaries with the ones next to this executable.
+// locateBins fills unset binaries with the ones next to this executable
+// (and the CLI with this executable).
 func locateBins(b *lab.Binaries) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	if b.CLI == "" {
+		b.CLI = exe
 	}
 	for _, x := range []struct {
 		dst  *string
@@ -106,6 +112,9 @@ func upLab(ctx context.Context, out io.Writer, f *labFlags, s lab.Spec, bins lab
 		return l, err
 	}
 	l.PrintStatus(ctx, out)
+	if s.Kubernetes {
+		fmt.Fprintf(out, "kubectl: export KUBECONFIG=%s (or podnet lab kubectl --name %s -- ARGS)\n", l.Kubeconfig(), f.name)
+	}
 	return l, nil
 }
 
@@ -218,13 +227,9 @@ func newLabDown(f *labFlags) *cobra.Command {
 }
 
 func newLabExec(f *labFlags) *cobra.Command {
-	return onLab(f, "exec POD|NODE -- COMMAND [ARG...]", "Run a command inside a pod's or a node's network namespace", cobra.MinimumNArgs(2),
+	return onLab(f, "exec POD|NODE -- COMMAND [ARG...]", "Run a command inside a pod's (Kubernetes mode: NAMESPACE/POD) or a node's network namespace", cobra.MinimumNArgs(2),
 		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
-			nsName, err := l.Namespace(args[0])
-			if err != nil {
-				return err
-			}
-			ns, err := netns.OpenNamed(nsName)
+			ns, err := l.OpenNetNS(ctx, args[0])
 			if err != nil {
 				return err
 			}
@@ -276,5 +281,42 @@ func newLabNode(f *labFlags) *cobra.Command {
 				return l.RestartNode(ctx, args[0])
 			}),
 	)
+	return cmd
+}
+
+func newLabKubectl(f *labFlags) *cobra.Command {
+	cmd := onLab(f, "kubectl -- ARG...", "Run the lab's kubectl (Kubernetes mode) as the cluster administrator, inside the lab", cobra.MinimumNArgs(1),
+		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
+			return l.RunKubectl(ctx, os.Stdin, out, os.Stderr, args...)
+		})
+	return cmd
+}
+
+// newLabForward is the hidden `podnet lab forward`, started by the
+// Kubernetes lab: it serves the API server on the machine's loopback.
+func newLabForward() *cobra.Command {
+	var fd int
+	var nsPath, to string
+	cmd := &cobra.Command{
+		Use:    "forward",
+		Short:  "Forward connections from a listener to an address inside a network namespace; started by the lab",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if fd < 3 || nsPath == "" || to == "" {
+				return errors.New("forward: --listen-fd (≥ 3), --netns and --to are required")
+			}
+			ln, err := net.FileListener(os.NewFile(uintptr(fd), "listener"))
+			if err != nil {
+				return fmt.Errorf("forward: listener: %w", err)
+			}
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			return lab.Forward(ctx, ln, nsPath, to)
+		},
+	}
+	cmd.Flags().IntVar(&fd, "listen-fd", 0, "file descriptor of the listening socket")
+	cmd.Flags().StringVar(&nsPath, "netns", "", "network namespace the connections are made in")
+	cmd.Flags().StringVar(&to, "to", "", "address to connect to, host:port")
 	return cmd
 }

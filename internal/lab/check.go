@@ -64,17 +64,31 @@ func (r *Report) Failures() int {
 // this process, listening inside the pod's namespace) answers with the
 // source address it saw, which must be the sender's pod address (no NAT).
 // Every pod also reaches the outside host, which must see the pod's node
-// address (egress masquerade).
+// address (egress masquerade). The pods are the lab's; in Kubernetes mode
+// those of its Deployment (KubePods).
 func (l *Lab) Check(ctx context.Context) (*Report, error) {
+	if l.Spec.Kubernetes {
+		pods, err := l.KubePods(ctx, PodsNamespace, PodsSelector)
+		if err != nil {
+			return nil, err
+		}
+		return l.CheckPods(ctx, pods)
+	}
 	l.mu.Lock()
 	pods := append([]*Pod(nil), l.Pods...)
 	l.mu.Unlock()
+	return l.CheckPods(ctx, pods)
+}
+
+// CheckPods is Check over the given pods (of the lab, or its Kubernetes
+// pods from KubePods).
+func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 	nodeIP := map[string][]string{}
 	for _, n := range l.Nodes {
 		nodeIP[n.Name] = []string{n.IP, n.IP6}
 	}
 
-	spaces := map[string]*netns.Temp{}
+	spaces := map[string]*netns.NS{}
 	defer func() {
 		for _, s := range spaces {
 			s.Close()
@@ -86,10 +100,10 @@ func (l *Lab) Check(ctx context.Context) (*Report, error) {
 			s()
 		}
 	}()
-	serve := func(name, nsName string) error {
-		ns, err := netns.OpenNamed(nsName)
+	serve := func(name string, open func() (*netns.NS, error)) error {
+		ns, err := open()
 		if err != nil {
-			return err
+			return fmt.Errorf("namespace of %s: %w", name, err)
 		}
 		spaces[name] = ns
 		stop, err := serveSource(ns)
@@ -100,11 +114,11 @@ func (l *Lab) Check(ctx context.Context) (*Report, error) {
 		return nil
 	}
 	for _, p := range pods {
-		if err := serve(p.Name, p.NS); err != nil {
+		if err := serve(p.Name, p.openNetNS); err != nil {
 			return nil, err
 		}
 	}
-	if err := serve("outside", l.nsName("outside")); err != nil {
+	if err := serve("outside", func() (*netns.NS, error) { return openNamed(l.nsName("outside")) }); err != nil {
 		return nil, err
 	}
 
@@ -150,9 +164,9 @@ func (l *Lab) Check(ctx context.Context) (*Report, error) {
 				var err error
 				switch pr.Proto {
 				case "icmp":
-					err = ping(ns.NS, dst, probeTimeout)
+					err = ping(ns, dst, probeTimeout)
 				case "tcp":
-					pr.Seen, err = askSource(ctx, ns.NS, dst)
+					pr.Seen, err = askSource(ctx, ns, dst)
 					if err == nil {
 						want := sameFamily(dst, src.IPs)
 						if pr.To == "outside" {
@@ -190,7 +204,7 @@ func sameFamily(ip net.IP, list []string) string {
 
 // serveSource listens on checkPort inside ns and answers every connection
 // with the source address it came from.
-func serveSource(ns *netns.Temp) (func(), error) {
+func serveSource(ns *netns.NS) (func(), error) {
 	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
@@ -298,15 +312,19 @@ func (r *Report) Print(w io.Writer) {
 	for _, p := range r.Outside {
 		outside[p.From] = append(outside[p.From], p)
 	}
+	// Names sharing a prefix (a Deployment's pods) are shown without it.
+	prefix := commonPrefix(r.Pods)
+	if prefix != "" {
+		fmt.Fprintf(w, "pods %s…\n", prefix)
+	}
+	label := func(p string) string { return strings.TrimPrefix(p, prefix) }
 	width := 6
 	for _, p := range r.Pods {
-		if len(p) > width {
-			width = len(p)
-		}
+		width = max(width, len(label(p)))
 	}
 	fmt.Fprintf(w, "%-*s", width+2, "from\\to")
 	for _, p := range r.Pods {
-		fmt.Fprintf(w, " %-*s", width, p)
+		fmt.Fprintf(w, " %-*s", width, label(p))
 	}
 	fmt.Fprintf(w, " %s\n", "outside")
 	mark := func(ps []Probe) string {
@@ -321,7 +339,7 @@ func (r *Report) Print(w io.Writer) {
 		return "ok"
 	}
 	for _, from := range r.Pods {
-		fmt.Fprintf(w, "%-*s", width+2, from)
+		fmt.Fprintf(w, "%-*s", width+2, label(from))
 		for _, to := range r.Pods {
 			fmt.Fprintf(w, " %-*s", width, mark(cell[key{from, to}]))
 		}
@@ -349,6 +367,24 @@ func (r *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "%d/%d pod pairs reach each other over ICMP and TCP (%d probes; a pair is ok only if every receiver saw the sender's pod IP: no NAT); %d/%d pods reach the outside masqueraded as their node; %d failures\n",
 		okPairs, pairs, len(r.Probes), outOK, len(outside), r.Failures())
+}
+
+// commonPrefix is the longest prefix, ending in '/' or '-', that all of
+// several Kubernetes pod names (namespace/name) share.
+func commonPrefix(names []string) string {
+	if len(names) < 2 {
+		return ""
+	}
+	p := names[0]
+	for _, n := range names[1:] {
+		for !strings.HasPrefix(n, p) {
+			p = p[:len(p)-1]
+		}
+	}
+	if !strings.Contains(p, "/") {
+		return ""
+	}
+	return p[:strings.LastIndexAny(p, "/-")+1]
 }
 
 // Ping sends one ICMP echo from the pod to dst and waits for the reply.

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/netns"
 )
 
 // DefaultBaseDir holds the state of every lab: under /run, so it goes with
@@ -39,6 +40,11 @@ type Spec struct {
 	IPv6        bool            `json:"ipv6"` // dual-stack underlay and pods
 	// LeaseTTL is the agents' grace period for dead nodes.
 	LeaseTTL time.Duration `json:"leaseTTL"`
+	// Kubernetes makes the lab a real Kubernetes cluster: a control plane
+	// in a namespace of its own, containerd, kubelet and kube-proxy on
+	// every node, podnet installed from deploy/podnet.yaml and its image,
+	// and the pods a Deployment's (see kube.go).
+	Kubernetes bool `json:"kubernetes"`
 }
 
 // Defaults fills unset fields: 3 nodes, 2 pods each, one segment, auto.
@@ -73,6 +79,9 @@ func (s Spec) Validate() error {
 	if s.Backend == cluster.HostGW && s.Segments > 1 {
 		return errors.New("host-gw needs every node on one segment (use auto or vxlan with --segments > 1)")
 	}
+	if s.Kubernetes && s.IPv6 {
+		return errors.New("the Kubernetes lab is IPv4 only (drop --ipv6 or --kubernetes)")
+	}
 	return nil
 }
 
@@ -80,6 +89,19 @@ func (s Spec) Validate() error {
 type Binaries struct {
 	Agent string `json:"agent"` // podnet-agent
 	CNI   string `json:"cni"`   // podnet-cni
+	// CLI is the podnet CLI: the Kubernetes lab's node supervisor
+	// (`podnet kube-node`), API forwarder (`podnet lab forward`) and, with
+	// the others, the podnet image.
+	CLI string `json:"cli,omitempty"`
+}
+
+// required lists the binaries a lab of spec runs, by program name.
+func (b Binaries) required(s Spec) map[string]string {
+	m := map[string]string{"podnet-agent": b.Agent, "podnet-cni": b.CNI}
+	if s.Kubernetes {
+		m["podnet"] = b.CLI
+	}
+	return m
 }
 
 // Node is one node of the lab.
@@ -96,13 +118,35 @@ type Node struct {
 	Embedded bool `json:"embedded,omitempty"`
 }
 
-// Pod is one pod of the lab.
+// Pod is one pod of the lab: one the lab attached itself (NS, the
+// lab's namespace, and ContainerID), or one of the Kubernetes mode
+// (KubePods: NetNS).
 type Pod struct {
 	Name        string   `json:"name"`
 	Node        string   `json:"node"`
-	NS          string   `json:"ns"`
-	ContainerID string   `json:"containerID"`
+	NS          string   `json:"ns,omitempty"`
+	ContainerID string   `json:"containerID,omitempty"`
 	IPs         []string `json:"ips"`
+	// NetNS is the path of a Kubernetes pod's network namespace
+	// (/proc/<pid>/ns/net of its sandbox).
+	NetNS string `json:"netns,omitempty"`
+}
+
+// openNetNS opens the pod's network namespace.
+func (p *Pod) openNetNS() (*netns.NS, error) {
+	if p.NetNS != "" {
+		return netns.Open(p.NetNS)
+	}
+	return openNamed(p.NS)
+}
+
+// openNamed opens one of the lab's named namespaces.
+func openNamed(name string) (*netns.NS, error) {
+	t, err := netns.OpenNamed(name)
+	if err != nil {
+		return nil, err
+	}
+	return t.NS, nil
 }
 
 // State is what a lab has built, kept in its state dir as it is built.
@@ -119,6 +163,8 @@ type State struct {
 	Joins map[string]time.Duration `json:"joins,omitempty"`
 	// NextNode numbers the next node added.
 	NextNode int `json:"nextNode"`
+	// Kube is what the Kubernetes mode runs besides the nodes.
+	Kube *KubeState `json:"kube,omitempty"`
 }
 
 // Lab is a lab being built or operated.
@@ -145,9 +191,12 @@ func New(base, name string, spec Spec, bins Binaries, out io.Writer) (*Lab, erro
 	if err := validName(name); err != nil {
 		return nil, err
 	}
-	for _, b := range []string{bins.Agent, bins.CNI} {
+	for name, b := range bins.required(spec) {
+		if b == "" {
+			return nil, fmt.Errorf("lab binary: no %s given", name)
+		}
 		if _, err := os.Stat(b); err != nil {
-			return nil, fmt.Errorf("lab binary: %w", err)
+			return nil, fmt.Errorf("lab binary %s: %w", name, err)
 		}
 	}
 	if base == "" {

@@ -187,10 +187,20 @@ func client(nsName string) *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
 }
 
+// agentAddr is where the node's agent serves /status: its node address,
+// or in Kubernetes mode the node's loopback (deploy/podnet.yaml's listen).
+func (l *Lab) agentAddr(n *Node) string {
+	host := n.IP
+	if l.Spec.Kubernetes {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(agentPort))
+}
+
 // AgentGet fetches path (/healthz, /readyz, /status, /metrics) from the
 // node's agent.
 func (l *Lab) AgentGet(ctx context.Context, n *Node, path string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(n.IP, strconv.Itoa(agentPort))+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+l.agentAddr(n)+path, nil)
 	if err != nil {
 		return 0, nil, err
 	}

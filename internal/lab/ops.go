@@ -28,23 +28,14 @@ func (l *Lab) Up(ctx context.Context) error {
 	if err := l.buildUnderlay(); err != nil {
 		return err
 	}
-	var nodes []*Node
-	for i := 0; i < s.Nodes; i++ {
-		n := l.newNode()
-		n.Embedded = i == 0
-		if err := l.buildNode(n); err != nil {
-			return err
-		}
-		l.mu.Lock()
-		l.Nodes = append(l.Nodes, n)
-		err := l.save()
-		l.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		nodes = append(nodes, n)
+	nodes, err := l.buildNodes(s.Nodes)
+	if err != nil {
+		return err
 	}
 	l.progress("nodes: %d namespaces on the underlay", len(nodes))
+	if s.Kubernetes {
+		return l.upKube(ctx, start, nodes)
+	}
 	if err := l.startAgent(nodes[0]); err != nil {
 		return err
 	}
@@ -52,7 +43,7 @@ func (l *Lab) Up(ctx context.Context) error {
 		return err
 	}
 	l.progress("agent %s ready (embeds etcd) after %s", nodes[0].Name, since(start))
-	err := parallel(nodes[1:], func(n *Node) error {
+	err = parallel(nodes[1:], func(n *Node) error {
 		if err := l.startAgent(n); err != nil {
 			return err
 		}
@@ -73,6 +64,28 @@ func (l *Lab) Up(ctx context.Context) error {
 	}
 	l.progress("lab %s up in %s", l.Name, since(start))
 	return nil
+}
+
+// buildNodes makes count nodes' namespaces on the underlay, recording
+// each; the first embeds the datastore (outside Kubernetes mode).
+func (l *Lab) buildNodes(count int) ([]*Node, error) {
+	var nodes []*Node
+	for i := 0; i < count; i++ {
+		n := l.newNode()
+		n.Embedded = i == 0 && !l.Spec.Kubernetes
+		if err := l.buildNode(n); err != nil {
+			return nil, err
+		}
+		l.mu.Lock()
+		l.Nodes = append(l.Nodes, n)
+		err := l.save()
+		l.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }
@@ -184,6 +197,9 @@ type agentView struct {
 // AddNode adds a node (with the spec's pods) to a running lab and returns
 // how long its join took: from its lease to routes on every other node.
 func (l *Lab) AddNode(ctx context.Context) (*Node, time.Duration, error) {
+	if err := l.notKube("node add"); err != nil {
+		return nil, 0, err
+	}
 	if len(l.Nodes) >= maxNodes || l.NextNode > 250 {
 		return nil, 0, fmt.Errorf("lab %s is full", l.Name)
 	}
@@ -220,6 +236,9 @@ func (l *Lab) AddNode(ctx context.Context) (*Node, time.Duration, error) {
 // stopped, the node leaves the cluster (its lease revoked, so the others
 // drop its routes at once) and its namespace goes.
 func (l *Lab) DelNode(ctx context.Context, name string) error {
+	if err := l.notKube("node del"); err != nil {
+		return err
+	}
 	n, err := l.node(name)
 	if err != nil {
 		return err
@@ -278,6 +297,9 @@ func (l *Lab) runAgent(ctx context.Context, n *Node, sub string) error {
 // KillNode kills the node's agent with SIGKILL, as a crash would; the
 // node's routes and pods stay as they are.
 func (l *Lab) KillNode(name string) error {
+	if err := l.notKube("node kill"); err != nil {
+		return err
+	}
 	n, err := l.node(name)
 	if err != nil {
 		return err
@@ -288,6 +310,9 @@ func (l *Lab) KillNode(name string) error {
 // RestartNode starts the node's agent again (stopping it first if it
 // runs) and waits until it is ready.
 func (l *Lab) RestartNode(ctx context.Context, name string) error {
+	if err := l.notKube("node restart"); err != nil {
+		return err
+	}
 	n, err := l.node(name)
 	if err != nil {
 		return err
@@ -302,8 +327,11 @@ func (l *Lab) RestartNode(ctx context.Context, name string) error {
 }
 
 // Down removes the lab named name under base: every agent, namespace and
-// file, from its state when there is one and from the namespace names
-// otherwise, so it also cleans up after a lab whose builder was killed.
+// file — in Kubernetes mode first the nodes (containerd, kubelet,
+// kube-proxy, pods, mounts, cgroups), the control plane and the
+// forwarder — from its state when there is one and from the namespace
+// names and the files of its parts otherwise, so it also cleans up after
+// a lab whose builder was killed.
 func Down(base, name string) error {
 	if err := validName(name); err != nil {
 		return err
@@ -312,7 +340,9 @@ func Down(base, name string) error {
 		base = DefaultBaseDir
 	}
 	var names []string
+	var st *State
 	if l, err := Open(base, name, nil); err == nil {
+		st = &l.State
 		names = append(names, l.Namespaces...)
 		for _, n := range l.Nodes {
 			if n.PID != 0 && isAgent(n.PID) {
@@ -320,6 +350,9 @@ func Down(base, name string) error {
 			}
 		}
 	}
+	// Kubernetes first: its pods live in namespaces of their own, found
+	// through the nodes' cgroups.
+	errs := []error{downKube(filepath.Join(base, name), st)}
 	prefix := "pl-" + name + "-"
 	if entries, err := os.ReadDir(netns.RunDir); err == nil {
 		for _, e := range entries {
@@ -328,7 +361,6 @@ func Down(base, name string) error {
 			}
 		}
 	}
-	var errs []error
 	seen := map[string]bool{}
 	for i := len(names) - 1; i >= 0; i-- {
 		ns := names[i]
@@ -348,13 +380,32 @@ func Down(base, name string) error {
 // killIn kills every process inside the named namespace and waits until
 // they are gone, so the namespace dies with its binding.
 func killIn(name string) error {
+	pids, err := procsIn(name)
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range pids {
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// procsIn lists the processes (but this one) inside the named namespace;
+// none when it does not exist.
+func procsIn(name string) ([]int, error) {
 	var target syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(netns.RunDir, name), &target); err != nil {
-		return nil
+		return nil, nil
 	}
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var pids []int
 	for _, p := range procs {
@@ -364,15 +415,8 @@ func killIn(name string) error {
 		}
 		var st syscall.Stat_t
 		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Dev == target.Dev && st.Ino == target.Ino {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
 			pids = append(pids, pid)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for _, pid := range pids {
-		for alive(pid) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	return nil
+	return pids, nil
 }

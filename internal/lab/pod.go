@@ -49,6 +49,9 @@ func (l *Lab) podName(node string) string {
 // AddPod creates a pod on the node and attaches it the way a container
 // runtime does: a network namespace, then ADD through libcni.
 func (l *Lab) AddPod(ctx context.Context, nodeName string) (*Pod, error) {
+	if err := l.notKube("pod add"); err != nil {
+		return nil, err
+	}
 	n, err := l.node(nodeName)
 	if err != nil {
 		return nil, err
@@ -90,6 +93,9 @@ func (p *Pod) runtimeConf() *libcni.RuntimeConf {
 
 // DelPod detaches the pod (DEL through libcni) and removes its namespace.
 func (l *Lab) DelPod(ctx context.Context, name string) error {
+	if err := l.notKube("pod del"); err != nil {
+		return err
+	}
 	p, err := l.pod(name)
 	if err != nil {
 		return err

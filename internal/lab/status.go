@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/podnet/podnet/internal/kube"
 )
 
 // PrintStatus writes what the lab is: its nodes (underlay addresses,
@@ -22,14 +24,19 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) {
 	if s.IPv6 {
 		fam = "dual-stack"
 	}
-	fmt.Fprintf(w, "lab %s: %d nodes on %d segment(s), backend %s, %s, state in %s\n", l.Name, len(l.Nodes), s.Segments, s.Backend, fam, l.Dir)
+	mode := ""
+	if s.Kubernetes {
+		mode = ", Kubernetes " + kube.Version
+	}
+	fmt.Fprintf(w, "lab %s: %d nodes on %d segment(s), backend %s, %s%s, state in %s\n", l.Name, len(l.Nodes), s.Segments, s.Backend, fam, mode, l.Dir)
 	fmt.Fprintf(w, "%-5s %-4s %-16s %-22s %-26s %-9s %-8s %-10s %s\n", "node", "seg", "underlay", "subnet", "subnet6", "agent", "rss", "join", "peers")
 	var joins []time.Duration
 	for _, n := range l.Nodes {
 		st, err := l.AgentStatus(ctx, n)
+		pid := l.agentPID(n)
 		agentState := "ready"
 		switch {
-		case n.PID == 0 || !isAgent(n.PID):
+		case pid == 0:
 			agentState = "down"
 		case err != nil:
 			agentState = "no answer"
@@ -58,7 +65,7 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) {
 			etcd = " (etcd)"
 		}
 		rss := "-"
-		if kb := AgentRSS(n); kb > 0 {
+		if kb := rssOf(pid); kb > 0 {
 			rss = fmt.Sprintf("%.1fMB", float64(kb)/1024)
 		}
 		fmt.Fprintf(w, "%-5s %-4d %-16s %-22s %-26s %-9s %-8s %-10s %s\n", n.Name, n.Segment, n.IP, subnet, subnet6, agentState, rss, join, strings.Join(peers, " ")+etcd)
@@ -73,10 +80,40 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) {
 		fmt.Fprintf(w, "node join → routes on every other node: median %s, max %s (bar < 1s: %s)\n",
 			joins[len(joins)/2].Round(time.Millisecond/10), max.Round(time.Millisecond/10), verdict)
 	}
-	fmt.Fprintf(w, "%-10s %-5s %s\n", "pod", "node", "addresses")
-	for _, p := range l.Pods {
-		fmt.Fprintf(w, "%-10s %-5s %s\n", p.Name, p.Node, strings.Join(p.IPs, ", "))
+	pods := l.Pods
+	if s.Kubernetes {
+		var err error
+		if pods, err = l.KubePods(ctx, PodsNamespace, PodsSelector); err != nil {
+			fmt.Fprintf(w, "pods: %v\n", err)
+		}
 	}
+	width := 10
+	for _, p := range pods {
+		width = max(width, len(p.Name))
+	}
+	fmt.Fprintf(w, "%-*s %-5s %s\n", width, "pod", "node", "addresses")
+	for _, p := range pods {
+		fmt.Fprintf(w, "%-*s %-5s %s\n", width, p.Name, p.Node, strings.Join(p.IPs, ", "))
+	}
+}
+
+// agentPID is the process of the node's agent, 0 when none runs: the one
+// the lab started, or in Kubernetes mode the podnet pod's (host network:
+// in the node's namespace).
+func (l *Lab) agentPID(n *Node) int {
+	if !l.Spec.Kubernetes {
+		if n.PID != 0 && isAgent(n.PID) {
+			return n.PID
+		}
+		return 0
+	}
+	pids, _ := procsIn(n.NS)
+	for _, pid := range pids {
+		if isAgent(pid) {
+			return pid
+		}
+	}
+	return 0
 }
 
 // RoutesTo lists the node's routes whose destination is subnet.
@@ -103,7 +140,15 @@ func AgentRSS(n *Node) int {
 	if n.PID == 0 || !isAgent(n.PID) {
 		return 0
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.PID))
+	return rssOf(n.PID)
+}
+
+// rssOf is a process's resident memory in KiB (0 when pid is 0 or gone).
+func rssOf(pid int) int {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}

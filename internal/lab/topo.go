@@ -255,32 +255,37 @@ func (l *Lab) buildUnderlay() error {
 }
 
 // buildNode makes a node's namespace and plugs it into its segment.
-func (l *Lab) buildNode(n *Node) error {
-	ns, err := l.makeNS(n.Name)
+func (l *Lab) buildNode(n *Node) error { return l.buildHost(n.Name, n.Segment, n.IP, n.IP6) }
+
+// buildHost makes the namespace of a host on the underlay (a node, the
+// control plane): eth0 on segment seg with ip (and ip6, if any) and
+// default routes via the router. The switch's port is named role.
+func (l *Lab) buildHost(role string, seg int, ip, ip6 string) error {
+	ns, err := l.makeNS(role)
 	if err != nil {
 		return err
 	}
 	defer ns.close()
-	sw, err := openNS(l.nsName(fmt.Sprintf("sw%d", n.Segment)))
+	sw, err := openNS(l.nsName(fmt.Sprintf("sw%d", seg)))
 	if err != nil {
 		return err
 	}
 	defer sw.close()
-	eth, err := wire(ns, "eth0", sw, n.Name, "br0")
+	eth, err := wire(ns, "eth0", sw, role, "br0")
 	if err != nil {
 		return err
 	}
-	if err := addAddr(ns, eth, net.ParseIP(n.IP).To4(), 24); err != nil {
+	if err := addAddr(ns, eth, net.ParseIP(ip).To4(), 24); err != nil {
 		return err
 	}
-	if err := addRoute(ns, nil, segmentIP(n.Segment, 254)); err != nil {
+	if err := addRoute(ns, nil, segmentIP(seg, 254)); err != nil {
 		return err
 	}
-	if n.IP6 != "" {
-		if err := addAddr(ns, eth, net.ParseIP(n.IP6), 64); err != nil {
+	if ip6 != "" {
+		if err := addAddr(ns, eth, net.ParseIP(ip6), 64); err != nil {
 			return err
 		}
-		if err := addRoute(ns, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, segmentIP6(n.Segment, 0xfe)); err != nil {
+		if err := addRoute(ns, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, segmentIP6(seg, 0xfe)); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,496 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"github.com/podnet/podnet/deploy"
+	"github.com/podnet/podnet/internal/image"
+	"github.com/podnet/podnet/internal/kube"
+	"github.com/podnet/podnet/internal/netns"
+)
+
+// The Kubernetes mode's cluster: the control plane's host on segment 1
+// (an address no node takes: nodes are .1 to .200), the Service range,
+// and the Deployment whose pods are the lab's.
+const (
+	cpHost       = 250
+	cpRole       = "cp"
+	serviceCIDR  = "10.96.0.0/16"
+	nodeCIDRMask = 24
+	// PodsNamespace and PodsSelector find the lab's pods (the Deployment
+	// PodsDeployment's) in the API.
+	PodsNamespace  = metav1.NamespaceDefault
+	PodsDeployment = "lab"
+	PodsSelector   = "app.kubernetes.io/name=podnet-lab"
+)
+
+// Waits of the Kubernetes mode (the podnet pods start only once their
+// node's kubelet registered; a node is Ready only once podnet wrote its
+// CNI configuration).
+const (
+	kubeWait     = 5 * time.Minute
+	kubePollStep = 250 * time.Millisecond
+)
+
+// KubeState is what the Kubernetes mode runs besides the nodes'
+// namespaces, each part recorded before it is started.
+type KubeState struct {
+	// NS is the control plane's namespace, IP its address on segment 1.
+	NS string `json:"ns"`
+	IP string `json:"ip"`
+	// Dir is the control plane's directory (kube.OpenControlPlane).
+	Dir string `json:"dir"`
+	// Bins are the Kubernetes binaries (kube.Build).
+	Bins kube.Binaries `json:"binaries"`
+	// Images are the archives every node imports: pause, busybox and
+	// podnet's.
+	Images []string `json:"images,omitempty"`
+	// Forwarder is `podnet lab forward`, serving the API server on the
+	// machine's loopback at Port, for Kubeconfig.
+	Forwarder Process `json:"forwarder"`
+	Port      int     `json:"port,omitempty"`
+}
+
+// upKube brings up the Kubernetes mode on the underlay and the nodes'
+// namespaces: the control plane, the nodes, podnet, then the lab's pods.
+func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error {
+	t := time.Now()
+	bins, err := kube.Build(ctx, kube.BuildConfig{Out: l.Out})
+	if err != nil {
+		return err
+	}
+	l.progress("kubernetes %s binaries ready after %s", kube.Version, since(t))
+	ks := &KubeState{NS: l.nsName(cpRole), IP: segmentIP(1, cpHost).String(), Dir: controlPlaneDir(l.Dir), Bins: bins}
+	if err := l.update(func() { l.Kube = ks }); err != nil {
+		return err
+	}
+	if err := l.buildHost(cpRole, 1, ks.IP, ""); err != nil {
+		return err
+	}
+	t = time.Now()
+	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
+		Bins: bins, Dir: ks.Dir, NetNS: filepath.Join(netns.RunDir, ks.NS), IP: segmentIP(1, cpHost),
+		ClusterCIDR: clusterCIDR, NodeCIDRMaskSize: nodeCIDRMask, ServiceCIDR: serviceCIDR, Detach: true,
+	})
+	if err != nil {
+		return err
+	}
+	l.progress("control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) in %s at https://%s:%d ready after %s",
+		ks.NS, ks.IP, kube.APIServerPort, since(t))
+	if err := l.startForwarder(); err != nil {
+		return err
+	}
+	t = time.Now()
+	images, err := l.writeImages(ctx)
+	if err != nil {
+		return err
+	}
+	if err := l.update(func() { ks.Images = images }); err != nil {
+		return err
+	}
+	l.progress("images pause, busybox and %s written after %s", deploy.Ref, since(t))
+	err = parallel(nodes, func(n *Node) error {
+		t := time.Now()
+		if err := l.startKubeNode(ctx, cp, n); err != nil {
+			return err
+		}
+		l.progress("node %s: containerd (images imported), kubelet, kube-proxy started in %s", n.Name, since(t))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	client, err := cp.Client()
+	if err != nil {
+		return err
+	}
+	manifest, err := l.podnetManifest()
+	if err != nil {
+		return err
+	}
+	if _, err := l.Kubectl(ctx, bytes.NewReader(manifest), "apply", "-f", "-"); err != nil {
+		return err
+	}
+	t = time.Now()
+	l.progress("podnet applied (deploy/podnet.yaml, backend %s)", l.Spec.Backend)
+	if err := waitFor(ctx, "the podnet DaemonSet to roll out", func(ctx context.Context) (string, bool) {
+		return daemonSetRolledOut(ctx, client, len(nodes))
+	}); err != nil {
+		return err
+	}
+	l.progress("podnet ready on %d nodes after %s", len(nodes), since(t))
+	if err := waitFor(ctx, "every node to be Ready", func(ctx context.Context) (string, bool) {
+		return nodesReady(ctx, client, len(nodes))
+	}); err != nil {
+		return err
+	}
+	l.progress("nodes Ready after %s", since(t))
+	if err := l.recordJoins(ctx, nodes); err != nil {
+		return err
+	}
+	if replicas := l.Spec.PodsPerNode * len(nodes); replicas > 0 {
+		t = time.Now()
+		if err := l.runPods(ctx, client, replicas); err != nil {
+			return err
+		}
+		pods, err := l.KubePods(ctx, PodsNamespace, PodsSelector)
+		if err != nil {
+			return err
+		}
+		l.progress("%d pods of Deployment %s/%s running after %s", len(pods), PodsNamespace, PodsDeployment, since(t))
+		for _, p := range pods {
+			l.progress("pod %s on %s: %s", p.Name, p.Node, strings.Join(p.IPs, ", "))
+		}
+	}
+	l.progress("lab %s up in %s", l.Name, since(start))
+	return nil
+}
+
+// controlPlaneDir is the control plane's directory in the lab's.
+func controlPlaneDir(labDir string) string { return filepath.Join(labDir, "control-plane") }
+
+// update changes the state and saves it.
+func (l *Lab) update(f func()) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f()
+	return l.save()
+}
+
+// kubeState is the Kubernetes mode's state, or an error outside it.
+func (l *Lab) kubeState() (*KubeState, error) {
+	if l.Kube == nil {
+		return nil, fmt.Errorf("lab %s is not a Kubernetes lab (podnet lab up --kubernetes makes one)", l.Name)
+	}
+	return l.Kube, nil
+}
+
+// notKube refuses an operation of the plain lab in Kubernetes mode.
+func (l *Lab) notKube(what string) error {
+	if l.Spec.Kubernetes {
+		return fmt.Errorf("%s: lab %s runs Kubernetes, which owns its pods and nodes (use kubectl: podnet lab kubectl -- ...)", what, l.Name)
+	}
+	return nil
+}
+
+// ControlPlane opens the lab's Kubernetes control plane.
+func (l *Lab) ControlPlane() (*kube.ControlPlane, error) {
+	ks, err := l.kubeState()
+	if err != nil {
+		return nil, err
+	}
+	return kube.OpenControlPlane(ks.Dir)
+}
+
+// Client is a cluster administrator's client of the lab's Kubernetes; it
+// works from the machine's namespace (its connections are made inside
+// the control plane's).
+func (l *Lab) Client() (kubernetes.Interface, error) {
+	cp, err := l.ControlPlane()
+	if err != nil {
+		return nil, err
+	}
+	return cp.Client()
+}
+
+// KubeNode opens the Kubernetes node (containerd, kubelet, kube-proxy)
+// of the lab's node name.
+func (l *Lab) KubeNode(name string) (*kube.Node, error) {
+	if _, err := l.kubeState(); err != nil {
+		return nil, err
+	}
+	n, err := l.node(name)
+	if err != nil {
+		return nil, err
+	}
+	return kube.OpenNode(n.Dir)
+}
+
+// Kubectl runs the lab's kubectl with args inside the control plane's
+// namespace as the cluster administrator and returns its standard output;
+// a failure carries its standard error.
+func (l *Lab) Kubectl(ctx context.Context, stdin io.Reader, args ...string) ([]byte, error) {
+	var out, errb bytes.Buffer
+	if err := l.RunKubectl(ctx, stdin, &out, &errb, args...); err != nil {
+		return out.Bytes(), fmt.Errorf("%w\n%s", err, strings.TrimSpace(errb.String()))
+	}
+	return out.Bytes(), nil
+}
+
+// RunKubectl runs the lab's kubectl with args inside the control plane's
+// namespace as the cluster administrator, with the given standard
+// streams (podnet lab kubectl).
+func (l *Lab) RunKubectl(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, args ...string) error {
+	ks, err := l.kubeState()
+	if err != nil {
+		return err
+	}
+	cp, err := kube.OpenControlPlane(ks.Dir)
+	if err != nil {
+		return err
+	}
+	ns, err := netns.OpenNamed(ks.NS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	cmd := exec.CommandContext(ctx, ks.Bins.Kubectl, append([]string{"--kubeconfig", cp.AdminKubeconfig()}, args...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	if err := ns.Do(cmd.Start); err != nil {
+		return fmt.Errorf("kubectl: %w", err)
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("kubectl %s: %w", strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+// Kubeconfig is the path of the cluster administrator's kubeconfig for
+// the machine's own kubectl: its server is the lab's forwarder on the
+// machine's loopback.
+func (l *Lab) Kubeconfig() string { return filepath.Join(l.Dir, "kubeconfig") }
+
+// writeImages writes the archives every node imports: the pod images of
+// internal/kube and podnet's image (deploy.Image) made of the lab's
+// binaries.
+func (l *Lab) writeImages(ctx context.Context) ([]string, error) {
+	dir := filepath.Join(l.Dir, "images")
+	images, err := kube.PodImages(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	// deploy.Image takes the programs from one directory, by name.
+	bin := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return nil, err
+	}
+	for name, path := range l.Bins.required(l.Spec) {
+		if err := os.Symlink(path, filepath.Join(bin, name)); err != nil {
+			return nil, fmt.Errorf("podnet image: %w", err)
+		}
+	}
+	spec, err := deploy.Image(bin, deploy.Ref)
+	if err != nil {
+		return nil, err
+	}
+	podnet := filepath.Join(dir, "podnet.tar")
+	if err := image.Write(podnet, spec); err != nil {
+		return nil, fmt.Errorf("podnet image: %w", err)
+	}
+	return append(images, podnet), nil
+}
+
+// startKubeNode runs the node's containerd, kubelet and kube-proxy in its
+// namespace, with the lab's images imported.
+func (l *Lab) startKubeNode(ctx context.Context, cp *kube.ControlPlane, n *Node) error {
+	kubelet, err := cp.Kubeconfig("system:node:"+n.Name, "system:nodes")
+	if err != nil {
+		return err
+	}
+	proxy, err := cp.Kubeconfig("system:kube-proxy")
+	if err != nil {
+		return err
+	}
+	_, err = kube.StartNode(ctx, kube.NodeConfig{
+		Bins: l.Kube.Bins, Name: n.Name, NetNS: filepath.Join(netns.RunDir, n.NS), IP: segmentIP(n.Segment, n.Index), Dir: n.Dir,
+		Kubeconfig: kubelet, ProxyKubeconfig: proxy, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR,
+		Images: l.Kube.Images, Supervisor: []string{l.Bins.CLI, "kube-node"}, Detach: true,
+	})
+	return err
+}
+
+// podnetManifest is deploy.Manifest as a List for kubectl apply, its
+// ConfigMap holding the lab's cluster CIDR and backend; everything else as
+// shipped.
+func (l *Lab) podnetManifest() ([]byte, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(deploy.Manifest), 4096)
+	var items []map[string]any
+	for {
+		var obj map[string]any
+		if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, fmt.Errorf("deploy/podnet.yaml: %w", err)
+		}
+		if obj == nil {
+			continue
+		}
+		if obj["kind"] == "ConfigMap" {
+			if err := l.adaptConfig(obj); err != nil {
+				return nil, err
+			}
+		}
+		items = append(items, obj)
+	}
+	return json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+// adaptConfig sets the lab's values in podnet's ConfigMap.
+func (l *Lab) adaptConfig(cm map[string]any) error {
+	data, _ := cm["data"].(map[string]any)
+	text, ok := data["config.yaml"].(string)
+	if !ok {
+		return errors.New("deploy/podnet.yaml: ConfigMap without config.yaml")
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(text), &cfg); err != nil {
+		return fmt.Errorf("deploy/podnet.yaml: config.yaml: %w", err)
+	}
+	cfg["cluster-cidr"] = clusterCIDR
+	cfg["node-subnet-size"] = nodeCIDRMask
+	cfg["backend"] = string(l.Spec.Backend)
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	data["config.yaml"] = string(b)
+	return nil
+}
+
+// waitFor polls cond until it holds, for up to kubeWait; the error tells
+// what cond last reported.
+func waitFor(ctx context.Context, what string, cond func(context.Context) (string, bool)) error {
+	ctx, cancel := context.WithTimeout(ctx, kubeWait)
+	defer cancel()
+	for {
+		status, ok := cond(ctx)
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w (%s)", what, ctx.Err(), status)
+		case <-time.After(kubePollStep):
+		}
+	}
+}
+
+// daemonSetRolledOut tells whether podnet's DaemonSet runs a ready,
+// current pod on each of the nodes.
+func daemonSetRolledOut(ctx context.Context, c kubernetes.Interface, nodes int) (string, bool) {
+	ds, err := c.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, "podnet", metav1.GetOptions{})
+	if err != nil {
+		return err.Error(), false
+	}
+	st := ds.Status
+	status := fmt.Sprintf("%d desired, %d updated, %d ready", st.DesiredNumberScheduled, st.UpdatedNumberScheduled, st.NumberReady)
+	return status, st.ObservedGeneration >= ds.Generation && int(st.DesiredNumberScheduled) == nodes &&
+		st.UpdatedNumberScheduled == st.DesiredNumberScheduled && st.NumberReady == st.DesiredNumberScheduled
+}
+
+// nodesReady tells whether all nodes registered and are Ready.
+func nodesReady(ctx context.Context, c kubernetes.Interface, nodes int) (string, bool) {
+	list, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err.Error(), false
+	}
+	var notReady []string
+	for _, n := range list.Items {
+		if !nodeReady(&n) {
+			notReady = append(notReady, n.Name)
+		}
+	}
+	sort.Strings(notReady)
+	return fmt.Sprintf("%d of %d registered, not Ready: %v", len(list.Items), nodes, notReady), len(list.Items) == nodes && len(notReady) == 0
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// runPods creates the lab's Deployment of busybox pods, spread evenly
+// over the nodes, and waits until every replica is ready.
+func (l *Lab) runPods(ctx context.Context, c kubernetes.Interface, replicas int) error {
+	labels := map[string]string{}
+	k, v, _ := strings.Cut(PodsSelector, "=")
+	labels[k] = v
+	r := int32(replicas)
+	grace := int64(1)
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: PodsDeployment, Namespace: PodsNamespace, Labels: labels},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &r,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					TerminationGracePeriodSeconds: &grace,
+					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
+						MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.DoNotSchedule,
+						LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
+					}},
+					Containers: []corev1.Container{{
+						Name: "sleep", Image: kube.BusyboxImage, ImagePullPolicy: corev1.PullNever,
+						Command: []string{"sleep", "1000000000"},
+					}},
+				},
+			},
+		},
+	}
+	if _, err := c.AppsV1().Deployments(PodsNamespace).Create(ctx, d, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("deployment %s: %w", PodsDeployment, err)
+	}
+	return waitFor(ctx, "the lab's pods", func(ctx context.Context) (string, bool) {
+		d, err := c.AppsV1().Deployments(PodsNamespace).Get(ctx, PodsDeployment, metav1.GetOptions{})
+		if err != nil {
+			return err.Error(), false
+		}
+		return fmt.Sprintf("%d of %d ready", d.Status.ReadyReplicas, replicas),
+			d.Status.ObservedGeneration >= d.Generation && int(d.Status.ReadyReplicas) == replicas && int(d.Status.UpdatedReplicas) == replicas
+	})
+}
+
+// downKube stops what the Kubernetes mode of the lab in dir runs, from
+// the files its parts left (also when the lab's state is gone): the
+// nodes (with their pods, mounts and cgroups), the control plane and the
+// forwarder.
+func downKube(dir string, st *State) error {
+	var errs []error
+	nodeStates, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", "state.json"))
+	var nodes []*Node
+	for _, s := range nodeStates {
+		nodes = append(nodes, &Node{Dir: filepath.Dir(s)})
+	}
+	errs = append(errs, parallel(nodes, func(n *Node) error {
+		kn, err := kube.OpenNode(n.Dir)
+		if err != nil {
+			return err
+		}
+		return kn.Stop()
+	}))
+	if _, err := os.Stat(filepath.Join(controlPlaneDir(dir), "state.json")); err == nil {
+		cp, err := kube.OpenControlPlane(controlPlaneDir(dir))
+		if err == nil {
+			err = cp.Stop()
+		}
+		errs = append(errs, err)
+	}
+	if st != nil && st.Kube != nil {
+		errs = append(errs, st.Kube.Forwarder.kill())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,191 @@
+package lab
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/podnet/podnet/deploy"
+	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/kube"
+)
+
+func TestSpecValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		spec Spec
+		err  string // substring; empty: valid
+	}{
+		{"defaults", Spec{}, ""},
+		{"kubernetes", Spec{Kubernetes: true, Nodes: 2, PodsPerNode: 3}, ""},
+		{"kubernetes on segments", Spec{Kubernetes: true, Segments: 2, Backend: cluster.VXLAN}, ""},
+		{"kubernetes dual-stack", Spec{Kubernetes: true, IPv6: true}, "IPv4 only"},
+		{"too many nodes", Spec{Nodes: maxNodes + 1}, "nodes must be"},
+		{"negative pods", Spec{PodsPerNode: -1}, "pods per node"},
+		{"host-gw across segments", Spec{Segments: 2, Backend: cluster.HostGW}, "host-gw"},
+		{"unknown backend", Spec{Backend: "wireguard"}, "unknown backend"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.spec
+			s.Defaults()
+			err := s.Validate()
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("Validate: %v, want an error with %q", err, tc.err)
+			}
+		})
+	}
+}
+
+// fakeBins writes three files standing for the lab's programs.
+func fakeBins(t *testing.T) Binaries {
+	t.Helper()
+	dir := t.TempDir()
+	b := Binaries{Agent: filepath.Join(dir, "podnet-agent"), CNI: filepath.Join(dir, "podnet-cni"), CLI: filepath.Join(dir, "podnet")}
+	for _, p := range []string{b.Agent, b.CNI, b.CLI} {
+		if err := os.WriteFile(p, []byte("#!/bin/true\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+func TestNewBinaries(t *testing.T) {
+	bins := fakeBins(t)
+	noCLI := bins
+	noCLI.CLI = ""
+	for _, tc := range []struct {
+		name string
+		spec Spec
+		bins Binaries
+		err  string
+	}{
+		{"plain without the CLI", Spec{}, noCLI, ""},
+		{"kubernetes without the CLI", Spec{Kubernetes: true}, noCLI, "no podnet given"},
+		{"kubernetes", Spec{Kubernetes: true}, bins, ""},
+		{"missing agent", Spec{}, Binaries{Agent: "/nonexistent/podnet-agent", CNI: bins.CNI}, "lab binary podnet-agent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(t.TempDir(), "t", tc.spec, tc.bins, nil)
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("New: %v", err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("New: %v, want an error with %q", err, tc.err)
+			}
+		})
+	}
+}
+
+// TestKubeStateRoundTrip checks that what the Kubernetes mode records
+// (Down's way back to everything it started) survives Open.
+func TestKubeStateRoundTrip(t *testing.T) {
+	base := t.TempDir()
+	l, err := New(base, "rt", Spec{Kubernetes: true}, fakeBins(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := &KubeState{
+		NS: l.nsName(cpRole), IP: segmentIP(1, cpHost).String(), Dir: controlPlaneDir(l.Dir),
+		Bins:      kube.Binaries{APIServer: "/c/kube-apiserver", Kubelet: "/c/kubelet", Kubectl: "/c/kubectl", Etcd: "/c/etcd"},
+		Images:    []string{"/i/pause.tar", "/i/podnet.tar"},
+		Forwarder: processOf(os.Getpid()), Port: 40123,
+	}
+	n := l.newNode()
+	if err := l.update(func() { l.Kube = ks; l.Nodes = append(l.Nodes, n) }); err != nil {
+		t.Fatal(err)
+	}
+	o, err := Open(base, "rt", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(o.Kube, ks) || !o.Spec.Kubernetes || o.Bins != l.Bins || !reflect.DeepEqual(o.Nodes, l.Nodes) {
+		t.Fatalf("reopened state differs:\n got %+v %+v %+v\nwant %+v %+v %+v", o.Kube, o.Spec, o.Bins, ks, l.Spec, l.Bins)
+	}
+	if o.Kube.IP != "10.100.1.250" || n.IP == o.Kube.IP {
+		t.Fatalf("control plane at %s, node at %s", o.Kube.IP, n.IP)
+	}
+}
+
+func TestProcess(t *testing.T) {
+	self := processOf(os.Getpid())
+	if self.Start == 0 || !self.running() {
+		t.Fatalf("this process %+v not running", self)
+	}
+	for _, p := range []Process{{}, {PID: self.PID, Start: self.Start + 1}} {
+		if p.running() {
+			t.Errorf("%+v (another process) counts as running", p)
+		}
+		if err := p.kill(); err != nil {
+			t.Errorf("kill %+v: %v", p, err)
+		}
+	}
+}
+
+// TestPodnetManifest checks that the lab applies deploy/podnet.yaml as
+// shipped but for the ConfigMap's cluster CIDR, subnet size and backend.
+func TestPodnetManifest(t *testing.T) {
+	l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.VXLAN}}}
+	b, err := l.podnetManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Kind  string
+		Items []map[string]any
+	}
+	if err := json.Unmarshal(b, &list); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, it := range list.Items {
+		kinds[it["kind"].(string)]++
+		switch it["kind"] {
+		case "ConfigMap":
+			var cfg map[string]any
+			if err := yaml.Unmarshal([]byte(it["data"].(map[string]any)["config.yaml"].(string)), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]any{"cluster-cidr": clusterCIDR, "node-subnet-size": float64(nodeCIDRMask), "backend": "vxlan", "datastore": "kubernetes", "listen": "127.0.0.1:9099"}
+			for k, v := range want {
+				if cfg[k] != v {
+					t.Errorf("config %s = %v, want %v", k, cfg[k], v)
+				}
+			}
+		case "DaemonSet":
+			c := it["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+			if c["image"] != deploy.Ref || c["imagePullPolicy"] != "IfNotPresent" {
+				t.Errorf("agent container runs %v (%v), want %s (IfNotPresent)", c["image"], c["imagePullPolicy"], deploy.Ref)
+			}
+		}
+	}
+	docs := strings.Count(string(deploy.Manifest), "\n---\n")
+	if list.Kind != "List" || len(list.Items) != docs || kinds["ConfigMap"] != 1 || kinds["DaemonSet"] != 1 {
+		t.Fatalf("list %s of %d items %v, want the manifest's %d documents", list.Kind, len(list.Items), kinds, docs)
+	}
+}
+
+func TestCommonPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		names []string
+		want  string
+	}{
+		{nil, ""},
+		{[]string{"default/lab-7c9-abcde"}, ""},
+		{[]string{"default/lab-7c9-abcde", "default/lab-7c9-fghij"}, "default/lab-7c9-"},
+		{[]string{"default/lab-7c9-abcde", "kube-system/x"}, ""},
+		{[]string{"default/a", "default/b"}, "default/"},
+		{[]string{"n1-p1", "n1-p2"}, ""},
+	} {
+		if got := commonPrefix(tc.names); got != tc.want {
+			t.Errorf("commonPrefix(%q) = %q, want %q", tc.names, got, tc.want)
+		}
+	}
+}
