@@ -48,10 +48,10 @@ var metrics = []metric{
 	{"kubelet.run_podsandbox", "kubelet", "kubelet_runtime_operations_duration_seconds", "operation_type", "run_podsandbox", "kubelet → RunPodSandbox"},
 	{"kubelet.create_container", "kubelet", "kubelet_runtime_operations_duration_seconds", "operation_type", "create_container", "kubelet → CreateContainer"},
 	{"kubelet.start_container", "kubelet", "kubelet_runtime_operations_duration_seconds", "operation_type", "start_container", "kubelet → StartContainer"},
-	{"kubelet.pod_start", "kubelet", "kubelet_pod_start_duration_seconds", "", "", "kubelet: pod first seen → running"},
+	{"kubelet.pod_start_sli", "kubelet", "kubelet_pod_start_sli_duration_seconds", "", "", "kubelet: pod created → watched running (its startup SLI)"},
 	{"containerd.sandbox_network", "containerd", "containerd_cri_sandbox_create_network", "", "", "containerd: sandbox network (netns + CNI ADD)"},
 	{"containerd.cni_add", "containerd", "containerd_cri_network_plugin_operations_duration_seconds", "operation_type", "set_up_pod", "containerd: CNI ADD"},
-	{"containerd.sandbox_runtime", "containerd", "containerd_cri_sandbox_runtime_create", "", "", "containerd: sandbox container (pause) create + start"},
+	{"containerd.sandbox_runtime", "containerd", "containerd_cri_sandbox_runtime_create", "", "", "containerd: RunPodSandbox, all of it (sandbox_runtime_create)"},
 	{"containerd.cni_del", "containerd", "containerd_cri_network_plugin_operations_duration_seconds", "operation_type", "tear_down_pod", "containerd: CNI DEL"},
 	{"containerd.sandbox_network_delete", "containerd", "containerd_cri_sandbox_delete_network", "", "", "containerd: sandbox network teardown"},
 }
