@@ -22,7 +22,7 @@
 // kubelet's metrics through the API server, each diffed around every
 // round.
 //
-//	go run ./bench/podstart [-rounds 3] [-pods 30] [-md docs/performance.md] [-json FILE]
+//	go run ./bench/podstart [-rounds 3] [-pods 30] [-warmup 5] [-keep] [-md docs/performance.md] [-json FILE]
 //
 // It needs root and the built binaries (make build); the Kubernetes
 // binaries are built (or taken from kube.Build's cache). The lab has a
@@ -46,11 +46,13 @@ import (
 
 type options struct {
 	rounds, pods int
+	warmup       int
 	agentBin     string
 	cniBin       string
 	cliBin       string
 	refCNIDir    string
 	roundTimeout time.Duration
+	keep         bool
 	out          benchdoc.Output
 }
 
@@ -58,11 +60,13 @@ func main() {
 	var o options
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds per side (the sides alternate)")
 	flag.IntVar(&o.pods, "pods", 30, "pods created at once per round")
+	flag.IntVar(&o.warmup, "warmup", 5, "pods of an unmeasured first round per side (0: none)")
 	flag.StringVar(&o.agentBin, "agent-bin", "bin/podnet-agent", "podnet-agent binary")
 	flag.StringVar(&o.cniBin, "cni-bin", "bin/podnet-cni", "podnet-cni binary")
 	flag.StringVar(&o.cliBin, "cli-bin", "bin/podnet", "podnet CLI binary (node supervisor, image)")
 	flag.StringVar(&o.refCNIDir, "ref-cni-dir", "/usr/lib/cni", "the reference plugins (containernetworking-plugins)")
 	flag.DurationVar(&o.roundTimeout, "round-timeout", 5*time.Minute, "longest a round's pods may take to run, and to go")
+	flag.BoolVar(&o.keep, "keep", false, "leave the lab up at the end, for inspection (podnet lab down --name NAME removes it)")
 	o.out.Flags()
 	flag.Parse()
 	benchdoc.Main("podstart", func(ctx context.Context) error { return run(ctx, o) })
@@ -94,6 +98,10 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	defer func() {
+		if o.keep && ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "lab %s left up (-keep): podnet lab down --name %s removes it\n", name, name)
+			return
+		}
 		fmt.Fprintln(os.Stderr, "taking the lab down …")
 		if derr := lab.Down("", name); derr != nil {
 			err = errors.Join(err, derr)
@@ -115,9 +123,18 @@ func run(ctx context.Context, o options) (err error) {
 	if err := b2.useReference(ctx, refNode, ref); err != nil {
 		return err
 	}
+	if o.warmup > 0 {
+		for _, s := range res.Sides {
+			r, err := b2.round(ctx, s, "podstart-"+s.Name+"-warmup", o.warmup)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(os.Stderr, r.summary(s), "(warm-up, not counted)")
+		}
+	}
 	for i := 0; i < o.rounds; i++ {
 		for _, s := range res.Sides {
-			r, err := b2.round(ctx, s, i)
+			r, err := b2.round(ctx, s, fmt.Sprintf("podstart-%s-%d", s.Name, i+1), o.pods)
 			if err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,6 +57,14 @@ var metrics = []metric{
 	{"containerd.sandbox_network_delete", "containerd", "containerd_cri_sandbox_delete_network", "", "", "containerd: sandbox network teardown"},
 }
 
+// errorCounts are the counters of failed operations taken around every
+// round (Count is the failures).
+var errorCounts = []metric{
+	{"containerd.cni_add_errors", "containerd", "containerd_cri_network_plugin_operations_errors_total", "operation_type", "set_up_pod", "containerd: CNI ADD failures"},
+	{"containerd.cni_del_errors", "containerd", "containerd_cri_network_plugin_operations_errors_total", "operation_type", "tear_down_pod", "containerd: CNI DEL failures"},
+	{"kubelet.runtime_errors", "kubelet", "kubelet_runtime_operations_errors_total", "", "", "kubelet: failed runtime operations"},
+}
+
 // scrape reads the metrics of node's kubelet (through the API server's
 // node proxy) and containerd (on the node's loopback).
 func (b *bench) scrape(ctx context.Context, node string) (map[string]histo, error) {
@@ -73,7 +82,7 @@ func (b *bench) scrape(ctx context.Context, node string) (map[string]histo, erro
 		if err != nil {
 			return nil, fmt.Errorf("%s metrics of %s: %w", comp, node, err)
 		}
-		for _, m := range metrics {
+		for _, m := range append(slices.Clone(metrics), errorCounts...) {
 			if m.Component == comp {
 				out[m.ID] = m.sum(fams)
 			}
@@ -87,7 +96,7 @@ func parseMetrics(text []byte) (map[string]*dto.MetricFamily, error) {
 	return p.TextToMetricFamilies(bytes.NewReader(text))
 }
 
-// sum adds up the histograms m selects.
+// sum adds up the histograms (or the counters, as Count) m selects.
 func (m metric) sum(fams map[string]*dto.MetricFamily) histo {
 	var h histo
 	for _, name := range []string{m.Family, m.Family + "_seconds"} {
@@ -102,6 +111,9 @@ func (m metric) sum(fams map[string]*dto.MetricFamily) histo {
 			if hg := s.GetHistogram(); hg != nil {
 				h.Count += hg.GetSampleCount()
 				h.Sum += hg.GetSampleSum()
+			}
+			if c := s.GetCounter(); c != nil {
+				h.Count += uint64(c.GetValue())
 			}
 		}
 	}

@@ -107,6 +107,10 @@ func table(r *result) (head []string, rows [][]string) {
 		a, b := r.Sides[0].Metrics[m.ID], r.Sides[1].Metrics[m.ID]
 		row(fmt.Sprintf("%s, mean (%d/%d)", m.What, a.Count, b.Count), a.mean(), b.mean(), msecs)
 	}
+	for _, m := range errorCounts {
+		a, b := r.Sides[0].Metrics[m.ID], r.Sides[1].Metrics[m.ID]
+		rows = append(rows, []string{m.What, fmt.Sprint(a.Count), fmt.Sprint(b.Count), "-"})
+	}
 	return head, rows
 }
 

@@ -54,7 +54,6 @@ func (p *podTimes) deleteTime() time.Duration { return p.Gone.Sub(p.Deleting) }
 
 // round is one Deployment's pods on one side.
 type round struct {
-	Index      int    `json:"index"`
 	Deployment string `json:"deployment"`
 	// Created is the Deployment's creation (the call), AllRunning the
 	// last pod's Running; DeleteCalled the Deployment's deletion,
@@ -88,16 +87,17 @@ func (r *round) deleteTimes() []time.Duration {
 // summary is the round's line of progress.
 func (r *round) summary(s *side) string {
 	st, dt := r.startTimes(), r.deleteTimes()
-	return fmt.Sprintf("%-9s round %d on %s: create → Running median %s, p90 %s, all %d in %s; delete median %s, all gone in %s",
-		s.Name, r.Index+1, s.Node, secs(benchdoc.Percentile(st, .5)), secs(benchdoc.Percentile(st, .9)), len(r.Pods),
+	return fmt.Sprintf("%-9s %-22s on %s: create → Running median %s, p90 %s, all %d in %s; delete median %s, all gone in %s",
+		s.Name, r.Deployment, s.Node, secs(benchdoc.Percentile(st, .5)), secs(benchdoc.Percentile(st, .9)), len(r.Pods),
 		secs(r.AllRunning.Sub(r.Created)), secs(benchdoc.Percentile(dt, .5)), secs(r.AllGone.Sub(r.DeleteCalled)))
 }
 
-// round runs round i of side s: the Deployment created, its pods
-// timed to Running, the Deployment deleted and its pods timed to their
-// removal, the node's metrics taken around it all.
-func (b *bench) round(ctx context.Context, s *side, i int) (*round, error) {
-	r := &round{Index: i, Deployment: fmt.Sprintf("podstart-%s-%d", s.Name, i+1)}
+// round runs a round of side s, n pods of a Deployment called name: the
+// Deployment created, its pods timed to Running, the Deployment deleted
+// and its pods timed to their removal, the node's metrics taken around
+// it all.
+func (b *bench) round(ctx context.Context, s *side, name string, n int) (*round, error) {
+	r := &round{Deployment: name}
 	before, err := b.scrape(ctx, s.Node)
 	if err != nil {
 		return nil, err
@@ -109,10 +109,9 @@ func (b *bench) round(ctx context.Context, s *side, i int) (*round, error) {
 		return nil, err
 	}
 	r.Created = time.Now()
-	if _, err := b.c.AppsV1().Deployments(podsNamespace).Create(ctx, b.deployment(r.Deployment, s.Node), metav1.CreateOptions{}); err != nil {
+	if _, err := b.c.AppsV1().Deployments(podsNamespace).Create(ctx, deployment(r.Deployment, s.Node, n), metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("deployment %s: %w", r.Deployment, err)
 	}
-	n := b.o.pods
 	if err := w.wait(ctx, b.o.roundTimeout, func(pods map[string]*podTimes) (string, bool) {
 		running := 0
 		for _, p := range pods {
@@ -157,11 +156,11 @@ func (b *bench) round(ctx context.Context, s *side, i int) (*round, error) {
 	return r, nil
 }
 
-// deployment is a round's Deployment: busybox pods pinned to node, which
-// exit at once on SIGTERM (so that deletion is not a grace period).
-func (b *bench) deployment(name, node string) *appsv1.Deployment {
+// deployment is a round's Deployment: n busybox pods pinned to node,
+// which exit at once on SIGTERM (so that deletion is not a grace period).
+func deployment(name, node string, n int) *appsv1.Deployment {
 	labels := map[string]string{appLabel: appName, roundLabel: name}
-	replicas := int32(b.o.pods)
+	replicas := int32(n)
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: podsNamespace, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
