@@ -40,7 +40,7 @@ PODSTART_FLAGS  ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build image deps test demo bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart clean
+.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart clean
 
 # The plugin binary, and in bin/cni/ the plugins as a CNI bin dir (one hard
 # link per plugin type, ready to copy to /opt/cni/bin); the node agent and
@@ -63,6 +63,14 @@ image: build
 # outside, then the lab is torn down; the exit code tells (needs root).
 demo: build
 	$(BIN)/podnet lab demo --name demo
+
+# The same on a real Kubernetes (v1.32.3, built once from the Go module
+# proxy into /var/cache/podnet/kube: ~7-10 min on 2 cores the first time,
+# then ~35-45 s): control plane, containerd, kubelet and kube-proxy on every
+# node, podnet installed from deploy/podnet.yaml and its image, the pods a
+# Deployment's (needs root; docs/lab.md).
+demo-kube: build
+	$(BIN)/podnet lab demo --kubernetes --name demok
 
 # Tools the kernel tests use (reference plugins, nft, iperf3, ip, gcc for
 # -race); installs only what is missing, only as root with apt-get.

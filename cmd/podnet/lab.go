@@ -33,8 +33,11 @@ func newLab() *cobra.Command {
 		Long: `lab builds a podnet cluster out of network namespaces: an underlay of one or
 more L2 segments joined by a router, an outside network beyond it, nodes that
 each run the real podnet-agent (the first embeds etcd, the others join it),
-and pods attached through the real CNI path. Nothing touches the machine's
-own network namespace. Needs root.`,
+and pods attached through the real CNI path. With --kubernetes the lab is a
+real Kubernetes instead: a control plane, containerd, kubelet and kube-proxy
+on every node, podnet installed from deploy/podnet.yaml, the pods a
+Deployment's. Nothing touches the machine's own network namespace. Needs
+root.`,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
 			if os.Geteuid() != 0 {
 				return errors.New("podnet lab needs root (it creates network namespaces): run it with sudo")
@@ -155,9 +158,11 @@ func newLabDemo(f *labFlags) *cobra.Command {
 			if l != nil && !keep {
 				defer func() {
 					fmt.Fprintf(out, "tearing lab %s down\n", f.name)
+					start := time.Now()
 					if derr := lab.Down(f.base, f.name); derr != nil && err == nil {
 						err = derr
 					}
+					fmt.Fprintf(out, "lab %s down in %s\n", f.name, time.Since(start).Round(time.Millisecond))
 				}()
 			}
 			if err != nil {
@@ -285,11 +290,10 @@ func newLabNode(f *labFlags) *cobra.Command {
 }
 
 func newLabKubectl(f *labFlags) *cobra.Command {
-	cmd := onLab(f, "kubectl -- ARG...", "Run the lab's kubectl (Kubernetes mode) as the cluster administrator, inside the lab", cobra.MinimumNArgs(1),
+	return onLab(f, "kubectl -- ARG...", "Run the lab's kubectl (Kubernetes mode) as the cluster administrator, inside the lab", cobra.MinimumNArgs(1),
 		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
 			return l.RunKubectl(ctx, os.Stdin, out, os.Stderr, args...)
 		})
-	return cmd
 }
 
 // newLabForward is the hidden `podnet lab forward`, started by the

@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,66 +18,6 @@ import (
 	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/netns"
 )
-
-// Process names a detached process of the lab by its PID and start time
-// (clock ticks after boot), which tell it from a later one reusing the PID.
-type Process struct {
-	PID   int    `json:"pid,omitempty"`
-	Start uint64 `json:"start,omitempty"`
-}
-
-// processOf names the running process pid.
-func processOf(pid int) Process {
-	start, _ := procStart(pid)
-	return Process{PID: pid, Start: start}
-}
-
-// running tells whether the process still runs.
-func (p Process) running() bool {
-	if p.PID == 0 {
-		return false
-	}
-	start, ok := procStart(p.PID)
-	return ok && start == p.Start
-}
-
-// kill ends the process with SIGKILL and waits until it is gone.
-func (p Process) kill() error {
-	if !p.running() {
-		return nil
-	}
-	if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("kill %d: %w", p.PID, err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for p.running() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("process %d did not end on SIGKILL", p.PID)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return nil
-}
-
-// procStart reads a live (not zombie) process's start time from /proc.
-func procStart(pid int) (uint64, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, false
-	}
-	s := string(b)
-	end := strings.LastIndexByte(s, ')')
-	if end < 0 {
-		return 0, false
-	}
-	// After "pid (comm) ": state is field 3, starttime field 22.
-	f := strings.Fields(s[end+1:])
-	if len(f) < 20 || f[0] == "Z" {
-		return 0, false
-	}
-	start, err := strconv.ParseUint(f[19], 10, 64)
-	return start, err == nil
-}
 
 // startForwarder starts `podnet lab forward` on a free port of the
 // machine's loopback, serving the API server, and writes Kubeconfig for
@@ -104,7 +42,7 @@ func (l *Lab) startForwarder() error {
 	defer logf.Close()
 	target := net.JoinHostPort(ks.IP, strconv.Itoa(kube.APIServerPort))
 	cmd := exec.Command(l.Bins.CLI, "lab", "forward", "--listen-fd", "3",
-		"--netns", filepath.Join(netns.RunDir, ks.NS), "--to", target)
+		"--netns", forwarderNetNS(l.Name), "--to", target)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -113,10 +51,17 @@ func (l *Lab) startForwarder() error {
 	}
 	go func() { _ = cmd.Wait() }() // reap it if it dies while we run
 	port := ln.Addr().(*net.TCPAddr).Port
-	if err := l.update(func() { ks.Forwarder, ks.Port = processOf(cmd.Process.Pid), port }); err != nil {
+	if err := l.update(func() { ks.Port = port }); err != nil {
 		return err
 	}
 	return l.writeKubeconfig()
+}
+
+// forwarderNetNS is the forwarder's --netns argument: the control plane's
+// namespace. Down finds the forwarder by it (kube.ProcsWithArg), also one
+// started by a lab killed before it recorded anything more.
+func forwarderNetNS(lab string) string {
+	return filepath.Join(netns.RunDir, "pl-"+lab+"-"+cpRole)
 }
 
 // writeKubeconfig writes Kubeconfig: the administrator's, its server the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,10 +65,9 @@ type KubeState struct {
 	// Images are the archives every node imports: pause, busybox and
 	// podnet's.
 	Images []string `json:"images,omitempty"`
-	// Forwarder is `podnet lab forward`, serving the API server on the
-	// machine's loopback at Port, for Kubeconfig.
-	Forwarder Process `json:"forwarder"`
-	Port      int     `json:"port,omitempty"`
+	// Port is where `podnet lab forward` serves the API server on the
+	// machine's loopback, for Kubeconfig.
+	Port int `json:"port,omitempty"`
 }
 
 // upKube brings up the Kubernetes mode on the underlay and the nodes'
@@ -87,27 +87,28 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		return err
 	}
 	t = time.Now()
+	// The images are written while the control plane starts.
+	imagesDone := make(chan error, 1)
+	go func(start time.Time) {
+		images, err := l.writeImages(ctx)
+		if err == nil {
+			l.progress("images pause, busybox and %s written after %s", deploy.Ref, since(start))
+			err = l.update(func() { ks.Images = images })
+		}
+		imagesDone <- err
+	}(t)
 	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
 		Bins: bins, Dir: ks.Dir, NetNS: filepath.Join(netns.RunDir, ks.NS), IP: segmentIP(1, cpHost),
 		ClusterCIDR: clusterCIDR, NodeCIDRMaskSize: nodeCIDRMask, ServiceCIDR: serviceCIDR, Detach: true,
 	})
 	if err != nil {
-		return err
+		return errors.Join(err, <-imagesDone)
 	}
 	l.progress("control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) in %s at https://%s:%d ready after %s",
 		ks.NS, ks.IP, kube.APIServerPort, since(t))
-	if err := l.startForwarder(); err != nil {
+	if err := errors.Join(l.startForwarder(), <-imagesDone); err != nil {
 		return err
 	}
-	t = time.Now()
-	images, err := l.writeImages(ctx)
-	if err != nil {
-		return err
-	}
-	if err := l.update(func() { ks.Images = images }); err != nil {
-		return err
-	}
-	l.progress("images pause, busybox and %s written after %s", deploy.Ref, since(t))
 	err = parallel(nodes, func(n *Node) error {
 		t := time.Now()
 		if err := l.startKubeNode(ctx, cp, n); err != nil {
@@ -127,23 +128,24 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 	if err != nil {
 		return err
 	}
+	t = time.Now()
 	if _, err := l.Kubectl(ctx, bytes.NewReader(manifest), "apply", "-f", "-"); err != nil {
 		return err
 	}
+	l.progress("podnet applied (deploy/podnet.yaml, backend %s) in %s", l.Spec.Backend, since(t))
 	t = time.Now()
-	l.progress("podnet applied (deploy/podnet.yaml, backend %s)", l.Spec.Backend)
 	if err := waitFor(ctx, "the podnet DaemonSet to roll out", func(ctx context.Context) (string, bool) {
 		return daemonSetRolledOut(ctx, client, len(nodes))
 	}); err != nil {
 		return err
 	}
-	l.progress("podnet ready on %d nodes after %s", len(nodes), since(t))
+	l.progress("podnet DaemonSet rolled out: a ready agent on each of %d nodes after %s", len(nodes), since(t))
 	if err := waitFor(ctx, "every node to be Ready", func(ctx context.Context) (string, bool) {
 		return nodesReady(ctx, client, len(nodes))
 	}); err != nil {
 		return err
 	}
-	l.progress("nodes Ready after %s", since(t))
+	l.progress("every node Ready after %s", since(t))
 	if err := l.recordJoins(ctx, nodes); err != nil {
 		return err
 	}
@@ -311,7 +313,7 @@ func (l *Lab) startKubeNode(ctx context.Context, cp *kube.ControlPlane, n *Node)
 		return err
 	}
 	_, err = kube.StartNode(ctx, kube.NodeConfig{
-		Bins: l.Kube.Bins, Name: n.Name, NetNS: filepath.Join(netns.RunDir, n.NS), IP: segmentIP(n.Segment, n.Index), Dir: n.Dir,
+		Bins: l.Kube.Bins, Name: n.Name, NetNS: filepath.Join(netns.RunDir, n.NS), IP: net.ParseIP(n.IP), Dir: n.Dir,
 		Kubeconfig: kubelet, ProxyKubeconfig: proxy, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR,
 		Images: l.Kube.Images, Supervisor: []string{l.Bins.CLI, "kube-node"}, Detach: true,
 	})
@@ -464,11 +466,11 @@ func (l *Lab) runPods(ctx context.Context, c kubernetes.Interface, replicas int)
 	})
 }
 
-// downKube stops what the Kubernetes mode of the lab in dir runs, from
-// the files its parts left (also when the lab's state is gone): the
-// nodes (with their pods, mounts and cgroups), the control plane and the
-// forwarder.
-func downKube(dir string, st *State) error {
+// downKube stops what the Kubernetes mode of the lab name in dir runs,
+// from the files its parts left and the forwarder's command line (also
+// when the lab's state is gone): the nodes (with their pods, mounts and
+// cgroups), the control plane and the forwarder.
+func downKube(name, dir string) error {
 	var errs []error
 	nodeStates, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", "state.json"))
 	var nodes []*Node
@@ -489,8 +491,6 @@ func downKube(dir string, st *State) error {
 		}
 		errs = append(errs, err)
 	}
-	if st != nil && st.Kube != nil {
-		errs = append(errs, st.Kube.Forwarder.kill())
-	}
+	kube.KillLeft(0, func() []int { return kube.ProcsWithArg(forwarderNetNS(name)) })
 	return errors.Join(errs...)
 }

@@ -94,9 +94,9 @@ func TestKubeStateRoundTrip(t *testing.T) {
 	}
 	ks := &KubeState{
 		NS: l.nsName(cpRole), IP: segmentIP(1, cpHost).String(), Dir: controlPlaneDir(l.Dir),
-		Bins:      kube.Binaries{APIServer: "/c/kube-apiserver", Kubelet: "/c/kubelet", Kubectl: "/c/kubectl", Etcd: "/c/etcd"},
-		Images:    []string{"/i/pause.tar", "/i/podnet.tar"},
-		Forwarder: processOf(os.Getpid()), Port: 40123,
+		Bins:   kube.Binaries{APIServer: "/c/kube-apiserver", Kubelet: "/c/kubelet", Kubectl: "/c/kubectl", Etcd: "/c/etcd"},
+		Images: []string{"/i/pause.tar", "/i/podnet.tar"},
+		Port:   40123,
 	}
 	n := l.newNode()
 	if err := l.update(func() { l.Kube = ks; l.Nodes = append(l.Nodes, n) }); err != nil {
@@ -111,21 +111,6 @@ func TestKubeStateRoundTrip(t *testing.T) {
 	}
 	if o.Kube.IP != "10.100.1.250" || n.IP == o.Kube.IP {
 		t.Fatalf("control plane at %s, node at %s", o.Kube.IP, n.IP)
-	}
-}
-
-func TestProcess(t *testing.T) {
-	self := processOf(os.Getpid())
-	if self.Start == 0 || !self.running() {
-		t.Fatalf("this process %+v not running", self)
-	}
-	for _, p := range []Process{{}, {PID: self.PID, Start: self.Start + 1}} {
-		if p.running() {
-			t.Errorf("%+v (another process) counts as running", p)
-		}
-		if err := p.kill(); err != nil {
-			t.Errorf("kill %+v: %v", p, err)
-		}
 	}
 }
 

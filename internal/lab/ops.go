@@ -340,9 +340,7 @@ func Down(base, name string) error {
 		base = DefaultBaseDir
 	}
 	var names []string
-	var st *State
 	if l, err := Open(base, name, nil); err == nil {
-		st = &l.State
 		names = append(names, l.Namespaces...)
 		for _, n := range l.Nodes {
 			if n.PID != 0 && isAgent(n.PID) {
@@ -352,7 +350,7 @@ func Down(base, name string) error {
 	}
 	// Kubernetes first: its pods live in namespaces of their own, found
 	// through the nodes' cgroups.
-	errs := []error{downKube(filepath.Join(base, name), st)}
+	errs := []error{downKube(name, filepath.Join(base, name))}
 	prefix := "pl-" + name + "-"
 	if entries, err := os.ReadDir(netns.RunDir); err == nil {
 		for _, e := range entries {
