@@ -9,8 +9,9 @@
 // (cni0, gateway, ipMasq, hairpin) with host-local over the node's
 // podCIDR and portmap for the portMappings capability, cniVersion 1.0.0
 // (containerd 1.6) — with the reference plugins (containernetworking-
-// plugins, -ref-cni-dir) as the node's whole CNI bin dir. Rounds then
-// alternate between the sides (podnet, reference, podnet, …): a
+// plugins, -ref-cni-dir) as the node's whole CNI bin dir. After an
+// unmeasured warm-up round per side, rounds alternate between the sides
+// (podnet, reference, podnet, …): a
 // Deployment of -pods busybox pods pinned to the side's node, every pod
 // timed from its creation to its Running phase as a watch of the API
 // sees them (the moment `kubectl get pods -w` shows Running), then the
@@ -110,7 +111,7 @@ func run(ctx context.Context, o options) (err error) {
 	if err := l.Up(ctx); err != nil {
 		return err
 	}
-	res := &result{Machine: benchdoc.ThisMachine("containerd", "runc"), Pods: o.pods, Rounds: o.rounds, UpTook: time.Since(start).Round(time.Second)}
+	res := &result{Machine: benchdoc.ThisMachine("containerd", "runc"), Pods: o.pods, Warmup: o.warmup, Rounds: o.rounds, UpTook: time.Since(start).Round(time.Second)}
 	b2, err := newBench(l, o)
 	if err != nil {
 		return err
