@@ -117,6 +117,30 @@ func table(r *result) (head []string, rows [][]string) {
 
 func msecs(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/1e6) }
 
+// findings says where each side's start goes, from its phases and
+// metrics: the sandbox's share of a pod's start and CNI ADD's share of
+// the sandbox, and the container's start.
+func findings(r *result) string {
+	var b strings.Builder
+	for _, s := range r.Sides {
+		if len(s.Phases) != len(phaseNames)+1 || s.Phases[len(phaseNames)].P50 <= 0 {
+			continue
+		}
+		total, sandbox, start := s.Phases[len(phaseNames)].P50, s.Phases[1].P50, s.Phases[4].P50
+		add, rps := s.Metrics["containerd.cni_add"].mean(), s.Metrics["containerd.sandbox_runtime"].mean()
+		fmt.Fprintf(&b, "%s: of a median start of %s, RunPodSandbox takes %s (%s), of which CNI ADD %s on average (%s of the sandbox's mean %s); StartContainer %s (%s).\n",
+			s.Name, secs(total), secs(sandbox), pct(sandbox, total), msecs(add), pct(add, rps), secs(rps), secs(start), pct(start, total))
+	}
+	return b.String()
+}
+
+func pct(a, b time.Duration) string {
+	if b <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f %%", 100*float64(a)/float64(b))
+}
+
 // report is the plain-text report.
 func report(r *result) string {
 	var b strings.Builder
@@ -132,6 +156,7 @@ func report(r *result) string {
 	for _, row := range rows {
 		fmt.Fprintf(&b, "%-100s %14s %14s %7s\n", row[0], row[1], row[2], row[3])
 	}
+	b.WriteString("\n" + findings(r))
 	b.WriteString("\nrounds (in the order run):\n")
 	for i := 0; i < r.Rounds; i++ {
 		for _, s := range r.Sides {
@@ -172,6 +197,10 @@ podnet / reference: below 1, podnet is faster.
 	b.WriteString("| " + strings.Join(head, " | ") + " |\n|---|---|---|---|\n")
 	for _, row := range rows {
 		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
+	}
+	b.WriteString("\nWhere the time goes:\n\n")
+	for _, l := range strings.Split(strings.TrimSpace(findings(r)), "\n") {
+		b.WriteString("- " + l + "\n")
 	}
 	b.WriteString("\nThe run's full output:\n\n```\n" + text + "```\n")
 	return b.String()
