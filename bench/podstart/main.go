@@ -11,7 +11,8 @@
 // (containerd 1.6) — with the reference plugins (containernetworking-
 // plugins, -ref-cni-dir) as the node's whole CNI bin dir. After an
 // unmeasured warm-up round per side, rounds alternate between the sides
-// (podnet, reference, podnet, …): a
+// (podnet, reference, podnet, …; or with -together, both sides of a
+// round at once): a
 // Deployment of -pods busybox pods pinned to the side's node, every pod
 // timed from its creation to its Running phase as a watch of the API
 // sees them (the moment `kubectl get pods -w` shows Running), then the
@@ -23,7 +24,7 @@
 // kubelet's metrics through the API server, each diffed around every
 // round.
 //
-//	go run ./bench/podstart [-rounds 3] [-pods 30] [-warmup 5] [-keep] [-md docs/performance.md] [-json FILE]
+//	go run ./bench/podstart [-rounds 3] [-pods 30] [-warmup 5] [-together] [-keep] [-md docs/performance.md] [-json FILE]
 //
 // It needs root and the built binaries (make build); the Kubernetes
 // binaries are built (or taken from kube.Build's cache). The lab has a
@@ -54,12 +55,14 @@ type options struct {
 	refCNIDir    string
 	roundTimeout time.Duration
 	keep         bool
+	together     bool
 	out          benchdoc.Output
 }
 
 func main() {
 	var o options
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds per side (the sides alternate)")
+	flag.BoolVar(&o.together, "together", false, "run each round's sides at once instead of alternating (both under the same load; they compete for the machine)")
 	flag.IntVar(&o.pods, "pods", 30, "pods created at once per round")
 	flag.IntVar(&o.warmup, "warmup", 5, "pods of an unmeasured first round per side (0: none)")
 	flag.StringVar(&o.agentBin, "agent-bin", "bin/podnet-agent", "podnet-agent binary")
@@ -111,7 +114,7 @@ func run(ctx context.Context, o options) (err error) {
 	if err := l.Up(ctx); err != nil {
 		return err
 	}
-	res := &result{Machine: benchdoc.ThisMachine("containerd", "runc"), Pods: o.pods, Warmup: o.warmup, Rounds: o.rounds, UpTook: time.Since(start).Round(time.Second)}
+	res := &result{Machine: benchdoc.ThisMachine("containerd", "runc"), Pods: o.pods, Warmup: o.warmup, Rounds: o.rounds, Together: o.together, UpTook: time.Since(start).Round(time.Second)}
 	b2, err := newBench(l, o)
 	if err != nil {
 		return err
@@ -134,13 +137,8 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}
 	for i := 0; i < o.rounds; i++ {
-		for _, s := range res.Sides {
-			r, err := b2.round(ctx, s, fmt.Sprintf("podstart-%s-%d", s.Name, i+1), o.pods)
-			if err != nil {
-				return err
-			}
-			s.Rounds = append(s.Rounds, r)
-			fmt.Fprintln(os.Stderr, r.summary(s))
+		if err := b2.rounds(ctx, res.Sides, i, o.together); err != nil {
+			return err
 		}
 	}
 	for _, s := range res.Sides {

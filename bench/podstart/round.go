@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -12,6 +13,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
 	"github.com/podnet/podnet/internal/kube"
@@ -90,6 +93,33 @@ func (r *round) summary(s *side) string {
 	return fmt.Sprintf("%-9s %-22s on %s: create → Running median %s, p90 %s, all %d in %s; delete median %s, all gone in %s",
 		s.Name, r.Deployment, s.Node, secs(benchdoc.Percentile(st, .5)), secs(benchdoc.Percentile(st, .9)), len(r.Pods),
 		secs(r.AllRunning.Sub(r.Created)), secs(benchdoc.Percentile(dt, .5)), secs(r.AllGone.Sub(r.DeleteCalled)))
+}
+
+// rounds runs round i of every side, one after the other or, together,
+// all at once.
+func (b *bench) rounds(ctx context.Context, sides []*side, i int, together bool) error {
+	run := func(ctx context.Context, s *side) error {
+		r, err := b.round(ctx, s, fmt.Sprintf("podstart-%s-%d", s.Name, i+1), b.o.pods)
+		if err != nil {
+			return err
+		}
+		s.Rounds = append(s.Rounds, r)
+		fmt.Fprintln(os.Stderr, r.summary(s))
+		return nil
+	}
+	if !together {
+		for _, s := range sides {
+			if err := run(ctx, s); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, s := range sides {
+		g.Go(func() error { return run(gctx, s) })
+	}
+	return g.Wait()
 }
 
 // round runs a round of side s, n pods of a Deployment called name: the
