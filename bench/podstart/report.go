@@ -195,16 +195,19 @@ containerd 1.6, kubelet and kube-proxy of Kubernetes ` + "`" + kube.Version + "`
 label), whose CNI bin dir gets the reference plugins alone and whose conf dir gets the usual
 reference conflist alone (containerd's: bridge ` + "`cni0`" + ` with isGateway, ipMasq and hairpinMode,
 host-local over the node's podCIDR, portmap for the portMappings capability; cniVersion 1.0.0).
-After an unmeasured warm-up round per side (` + fmt.Sprint(r.Warmup) + ` pods), rounds run ` + r.order() + `: a Deployment of busybox pods pinned to the side's node
-(nodeSelector), every pod timed from its creation to its Running phase as a watch of the API
+After an unmeasured warm-up round per side (` + fmt.Sprint(r.Warmup) + ` pods), rounds run ` + r.order() + `:
+a Deployment of busybox pods pinned to the side's node (nodeSelector), every pod timed from its creation to its Running phase as a watch of the API
 sees them (the moment ` + "`kubectl get pods -w`" + ` shows Running; the API's own timestamps have second
 precision), then the Deployment deleted and every pod timed from its deletion to its removal.
 
 The phases of a pod's start are medians over the side's pods of the intervals between the watch's
 moments and containerd's CRI log lines (RunPodSandbox, CreateContainer, StartContainer called and
 returned); the means are the nodes' kubelet metrics (through the API server) and containerd's CRI
-metrics (CNI ADD and DEL as containerd times them), diffed around every round. Ratios are
-podnet / reference: below 1, podnet is faster.
+metrics (CNI ADD and DEL as containerd times them), diffed around every round (DELs may outnumber
+the pods: containerd DELs again, without a network namespace, when a sandbox is stopped twice).
+Ratios are podnet / reference: below 1, podnet is faster. On a shared machine the figures follow its
+load (each round's load average is in the output below): compare the sides within a run, and
+prefer -together there.
 
 `)
 	head, rows := table(r)

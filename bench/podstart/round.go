@@ -66,6 +66,8 @@ type round struct {
 	DeleteCalled time.Time   `json:"deleteCalled"`
 	AllGone      time.Time   `json:"allGone"`
 	Pods         []*podTimes `json:"pods"`
+	// Load is the machine's load average when the round began.
+	Load string `json:"loadAverage"`
 	// Metrics are the node's kubelet and containerd histograms over the
 	// round (created to gone).
 	Metrics map[string]histo `json:"metrics"`
@@ -90,8 +92,8 @@ func (r *round) deleteTimes() []time.Duration {
 // summary is the round's line of progress.
 func (r *round) summary(s *side) string {
 	st, dt := r.startTimes(), r.deleteTimes()
-	return fmt.Sprintf("%-9s %-22s on %s: create → Running median %s, p90 %s, all %d in %s; delete median %s, all gone in %s",
-		s.Name, r.Deployment, s.Node, secs(benchdoc.Percentile(st, .5)), secs(benchdoc.Percentile(st, .9)), len(r.Pods),
+	return fmt.Sprintf("%-9s %-22s on %s, load %5s: create → Running median %s, p90 %s, all %d in %s; delete median %s, all gone in %s",
+		s.Name, r.Deployment, s.Node, r.Load, secs(benchdoc.Percentile(st, .5)), secs(benchdoc.Percentile(st, .9)), len(r.Pods),
 		secs(r.AllRunning.Sub(r.Created)), secs(benchdoc.Percentile(dt, .5)), secs(r.AllGone.Sub(r.DeleteCalled)))
 }
 
@@ -127,7 +129,7 @@ func (b *bench) rounds(ctx context.Context, sides []*side, i int, together bool)
 // and its pods timed to their removal, the node's metrics taken around
 // it all.
 func (b *bench) round(ctx context.Context, s *side, name string, n int) (*round, error) {
-	r := &round{Deployment: name}
+	r := &round{Deployment: name, Load: benchdoc.LoadAverage()}
 	before, err := b.scrape(ctx, s.Node)
 	if err != nil {
 		return nil, err
