@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
@@ -24,7 +25,49 @@ type side struct {
 	Phases []phase `json:"phases"`
 	// Metrics are the node's histograms over all rounds.
 	Metrics map[string]histo `json:"metrics"`
+	// Example is the pod of median start time, moment by moment.
+	Example *example `json:"example,omitempty"`
 }
+
+// example is one pod's start: the moments of momentNames, as offsets
+// from its creation.
+type example struct {
+	Pod     string          `json:"pod"`
+	Offsets []time.Duration `json:"offsets"`
+}
+
+// momentNames name the moments of a pod's start (podEvents.moments).
+var momentNames = []string{
+	"created (watch)", "RunPodSandbox called", "RunPodSandbox returned", "CreateContainer called",
+	"CreateContainer returned", "StartContainer called", "StartContainer returned", "Running (watch)",
+}
+
+// exampleOf is the pod of median start time among those found in events.
+func exampleOf(pods []*podTimes, events map[string]*podEvents) *example {
+	var found []*example
+	for _, p := range pods {
+		e := events[p.Name]
+		if e == nil {
+			continue
+		}
+		ms := e.moments(p)
+		if ms == nil {
+			continue
+		}
+		x := &example{Pod: p.Name}
+		for _, m := range ms {
+			x.Offsets = append(x.Offsets, m.Sub(ms[0]))
+		}
+		found = append(found, x)
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	sort.Slice(found, func(i, j int) bool { return found[i].total() < found[j].total() })
+	return found[(len(found)-1)/2]
+}
+
+func (x *example) total() time.Duration { return x.Offsets[len(x.Offsets)-1] }
 
 // phase is the median and 90th percentile of one phase of the pods'
 // starts.
@@ -184,5 +227,6 @@ func (b *bench) breakdown(_ context.Context, s *side) error {
 		}
 	}
 	s.Phases = phasesOf(pods, events)
+	s.Example = exampleOf(pods, events)
 	return nil
 }

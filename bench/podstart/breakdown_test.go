@@ -79,6 +79,9 @@ func TestPhasesOf(t *testing.T) {
 		800 * time.Millisecond,  // → Running
 		5300 * time.Millisecond, // total
 	}
+	if x := exampleOf(pods, events); x == nil || x.Pod != "p1" || x.total() != 5300*time.Millisecond || len(x.Offsets) != len(momentNames) {
+		t.Errorf("example %+v, want p1 over %d moments, 5.3 s", x, len(momentNames))
+	}
 	got := phasesOf(pods, events)
 	if len(got) != len(want) {
 		t.Fatalf("%d phases, want %d", len(got), len(want))

@@ -167,6 +167,15 @@ func report(r *result) string {
 		fmt.Fprintf(&b, "%-100s %14s %14s %7s\n", row[0], row[1], row[2], row[3])
 	}
 	b.WriteString("\n" + findings(r))
+	for _, s := range r.Sides {
+		if s.Example == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "\none %s pod of median start, %s:\n", s.Name, s.Example.Pod)
+		for i, o := range s.Example.Offsets {
+			fmt.Fprintf(&b, "  +%8s  %s\n", secs(o), momentNames[i])
+		}
+	}
 	b.WriteString("\nrounds (in the order run):\n")
 	for i := 0; i < r.Rounds; i++ {
 		for _, s := range r.Sides {
