@@ -32,10 +32,15 @@ AGENT_FLAGS ?=
 # bench-chaos: ADD/DEL operations per chain; extra flags in CHAOS_FLAGS.
 CHAOS_OPS   ?= 1000
 CHAOS_FLAGS ?=
+# bench-podstart: pods created at once per round, rounds per side; extra
+# flags in PODSTART_FLAGS.
+PODSTART_PODS   ?= 30
+PODSTART_ROUNDS ?= 3
+PODSTART_FLAGS  ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos clean
+.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart clean
 
 # The plugin binary, and in bin/cni/ the plugins as a CNI bin dir (one hard
 # link per plugin type, ready to copy to /opt/cni/bin); the node agent and
@@ -84,7 +89,7 @@ test: deps build
 
 # The performance report, docs/performance.md and its JSON beside it: each
 # benchmark rewrites its own section (needs root; ~50 min on 2 cores).
-bench: bench-cni bench-dataplane bench-agent bench-chaos
+bench: bench-cni bench-dataplane bench-agent bench-chaos bench-podstart
 
 # CNI ADD and DEL latency (bridge, ptp, the full chain, the cluster
 # conflist), the 100- and 50-pod bursts and the plugin footprint, podnet vs
@@ -116,6 +121,17 @@ bench-agent: build
 bench-chaos: deps build
 	$(GO) run ./bench/chaos -cni-bin $(CURDIR)/$(BIN)/podnet-cni -n $(CHAOS_OPS) \
 		-md docs/performance.md -json docs/performance-chaos.json $(CHAOS_FLAGS)
+
+# Pod start on Kubernetes: create → Running of PODSTART_PODS pods at once
+# on a podnet node and on a node of the same lab cluster running the
+# reference bridge + host-local + portmap, PODSTART_ROUNDS alternating
+# rounds per side, with the delete time and where a start's time goes;
+# writes its section of docs/performance.md and
+# docs/performance-podstart.json (needs root; builds Kubernetes on the
+# first run, ~7 min, cached after).
+bench-podstart: deps build
+	$(GO) run ./bench/podstart -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -cli-bin $(BIN)/podnet \
+		-pods $(PODSTART_PODS) -rounds $(PODSTART_ROUNDS) -md docs/performance.md -json docs/performance-podstart.json $(PODSTART_FLAGS)
 
 clean:
 	rm -rf $(BIN)

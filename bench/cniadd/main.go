@@ -152,7 +152,7 @@ func run(ctx context.Context, o options) (err error) {
 		// The reference portmap and bridge (ipMasq) exec it.
 		return fmt.Errorf("the reference plugins need iptables (apt-get install iptables): %w", err)
 	}
-	o.loadStart = loadAverage()
+	o.loadStart = benchdoc.LoadAverage()
 	tmp, err := os.MkdirTemp("", "podnet-bench-")
 	if err != nil {
 		return err
@@ -303,7 +303,7 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	reportFootprint(&rep, foot, profiles, j)
 	j.Footprint, j.ADDProfile = &foot, profiles
-	j.LoadEnd = loadAverage()
+	j.LoadEnd = benchdoc.LoadAverage()
 	os.Stdout.Write(rep.Bytes())
 	if err := o.out.Publish("bench/cniadd", string(markdown(rep.String(), o)), j); err != nil {
 		return err
@@ -502,16 +502,6 @@ func (b *bench) exec(ns *netns.Temp, path string, env []string, stdin []byte, ar
 	return wall, cpu, err
 }
 
-// loadAverage is the machine's 1-minute load average: the benchmark
-// measures ratios in one run, but other load makes them noisier.
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.Fields(string(b))[0]
-}
-
 func pct(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
 		return 0
@@ -543,7 +533,7 @@ func report(w io.Writer, o options, configs []*series, bare map[string]*series, 
 	m := j.Machine
 	fmt.Fprintf(w, "CNI ADD and DEL latency through cnitool (libcni %s), cniVersion %s, %d pods per configuration, alternating\n", m.LibCNI, o.cniVersion, o.n)
 	fmt.Fprintf(w, "machine: %s, %d CPUs, kernel %s, %s, reference %s, podnet %s\n", m.Hostname, m.CPUs, m.Kernel, m.Go, m.Reference, m.Commit)
-	fmt.Fprintf(w, "sequential run took %s; load average %s at start, %s at its end\n\n", took.Round(time.Second), o.loadStart, loadAverage())
+	fmt.Fprintf(w, "sequential run took %s; load average %s at start, %s at its end\n\n", took.Round(time.Second), o.loadStart, benchdoc.LoadAverage())
 	fmt.Fprintf(w, "%-30s %-3s %9s %9s %9s %11s %9s %5s\n", "configuration", "op", "p50", "p95", "p99", "p50>floor", "CPU p50", "fail")
 	for _, c := range configs {
 		for _, op := range []string{"ADD", "DEL"} {

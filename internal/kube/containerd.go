@@ -69,6 +69,10 @@ type ContainerdConfig struct {
 	Runc                string // runc binary
 	CNIBinDir           string
 	CNIConfDir          string
+	// MetricsAddress, when set, is where containerd serves Prometheus
+	// metrics (/v1/metrics: the CRI plugin's sandbox, container and CNI
+	// operation latencies, e.g. containerd_cri_network_plugin_operations_duration_seconds).
+	MetricsAddress string
 }
 
 // TOML renders the configuration file.
@@ -114,7 +118,15 @@ disabled_plugins = [%s]
     bin_dir = %q
     conf_dir = %q
     max_conf_num = 1
-`, c.Root, c.State, quoteList(disabled), c.Socket, c.SandboxImage, c.Snapshotter, c.Runc, c.CNIBinDir, c.CNIConfDir), nil
+%s`, c.Root, c.State, quoteList(disabled), c.Socket, c.SandboxImage, c.Snapshotter, c.Runc, c.CNIBinDir, c.CNIConfDir, c.metrics()), nil
+}
+
+// metrics is the [metrics] table, when MetricsAddress is set.
+func (c ContainerdConfig) metrics() string {
+	if c.MetricsAddress == "" {
+		return ""
+	}
+	return fmt.Sprintf("\n[metrics]\n  address = %q\n", c.MetricsAddress)
 }
 
 func quoteList(ss []string) string {

@@ -119,6 +119,11 @@ func (c NodeConfig) proxyArgs() []string {
 	return []string{"--config=" + c.path("config", "kube-proxy.json")}
 }
 
+// ContainerdMetricsAddress is where a node's containerd serves its
+// Prometheus metrics (/v1/metrics), on the loopback of the node's network
+// namespace.
+const ContainerdMetricsAddress = "127.0.0.1:1338"
+
 // containerdConfig is the node's containerd configuration: the standard
 // root, state and socket (the node's own directories).
 func (c NodeConfig) containerdConfig(runc, snapshotter string) (string, error) {
@@ -131,5 +136,7 @@ func (c NodeConfig) containerdConfig(runc, snapshotter string) (string, error) {
 		Runc:         runc,
 		CNIBinDir:    "/opt/cni/bin",
 		CNIConfDir:   "/etc/cni/net.d",
+		// On the node's loopback: its own network namespace.
+		MetricsAddress: ContainerdMetricsAddress,
 	}.TOML()
 }

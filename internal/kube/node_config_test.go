@@ -150,6 +150,7 @@ func TestContainerdConfigTOML(t *testing.T) {
 	}{
 		{"overlay", func(*ContainerdConfig) {}, []string{`snapshotter = "overlayfs"`, "restrict_oom_score_adj = true", "max_conf_num = 1", `sandbox_image = "registry.k8s.io/pause:3.10"`}},
 		{"native", func(c *ContainerdConfig) { c.Snapshotter = SnapshotterNative }, []string{`snapshotter = "native"`, `"io.containerd.snapshotter.v1.overlayfs"`}},
+		{"metrics", func(c *ContainerdConfig) { c.MetricsAddress = ContainerdMetricsAddress }, []string{"[metrics]\n  address = \"127.0.0.1:1338\""}},
 		{"unknown snapshotter", func(c *ContainerdConfig) { c.Snapshotter = "zfs" }, nil},
 		{"no socket", func(c *ContainerdConfig) { c.Socket = "" }, nil},
 	} {

@@ -84,6 +84,17 @@ func (m Machine) String() string {
 	return s + "; " + m.Date.Format("2006-01-02 15:04 MST")
 }
 
+// LoadAverage is the machine's 1-minute load average ("unknown" when
+// unreadable): benchmarks measure ratios in one run, but other load
+// makes them noisier.
+func LoadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Fields(string(b))[0]
+}
+
 // Median is the middle value (the mean of the two middle ones for an even
 // count); 0 for none.
 func Median(xs []float64) float64 {
