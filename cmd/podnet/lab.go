@@ -48,7 +48,7 @@ root.`,
 	cmd.PersistentFlags().StringVar(&f.name, "name", "lab", "name of the lab (several labs can run side by side)")
 	cmd.PersistentFlags().StringVar(&f.base, "state-dir", lab.DefaultBaseDir, "where labs keep their state")
 	cmd.AddCommand(newLabUp(&f), newLabDemo(&f), newLabCheck(&f), newLabStatus(&f), newLabDown(&f),
-		newLabExec(&f), newLabPod(&f), newLabNode(&f), newLabKubectl(&f), newLabForward())
+		newLabExec(&f), newLabPod(&f), newLabNode(&f), newLabKubectl(&f), newLabBuild(), newLabForward())
 	return cmd
 }
 
@@ -294,6 +294,28 @@ func newLabKubectl(f *labFlags) *cobra.Command {
 		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
 			return l.RunKubectl(ctx, os.Stdin, out, os.Stderr, args...)
 		})
+}
+
+// newLabBuild is `podnet lab build`: the Kubernetes binaries of
+// --kubernetes built ahead (make test runs it before the tests, so that a
+// cold build is not paid inside a test's timeout).
+func newLabBuild() *cobra.Command {
+	return &cobra.Command{
+		Use:   "build",
+		Short: "Build the Kubernetes binaries --kubernetes runs (" + kube.Version + ", from the Go module proxy; cached after the first run)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			start := time.Now()
+			bins, err := kube.Build(ctx, kube.BuildConfig{Out: cmd.OutOrStdout()})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Kubernetes %s binaries in %s (%s)\n", kube.Version, filepath.Dir(bins.Kubelet), time.Since(start).Round(time.Second))
+			return nil
+		},
+	}
 }
 
 // newLabForward is the hidden `podnet lab forward`, started by the

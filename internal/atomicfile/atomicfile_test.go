@@ -7,7 +7,7 @@ import (
 )
 
 func TestWrite(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "net.d", "10-podnet.conflist")
+	p := filepath.Join(t.TempDir(), "net.d", "05-podnet.conflist")
 	for i, tc := range []struct {
 		data  string
 		wrote bool

@@ -12,9 +12,11 @@ import (
 // NetworkName is the name of podnet's cluster network.
 const NetworkName = "podnet"
 
-// FileName is the conflist's file in the CNI conf dir; "10-" sorts it
-// before the usual defaults, so runtimes pick it.
-const FileName = "10-podnet.conflist"
+// FileName is the conflist's file in the CNI conf dir. Runtimes load the
+// first file in lexical order (containerd's max_conf_num = 1), so "05-"
+// sorts it before the defaults a host may already hold, such as
+// containerd's 10-containerd-net.conflist or CRI-O's 10-crio-bridge.conflist.
+const FileName = "05-podnet.conflist"
 
 // Version is the CNI version a runtime of spec 1.1 (libcni 1.2 and later:
 // containerd 2, CRI-O 1.30) picks from the conflist's cniVersions.
