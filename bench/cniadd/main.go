@@ -54,6 +54,11 @@ import (
 // this fraction of the reference plugins' cost above the floor.
 const bar = 1.0 / 3
 
+// clusterBar is the cluster conflist's stricter bar: podnet's conflist is
+// one exec (the podnet plugin honours portMappings and bandwidth itself)
+// where the reference's is three.
+const clusterBar = 0.10
+
 func main() {
 	var o options
 	flag.IntVar(&o.n, "n", 200, "pods per configuration")
@@ -561,9 +566,13 @@ func report(w io.Writer, o options, configs []*series, bare map[string]*series, 
 			what := fmt.Sprintf("%s %s p50 cost above the floor", netLabel[net], op)
 			barv, source := 0.0, ""
 			if op == "ADD" {
-				barv, source = bar, "VISION.md (CNI ADD latency p50, bridge+host-local and the full chain)"
-				if net == "ptp" || net == "cluster" {
-					source = "extension: VISION's 1/3 applied to a network it does not name"
+				switch net {
+				case "ptp":
+					barv, source = bar, "extension: VISION's 1/3 applied to a network it does not name"
+				case "cluster":
+					barv, source = clusterBar, "the cluster conflist in one exec (issue 12)"
+				default:
+					barv, source = bar, "VISION.md (CNI ADD latency p50, bridge+host-local and the full chain)"
 				}
 			}
 			c := j.ratio(what, "each suite above its own floor", msf(pc), msf(rc), "ms", barv, source)
@@ -575,7 +584,7 @@ func report(w io.Writer, o options, configs []*series, bare map[string]*series, 
 			verdictText := "no bar"
 			if barv > 0 {
 				verdictText = fmt.Sprintf("bar <= %.2f: %s [%s]", barv, c.Verdict, c2.Verdict)
-				if net == "ptp" || net == "cluster" {
+				if net == "ptp" {
 					verdictText += " (bar extended)"
 				}
 			}

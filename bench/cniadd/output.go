@@ -180,7 +180,8 @@ reference ` + "`ptp`" + `+host-local chained with ` + "`portmap`" + ` and ` + "`
 plugins' highest), both given the same mappings and rates: the closest reference conflist, ptp being
 the reference's routed veth. The bar (VISION.md): podnet's ADD cost above the floor at most 1/3 of the
 reference plugins' (Debian containernetworking-plugins), for bridge+host-local and the full chain; the
-same 1/3 is shown for ptp and the cluster conflist, marked as an extension; DEL has no bar.
+same 1/3 is shown for ptp, marked as an extension; the cluster conflist's bar is 0.10 (issue 12: one
+exec against the reference's three); DEL has no bar.
 
 Burst: the full chain's pods added at once, one ` + "`cnitool`" + ` process per pod, each pod in its own
 namespace, on a fresh node (host namespace) per round, the suites alternating; then all deleted at
