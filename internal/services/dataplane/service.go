@@ -1,0 +1,93 @@
+// Package dataplane programs podnet's service proxy into the kernel: one
+// nftables table that sends traffic for Services to their endpoints, as
+// kube-proxy's nftables mode does, in one transaction per sync and
+// incrementally (only the elements and chains that changed).
+//
+// Its input is the node's desired services, already resolved from the
+// Kubernetes objects (package services does that): which endpoints serve
+// internal traffic and which serve external traffic is decided there,
+// how packets get to them is decided here.
+package dataplane
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Protocol is a service port's transport protocol.
+type Protocol string
+
+// The protocols a service port may have.
+const (
+	TCP  Protocol = "TCP"
+	UDP  Protocol = "UDP"
+	SCTP Protocol = "SCTP"
+)
+
+// Family is an IP family: 4 or 6.
+type Family int
+
+// The IP families.
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+// Service is one port of one Service in one IP family: a dual-stack
+// Service with two ports is four Services here.
+type Service struct {
+	// Namespace and Name are the Service's, PortName its port's name
+	// ("" for an unnamed port); with Protocol and Family they identify
+	// the Service here (ID).
+	Namespace, Name, PortName string
+	Protocol                  Protocol
+	Family                    Family
+
+	// ClusterIP is the service's cluster IP in Family; invalid (the zero
+	// Addr) for a Service without one (headless: nothing is programmed
+	// for its ClusterIP).
+	ClusterIP netip.Addr
+	// Port is the service port.
+	Port uint16
+	// NodePort is the port opened on the node's addresses, 0 for none.
+	NodePort uint16
+	// ExternalIPs are spec.externalIPs, LoadBalancerIPs the
+	// status.loadBalancer.ingress IPs, both in Family.
+	ExternalIPs, LoadBalancerIPs []netip.Addr
+
+	// ExternalLocal is externalTrafficPolicy Local: external traffic
+	// (NodePort, external and load-balancer IPs) keeps its source address
+	// and goes only to External (the node's local endpoints), and is
+	// dropped when there are none; traffic to those addresses from the
+	// node's own pods or the node itself is internal (Internal endpoints,
+	// masqueraded from the node), as kube-proxy does.
+	ExternalLocal bool
+	// Affinity is the ClientIP session affinity timeout; 0 is none.
+	Affinity time.Duration
+
+	// Internal are the endpoints of traffic to the ClusterIP (the
+	// cluster's, or the node's own under internalTrafficPolicy Local),
+	// External those of external traffic (the same as Internal unless
+	// ExternalLocal). A Service with none in a set rejects that traffic
+	// (ICMP unreachable, TCP reset) instead of dropping it silently.
+	Internal, External []Endpoint
+}
+
+// ID identifies a Service: "namespace/name:port/protocol/family".
+func (s *Service) ID() string {
+	return s.Namespace + "/" + s.Name + ":" + s.PortName + "/" + string(s.Protocol) + "/" + familyName(s.Family)
+}
+
+func familyName(f Family) string {
+	if f == IPv6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// Endpoint is one endpoint of a Service: an address and port in the
+// Service's family.
+type Endpoint struct {
+	Addr netip.Addr
+	Port uint16
+}
