@@ -256,6 +256,14 @@ func (tx *Tx) AddTable(t *nftables.Table) {
 	tx.c.queued++
 }
 
+// DelTable queues the removal of t with everything in it, whether or
+// not it exists (it is added first).
+func (tx *Tx) DelTable(t *nftables.Table) {
+	tx.c.nft.AddTable(t)
+	tx.c.nft.DelTable(t)
+	tx.c.queued += 2
+}
+
 // AddChain queues the creation of ch unless it exists.
 func (tx *Tx) AddChain(ch *nftables.Chain) {
 	tx.c.nft.AddChain(ch)

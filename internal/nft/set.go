@@ -35,8 +35,13 @@ type Set struct {
 	// Interval makes the keys ranges (prefixes).
 	Interval bool
 	// Data is a map's value type (nftables.TypeVerdict for a verdict
-	// map); the zero value makes a set.
+	// map, a concatenation from nftables.ConcatSetType for a map to
+	// address . port); the zero value makes a set.
 	Data nftables.SetDatatype
+	// Dynamic lets rules add and update elements from the packet path
+	// (flags dynamic); Timeout lets elements expire (flags timeout), after
+	// the timeout the rule that adds them gives.
+	Dynamic, Timeout bool
 }
 
 // IsMap tells whether s is a map.
@@ -68,6 +73,7 @@ func (s Set) nftSet() (*nftables.Set, error) {
 	if s.IsMap() {
 		ns.IsMap, ns.DataType = true, s.Data
 	}
+	ns.Dynamic, ns.HasTimeout = s.Dynamic, s.Timeout
 	if len(s.Key) == 1 && s.Key[0].Name == nftables.TypeIFName.Name {
 		ns.KeyByteOrder = binaryutil.NativeEndian // as nft reads strings
 	}
@@ -99,11 +105,38 @@ func (tx *Tx) AddElements(s Set, elems []nftables.SetElement) error {
 	if err != nil {
 		return err
 	}
-	if err := tx.c.nft.SetAddElements(ns, elems); err != nil {
-		return fmt.Errorf("add elements to %s: %w", s, err)
+	for _, chunk := range chunks(elems) {
+		if err := tx.c.nft.SetAddElements(ns, chunk); err != nil {
+			return fmt.Errorf("add elements to %s: %w", s, err)
+		}
+		tx.c.queued++
 	}
-	tx.c.queued++
 	return nil
+}
+
+// chunks splits elems into runs that each fit one netlink message of at
+// most msgBytes: the element list is one netlink attribute, whose 16-bit
+// length cannot describe more than 64 KiB, and the socket buffers are
+// sized by message count (sizeBuffers).
+func chunks(elems []nftables.SetElement) [][]nftables.SetElement {
+	const (
+		budget  = msgBytes - 256 // the message's headers and attributes
+		perElem = 48             // an element's attribute headers and flags
+	)
+	var out [][]nftables.SetElement
+	start, size := 0, 0
+	for i, e := range elems {
+		n := perElem + len(e.Key) + len(e.KeyEnd) + len(e.Val) + len(e.Comment)
+		if e.VerdictData != nil {
+			n += 32 + len(e.VerdictData.Chain)
+		}
+		if i > start && size+n > budget {
+			out = append(out, elems[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	return append(out, elems[start:])
 }
 
 // DelElements queues the removal of elems from s; the batch fails with
@@ -122,10 +155,12 @@ func (tx *Tx) DelElements(s Set, elems []nftables.SetElement) error {
 	if s.Interval {
 		elems = ascending(elems)
 	}
-	if err := tx.c.nft.SetDeleteElements(ns, elems); err != nil {
-		return fmt.Errorf("delete elements of %s: %w", s, err)
+	for _, chunk := range chunks(elems) {
+		if err := tx.c.nft.SetDeleteElements(ns, chunk); err != nil {
+			return fmt.Errorf("delete elements of %s: %w", s, err)
+		}
+		tx.c.queued++
 	}
-	tx.c.queued++
 	return nil
 }
 

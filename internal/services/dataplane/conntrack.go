@@ -1,0 +1,169 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// UDP has no connection to end: a conntrack entry keeps sending a
+// client's datagrams where they went first as long as the client keeps
+// sending. After a sync, the entries of UDP services that do not lead to
+// one of the service's current endpoints are deleted, as kube-proxy does:
+// those DNATed to a removed endpoint, and those not DNATed at all (made
+// while the service had no endpoints, or did not exist yet). The sweep
+// runs when a UDP service lost endpoints or got its first ones, and after
+// a full sync; established entries to current endpoints survive it.
+
+// udpTarget is what a UDP service's address and port (or node port) may
+// lead to.
+type udpTarget struct {
+	addr netip.Addr // invalid for a node port: any address
+	port uint16
+}
+
+// staleUDP matches the conntrack entries of UDP services whose reply does
+// not come from one of the service's endpoints.
+type staleUDP map[udpTarget]map[netip.AddrPort]bool
+
+// MatchConntrackFlow implements netlink.CustomConntrackFilter.
+func (s staleUDP) MatchConntrackFlow(f *netlink.ConntrackFlow) bool {
+	if f.Forward.Protocol != unix.IPPROTO_UDP {
+		return false
+	}
+	dst, ok := netip.AddrFromSlice(f.Forward.DstIP)
+	if !ok {
+		return false
+	}
+	dst = dst.Unmap()
+	eps, ok := s[udpTarget{dst, f.Forward.DstPort}]
+	if !ok {
+		if eps, ok = s[udpTarget{port: f.Forward.DstPort}]; !ok {
+			return false
+		}
+	}
+	src, ok := netip.AddrFromSlice(f.Reverse.SrcIP)
+	return !ok || !eps[netip.AddrPortFrom(src.Unmap(), f.Reverse.SrcPort)]
+}
+
+// udpSweepNeeded tells whether a sync from old to next must sweep the UDP
+// conntrack entries.
+func udpSweepNeeded(full bool, old, next map[string]*programmed) bool {
+	for id, n := range next {
+		if n.svc.Protocol != UDP {
+			continue
+		}
+		if full {
+			return true
+		}
+		o := old[id]
+		if o == nil || o == n {
+			if o == nil && n.endpointCount() > 0 {
+				return true
+			}
+			continue
+		}
+		if o.endpointCount() == 0 && n.endpointCount() > 0 {
+			return true
+		}
+		for _, ep := range o.endpoints() {
+			if !n.hasEndpoint(ep) {
+				return true
+			}
+		}
+	}
+	for id, o := range old {
+		if next[id] == nil && o.svc.Protocol == UDP && o.endpointCount() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// flushConntrack sweeps the stale UDP entries when the sync calls for it,
+// in both families, and returns how many it deleted.
+func (t *Table) flushConntrack(full bool, old, next map[string]*programmed) (int, error) {
+	if !udpSweepNeeded(full, old, next) {
+		return 0, nil
+	}
+	var filters [2]staleUDP
+	for _, p := range next {
+		s := &p.svc
+		if s.Protocol != UDP {
+			continue
+		}
+		i := 0
+		if s.Family == IPv6 {
+			i = 1
+		}
+		if filters[i] == nil {
+			filters[i] = staleUDP{}
+		}
+		eps := map[netip.AddrPort]bool{}
+		for _, ep := range p.endpoints() {
+			eps[netip.AddrPortFrom(ep.Addr, ep.Port)] = true
+		}
+		targets := []udpTarget{}
+		for _, a := range append(append([]netip.Addr{s.ClusterIP}, s.ExternalIPs...), s.LoadBalancerIPs...) {
+			if a.IsValid() {
+				targets = append(targets, udpTarget{a, s.Port})
+			}
+		}
+		if s.NodePort != 0 {
+			targets = append(targets, udpTarget{port: s.NodePort})
+		}
+		for _, tg := range targets {
+			filters[i][tg] = eps
+		}
+	}
+	// Removed services: their entries lead nowhere any more.
+	for id, o := range old {
+		s := &o.svc
+		if next[id] != nil || s.Protocol != UDP || !s.ClusterIP.IsValid() {
+			continue
+		}
+		i := 0
+		if s.Family == IPv6 {
+			i = 1
+		}
+		if filters[i] == nil {
+			filters[i] = staleUDP{}
+		}
+		if _, ok := filters[i][udpTarget{s.ClusterIP, s.Port}]; !ok {
+			filters[i][udpTarget{s.ClusterIP, s.Port}] = map[netip.AddrPort]bool{}
+		}
+	}
+	total := 0
+	for i, f := range filters {
+		if f == nil {
+			continue
+		}
+		fam := netlink.InetFamily(unix.AF_INET)
+		if i == 1 {
+			fam = unix.AF_INET6
+		}
+		n, err := t.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f)
+		total += int(n)
+		if err != nil {
+			return total, fmt.Errorf("flush stale UDP conntrack entries: %w", err)
+		}
+	}
+	return total, nil
+}
+
+// endpoints returns the service's endpoints, internal and external.
+func (p *programmed) endpoints() []Endpoint {
+	var out []Endpoint
+	for _, g := range []*group{p.internal, p.external} {
+		if g != nil {
+			out = append(out, g.slots...)
+		}
+	}
+	return out
+}
+
+// hasEndpoint tells whether ep is one of the service's endpoints.
+func (p *programmed) hasEndpoint(ep Endpoint) bool { return slices.Contains(p.endpoints(), ep) }

@@ -1,0 +1,436 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/podnet/podnet/internal/nft"
+)
+
+// TableName is the name of the inet table the service proxy owns.
+const TableName = "podnet-services"
+
+// Config is a node's service proxy configuration.
+type Config struct {
+	// NetNSFd is the node's network namespace; 0 is the caller's.
+	NetNSFd int
+	// ClusterCIDRs are the cluster's pod networks: traffic from outside
+	// them to a ClusterIP is masqueraded; local pods' traffic to an
+	// externalTrafficPolicy Local external address is internal.
+	ClusterCIDRs []netip.Prefix
+	// NodePortAddresses restricts NodePorts to the node's local addresses
+	// inside these prefixes; empty: every local address of the node
+	// (fib daddr type local), loopback excepted.
+	NodePortAddresses []netip.Prefix
+}
+
+// Stats describes a Sync: what the table holds after it, and what it
+// wrote.
+type Stats struct {
+	// Full is true for a sync that rewrote the whole table.
+	Full bool
+	// Services and Endpoints are the services programmed and their
+	// endpoints (internal and, where they differ, external ones);
+	// Chains, Elements and Rules the table's objects (the elements of the
+	// sets and maps the service proxy writes, not those the packet path
+	// adds for affinity).
+	Services, Endpoints, Chains, Elements, Rules int
+	// Written is the number of objects (chains, rules of a rewritten
+	// chain counted as one, set elements) added, changed or deleted.
+	Written int
+	// ConntrackFlushed is the number of stale UDP conntrack entries
+	// deleted.
+	ConntrackFlushed int
+}
+
+// Table is the service proxy's nftables table in one network namespace.
+// Its methods are safe for concurrent use; syncs are serialized.
+type Table struct {
+	mu       sync.Mutex
+	cfg      Config
+	skeleton *skeleton
+	sets     map[string]nft.Set
+	conn     *nft.Conn
+	ct       *netlink.Handle
+
+	// The state the kernel holds after the last successful Sync; synced
+	// is false until a full sync succeeded (again, after a failure).
+	synced   bool
+	services map[string]*programmed
+	groups   groups
+	hairpin  map[netip.Addr]int // endpoint address: services using it
+	rules    int                // of the service chains
+	elems    int                // of the services
+	eps      int
+}
+
+// New opens the service proxy's table in cfg's network namespace. It
+// writes nothing: the first Sync rewrites the table.
+func New(cfg Config) (*Table, error) {
+	sk, err := newSkeleton(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("service proxy: %w", err)
+	}
+	conn, err := nft.New(cfg.NetNSFd)
+	if err != nil {
+		return nil, fmt.Errorf("service proxy: %w", err)
+	}
+	var ct *netlink.Handle
+	if cfg.NetNSFd != 0 {
+		ct, err = netlink.NewHandleAt(netns.NsHandle(cfg.NetNSFd))
+	} else {
+		ct, err = netlink.NewHandle()
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("service proxy: conntrack netlink: %w", err)
+	}
+	t := &Table{cfg: cfg, skeleton: sk, sets: map[string]nft.Set{}, conn: conn, ct: ct}
+	for _, s := range sk.sets {
+		t.sets[s.Name] = s
+	}
+	return t, nil
+}
+
+// Close releases the table's netlink sockets; the table stays in the
+// kernel, and traffic keeps flowing through it.
+func (t *Table) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.ct.Close()
+	return t.conn.Close()
+}
+
+// Cleanup removes the service proxy's table from the network namespace
+// netnsFd (0: the caller's), if it is there.
+func Cleanup(netnsFd int) error {
+	conn, err := nft.New(netnsFd)
+	if err != nil {
+		return fmt.Errorf("remove service proxy table: %w", err)
+	}
+	defer conn.Close()
+	err = conn.Transact(func(tx *nft.Tx) (bool, error) {
+		tx.DelTable(table)
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("remove service proxy table: %w", err)
+	}
+	return nil
+}
+
+// Sync converges the kernel to services, the node's complete desired set,
+// in one nftables transaction. The first Sync of a Table (and the one
+// after a failed Sync) rewrites the whole table atomically, so traffic
+// keeps flowing across an agent restart; later ones write only what
+// changed. It then flushes the stale UDP conntrack entries of removed
+// endpoints, and those of services that had none.
+func (t *Table) Sync(services []Service) (Stats, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	want := make(map[string]*Service, len(services))
+	for i := range services {
+		s := &services[i]
+		if err := validate(s); err != nil {
+			return Stats{}, err
+		}
+		if want[s.ID()] != nil {
+			return Stats{}, fmt.Errorf("service %s given twice", s.ID())
+		}
+		want[s.ID()] = s
+	}
+
+	full := !t.synced
+	old := t.services
+	if full {
+		old = nil
+		t.groups = groups{}
+	}
+	next := make(map[string]*programmed, len(want))
+	var d diff
+	for id, s := range want {
+		o := old[id]
+		if o != nil && equalService(&o.svc, s) {
+			next[id] = o
+			continue
+		}
+		p := t.render(s, o)
+		next[id] = p
+		d.service(o, p)
+	}
+	for id, o := range old {
+		if want[id] == nil {
+			t.releaseGroups(o)
+			d.service(o, nil)
+		}
+	}
+	hairpin := t.hairpinCounts(full, &d)
+
+	err := t.conn.Transact(func(tx *nft.Tx) (bool, error) {
+		return false, t.write(tx, full, &d, hairpin)
+	})
+	if err != nil {
+		t.synced = false
+		return Stats{}, fmt.Errorf("service proxy: sync %d services: %w", len(services), err)
+	}
+	t.synced, t.services = true, next
+	t.hairpin = hairpin.counts
+	t.rules += d.rules
+	t.elems += d.elems
+	t.eps += d.eps
+	if full {
+		t.rules, t.elems, t.eps = d.rules, d.elems, d.eps
+	}
+
+	st := Stats{
+		Full:      full,
+		Services:  len(next),
+		Endpoints: t.eps,
+		Chains:    len(t.skeleton.chains) + t.chainCount(),
+		Elements:  t.skeleton.elemCount() + t.elems + len(t.hairpin),
+		Rules:     t.skeleton.ruleCount() + t.rules,
+		Written:   d.written + hairpin.written,
+	}
+	if full {
+		st.Written += len(t.skeleton.sets) + len(t.skeleton.chains) + t.skeleton.elemCount()
+	}
+	n, err := t.flushConntrack(full, old, next)
+	st.ConntrackFlushed = n
+	if err != nil {
+		return st, fmt.Errorf("service proxy: %w", err)
+	}
+	return st, nil
+}
+
+// chainCount is the number of service chains programmed.
+func (t *Table) chainCount() int {
+	n := 0
+	for _, p := range t.services {
+		n += len(p.chains)
+	}
+	return n
+}
+
+// releaseGroups gives back the group numbers of a removed service.
+func (t *Table) releaseGroups(p *programmed) {
+	for _, g := range []*group{p.internal, p.external} {
+		if g != nil {
+			t.groups.put(g.idx)
+		}
+	}
+}
+
+// equalService tells whether a and b program the same.
+func equalService(a, b *Service) bool {
+	return a.Namespace == b.Namespace && a.Name == b.Name && a.PortName == b.PortName &&
+		a.Protocol == b.Protocol && a.Family == b.Family && a.ClusterIP == b.ClusterIP &&
+		a.Port == b.Port && a.NodePort == b.NodePort && a.ExternalLocal == b.ExternalLocal &&
+		a.Affinity == b.Affinity && slices.Equal(a.ExternalIPs, b.ExternalIPs) &&
+		slices.Equal(a.LoadBalancerIPs, b.LoadBalancerIPs) &&
+		slices.Equal(a.Internal, b.Internal) && slices.Equal(a.External, b.External)
+}
+
+// diff is what a sync writes.
+type diff struct {
+	addChains, rewriteChains, delChains []chainWrite
+	addElems, delElems                  []element
+	changes                             []addrChange
+	written                             int
+	rules, elems, eps                   int // changes of the totals
+}
+
+// addrChange is the endpoint addresses a service stopped and started
+// using.
+type addrChange struct{ removed, added []netip.Addr }
+
+type chainWrite struct {
+	name string
+	plan chainPlan
+}
+
+// service adds what turns old into p (either may be nil) to the diff.
+func (d *diff) service(old, p *programmed) {
+	var oldChains, newChains map[string]chainPlan
+	var oldElems, newElems map[elemID]element
+	var oldAddrs, newAddrs []netip.Addr
+	if old != nil {
+		oldChains, oldElems, oldAddrs = old.chains, old.elems, old.endpointAddrs()
+		d.eps -= old.endpointCount()
+	}
+	if p != nil {
+		newChains, newElems, newAddrs = p.chains, p.elems, p.endpointAddrs()
+		d.eps += p.endpointCount()
+	}
+	var c addrChange
+	for _, a := range oldAddrs {
+		if !slices.Contains(newAddrs, a) {
+			c.removed = append(c.removed, a)
+		}
+	}
+	for _, a := range newAddrs {
+		if !slices.Contains(oldAddrs, a) {
+			c.added = append(c.added, a)
+		}
+	}
+	if len(c.removed)+len(c.added) > 0 {
+		d.changes = append(d.changes, c)
+	}
+	for name, plan := range newChains {
+		op, ok := oldChains[name]
+		switch {
+		case !ok:
+			d.addChains = append(d.addChains, chainWrite{name, plan})
+		case op != plan:
+			d.rewriteChains = append(d.rewriteChains, chainWrite{name, plan})
+			d.rules -= len(op.rules())
+		default:
+			continue
+		}
+		d.rules += len(plan.rules())
+		d.written++
+	}
+	for name, op := range oldChains {
+		if _, ok := newChains[name]; !ok {
+			d.delChains = append(d.delChains, chainWrite{name, op})
+			d.rules -= len(op.rules())
+			d.written++
+		}
+	}
+	for id, e := range oldElems {
+		if n, ok := newElems[id]; !ok || !sameElem(n.elem, e.elem) {
+			d.delElems = append(d.delElems, e)
+			d.elems--
+			d.written++
+		}
+	}
+	for id, e := range newElems {
+		if o, ok := oldElems[id]; !ok || !sameElem(o.elem, e.elem) {
+			d.addElems = append(d.addElems, e)
+			d.elems++
+			d.written++
+		}
+	}
+}
+
+// endpointCount is the number of endpoints of the service's groups.
+func (p *programmed) endpointCount() int {
+	n := 0
+	for _, g := range []*group{p.internal, p.external} {
+		if g != nil {
+			n += len(g.slots)
+		}
+	}
+	return n
+}
+
+// hairpinUpdate is the new hairpin reference counts and the elements to
+// add and delete.
+type hairpinUpdate struct {
+	counts   map[netip.Addr]int
+	add, del []netip.Addr
+	written  int
+}
+
+// hairpinCounts computes the hairpin set after the diff's services
+// changes: one element per endpoint address in use.
+func (t *Table) hairpinCounts(full bool, d *diff) hairpinUpdate {
+	h := hairpinUpdate{counts: map[netip.Addr]int{}}
+	if !full {
+		for a, n := range t.hairpin {
+			h.counts[a] = n
+		}
+	}
+	for _, c := range d.changes {
+		for _, a := range c.removed {
+			if h.counts[a]--; h.counts[a] == 0 {
+				delete(h.counts, a)
+				h.del = append(h.del, a)
+			}
+		}
+		for _, a := range c.added {
+			if h.counts[a]++; h.counts[a] == 1 {
+				h.add = append(h.add, a)
+			}
+		}
+	}
+	h.written = len(h.add) + len(h.del)
+	return h
+}
+
+// write queues the diff: new chains and rewritten chains' rules first
+// (elements refer to chains), then stale elements out and new ones in,
+// then stale chains out (nothing refers to them any more).
+func (t *Table) write(tx *nft.Tx, full bool, d *diff, h hairpinUpdate) error {
+	if full {
+		tx.DelTable(table)
+		if err := t.skeleton.write(tx); err != nil {
+			return err
+		}
+	}
+	addRules := func(cw chainWrite) {
+		ch := regularChain(cw.name)
+		for _, r := range cw.plan.rules() {
+			tx.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: r}, "")
+		}
+	}
+	for _, cw := range d.addChains {
+		tx.AddChain(regularChain(cw.name))
+	}
+	for _, cw := range d.addChains {
+		addRules(cw)
+	}
+	for _, cw := range d.rewriteChains {
+		tx.FlushChain(regularChain(cw.name))
+		addRules(cw)
+	}
+	if err := t.writeElems(tx, d.delElems, (*nft.Tx).DelElements); err != nil {
+		return err
+	}
+	if err := t.writeElems(tx, d.addElems, (*nft.Tx).AddElements); err != nil {
+		return err
+	}
+	for _, cw := range d.delChains {
+		tx.DelChain(regularChain(cw.name))
+	}
+	for _, fam := range families {
+		s := t.sets[fam.set(setHairpin)]
+		var add, del []nftables.SetElement
+		for _, a := range h.add {
+			if a.Is4() == (fam.f == IPv4) {
+				add = append(add, nftables.SetElement{Key: hairpinKey(a)})
+			}
+		}
+		for _, a := range h.del {
+			if a.Is4() == (fam.f == IPv4) {
+				del = append(del, nftables.SetElement{Key: hairpinKey(a)})
+			}
+		}
+		if err := tx.DelElements(s, del); err != nil {
+			return err
+		}
+		if err := tx.AddElements(s, add); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeElems queues op for the elements, one call per set.
+func (t *Table) writeElems(tx *nft.Tx, elems []element, op func(*nft.Tx, nft.Set, []nftables.SetElement) error) error {
+	bySet := map[string][]nftables.SetElement{}
+	for _, e := range elems {
+		bySet[e.set] = append(bySet[e.set], e.elem)
+	}
+	for _, s := range t.skeleton.sets {
+		if err := op(tx, s, bySet[s.Name]); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+package dataplane
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/nft"
+)
+
+// The table's sets and maps, per family (the name ends in 4 or 6).
+const (
+	// setServiceIPs maps ClusterIP, external and load-balancer IP . proto
+	// . port to the service's chain.
+	setServiceIPs = "service-ips"
+	// setNodePorts maps proto . node port to the service's external chain.
+	setNodePorts = "service-nodeports"
+	// setNoEndpoints and setNoEndpointNodePorts map the same keys of
+	// services without endpoints to a reject or drop verdict.
+	setNoEndpoints         = "no-endpoint-services"
+	setNoEndpointNodePorts = "no-endpoint-nodeports"
+	// setClusterCIDRs holds the cluster's pod networks (Config.ClusterCIDRs).
+	setClusterCIDRs = "cluster-cidrs"
+	// setNodePortIPs holds Config.NodePortAddresses.
+	setNodePortIPs = "nodeport-addresses"
+	// setEndpoints maps group . slot to an endpoint's address . port.
+	setEndpoints = "endpoints"
+	// setBackends holds address . port . group of the groups with affinity.
+	setBackends = "backends"
+	// setAffinity maps group . client address to the client's endpoint,
+	// filled from the packet path with the affinity timeout.
+	setAffinity = "affinity"
+	// setHairpin holds address . address of every endpoint address: a
+	// connection DNATed from an endpoint to itself is masqueraded.
+	setHairpin = "hairpin"
+)
+
+// The table's chains besides one or two per service.
+const (
+	chainFilterInput   = "filter-input"
+	chainFilterForward = "filter-forward"
+	chainFilterOutput  = "filter-output"
+	chainNATPrerouting = "nat-prerouting"
+	chainNATOutput     = "nat-output"
+	chainNATPostroute  = "nat-postrouting"
+	chainServices      = "services"
+	chainReject        = "reject"
+)
+
+// Service chain names: the service's internal traffic (its ClusterIP, and
+// external traffic short-circuited as internal) and its external traffic
+// (node ports, external and load-balancer IPs).
+const (
+	prefixService  = "svc-"
+	prefixExternal = "ext-"
+)
+
+var (
+	table        = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	acceptPolicy = nftables.ChainPolicyAccept
+)
+
+// set returns the name of the family's set called base.
+func (fam *family) set(base string) string { return base + fam.suffix }
+
+// sets returns the table's sets and maps for fam.
+func (fam *family) sets() []nft.Set {
+	a := fam.addrType
+	proto, port, mark := nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark
+	ep, _ := nftables.ConcatSetType(a, port) // two types never exceed the limit
+	verdict := nftables.TypeVerdict
+	return []nft.Set{
+		{Table: table, Name: fam.set(setServiceIPs), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
+		{Table: table, Name: fam.set(setNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
+		{Table: table, Name: fam.set(setNoEndpoints), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
+		{Table: table, Name: fam.set(setNoEndpointNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
+		{Table: table, Name: fam.set(setClusterCIDRs), Key: []nftables.SetDatatype{a}, Interval: true},
+		{Table: table, Name: fam.set(setNodePortIPs), Key: []nftables.SetDatatype{a}, Interval: true},
+		{Table: table, Name: fam.set(setEndpoints), Key: []nftables.SetDatatype{mark, mark}, Data: ep},
+		{Table: table, Name: fam.set(setBackends), Key: []nftables.SetDatatype{a, port, mark}},
+		{Table: table, Name: fam.set(setAffinity), Key: []nftables.SetDatatype{mark, a}, Data: ep, Dynamic: true, Timeout: true},
+		{Table: table, Name: fam.set(setHairpin), Key: []nftables.SetDatatype{a, a}},
+	}
+}
+
+func regularChain(name string) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: table}
+}
+
+func baseChain(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: table, Type: typ, Hooknum: hook, Priority: prio, Policy: &acceptPolicy}
+}
+
+// The priorities are kube-proxy's: the filter chains see the addresses
+// before DNAT.
+var (
+	prioFilter = nftables.ChainPriorityRef(*nftables.ChainPriorityNATDest - 10)
+	baseChains = []*nftables.Chain{
+		baseChain(chainFilterInput, nftables.ChainTypeFilter, nftables.ChainHookInput, prioFilter),
+		baseChain(chainFilterForward, nftables.ChainTypeFilter, nftables.ChainHookForward, prioFilter),
+		baseChain(chainFilterOutput, nftables.ChainTypeFilter, nftables.ChainHookOutput, prioFilter),
+		baseChain(chainNATPrerouting, nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
+		baseChain(chainNATOutput, nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest),
+		baseChain(chainNATPostroute, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource),
+	}
+)
+
+// skeleton is the table's static part: sets, base and helper chains and
+// their rules, and the elements of the configuration's sets.
+type skeleton struct {
+	sets   []nft.Set
+	chains []*nftables.Chain
+	rules  map[string][][]expr.Any // by chain
+	elems  map[string][]nftables.SetElement
+}
+
+// newSkeleton builds the static part for cfg.
+func newSkeleton(cfg *Config) (*skeleton, error) {
+	sk := &skeleton{rules: map[string][][]expr.Any{}, elems: map[string][]nftables.SetElement{}}
+	sk.chains = append(append(sk.chains, baseChains...), regularChain(chainServices), regularChain(chainReject))
+	add := func(chain string, rule ...[]expr.Any) { sk.rules[chain] = append(sk.rules[chain], concat(rule...)) }
+
+	toServices := []expr.Any{jump(expr.VerdictJump, chainServices)}
+	add(chainNATPrerouting, toServices)
+	add(chainNATOutput, toServices)
+	add(chainNATPostroute, takeMark(), []expr.Any{&expr.Masq{FullyRandom: true}})
+	add(chainReject,
+		[]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq(1, []byte{unix.IPPROTO_TCP}), &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
+	add(chainReject, []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})
+
+	for i := range families {
+		fam := &families[i]
+		sk.sets = append(sk.sets, fam.sets()...)
+		cidrs, err := elementsOf(cfg.ClusterCIDRs, fam)
+		if err != nil {
+			return nil, fmt.Errorf("cluster CIDRs: %w", err)
+		}
+		sk.elems[fam.set(setClusterCIDRs)] = cidrs
+		npa, err := elementsOf(cfg.NodePortAddresses, fam)
+		if err != nil {
+			return nil, fmt.Errorf("node port addresses: %w", err)
+		}
+		sk.elems[fam.set(setNodePortIPs)] = npa
+
+		// Node port traffic: to a local address (not loopback), within
+		// the node port addresses when they are given.
+		nodeAddr := concat(fibLocal(false), fam.notLoopbackDst())
+		if len(cfg.NodePortAddresses) > 0 {
+			nodeAddr = append(nodeAddr, fam.daddr(1), lookup(fam.set(setNodePortIPs), 1, false))
+		}
+		vmap := func(set string, nodePort bool) []expr.Any {
+			if nodePort {
+				return concat(nodeAddr, protoPort(reg0), []expr.Any{lookupTo(fam.set(set), reg0, regV)})
+			}
+			return concat(fam.addrProtoPort(), []expr.Any{lookupTo(fam.set(set), reg0, regV)})
+		}
+		add(chainServices, fam.matchFamily(), vmap(setServiceIPs, false))
+		add(chainServices, fam.matchFamily(), vmap(setNodePorts, true))
+		// Services without endpoints: checked where the packet's
+		// destination is still the service's (rejects are allowed in
+		// these hooks on every kernel), on new connections only.
+		for _, ch := range []string{chainFilterInput, chainFilterForward, chainFilterOutput} {
+			add(ch, ctStateNew(), fam.matchFamily(), vmap(setNoEndpoints, false))
+		}
+		add(chainFilterInput, ctStateNew(), fam.matchFamily(), vmap(setNoEndpointNodePorts, true))
+		// Hairpin: an endpoint reaching itself through its service.
+		add(chainNATPostroute, fam.matchFamily(), ctBits(expr.CtKeySTATUS, ctStatusDNAT),
+			[]expr.Any{fam.saddr(reg0), fam.daddr(reg0 + fam.words()), lookup(fam.set(setHairpin), reg0, false), &expr.Masq{FullyRandom: true}})
+	}
+	return sk, nil
+}
+
+// elementsOf returns the interval set elements of the prefixes of fam.
+func elementsOf(prefixes []netip.Prefix, fam *family) ([]nftables.SetElement, error) {
+	var nets []*net.IPNet
+	for _, p := range prefixes {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("invalid prefix %v", p)
+		}
+		if p.Addr().Is4() != (fam.f == IPv4) || p.Addr().Is4In6() {
+			continue
+		}
+		p = p.Masked()
+		nets = append(nets, &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())})
+	}
+	if len(nets) == 0 {
+		return nil, nil
+	}
+	return nft.PrefixElements(nets)
+}
+
+// ruleCount is the number of the skeleton's rules.
+func (sk *skeleton) ruleCount() int {
+	n := 0
+	for _, rs := range sk.rules {
+		n += len(rs)
+	}
+	return n
+}
+
+// elemCount is the number of the skeleton's set elements.
+func (sk *skeleton) elemCount() int {
+	n := 0
+	for _, es := range sk.elems {
+		n += len(es)
+	}
+	return n
+}
+
+// write queues the whole skeleton.
+func (sk *skeleton) write(tx *nft.Tx) error {
+	tx.AddTable(table)
+	for _, s := range sk.sets {
+		if err := tx.AddSet(s); err != nil {
+			return err
+		}
+		if err := tx.AddElements(s, sk.elems[s.Name]); err != nil {
+			return err
+		}
+	}
+	for _, ch := range sk.chains {
+		tx.AddChain(ch)
+	}
+	for _, ch := range sk.chains {
+		for _, r := range sk.rules[ch.Name] {
+			tx.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: r}, "")
+		}
+	}
+	return nil
+}

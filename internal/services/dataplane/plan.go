@@ -1,0 +1,362 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// group is a list of endpoints one chain picks from: each endpoint has a
+// slot (0..n-1) under the group's number in the endpoints map. Slots are
+// kept across syncs, so that one endpoint added or removed changes one
+// or two elements.
+type group struct {
+	idx   uint32
+	slots []Endpoint
+}
+
+// chainPlan is everything a service chain's rules derive from: equal
+// plans give equal rules, so a chain is rewritten only when its plan
+// changes.
+type chainPlan struct {
+	family  Family
+	cluster netip.Addr // svc: masquerade traffic to it from outside the cluster CIDRs
+	masq    bool       // ext: masquerade all (externalTrafficPolicy Cluster)
+	local   bool       // ext: externalTrafficPolicy Local short-circuits
+	toSvc   string     // ext: the service chain, goto for short-circuited traffic
+	jumpSvc bool       // ext: the external endpoints are the internal ones: goto toSvc
+	// group, n and affinity: the endpoint pick (n 0: none).
+	group    uint32
+	n        int
+	affinity time.Duration
+	cidrs    bool // the cluster CIDRs of the family are known
+}
+
+// rules renders the chain's rules.
+func (p *chainPlan) rules() [][]expr.Any {
+	fam := familyOf(p.family)
+	var rules [][]expr.Any
+	switch {
+	case p.toSvc == "": // the service chain
+		if p.cluster.IsValid() && p.cidrs {
+			rules = append(rules, concat(
+				[]expr.Any{fam.daddr(1), cmpEq(1, p.cluster.AsSlice()), fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, true)},
+				setMark()))
+		}
+	case p.local:
+		toSvc := []expr.Any{jump(expr.VerdictGoto, p.toSvc)}
+		if p.cidrs {
+			rules = append(rules, concat([]expr.Any{fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, false)}, toSvc))
+		}
+		rules = append(rules, concat(fibLocal(true), setMark()), concat(fibLocal(true), toSvc))
+	case p.masq:
+		rules = append(rules, setMark())
+	}
+	if p.jumpSvc {
+		return append(rules, []expr.Any{jump(expr.VerdictGoto, p.toSvc)})
+	}
+	if p.n > 0 {
+		rules = append(rules, fam.group(p.group, p.n, p.affinity)...)
+	}
+	return rules
+}
+
+// element is one element of one of the table's sets.
+type element struct {
+	set  string
+	elem nftables.SetElement
+}
+
+// elemID identifies an element: its set and key.
+type elemID struct{ set, key string }
+
+func (e element) id() elemID { return elemID{e.set, string(e.elem.Key)} }
+
+// sameElem tells whether two elements of one key have the same value.
+func sameElem(a, b nftables.SetElement) bool {
+	if string(a.Val) != string(b.Val) {
+		return false
+	}
+	if a.VerdictData == nil || b.VerdictData == nil {
+		return a.VerdictData == nil && b.VerdictData == nil
+	}
+	return a.VerdictData.Kind == b.VerdictData.Kind && a.VerdictData.Chain == b.VerdictData.Chain
+}
+
+// programmed is what the table holds for one Service.
+type programmed struct {
+	svc      Service
+	chains   map[string]chainPlan
+	elems    map[elemID]element
+	internal *group // nil without internal endpoints
+	external *group // nil without external endpoints of their own
+}
+
+// endpointAddrs returns the distinct addresses of the service's endpoints.
+func (p *programmed) endpointAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, g := range []*group{p.internal, p.external} {
+		if g == nil {
+			continue
+		}
+		for _, ep := range g.slots {
+			if !slices.Contains(out, ep.Addr) {
+				out = append(out, ep.Addr)
+			}
+		}
+	}
+	return out
+}
+
+// groups hands out group numbers, reusing released ones.
+type groups struct {
+	next uint32
+	free []uint32
+}
+
+func (g *groups) get() uint32 {
+	if n := len(g.free); n > 0 {
+		idx := g.free[n-1]
+		g.free = g.free[:n-1]
+		return idx
+	}
+	g.next++
+	return g.next
+}
+
+func (g *groups) put(idx uint32) { g.free = append(g.free, idx) }
+
+// assign returns the group for eps, reusing old's number and keeping the
+// slots of the endpoints it still has: the endpoints beyond the new
+// count and the new ones fill the free slots.
+func (g *groups) assign(old *group, eps []Endpoint) *group {
+	eps = dedup(eps)
+	if len(eps) == 0 {
+		return nil
+	}
+	ng := &group{slots: make([]Endpoint, len(eps))}
+	wanted := make(map[Endpoint]bool, len(eps))
+	for _, ep := range eps {
+		wanted[ep] = true
+	}
+	filled := make([]bool, len(eps))
+	placed := map[Endpoint]bool{}
+	if old != nil {
+		ng.idx = old.idx
+		for slot, ep := range old.slots {
+			if slot < len(eps) && wanted[ep] {
+				ng.slots[slot], filled[slot], placed[ep] = ep, true, true
+			}
+		}
+	} else {
+		ng.idx = g.get()
+	}
+	next := 0
+	for _, ep := range eps {
+		if placed[ep] {
+			continue
+		}
+		for filled[next] {
+			next++
+		}
+		ng.slots[next], filled[next] = ep, true
+	}
+	return ng
+}
+
+// dedup returns eps without repeated endpoints, in order.
+func dedup(eps []Endpoint) []Endpoint {
+	var out []Endpoint
+	for _, ep := range eps {
+		if !slices.Contains(out, ep) {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// sameSet tells whether a and b hold the same endpoints.
+func sameSet(a, b []Endpoint) bool {
+	a, b = dedup(a), dedup(b)
+	if len(a) != len(b) {
+		return false
+	}
+	for _, ep := range a {
+		if !slices.Contains(b, ep) {
+			return false
+		}
+	}
+	return true
+}
+
+// protoNumber is the IP protocol number of p.
+func protoNumber(p Protocol) byte {
+	switch p {
+	case UDP:
+		return unix.IPPROTO_UDP
+	case SCTP:
+		return unix.IPPROTO_SCTP
+	default:
+		return unix.IPPROTO_TCP
+	}
+}
+
+func port4(p uint16) []byte { return []byte{byte(p >> 8), byte(p), 0, 0} }
+
+// validate checks that s can be programmed.
+func validate(s *Service) error {
+	if s.Family != IPv4 && s.Family != IPv6 {
+		return fmt.Errorf("service %s: invalid IP family %d", s.ID(), s.Family)
+	}
+	switch s.Protocol {
+	case TCP, UDP, SCTP:
+	default:
+		return fmt.Errorf("service %s: unsupported protocol %q", s.ID(), s.Protocol)
+	}
+	if s.Port == 0 {
+		return fmt.Errorf("service %s: port 0", s.ID())
+	}
+	if s.Affinity < 0 || s.Affinity > 24*time.Hour {
+		return fmt.Errorf("service %s: affinity timeout %v is not in 0-24h", s.ID(), s.Affinity)
+	}
+	inFamily := func(what string, a netip.Addr) error {
+		if !a.IsValid() || a.Is4() != (s.Family == IPv4) || a.Is4In6() || a.Zone() != "" {
+			return fmt.Errorf("service %s: %s %v is not an %s address", s.ID(), what, a, familyName(s.Family))
+		}
+		return nil
+	}
+	if s.ClusterIP.IsValid() {
+		if err := inFamily("cluster IP", s.ClusterIP); err != nil {
+			return err
+		}
+	}
+	for _, a := range append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...) {
+		if err := inFamily("external IP", a); err != nil {
+			return err
+		}
+	}
+	for _, ep := range append(slices.Clone(s.Internal), s.External...) {
+		if err := inFamily("endpoint", ep.Addr); err != nil {
+			return err
+		}
+		if ep.Port == 0 {
+			return fmt.Errorf("service %s: endpoint %v has port 0", s.ID(), ep.Addr)
+		}
+	}
+	return nil
+}
+
+// render computes what the table holds for s, given what it held (old,
+// nil for a new service) to keep group numbers and slots.
+func (t *Table) render(s *Service, old *programmed) *programmed {
+	fam := familyOf(s.Family)
+	p := &programmed{svc: *s, chains: map[string]chainPlan{}, elems: map[elemID]element{}}
+	var oldInt, oldExt *group
+	if old != nil {
+		oldInt, oldExt = old.internal, old.external
+	}
+	p.internal = t.groups.assign(oldInt, s.Internal)
+	same := sameSet(s.Internal, s.External)
+	if !same {
+		p.external = t.groups.assign(oldExt, s.External)
+	}
+	if oldExt != nil && p.external == nil {
+		t.groups.put(oldExt.idx)
+	}
+	if oldInt != nil && p.internal == nil {
+		t.groups.put(oldInt.idx)
+	}
+
+	add := func(set string, e nftables.SetElement) {
+		el := element{fam.set(set), e}
+		p.elems[el.id()] = el
+	}
+	proto := []byte{protoNumber(s.Protocol), 0, 0, 0}
+	servicePort := append(slices.Clone(proto), port4(s.Port)...)
+	addrKey := func(a netip.Addr) []byte { return append(a.AsSlice(), servicePort...) }
+	verdict := func(kind expr.VerdictKind, chain string) *expr.Verdict { return &expr.Verdict{Kind: kind, Chain: chain} }
+	reject := verdict(expr.VerdictGoto, chainReject)
+	cidrs := len(t.skeleton.elems[fam.set(setClusterCIDRs)]) > 0
+
+	svcChain, extChain := prefixService+s.ID(), prefixExternal+s.ID()
+	hasInternal, hasExternal := p.internal != nil, p.internal != nil
+	if !same {
+		hasExternal = p.external != nil
+	}
+	groupPlan := func(cp *chainPlan, g *group) {
+		if g != nil {
+			cp.group, cp.n, cp.affinity = g.idx, len(g.slots), s.Affinity
+			for slot, ep := range g.slots {
+				add(setEndpoints, nftables.SetElement{
+					Key: append(native32(g.idx), native32(uint32(slot))...),
+					Val: append(ep.Addr.AsSlice(), port4(ep.Port)...),
+				})
+				if s.Affinity > 0 {
+					add(setBackends, nftables.SetElement{Key: append(append(ep.Addr.AsSlice(), port4(ep.Port)...), native32(g.idx)...)})
+				}
+			}
+		}
+	}
+
+	// The service chain serves the ClusterIP, and external traffic
+	// short-circuited under externalTrafficPolicy Local.
+	external := append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...)
+	externallyReachable := s.NodePort != 0 || len(external) > 0
+	if hasInternal || (hasExternal && s.ExternalLocal) {
+		cp := chainPlan{family: s.Family, cluster: s.ClusterIP, cidrs: cidrs}
+		groupPlan(&cp, p.internal)
+		p.chains[svcChain] = cp
+	}
+	if s.ClusterIP.IsValid() {
+		if hasInternal {
+			add(setServiceIPs, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: verdict(expr.VerdictGoto, svcChain)})
+		} else {
+			add(setNoEndpoints, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: reject})
+		}
+	}
+	if !externallyReachable {
+		return p
+	}
+	// External traffic: without external endpoints it is rejected, or
+	// under externalTrafficPolicy Local dropped (after the short-circuit
+	// of the cluster's own traffic, when there are internal endpoints).
+	noExternal := reject
+	if s.ExternalLocal && hasInternal {
+		noExternal = verdict(expr.VerdictDrop, "")
+	}
+	if hasExternal || noExternal.Kind == expr.VerdictDrop {
+		cp := chainPlan{family: s.Family, masq: !s.ExternalLocal, local: s.ExternalLocal, toSvc: svcChain, cidrs: cidrs}
+		if same && !s.ExternalLocal {
+			cp.jumpSvc = true
+		} else if same {
+			groupPlan(&cp, p.internal)
+		} else {
+			groupPlan(&cp, p.external)
+		}
+		p.chains[extChain] = cp
+		for _, a := range external {
+			add(setServiceIPs, nftables.SetElement{Key: addrKey(a), VerdictData: verdict(expr.VerdictGoto, extChain)})
+		}
+		if s.NodePort != 0 {
+			add(setNodePorts, nftables.SetElement{Key: append(slices.Clone(proto), port4(s.NodePort)...), VerdictData: verdict(expr.VerdictGoto, extChain)})
+		}
+	}
+	if !hasExternal {
+		for _, a := range external {
+			add(setNoEndpoints, nftables.SetElement{Key: addrKey(a), VerdictData: noExternal})
+		}
+		if s.NodePort != 0 {
+			add(setNoEndpointNodePorts, nftables.SetElement{Key: append(slices.Clone(proto), port4(s.NodePort)...), VerdictData: noExternal})
+		}
+	}
+	return p
+}
+
+// hairpinKey is the hairpin set's key of an endpoint address.
+func hairpinKey(a netip.Addr) []byte { return append(a.AsSlice(), a.AsSlice()...) }
+
