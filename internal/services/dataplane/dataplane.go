@@ -1,9 +1,11 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -195,7 +197,7 @@ func (t *Table) Sync(services []Service) (Stats, error) {
 		Chains:    len(t.skeleton.chains) + t.chainCount(),
 		Elements:  t.skeleton.elemCount() + t.elems + len(t.hairpin),
 		Rules:     t.skeleton.ruleCount() + t.rules,
-		Written:   d.written + hairpin.written,
+		Written:   d.written + hairpin.written + d.forgotten,
 	}
 	if full {
 		st.Written += len(t.skeleton.sets) + len(t.skeleton.chains) + t.skeleton.elemCount()
@@ -241,8 +243,12 @@ type diff struct {
 	addChains, rewriteChains, delChains []chainWrite
 	addElems, delElems                  []element
 	changes                             []addrChange
-	written                             int
-	rules, elems, eps                   int // changes of the totals
+	// forget is, per group number, the slots whose affinity entries are
+	// stale: removed, given another endpoint, or the group released.
+	forget            map[uint32][]uint32
+	forgotten         int // affinity entries deleted
+	written           int
+	rules, elems, eps int // changes of the totals
 }
 
 // addrChange is the endpoint addresses a service stopped and started
@@ -281,6 +287,13 @@ func (d *diff) service(old, p *programmed) {
 	if len(c.removed)+len(c.added) > 0 {
 		d.changes = append(d.changes, c)
 	}
+	if old != nil && old.svc.Affinity > 0 {
+		for _, g := range []*group{old.internal, old.external} {
+			if g != nil {
+				d.staleAffinity(g, p)
+			}
+		}
+	}
 	for name, plan := range newChains {
 		op, ok := oldChains[name]
 		switch {
@@ -314,6 +327,28 @@ func (d *diff) service(old, p *programmed) {
 			d.addElems = append(d.addElems, e)
 			d.elems++
 			d.written++
+		}
+	}
+}
+
+// staleAffinity notes the slots of g (a group of the service before the
+// sync) that p (after it, nil when removed) no longer has under g's
+// number, or whose endpoint changed: their affinity entries are stale.
+func (d *diff) staleAffinity(g *group, p *programmed) {
+	var now []Endpoint
+	if p != nil && p.svc.Affinity > 0 {
+		for _, ng := range []*group{p.internal, p.external} {
+			if ng != nil && ng.idx == g.idx {
+				now = ng.slots
+			}
+		}
+	}
+	for slot, ep := range g.slots {
+		if slot >= len(now) || now[slot] != ep {
+			if d.forget == nil {
+				d.forget = map[uint32][]uint32{}
+			}
+			d.forget[g.idx] = append(d.forget[g.idx], uint32(slot))
 		}
 	}
 }
@@ -395,8 +430,16 @@ func (t *Table) write(tx *nft.Tx, full bool, d *diff, h hairpinUpdate) error {
 	if err := t.writeElems(tx, d.addElems, (*nft.Tx).AddElements); err != nil {
 		return err
 	}
-	for _, cw := range d.delChains {
-		tx.DelChain(regularChain(cw.name))
+	// External chains go first: they may goto the service chain.
+	for _, ext := range []bool{true, false} {
+		for _, cw := range d.delChains {
+			if strings.HasPrefix(cw.name, prefixExternal) == ext {
+				tx.DelChain(regularChain(cw.name))
+			}
+		}
+	}
+	if err := t.forgetAffinity(tx, d); err != nil {
+		return err
 	}
 	for _, fam := range families {
 		s := t.sets[fam.set(setHairpin)]
@@ -431,6 +474,35 @@ func (t *Table) writeElems(tx *nft.Tx, elems []element, op func(*nft.Tx, nft.Set
 		if err := op(tx, s, bySet[s.Name]); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// forgetAffinity queues the deletion of the stale affinity entries: it
+// reads the affinity maps,
+// which only services with affinity fill, and only when such a service
+// lost endpoints.
+func (t *Table) forgetAffinity(tx *nft.Tx, d *diff) error {
+	d.forgotten = 0
+	if len(d.forget) == 0 {
+		return nil
+	}
+	for _, fam := range families {
+		s := t.sets[fam.set(setAffinity)]
+		have, _, err := tx.Elements(s)
+		if err != nil {
+			return err
+		}
+		var del []nftables.SetElement
+		for _, e := range have {
+			if len(e.Key) >= 8 && slices.Contains(d.forget[binary.NativeEndian.Uint32(e.Key)], binary.NativeEndian.Uint32(e.Key[4:])) {
+				del = append(del, nftables.SetElement{Key: e.Key})
+			}
+		}
+		if err := tx.DelElements(s, del); err != nil {
+			return err
+		}
+		d.forgotten += len(del)
 	}
 	return nil
 }

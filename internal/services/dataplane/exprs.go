@@ -15,16 +15,16 @@ import (
 const (
 	reg0 = unix.NFT_REG32_00 // the first field of a key
 	regV = unix.NFT_REG_VERDICT
-	// regEP receives an endpoint (address . port) from a map; the
-	// service's group number goes right after it, making the key of the
-	// backends set (address . port . group).
-	regEP = unix.NFT_REG32_05
+	// regEP receives an endpoint (address . port) from the endpoints map,
+	// whose key is group . slot in regGroup and regSlot.
+	regEP    = unix.NFT_REG32_05
+	regGroup = unix.NFT_REG32_10
+	regSlot  = unix.NFT_REG32_11
 )
 
 // Constants the x/sys package lacks.
 const (
-	dynsetOpDelete = 2    // NFT_DYNSET_OP_DELETE
-	ctStatusDNAT   = 0x20 // IPS_DST_NAT
+	ctStatusDNAT = 0x20 // IPS_DST_NAT
 )
 
 // MasqueradeMark is the packet mark bit that flags a connection's first
@@ -181,42 +181,47 @@ func (fam *family) dnat() *expr.NAT {
 
 // group returns the rules that pick an endpoint of group g (its number
 // idx, n endpoints in slots 0..n-1 of the endpoints map) and DNAT to it.
-// With affinity, a client's last endpoint is remembered in the affinity
-// map for the timeout (refreshed by every new connection) and used again
-// while it is still one of the group's (the backends set): an endpoint
-// removed since is forgotten, its entry deleted so the next pick sticks.
+// With affinity, the affinity set remembers group . slot . client for the
+// timeout, refreshed by every new connection, as kube-proxy's
+// per-endpoint sets do: one rule per slot looks the client up (a walk
+// over the service's endpoints, as kube-proxy's, for new connections of
+// services with affinity only). The set holds no map data: the nft tool
+// cannot show a map lookup whose key comes from another map.
 func (fam *family) group(idx uint32, n int, affinity time.Duration) [][]expr.Any {
 	id := native32(idx)
-	clientKey := []expr.Any{&expr.Immediate{Register: reg0, Data: id}, fam.saddr(reg0 + 1)}
-	remember := &expr.Dynset{
-		SrcRegKey: reg0, SrcRegData: regEP, SetName: fam.set(setAffinity),
-		Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: affinity,
+	remember := func(op uint32) []expr.Any {
+		return []expr.Any{
+			fam.saddr(regSlot + 1),
+			&expr.Dynset{SrcRegKey: regGroup, SetName: fam.set(setAffinity), Operation: op, Timeout: affinity},
+		}
 	}
+	toEndpoint := []expr.Any{lookupTo(fam.set(setEndpoints), regGroup, regEP), fam.dnat()}
 	var rules [][]expr.Any
 	if affinity > 0 {
-		rules = append(rules,
-			concat(clientKey, []expr.Any{
-				lookupTo(fam.set(setAffinity), reg0, regEP),
-				&expr.Immediate{Register: regEP + fam.words() + 1, Data: id},
-				lookup(fam.set(setBackends), regEP, false),
-				remember,
-				fam.dnat(),
-			}),
-			concat(clientKey, []expr.Any{
-				lookup(fam.set(setAffinity), reg0, false),
-				&expr.Dynset{SrcRegKey: reg0, SetName: fam.set(setAffinity), Operation: dynsetOpDelete},
-			}),
-		)
+		for slot := range n {
+			rules = append(rules, concat(
+				fam.matchFamily(),
+				[]expr.Any{
+					&expr.Immediate{Register: regGroup, Data: id},
+					&expr.Immediate{Register: regSlot, Data: native32(uint32(slot))},
+					fam.saddr(regSlot + 1),
+					lookup(fam.set(setAffinity), regGroup, false),
+				},
+				remember(unix.NFT_DYNSET_OP_UPDATE),
+				toEndpoint,
+			))
+		}
 	}
 	pick := []expr.Any{
-		&expr.Immediate{Register: reg0, Data: id},
-		&expr.Numgen{Register: reg0 + 1, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
-		lookupTo(fam.set(setEndpoints), reg0, regEP),
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		cmpEq(1, []byte{fam.nfproto}),
+		&expr.Immediate{Register: regGroup, Data: id},
+		&expr.Numgen{Register: regSlot, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
 	}
 	if affinity > 0 {
-		pick = append(pick, fam.saddr(reg0+1), remember)
+		pick = append(pick, remember(unix.NFT_DYNSET_OP_ADD)...)
 	}
-	return append(rules, append(pick, fam.dnat()))
+	return append(rules, concat(pick, toEndpoint))
 }
 
 func concat(parts ...[]expr.Any) []expr.Any {

@@ -29,9 +29,8 @@ const (
 	setNodePortIPs = "nodeport-addresses"
 	// setEndpoints maps group . slot to an endpoint's address . port.
 	setEndpoints = "endpoints"
-	// setBackends holds address . port . group of the groups with affinity.
-	setBackends = "backends"
-	// setAffinity maps group . client address to the client's endpoint,
+	// setAffinity holds group . slot . client address of the clients
+	// pinned to an endpoint,
 	// filled from the packet path with the affinity timeout.
 	setAffinity = "affinity"
 	// setHairpin holds address . address of every endpoint address: a
@@ -48,7 +47,7 @@ const (
 	chainNATOutput     = "nat-output"
 	chainNATPostroute  = "nat-postrouting"
 	chainServices      = "services"
-	chainReject        = "reject"
+	chainReject        = "reject-chain"
 )
 
 // Service chain names: the service's internal traffic (its ClusterIP, and
@@ -71,7 +70,8 @@ func (fam *family) set(base string) string { return base + fam.suffix }
 func (fam *family) sets() []nft.Set {
 	a := fam.addrType
 	proto, port, mark := nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark
-	ep, _ := nftables.ConcatSetType(a, port) // two types never exceed the limit
+	// Two types never exceed the limit of a concatenation.
+	ep, _ := nftables.ConcatSetType(a, port)
 	verdict := nftables.TypeVerdict
 	return []nft.Set{
 		{Table: table, Name: fam.set(setServiceIPs), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
@@ -81,8 +81,7 @@ func (fam *family) sets() []nft.Set {
 		{Table: table, Name: fam.set(setClusterCIDRs), Key: []nftables.SetDatatype{a}, Interval: true},
 		{Table: table, Name: fam.set(setNodePortIPs), Key: []nftables.SetDatatype{a}, Interval: true},
 		{Table: table, Name: fam.set(setEndpoints), Key: []nftables.SetDatatype{mark, mark}, Data: ep},
-		{Table: table, Name: fam.set(setBackends), Key: []nftables.SetDatatype{a, port, mark}},
-		{Table: table, Name: fam.set(setAffinity), Key: []nftables.SetDatatype{mark, a}, Data: ep, Dynamic: true, Timeout: true},
+		{Table: table, Name: fam.set(setAffinity), Key: []nftables.SetDatatype{mark, mark, a}, Dynamic: true, Timeout: true},
 		{Table: table, Name: fam.set(setHairpin), Key: []nftables.SetDatatype{a, a}},
 	}
 }

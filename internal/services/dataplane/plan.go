@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -44,14 +45,14 @@ func (p *chainPlan) rules() [][]expr.Any {
 	switch {
 	case p.toSvc == "": // the service chain
 		if p.cluster.IsValid() && p.cidrs {
-			rules = append(rules, concat(
+			rules = append(rules, concat(fam.matchFamily(),
 				[]expr.Any{fam.daddr(1), cmpEq(1, p.cluster.AsSlice()), fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, true)},
 				setMark()))
 		}
 	case p.local:
 		toSvc := []expr.Any{jump(expr.VerdictGoto, p.toSvc)}
 		if p.cidrs {
-			rules = append(rules, concat([]expr.Any{fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, false)}, toSvc))
+			rules = append(rules, concat(fam.matchFamily(), []expr.Any{fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, false)}, toSvc))
 		}
 		rules = append(rules, concat(fibLocal(true), setMark()), concat(fibLocal(true), toSvc))
 	case p.masq:
@@ -279,11 +280,16 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	proto := []byte{protoNumber(s.Protocol), 0, 0, 0}
 	servicePort := append(slices.Clone(proto), port4(s.Port)...)
 	addrKey := func(a netip.Addr) []byte { return append(a.AsSlice(), servicePort...) }
-	verdict := func(kind expr.VerdictKind, chain string) *expr.Verdict { return &expr.Verdict{Kind: kind, Chain: chain} }
+	verdict := func(kind expr.VerdictKind, chain string) *expr.Verdict {
+		return &expr.Verdict{Kind: kind, Chain: chain}
+	}
 	reject := verdict(expr.VerdictGoto, chainReject)
 	cidrs := len(t.skeleton.elems[fam.set(setClusterCIDRs)]) > 0
 
-	svcChain, extChain := prefixService+s.ID(), prefixExternal+s.ID()
+	// The nft tool reads no colon in a chain name; names and port names
+	// hold no slash, so the names stay distinct.
+	name := strings.ReplaceAll(s.ID(), ":", "/")
+	svcChain, extChain := prefixService+name, prefixExternal+name
 	hasInternal, hasExternal := p.internal != nil, p.internal != nil
 	if !same {
 		hasExternal = p.external != nil
@@ -296,9 +302,6 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 					Key: append(native32(g.idx), native32(uint32(slot))...),
 					Val: append(ep.Addr.AsSlice(), port4(ep.Port)...),
 				})
-				if s.Affinity > 0 {
-					add(setBackends, nftables.SetElement{Key: append(append(ep.Addr.AsSlice(), port4(ep.Port)...), native32(g.idx)...)})
-				}
 			}
 		}
 	}
@@ -359,4 +362,3 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 
 // hairpinKey is the hairpin set's key of an endpoint address.
 func hairpinKey(a netip.Addr) []byte { return append(a.AsSlice(), a.AsSlice()...) }
-
