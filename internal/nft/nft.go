@@ -99,7 +99,13 @@ func (c *Conn) ready() error {
 	}
 	if c.nft == nil {
 		c.sock, c.sockbuf, c.queued = nil, 0, 0
-		keep := func(s *netlink.Conn) error { c.sock = s; return nil }
+		// Acknowledgements without a copy of the request (capped): a
+		// batch gets one per message, and copying every message back
+		// doubles what a large batch moves.
+		keep := func(s *netlink.Conn) error {
+			c.sock = s
+			return s.SetOption(netlink.CapAcknowledge, true)
+		}
 		opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(keep)}
 		if c.nsFd != 0 {
 			opts = append(opts, nftables.WithNetNSFd(c.nsFd))

@@ -180,7 +180,7 @@ func (fam *family) dnat() *expr.NAT {
 }
 
 // group returns the rules that pick an endpoint of group g (its number
-// idx, n endpoints in slots 0..n-1 of the endpoints map) and DNAT to it.
+// idx, n endpoints in slots 0..n-1 of its endpoints map) and DNAT to it.
 // With affinity, the affinity set remembers group . slot . client for the
 // timeout, refreshed by every new connection, as kube-proxy's
 // per-endpoint sets do: one rule per slot looks the client up (a walk
@@ -195,7 +195,7 @@ func (fam *family) group(idx uint32, n int, affinity time.Duration) [][]expr.Any
 			&expr.Dynset{SrcRegKey: regGroup, SetName: fam.set(setAffinity), Operation: op, Timeout: affinity},
 		}
 	}
-	toEndpoint := []expr.Any{lookupTo(fam.set(setEndpoints), regGroup, regEP), fam.dnat()}
+	toEndpoint := []expr.Any{lookupTo(fam.endpointsMap(idx), regGroup, regEP), fam.dnat()}
 	var rules [][]expr.Any
 	if affinity > 0 {
 		for slot := range n {

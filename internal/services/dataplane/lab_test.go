@@ -109,6 +109,17 @@ func newLab(t *testing.T, n int) *lab {
 		p.serve(t)
 		l.pods = append(l.pods, p)
 	}
+	// IPv6 links need a moment (link-local addresses, neighbour
+	// discovery) before the first packets pass: wait until the node
+	// reaches every pod directly.
+	for _, p := range l.pods {
+		for _, a := range []netip.Addr{p.ip4, p.ip6} {
+			eventually(t, fmt.Sprintf("node reaches %s at %v", p.name, a), func() error {
+				_, err := helloTCP(l.node, netip.AddrPortFrom(a, tcpPort))
+				return err
+			})
+		}
+	}
 	return l
 }
 

@@ -27,8 +27,14 @@ const (
 	setClusterCIDRs = "cluster-cidrs"
 	// setNodePortIPs holds Config.NodePortAddresses.
 	setNodePortIPs = "nodeport-addresses"
-	// setEndpoints maps group . slot to an endpoint's address . port.
+	// setEndpoints maps group . slot to an endpoint's address . port; it
+	// is split in endpointMaps maps (endpoints4-0 … endpoints4-63), a
+	// group's in the map of its number modulo endpointMaps. The kernel
+	// checks every element added to a map against every rule that reads
+	// it: with one map for all services, programming n services would
+	// take n² checks.
 	setEndpoints = "endpoints"
+	endpointMaps = 64
 	// setAffinity holds group . slot . client address of the clients
 	// pinned to an endpoint,
 	// filled from the packet path with the affinity timeout.
@@ -73,17 +79,25 @@ func (fam *family) sets() []nft.Set {
 	// Two types never exceed the limit of a concatenation.
 	ep, _ := nftables.ConcatSetType(a, port)
 	verdict := nftables.TypeVerdict
-	return []nft.Set{
+	sets := []nft.Set{
 		{Table: table, Name: fam.set(setServiceIPs), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setNoEndpoints), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setNoEndpointNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setClusterCIDRs), Key: []nftables.SetDatatype{a}, Interval: true},
 		{Table: table, Name: fam.set(setNodePortIPs), Key: []nftables.SetDatatype{a}, Interval: true},
-		{Table: table, Name: fam.set(setEndpoints), Key: []nftables.SetDatatype{mark, mark}, Data: ep},
 		{Table: table, Name: fam.set(setAffinity), Key: []nftables.SetDatatype{mark, mark, a}, Dynamic: true, Timeout: true},
 		{Table: table, Name: fam.set(setHairpin), Key: []nftables.SetDatatype{a, a}},
 	}
+	for i := range uint32(endpointMaps) {
+		sets = append(sets, nft.Set{Table: table, Name: fam.endpointsMap(i), Key: []nftables.SetDatatype{mark, mark}, Data: ep})
+	}
+	return sets
+}
+
+// endpointsMap is the name of the endpoints map of group idx.
+func (fam *family) endpointsMap(idx uint32) string {
+	return fmt.Sprintf("%s-%d", fam.set(setEndpoints), idx%endpointMaps)
 }
 
 func regularChain(name string) *nftables.Chain {

@@ -209,6 +209,17 @@ func protoNumber(p Protocol) byte {
 
 func port4(p uint16) []byte { return []byte{byte(p >> 8), byte(p), 0, 0} }
 
+// clone returns a copy of s that shares no slice with it: the caller
+// may change its services in place after a Sync.
+func clone(s *Service) Service {
+	c := *s
+	c.ExternalIPs = slices.Clone(s.ExternalIPs)
+	c.LoadBalancerIPs = slices.Clone(s.LoadBalancerIPs)
+	c.Internal = slices.Clone(s.Internal)
+	c.External = slices.Clone(s.External)
+	return c
+}
+
 // validate checks that s can be programmed.
 func validate(s *Service) error {
 	if s.Family != IPv4 && s.Family != IPv6 {
@@ -256,7 +267,7 @@ func validate(s *Service) error {
 // nil for a new service) to keep group numbers and slots.
 func (t *Table) render(s *Service, old *programmed) *programmed {
 	fam := familyOf(s.Family)
-	p := &programmed{svc: *s, chains: map[string]chainPlan{}, elems: map[elemID]element{}}
+	p := &programmed{svc: clone(s), chains: map[string]chainPlan{}, elems: map[elemID]element{}}
 	var oldInt, oldExt *group
 	if old != nil {
 		oldInt, oldExt = old.internal, old.external
@@ -298,10 +309,11 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 		if g != nil {
 			cp.group, cp.n, cp.affinity = g.idx, len(g.slots), s.Affinity
 			for slot, ep := range g.slots {
-				add(setEndpoints, nftables.SetElement{
+				el := element{fam.endpointsMap(g.idx), nftables.SetElement{
 					Key: append(native32(g.idx), native32(uint32(slot))...),
 					Val: append(ep.Addr.AsSlice(), port4(ep.Port)...),
-				})
+				}}
+				p.elems[el.id()] = el
 			}
 		}
 	}
