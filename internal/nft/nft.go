@@ -78,6 +78,8 @@ type Conn struct {
 	sock    *netlink.Conn // nft's socket, to size its buffers
 	sockbuf int           // buffer size last requested on sock
 	queued  int           // messages queued in nft since the last flush
+
+	batch *netlink.Conn // Send's socket; nil until used and after a failed batch
 }
 
 // New opens a connection to nftables in the network namespace nsFd refers
@@ -151,6 +153,10 @@ func (c *Conn) Close() error {
 	c.closed = true
 	c.dropNFT()
 	c.dropNL()
+	if c.batch != nil {
+		c.batch.Close()
+		c.batch = nil
+	}
 	return nil
 }
 

@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -174,10 +173,9 @@ func (t *Table) Sync(services []Service) (Stats, error) {
 	}
 	hairpin := t.hairpinCounts(full, &d)
 
-	err := t.conn.Transact(func(tx *nft.Tx) (bool, error) {
-		return false, t.write(tx, full, &d, hairpin)
-	})
-	if err != nil {
+	var b nft.Batch
+	t.write(&b, full, &d, hairpin)
+	if err := t.conn.Send(&b); err != nil {
 		t.synced = false
 		return Stats{}, fmt.Errorf("service proxy: sync %d services: %w", len(services), err)
 	}
@@ -197,7 +195,7 @@ func (t *Table) Sync(services []Service) (Stats, error) {
 		Chains:    len(t.skeleton.chains) + t.chainCount(),
 		Elements:  t.skeleton.elemCount() + t.elems + len(t.hairpin),
 		Rules:     t.skeleton.ruleCount() + t.rules,
-		Written:   d.written + hairpin.written + d.forgotten,
+		Written:   d.written + hairpin.written,
 	}
 	if full {
 		st.Written += len(t.skeleton.sets) + len(t.skeleton.chains) + t.skeleton.elemCount()
@@ -243,12 +241,8 @@ type diff struct {
 	addChains, rewriteChains, delChains []chainWrite
 	addElems, delElems                  []element
 	changes                             []addrChange
-	// forget is, per group number, the slots whose affinity entries are
-	// stale: removed, given another endpoint, or the group released.
-	forget            map[uint32][]uint32
-	forgotten         int // affinity entries deleted
-	written           int
-	rules, elems, eps int // changes of the totals
+	written                             int
+	rules, elems, eps                   int // changes of the totals
 }
 
 // addrChange is the endpoint addresses a service stopped and started
@@ -287,13 +281,7 @@ func (d *diff) service(old, p *programmed) {
 	if len(c.removed)+len(c.added) > 0 {
 		d.changes = append(d.changes, c)
 	}
-	if old != nil && old.svc.Affinity > 0 {
-		for _, g := range []*group{old.internal, old.external} {
-			if g != nil {
-				d.staleAffinity(g, p)
-			}
-		}
-	}
+
 	for name, plan := range newChains {
 		op, ok := oldChains[name]
 		switch {
@@ -331,28 +319,6 @@ func (d *diff) service(old, p *programmed) {
 	}
 }
 
-// staleAffinity notes the slots of g (a group of the service before the
-// sync) that p (after it, nil when removed) no longer has under g's
-// number, or whose endpoint changed: their affinity entries are stale.
-func (d *diff) staleAffinity(g *group, p *programmed) {
-	var now []Endpoint
-	if p != nil && p.svc.Affinity > 0 {
-		for _, ng := range []*group{p.internal, p.external} {
-			if ng != nil && ng.idx == g.idx {
-				now = ng.slots
-			}
-		}
-	}
-	for slot, ep := range g.slots {
-		if slot >= len(now) || now[slot] != ep {
-			if d.forget == nil {
-				d.forget = map[uint32][]uint32{}
-			}
-			d.forget[g.idx] = append(d.forget[g.idx], uint32(slot))
-		}
-	}
-}
-
 // endpointCount is the number of endpoints of the service's groups.
 func (p *programmed) endpointCount() int {
 	n := 0
@@ -373,13 +339,13 @@ type hairpinUpdate struct {
 }
 
 // hairpinCounts computes the hairpin set after the diff's services
-// changes: one element per endpoint address in use.
+// changes: one element per endpoint address in use. It updates the
+// table's counts in place: after a failed sync they are rebuilt by the
+// full sync that follows.
 func (t *Table) hairpinCounts(full bool, d *diff) hairpinUpdate {
-	h := hairpinUpdate{counts: map[netip.Addr]int{}}
-	if !full {
-		for a, n := range t.hairpin {
-			h.counts[a] = n
-		}
+	h := hairpinUpdate{counts: t.hairpin}
+	if full || h.counts == nil {
+		h.counts = map[netip.Addr]int{}
 	}
 	for _, c := range d.changes {
 		for _, a := range c.removed {
@@ -401,45 +367,36 @@ func (t *Table) hairpinCounts(full bool, d *diff) hairpinUpdate {
 // write queues the diff: new chains and rewritten chains' rules first
 // (elements refer to chains), then stale elements out and new ones in,
 // then stale chains out (nothing refers to them any more).
-func (t *Table) write(tx *nft.Tx, full bool, d *diff, h hairpinUpdate) error {
+func (t *Table) write(b *nft.Batch, full bool, d *diff, h hairpinUpdate) {
 	if full {
-		tx.DelTable(table)
-		if err := t.skeleton.write(tx); err != nil {
-			return err
-		}
+		b.DelTable(table)
+		t.skeleton.write(b)
 	}
 	addRules := func(cw chainWrite) {
 		ch := regularChain(cw.name)
 		for _, r := range cw.plan.rules() {
-			tx.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: r}, "")
+			b.AddRule(ch, r)
 		}
 	}
 	for _, cw := range d.addChains {
-		tx.AddChain(regularChain(cw.name))
+		b.AddChain(regularChain(cw.name))
 	}
 	for _, cw := range d.addChains {
 		addRules(cw)
 	}
 	for _, cw := range d.rewriteChains {
-		tx.FlushChain(regularChain(cw.name))
+		b.FlushChain(regularChain(cw.name))
 		addRules(cw)
 	}
-	if err := t.writeElems(tx, d.delElems, (*nft.Tx).DelElements); err != nil {
-		return err
-	}
-	if err := t.writeElems(tx, d.addElems, (*nft.Tx).AddElements); err != nil {
-		return err
-	}
+	t.writeElems(b, d.delElems, (*nft.Batch).DelElements)
+	t.writeElems(b, d.addElems, (*nft.Batch).AddElements)
 	// External chains go first: they may goto the service chain.
 	for _, ext := range []bool{true, false} {
 		for _, cw := range d.delChains {
 			if strings.HasPrefix(cw.name, prefixExternal) == ext {
-				tx.DelChain(regularChain(cw.name))
+				b.DelChain(regularChain(cw.name))
 			}
 		}
-	}
-	if err := t.forgetAffinity(tx, d); err != nil {
-		return err
 	}
 	for _, fam := range families {
 		s := t.sets[fam.set(setHairpin)]
@@ -454,55 +411,20 @@ func (t *Table) write(tx *nft.Tx, full bool, d *diff, h hairpinUpdate) error {
 				del = append(del, nftables.SetElement{Key: hairpinKey(a)})
 			}
 		}
-		if err := tx.DelElements(s, del); err != nil {
-			return err
-		}
-		if err := tx.AddElements(s, add); err != nil {
-			return err
-		}
+		b.DelElements(s, del)
+		b.AddElements(s, add)
 	}
-	return nil
 }
 
 // writeElems queues op for the elements, one call per set.
-func (t *Table) writeElems(tx *nft.Tx, elems []element, op func(*nft.Tx, nft.Set, []nftables.SetElement) error) error {
+func (t *Table) writeElems(b *nft.Batch, elems []element, op func(*nft.Batch, nft.Set, []nftables.SetElement)) {
 	bySet := map[string][]nftables.SetElement{}
 	for _, e := range elems {
 		bySet[e.set] = append(bySet[e.set], e.elem)
 	}
 	for _, s := range t.skeleton.sets {
-		if err := op(tx, s, bySet[s.Name]); err != nil {
-			return err
+		if es := bySet[s.Name]; len(es) > 0 {
+			op(b, s, es)
 		}
 	}
-	return nil
-}
-
-// forgetAffinity queues the deletion of the stale affinity entries: it
-// reads the affinity maps,
-// which only services with affinity fill, and only when such a service
-// lost endpoints.
-func (t *Table) forgetAffinity(tx *nft.Tx, d *diff) error {
-	d.forgotten = 0
-	if len(d.forget) == 0 {
-		return nil
-	}
-	for _, fam := range families {
-		s := t.sets[fam.set(setAffinity)]
-		have, _, err := tx.Elements(s)
-		if err != nil {
-			return err
-		}
-		var del []nftables.SetElement
-		for _, e := range have {
-			if len(e.Key) >= 8 && slices.Contains(d.forget[binary.NativeEndian.Uint32(e.Key)], binary.NativeEndian.Uint32(e.Key[4:])) {
-				del = append(del, nftables.SetElement{Key: e.Key})
-			}
-		}
-		if err := tx.DelElements(s, del); err != nil {
-			return err
-		}
-		d.forgotten += len(del)
-	}
-	return nil
 }

@@ -225,23 +225,20 @@ func (sk *skeleton) elemCount() int {
 }
 
 // write queues the whole skeleton.
-func (sk *skeleton) write(tx *nft.Tx) error {
-	tx.AddTable(table)
+func (sk *skeleton) write(b *nft.Batch) {
+	b.AddTable(table)
 	for _, s := range sk.sets {
-		if err := tx.AddSet(s); err != nil {
-			return err
-		}
-		if err := tx.AddElements(s, sk.elems[s.Name]); err != nil {
-			return err
+		b.AddSet(s)
+		if es := sk.elems[s.Name]; len(es) > 0 {
+			b.AddElements(s, es)
 		}
 	}
 	for _, ch := range sk.chains {
-		tx.AddChain(ch)
+		b.AddChain(ch)
 	}
 	for _, ch := range sk.chains {
 		for _, r := range sk.rules[ch.Name] {
-			tx.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: r}, "")
+			b.AddRule(ch, r)
 		}
 	}
-	return nil
 }
