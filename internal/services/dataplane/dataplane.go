@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -249,15 +250,16 @@ type diff struct {
 // using.
 type addrChange struct{ removed, added []netip.Addr }
 
+// chainWrite is a service chain to write, with its rules.
 type chainWrite struct {
-	name string
-	plan chainPlan
+	name  string
+	rules [][]expr.Any
 }
 
 // service adds what turns old into p (either may be nil) to the diff.
 func (d *diff) service(old, p *programmed) {
-	var oldChains, newChains map[string]chainPlan
-	var oldElems, newElems map[elemID]element
+	var oldChains, newChains []chainState
+	var oldElems, newElems []element
 	var oldAddrs, newAddrs []netip.Addr
 	if old != nil {
 		oldChains, oldElems, oldAddrs = old.chains, old.elems, old.endpointAddrs()
@@ -282,41 +284,70 @@ func (d *diff) service(old, p *programmed) {
 		d.changes = append(d.changes, c)
 	}
 
-	for name, plan := range newChains {
-		op, ok := oldChains[name]
+	for i := range newChains {
+		nc := &newChains[i]
+		rules := nc.plan.rules()
+		nc.rules = len(rules)
+		oc := findChain(oldChains, nc.name)
 		switch {
-		case !ok:
-			d.addChains = append(d.addChains, chainWrite{name, plan})
-		case op != plan:
-			d.rewriteChains = append(d.rewriteChains, chainWrite{name, plan})
-			d.rules -= len(op.rules())
+		case oc == nil:
+			d.addChains = append(d.addChains, chainWrite{nc.name, rules})
+		case oc.plan != nc.plan:
+			d.rewriteChains = append(d.rewriteChains, chainWrite{nc.name, rules})
+			d.rules -= oc.rules
 		default:
 			continue
 		}
-		d.rules += len(plan.rules())
+		d.rules += nc.rules
 		d.written++
 	}
-	for name, op := range oldChains {
-		if _, ok := newChains[name]; !ok {
-			d.delChains = append(d.delChains, chainWrite{name, op})
-			d.rules -= len(op.rules())
+	for _, oc := range oldChains {
+		if findChain(newChains, oc.name) == nil {
+			d.delChains = append(d.delChains, chainWrite{name: oc.name})
+			d.rules -= oc.rules
 			d.written++
 		}
 	}
-	for id, e := range oldElems {
-		if n, ok := newElems[id]; !ok || !sameElem(n.elem, e.elem) {
-			d.delElems = append(d.delElems, e)
-			d.elems--
-			d.written++
-		}
-	}
-	for id, e := range newElems {
-		if o, ok := oldElems[id]; !ok || !sameElem(o.elem, e.elem) {
+
+	// Element maps only when both sides have elements: a new or removed
+	// service (every service of a full sync) needs none.
+	have, want := byID(oldElems, len(newElems) > 0), byID(newElems, len(oldElems) > 0)
+	for _, e := range newElems {
+		if o, ok := have[e.id()]; !ok || !sameElem(o.elem, e.elem) {
 			d.addElems = append(d.addElems, e)
 			d.elems++
 			d.written++
 		}
 	}
+	for _, e := range oldElems {
+		if n, ok := want[e.id()]; !ok || !sameElem(n.elem, e.elem) {
+			d.delElems = append(d.delElems, e)
+			d.elems--
+			d.written++
+		}
+	}
+}
+
+// byID indexes elems by set and key when needed, nil otherwise.
+func byID(elems []element, needed bool) map[elemID]element {
+	if !needed || len(elems) == 0 {
+		return nil
+	}
+	m := make(map[elemID]element, len(elems))
+	for _, e := range elems {
+		m[e.id()] = e
+	}
+	return m
+}
+
+// findChain returns the chain called name, nil when there is none.
+func findChain(chains []chainState, name string) *chainState {
+	for i := range chains {
+		if chains[i].name == name {
+			return &chains[i]
+		}
+	}
+	return nil
 }
 
 // endpointCount is the number of endpoints of the service's groups.
@@ -374,7 +405,7 @@ func (t *Table) write(b *nft.Batch, full bool, d *diff, h hairpinUpdate) {
 	}
 	addRules := func(cw chainWrite) {
 		ch := regularChain(cw.name)
-		for _, r := range cw.plan.rules() {
+		for _, r := range cw.rules {
 			b.AddRule(ch, r)
 		}
 	}

@@ -89,13 +89,21 @@ func sameElem(a, b nftables.SetElement) bool {
 	return a.VerdictData.Kind == b.VerdictData.Kind && a.VerdictData.Chain == b.VerdictData.Chain
 }
 
+// chainState is a service chain as programmed: its plan and how many
+// rules it holds.
+type chainState struct {
+	name  string
+	plan  chainPlan
+	rules int
+}
+
 // programmed is what the table holds for one Service.
 type programmed struct {
 	svc      Service
-	chains   map[string]chainPlan
-	elems    map[elemID]element
-	internal *group // nil without internal endpoints
-	external *group // nil without external endpoints of their own
+	chains   []chainState
+	elems    []element // distinct keys
+	internal *group    // nil without internal endpoints
+	external *group    // nil without external endpoints of their own
 }
 
 // endpointAddrs returns the distinct addresses of the service's endpoints.
@@ -267,7 +275,7 @@ func validate(s *Service) error {
 // nil for a new service) to keep group numbers and slots.
 func (t *Table) render(s *Service, old *programmed) *programmed {
 	fam := familyOf(s.Family)
-	p := &programmed{svc: clone(s), chains: map[string]chainPlan{}, elems: map[elemID]element{}}
+	p := &programmed{svc: clone(s)}
 	var oldInt, oldExt *group
 	if old != nil {
 		oldInt, oldExt = old.internal, old.external
@@ -285,8 +293,7 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	}
 
 	add := func(set string, e nftables.SetElement) {
-		el := element{fam.set(set), e}
-		p.elems[el.id()] = el
+		p.elems = append(p.elems, element{fam.set(set), e})
 	}
 	proto := []byte{protoNumber(s.Protocol), 0, 0, 0}
 	servicePort := append(slices.Clone(proto), port4(s.Port)...)
@@ -305,27 +312,38 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	if !same {
 		hasExternal = p.external != nil
 	}
+	var written []*group // a group's elements go in once
 	groupPlan := func(cp *chainPlan, g *group) {
 		if g != nil {
 			cp.group, cp.n, cp.affinity = g.idx, len(g.slots), s.Affinity
+			if slices.Contains(written, g) {
+				return
+			}
+			written = append(written, g)
 			for slot, ep := range g.slots {
-				el := element{fam.endpointsMap(g.idx), nftables.SetElement{
+				p.elems = append(p.elems, element{fam.endpointsMap(g.idx), nftables.SetElement{
 					Key: append(native32(g.idx), native32(uint32(slot))...),
 					Val: append(ep.Addr.AsSlice(), port4(ep.Port)...),
-				}}
-				p.elems[el.id()] = el
+				}})
 			}
 		}
 	}
 
 	// The service chain serves the ClusterIP, and external traffic
 	// short-circuited under externalTrafficPolicy Local.
-	external := append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...)
+	// The external addresses, each once and apart from the ClusterIP:
+	// one element per key.
+	var external []netip.Addr
+	for _, a := range append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...) {
+		if a != s.ClusterIP && !slices.Contains(external, a) {
+			external = append(external, a)
+		}
+	}
 	externallyReachable := s.NodePort != 0 || len(external) > 0
 	if hasInternal || (hasExternal && s.ExternalLocal) {
 		cp := chainPlan{family: s.Family, cluster: s.ClusterIP, cidrs: cidrs}
 		groupPlan(&cp, p.internal)
-		p.chains[svcChain] = cp
+		p.chains = append(p.chains, chainState{name: svcChain, plan: cp})
 	}
 	if s.ClusterIP.IsValid() {
 		if hasInternal {
@@ -353,7 +371,7 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 		} else {
 			groupPlan(&cp, p.external)
 		}
-		p.chains[extChain] = cp
+		p.chains = append(p.chains, chainState{name: extChain, plan: cp})
 		for _, a := range external {
 			add(setServiceIPs, nftables.SetElement{Key: addrKey(a), VerdictData: verdict(expr.VerdictGoto, extChain)})
 		}
