@@ -25,11 +25,18 @@ import (
 // The messages are encoded into one buffer as they are queued, the batch
 // delimiters around them: a Batch is sent once.
 type Batch struct {
-	buf  []byte // the messages, after the batch-begin message
-	n    int    // messages queued
-	last int    // offset of the last message queued
-	err  error  // the first encoding error
+	// bufs hold the messages, after the batch-begin message, in chunks
+	// sent as one datagram: a batch of many megabytes never grows (and
+	// copies) one buffer.
+	bufs  [][]byte
+	n     int   // messages queued
+	last  int   // offset of the last message queued in the last chunk
+	err   error // the first encoding error
+	bytes int
 }
+
+// chunkBytes is the size of a Batch's buffers.
+const chunkBytes = 1 << 20
 
 // Len is the number of messages queued.
 func (b *Batch) Len() int { return b.n }
@@ -66,12 +73,19 @@ func (b *Batch) add(msg uint16, flags netlink.HeaderFlags, family nftables.Table
 		}
 		return
 	}
-	if b.buf == nil {
-		b.buf = appendMsg(make([]byte, 0, 64<<10), unix.NFNL_MSG_BATCH_BEGIN, uint16(netlink.Request), 0, batchHeader)
+	if b.bufs == nil {
+		b.bufs = [][]byte{appendMsg(make([]byte, 0, 64<<10), unix.NFNL_MSG_BATCH_BEGIN, uint16(netlink.Request), 0, batchHeader)}
+	}
+	size := nlmsgHdrLen + 4 + len(data)
+	buf := &b.bufs[len(b.bufs)-1]
+	if len(*buf)+size > cap(*buf) {
+		b.bufs = append(b.bufs, make([]byte, 0, max(chunkBytes, size)))
+		buf = &b.bufs[len(b.bufs)-1]
 	}
 	b.n++
-	b.last = len(b.buf)
-	b.buf = appendMsg(b.buf, unix.NFNL_SUBSYS_NFTABLES<<8|msg, uint16(netlink.Request|flags), uint32(b.n), nfgenmsg(family), data)
+	b.last = len(*buf)
+	b.bytes += size
+	*buf = appendMsg(*buf, unix.NFNL_SUBSYS_NFTABLES<<8|msg, uint16(netlink.Request|flags), uint32(b.n), nfgenmsg(family), data)
 }
 
 // nested is an attribute holding attrs; an encoding error (an attribute
@@ -301,21 +315,23 @@ func (c *Conn) Send(b *Batch) error {
 // send writes the batch in one sendmsg and reads the answers up to the
 // acknowledgement of the last message; the first error answered fails it.
 func (c *Conn) send(b *Batch) error {
-	ackFlags := b.buf[b.last+6 : b.last+8]
+	lastBuf := b.bufs[len(b.bufs)-1]
+	ackFlags := lastBuf[b.last+6 : b.last+8]
 	binary.NativeEndian.PutUint16(ackFlags, binary.NativeEndian.Uint16(ackFlags)|uint16(netlink.Acknowledge))
-	msg := appendMsg(b.buf, unix.NFNL_MSG_BATCH_END, uint16(netlink.Request), uint32(b.n+1), batchHeader)
+	bufs := append(b.bufs[:len(b.bufs):len(b.bufs)], appendMsg(nil, unix.NFNL_MSG_BATCH_END, uint16(netlink.Request), uint32(b.n+1), batchHeader))
+	size := b.bytes + 2*(nlmsgHdrLen+len(batchHeader))
 	raw, err := c.batch.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
 	err = raw.Write(func(fd uintptr) bool {
-		if len(msg) > minBatchBytes {
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, len(msg)+minBatchBytes) != nil {
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, len(msg)+minBatchBytes)
+		if size > minBatchBytes {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size+minBatchBytes) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, size+minBatchBytes)
 			}
 		}
-		serr = unix.Sendto(int(fd), msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		_, serr = unix.SendmsgBuffers(int(fd), bufs, nil, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}, 0)
 		return serr != unix.EAGAIN
 	})
 	if err == nil {
