@@ -17,6 +17,10 @@ const (
 	// setServiceIPs maps ClusterIP, external and load-balancer IP . proto
 	// . port to the service's chain.
 	setServiceIPs = "service-ips"
+	// setClusterIPs holds the ClusterIP . proto . port of the services
+	// with endpoints: their traffic from outside the cluster CIDRs is
+	// masqueraded (marked by the dispatch, one rule for all services).
+	setClusterIPs = "cluster-ips"
 	// setNodePorts maps proto . node port to the service's external chain.
 	setNodePorts = "service-nodeports"
 	// setNoEndpoints and setNoEndpointNodePorts map the same keys of
@@ -81,6 +85,7 @@ func (fam *family) sets() []nft.Set {
 	verdict := nftables.TypeVerdict
 	sets := []nft.Set{
 		{Table: table, Name: fam.set(setServiceIPs), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
+		{Table: table, Name: fam.set(setClusterIPs), Key: []nftables.SetDatatype{a, proto, port}},
 		{Table: table, Name: fam.set(setNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setNoEndpoints), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setNoEndpointNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
@@ -170,6 +175,10 @@ func newSkeleton(cfg *Config) (*skeleton, error) {
 				return concat(nodeAddr, protoPort(reg0), []expr.Any{lookupTo(fam.set(set), reg0, regV)})
 			}
 			return concat(fam.addrProtoPort(), []expr.Any{lookupTo(fam.set(set), reg0, regV)})
+		}
+		if len(cidrs) > 0 {
+			add(chainServices, fam.matchFamily(), []expr.Any{fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, true)},
+				fam.addrProtoPort(), []expr.Any{lookup(fam.set(setClusterIPs), reg0, false)}, setMark())
 		}
 		add(chainServices, fam.matchFamily(), vmap(setServiceIPs, false))
 		add(chainServices, fam.matchFamily(), vmap(setNodePorts, true))

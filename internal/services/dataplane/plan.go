@@ -26,11 +26,10 @@ type group struct {
 // changes.
 type chainPlan struct {
 	family  Family
-	cluster netip.Addr // svc: masquerade traffic to it from outside the cluster CIDRs
-	masq    bool       // ext: masquerade all (externalTrafficPolicy Cluster)
-	local   bool       // ext: externalTrafficPolicy Local short-circuits
-	toSvc   string     // ext: the service chain, goto for short-circuited traffic
-	jumpSvc bool       // ext: the external endpoints are the internal ones: goto toSvc
+	masq    bool   // ext: masquerade all (externalTrafficPolicy Cluster)
+	local   bool   // ext: externalTrafficPolicy Local short-circuits
+	toSvc   string // ext: the service chain, goto for short-circuited traffic
+	jumpSvc bool   // ext: the external endpoints are the internal ones: goto toSvc
 	// group, n and affinity: the endpoint pick (n 0: none).
 	group    uint32
 	n        int
@@ -43,12 +42,7 @@ func (p *chainPlan) rules() [][]expr.Any {
 	fam := familyOf(p.family)
 	var rules [][]expr.Any
 	switch {
-	case p.toSvc == "": // the service chain
-		if p.cluster.IsValid() && p.cidrs {
-			rules = append(rules, concat(fam.matchFamily(),
-				[]expr.Any{fam.daddr(1), cmpEq(1, p.cluster.AsSlice()), fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, true)},
-				setMark()))
-		}
+	case p.toSvc == "": // the service chain: the dispatch marked its traffic
 	case p.local:
 		toSvc := []expr.Any{jump(expr.VerdictGoto, p.toSvc)}
 		if p.cidrs {
@@ -341,13 +335,14 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	}
 	externallyReachable := s.NodePort != 0 || len(external) > 0
 	if hasInternal || (hasExternal && s.ExternalLocal) {
-		cp := chainPlan{family: s.Family, cluster: s.ClusterIP, cidrs: cidrs}
+		cp := chainPlan{family: s.Family, cidrs: cidrs}
 		groupPlan(&cp, p.internal)
 		p.chains = append(p.chains, chainState{name: svcChain, plan: cp})
 	}
 	if s.ClusterIP.IsValid() {
 		if hasInternal {
 			add(setServiceIPs, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: verdict(expr.VerdictGoto, svcChain)})
+			add(setClusterIPs, nftables.SetElement{Key: addrKey(s.ClusterIP)})
 		} else {
 			add(setNoEndpoints, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: reject})
 		}

@@ -15,7 +15,7 @@ import (
 )
 
 // manyServices returns n TCP services with eps endpoints each, every
-// third with a node port, every fifth with affinity.
+// tenth with a node port, every hundredth with affinity.
 func manyServices(n, eps int) []Service {
 	svcs := make([]Service, n)
 	for i := range svcs {
@@ -24,10 +24,10 @@ func manyServices(n, eps int) []Service {
 			Namespace: "ns", Name: fmt.Sprintf("svc%d", i), Protocol: TCP, Family: IPv4,
 			ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Port: 80,
 		}
-		if i%3 == 0 {
+		if i%10 == 0 {
 			s.NodePort = uint16(30000 + i%2768)
 		}
-		if i%5 == 0 {
+		if i%100 == 0 {
 			s.Affinity = 3 * time.Hour
 		}
 		for j := range eps {
