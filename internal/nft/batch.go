@@ -216,12 +216,19 @@ func (b *Batch) AddSet(s Set) {
 			netlink.Attribute{Type: unix.NFTA_SET_DATA_TYPE, Data: be32(typ)},
 			netlink.Attribute{Type: unix.NFTA_SET_DATA_LEN, Data: be32(ns.DataType.Bytes)})
 	}
+	var desc []netlink.Attribute
+	if s.Size > 0 {
+		desc = append(desc, netlink.Attribute{Type: unix.NFTA_SET_DESC_SIZE, Data: be32(s.Size)})
+	}
 	if ns.Concatenation {
 		var fields []netlink.Attribute
 		for _, t := range s.Key {
 			fields = append(fields, b.nested(unix.NFTA_LIST_ELEM, netlink.Attribute{Type: nftaSetFieldLen, Data: be32(t.Bytes)}))
 		}
-		attrs = append(attrs, b.nested(unix.NFTA_SET_DESC, b.nested(nftables.NFTA_SET_DESC_CONCAT, fields...)))
+		desc = append(desc, b.nested(nftables.NFTA_SET_DESC_CONCAT, fields...))
+	}
+	if len(desc) > 0 {
+		attrs = append(attrs, b.nested(unix.NFTA_SET_DESC, desc...))
 	}
 	b.AddTable(s.Table)
 	b.add(unix.NFT_MSG_NEWSET, netlink.Create, s.Table.Family, attrs)

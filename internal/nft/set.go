@@ -42,6 +42,10 @@ type Set struct {
 	// (flags dynamic); Timeout lets elements expire (flags timeout), after
 	// the timeout the rule that adds them gives.
 	Dynamic, Timeout bool
+	// Size is the most elements the set holds (0: the kernel's default,
+	// 65535 for a dynamic set); it matters for the sets the packet path
+	// fills.
+	Size uint32
 }
 
 // IsMap tells whether s is a map.
@@ -73,7 +77,7 @@ func (s Set) nftSet() (*nftables.Set, error) {
 	if s.IsMap() {
 		ns.IsMap, ns.DataType = true, s.Data
 	}
-	ns.Dynamic, ns.HasTimeout = s.Dynamic, s.Timeout
+	ns.Dynamic, ns.HasTimeout, ns.Size = s.Dynamic, s.Timeout, s.Size
 	if len(s.Key) == 1 && s.Key[0].Name == nftables.TypeIFName.Name {
 		ns.KeyByteOrder = binaryutil.NativeEndian // as nft reads strings
 	}

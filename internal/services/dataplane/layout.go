@@ -39,6 +39,9 @@ const (
 	// take n² checks.
 	setEndpoints = "endpoints"
 	endpointMaps = 64
+	// affinityEntries bounds the affinity set (the kernel's default for
+	// a dynamic set is 65535): pinned clients of all services together.
+	affinityEntries = 1 << 20
 	// setAffinity holds group . slot . client address of the clients
 	// pinned to an endpoint,
 	// filled from the packet path with the affinity timeout.
@@ -91,7 +94,7 @@ func (fam *family) sets() []nft.Set {
 		{Table: table, Name: fam.set(setNoEndpointNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setClusterCIDRs), Key: []nftables.SetDatatype{a}, Interval: true},
 		{Table: table, Name: fam.set(setNodePortIPs), Key: []nftables.SetDatatype{a}, Interval: true},
-		{Table: table, Name: fam.set(setAffinity), Key: []nftables.SetDatatype{mark, mark, a}, Dynamic: true, Timeout: true},
+		{Table: table, Name: fam.set(setAffinity), Key: []nftables.SetDatatype{mark, mark, a}, Dynamic: true, Timeout: true, Size: affinityEntries},
 		{Table: table, Name: fam.set(setHairpin), Key: []nftables.SetDatatype{a, a}},
 	}
 	for i := range uint32(endpointMaps) {
