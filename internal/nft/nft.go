@@ -23,6 +23,10 @@
 //     Conn.SyncSet adds only the missing and deletes only the stale
 //     elements in one transaction (the diff is the pure Diff), and
 //     Conn.AddElements and Conn.DeleteElements change single elements.
+//   - Large transactions (Batch, Conn.Send): tens of thousands of
+//     chains, rules and elements in one batch encoded here, with one
+//     acknowledgement for the whole batch where Transact reads one (and a
+//     rule's echo) per message; for the service proxy's table.
 //
 // The features live in packages of their own: podrules (the plugins'
 // per-attachment rules: masquerade, MAC spoof check, portmap, firewall)

@@ -7,6 +7,55 @@
 // Kubernetes objects (package services does that): which endpoints serve
 // internal traffic and which serve external traffic is decided there,
 // how packets get to them is decided here.
+//
+// # The table
+//
+// One inet table, podnet-services, with kube-proxy's hooks and
+// priorities (nftables mode) and per-family sets and maps (names end in
+// 4 or 6). The per-packet work does not grow with the number of
+// services: every decision is a hash lookup.
+//
+//   - nat-prerouting and nat-output (dstnat) jump to services, which marks
+//     traffic to a ClusterIP from outside the cluster CIDRs for
+//     masquerade (@cluster-ips), then dispatches "ip daddr . meta l4proto
+//     . th dport" through the verdict map @service-ips (ClusterIPs,
+//     external and load-balancer IPs) and, on a local destination address
+//     (fib daddr type local, not loopback; inside @nodeport-addresses when
+//     Config.NodePortAddresses is set), "meta l4proto . th dport" through
+//     @service-nodeports.
+//   - One chain per service port and family, svc-<namespace>/<name>/<port>/
+//     <protocol>/<family>, picks an internal endpoint: "numgen random mod
+//     n" gives a slot, and the endpoint of group . slot in an endpoints
+//     map is the DNAT target (dnat to <group> . <slot> map
+//     @endpoints4-<group mod 64>). With ClientIP affinity, one rule per
+//     slot first looks the client up in @affinity (group . slot . client,
+//     updated with the timeout on every new connection) and a new client
+//     is added there.
+//   - A service reachable from outside (node port, external or
+//     load-balancer IPs) has an ext-… chain: under
+//     externalTrafficPolicy Cluster it marks for masquerade and goes to
+//     the service chain (or picks among its own external endpoints);
+//     under Local, traffic from the cluster CIDRs goes to the service
+//     chain, traffic from the node itself is marked and goes there too,
+//     and the rest picks a local (External) endpoint, keeping its source.
+//   - filter-input, filter-forward and filter-output (priority dstnat-10,
+//     new connections) look the untranslated destination up in
+//     @no-endpoint-services and @no-endpoint-nodeports: services without
+//     endpoints go to reject-chain (TCP reset, ICMP port unreachable);
+//     externalTrafficPolicy Local without local endpoints drops external
+//     traffic.
+//   - nat-postrouting (srcnat) masquerades (fully random) the packets
+//     carrying MasqueradeMark, clearing it, and the DNATed connections of
+//     an endpoint to itself (hairpin: "ip saddr . ip daddr @hairpin").
+//
+// The first Sync of a Table deletes and rewrites the table in one
+// transaction, so established connections (their conntrack entries)
+// keep flowing across an agent restart; later ones diff the desired
+// services against what they programmed and write only the chains and
+// elements that changed, in one transaction (nft.Batch: one
+// acknowledgement per batch, not per object). Group numbers and slots
+// are kept across syncs, so an endpoint added or removed changes one or
+// two map elements and its service's chain.
 package dataplane
 
 import (
