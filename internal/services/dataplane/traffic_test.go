@@ -147,7 +147,9 @@ func TestTraffic(t *testing.T) {
 
 	t.Run("the node's own connections reach a ClusterIP and a NodePort", func(t *testing.T) {
 		node := &pod{name: "node", ns: l.node}
-		for _, to := range []netip.AddrPort{ap(addr("10.96.0.10"), 80), ap(addr("fd01::10"), 80), ap(l.nodeIP4, 30080)} {
+		// 30081 is externalTrafficPolicy Local: the node's own traffic is
+		// internal, to every endpoint.
+		for _, to := range []netip.AddrPort{ap(addr("10.96.0.10"), 80), ap(addr("fd01::10"), 80), ap(l.nodeIP4, 30080), ap(l.nodeIP4, 30081)} {
 			servers, _ := spread(t, node, to, 20)
 			if servers["pod1"] == 0 || servers["pod2"] == 0 {
 				t.Errorf("%v: servers %v", to, servers)
@@ -250,4 +252,43 @@ func TestTraffic(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+func TestNodePortAddresses(t *testing.T) {
+	l := newLab(t, 3)
+	svcs := labServices(l)
+	pod3 := l.pods[2]
+	for _, tc := range []struct {
+		name     string
+		prefixes []netip.Prefix
+		// served tells whether the node port answers on the node's
+		// underlay address and on its address on pod3's link.
+		underlay, podLink bool
+	}{
+		{"every local address", nil, true, true},
+		{"the underlay only", []netip.Prefix{netip.MustParsePrefix("192.168.50.0/24")}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, err := New(Config{NetNSFd: l.node.Fd(), ClusterCIDRs: clusterCIDRs, NodePortAddresses: tc.prefixes})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tb.Close()
+			if _, err := tb.Sync(svcs); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []struct {
+				addr netip.Addr
+				want bool
+			}{{l.nodeIP4, tc.underlay}, {pod3.gw4, tc.podLink}} {
+				a, err := helloTCP(pod3.ns, ap(c.addr, 30080))
+				switch {
+				case c.want && (err != nil || (a.server != "pod1" && a.server != "pod2")):
+					t.Errorf("node port on %v: %v %v, want served", c.addr, a, err)
+				case !c.want && !isRefused(err):
+					t.Errorf("node port on %v: %v %v, want refused (not a node port address)", c.addr, a, err)
+				}
+			}
+		})
+	}
 }
