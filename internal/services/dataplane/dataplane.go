@@ -155,7 +155,8 @@ func (t *Table) Sync(services []Service) (Stats, error) {
 		t.groups = groups{}
 	}
 	next := make(map[string]*programmed, len(want))
-	var d diff
+	var changed [][2]*programmed // old, new
+	elems := 0
 	for id, s := range want {
 		o := old[id]
 		if o != nil && equalService(&o.svc, s) {
@@ -164,7 +165,13 @@ func (t *Table) Sync(services []Service) (Stats, error) {
 		}
 		p := t.render(s, o)
 		next[id] = p
-		d.service(o, p)
+		changed = append(changed, [2]*programmed{o, p})
+		elems += len(p.elems)
+	}
+	// A full sync adds every element: room for them up front.
+	d := diff{addElems: make([]element, 0, elems)}
+	for _, c := range changed {
+		d.service(c[0], c[1])
 	}
 	for id, o := range old {
 		if want[id] == nil {
