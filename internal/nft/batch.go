@@ -38,9 +38,6 @@ type Batch struct {
 // chunkBytes is the size of a Batch's buffers.
 const chunkBytes = 1 << 20
 
-// Len is the number of messages queued.
-func (b *Batch) Len() int { return b.n }
-
 // nlmsgHdrLen is the size of a netlink message header.
 const nlmsgHdrLen = 16
 

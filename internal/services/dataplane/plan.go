@@ -41,8 +41,10 @@ type chainPlan struct {
 func (p *chainPlan) rules() [][]expr.Any {
 	fam := familyOf(p.family)
 	var rules [][]expr.Any
+	// The service chain has only its pick: the dispatch marked its
+	// traffic for masquerade.
 	switch {
-	case p.toSvc == "": // the service chain: the dispatch marked its traffic
+	case p.toSvc == "":
 	case p.local:
 		toSvc := []expr.Any{jump(expr.VerdictGoto, p.toSvc)}
 		if p.cidrs {
