@@ -227,8 +227,8 @@ func TestBuild(t *testing.T) {
 			})}, Endpoints: 1},
 		},
 		{
-			name: "internalTrafficPolicy Local: the node's own endpoints",
-			svc:  svc(v4, http80, func(s *corev1.Service) { s.Spec.InternalTrafficPolicy = &itpLocal }),
+			name:   "internalTrafficPolicy Local: the node's own endpoints",
+			svc:    svc(v4, http80, func(s *corev1.Service) { s.Spec.InternalTrafficPolicy = &itpLocal }),
 			slices: []*discoveryv1.EndpointSlice{three},
 			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
 				s.Internal = eps(8080, "10.244.1.2")
@@ -283,8 +283,8 @@ func TestBuild(t *testing.T) {
 			})}, HealthCheckNodePort: 32000, LocalReady: 2, Endpoints: 3},
 		},
 		{
-			name: "LoadBalancer, externalTrafficPolicy Local, no local endpoint: health check with 0",
-			svc:  svc(v4, http80, lbLocal),
+			name:   "LoadBalancer, externalTrafficPolicy Local, no local endpoint: health check with 0",
+			svc:    svc(v4, http80, lbLocal),
 			slices: []*discoveryv1.EndpointSlice{slice("web-1", discoveryv1.AddressTypeIPv4, http8080, ep("10.244.2.2", "n2"))},
 			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
 				s.NodePort, s.ExternalLocal = 30080, true
