@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"sync"
 	"syscall"
@@ -405,5 +407,57 @@ func TestController(t *testing.T) {
 	}
 	if err := p.c.Cleanup(ctx); err != nil {
 		t.Fatalf("Cleanup again: %v", err)
+	}
+}
+
+// TestNodePortHosts: the health check servers listen on the node's
+// addresses inside the node-port networks, by default its underlay
+// address, on the wildcard address for a network of everything.
+func TestNodePortHosts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	ns, err := netns.NewTemp("svchosts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Remove()
+	h, err := netlink.NewHandleAt(ns.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}
+	if err := h.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"192.0.2.2/24", "198.51.100.2/24"} {
+		addr, _ := netlink.ParseAddr(a)
+		if err := h.AddrAdd(veth, addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := controller.NewEnv()
+	env.Log, env.Metrics, env.NetNS, env.Resync = slog.New(slog.DiscardHandler), prometheus.NewRegistry(), ns.NS, time.Minute
+	env.Underlay = controller.Underlay{Name: "eth0", IP: nodeIP}
+	for _, tt := range []struct {
+		nets    []string
+		want    []string
+		wantErr bool
+	}{
+		{nets: nil, want: []string{"192.0.2.2"}},
+		{nets: []string{"198.51.100.0/24"}, want: []string{"198.51.100.2"}},
+		{nets: []string{"0.0.0.0/0", "198.51.100.0/24"}, want: []string{"0.0.0.0"}},
+		{nets: []string{"203.0.113.0/24"}, wantErr: true},
+	} {
+		var cfg Config
+		for _, n := range tt.nets {
+			cfg.NodePortAddresses = append(cfg.NodePortAddresses, netip.MustParsePrefix(n))
+		}
+		env.Metrics = prometheus.NewRegistry()
+		got, err := New(env, nil, cfg).nodePortHosts()
+		if (err != nil) != tt.wantErr || !tt.wantErr && !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("node-port networks %v: %v, %v; want %v", tt.nets, got, err, tt.want)
+		}
 	}
 }
