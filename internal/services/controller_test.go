@@ -33,6 +33,7 @@ import (
 	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/services/dataplane"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 // The addresses of the test's two namespaces, linked by a veth pair: the
@@ -414,14 +415,7 @@ func TestController(t *testing.T) {
 // addresses inside the node-port networks, by default its underlay
 // address, on the wildcard address for a network of everything.
 func TestNodePortHosts(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	ns, err := netns.NewTemp("svchosts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Remove()
+	ns := nfttest.NS(t, "svchosts")
 	h, err := netlink.NewHandleAt(ns.Handle())
 	if err != nil {
 		t.Fatal(err)
