@@ -368,6 +368,10 @@ func TestController(t *testing.T) {
 		})
 	}
 	checkHealth(http.StatusOK, 1)
+	// default/kubernetes and default/web, not default/other.
+	if n, _ := p.metric(t, "podnet_services_programmed", map[string]string{"kind": "services"}); n != 2 {
+		t.Errorf("services programmed: %v, want 2", n)
+	}
 
 	notReady := false
 	sl.Endpoints[0].Conditions.Ready = &notReady
@@ -390,6 +394,9 @@ func TestController(t *testing.T) {
 		_, _, err := tc.get(hc)
 		return !ok && errors.Is(err, syscall.ECONNREFUSED)
 	})
+	if n, _ := p.metric(t, "podnet_services_programmed", map[string]string{"kind": "services"}); n != 1 {
+		t.Errorf("services programmed once web is deleted: %v, want 1", n)
+	}
 	if n, ok := p.metric(t, "podnet_services_sync_errors_total", nil); !ok || n != 0 {
 		t.Errorf("sync errors: %v", n)
 	}
