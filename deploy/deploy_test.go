@@ -210,6 +210,14 @@ func TestManifest(t *testing.T) {
 		if env["NODE_NAME"] != "spec.nodeName" || env["NODE_IP"] != "status.hostIP" {
 			t.Errorf("env %v, want NODE_NAME from spec.nodeName, NODE_IP from status.hostIP", env)
 		}
+		// The API server's own address, for a cluster without kube-proxy.
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef == nil || c.EnvFrom[0].ConfigMapRef.Name != "kubernetes-services-endpoint" ||
+			c.EnvFrom[0].ConfigMapRef.Optional == nil || !*c.EnvFrom[0].ConfigMapRef.Optional {
+			t.Errorf("envFrom %+v, want the optional ConfigMap kubernetes-services-endpoint", c.EnvFrom)
+		}
+		if cfg["service-proxy"] != true {
+			t.Errorf("service-proxy %v, want true: the agent is the nodes' service proxy", cfg["service-proxy"])
+		}
 		for _, a := range []string{"--config=/etc/podnet/config.yaml", "--node-name=$(NODE_NAME)", "--node-ip=$(NODE_IP)"} {
 			if !slices.Contains(c.Args, a) {
 				t.Errorf("args %q lack %s", c.Args, a)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -40,6 +41,7 @@ func command() *cobra.Command {
 	cfg := agent.Defaults()
 	var (
 		configFile, nodeIP, nodeIP6, logLevel, logFormat string
+		nodePortAddresses                                []string
 	)
 	newAgent := func(cmd *cobra.Command) (*agent.Agent, error) {
 		if err := applyFile(cmd.Flags(), configFile); err != nil {
@@ -62,6 +64,14 @@ func command() *cobra.Command {
 			if *p.dst = net.ParseIP(p.s); *p.dst == nil {
 				return nil, fmt.Errorf("invalid IP address %q", p.s)
 			}
+		}
+		cfg.NodePortAddresses = nil
+		for _, a := range nodePortAddresses {
+			p, err := netip.ParsePrefix(a)
+			if err != nil {
+				return nil, fmt.Errorf("--nodeport-addresses: %w", err)
+			}
+			cfg.NodePortAddresses = append(cfg.NodePortAddresses, p.Masked())
 		}
 		log, err := logger(logLevel, logFormat)
 		if err != nil {
@@ -149,6 +159,9 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.IPAMDir, "ipam-dir", cfg.IPAMDir, "host-local's state directory for the cluster network")
 	f.StringSliceVar(&cfg.Chain, "cni-chain", cfg.Chain, "plugins chained after podnet in the conflist (none by default: podnet honours the portMappings and bandwidth capabilities itself; chaining portmap or bandwidth hands that capability to it)")
 	f.BoolVar(&cfg.Egress, "egress-masquerade", cfg.Egress, "masquerade pod traffic leaving the cluster CIDRs")
+	f.BoolVar(&cfg.ServiceProxy, "service-proxy", cfg.ServiceProxy, "be the node's service proxy in place of kube-proxy (--datastore=kubernetes; kube-proxy must not run beside it): Services and EndpointSlices programmed into nftables")
+	f.StringSliceVar(&nodePortAddresses, "nodeport-addresses", nil, "--service-proxy: CIDRs whose local addresses serve NodePorts and health check node ports (default: the node's underlay addresses; 0.0.0.0/0,::/0: every local address)")
+	f.StringVar(&cfg.ServiceProxyHealthAddr, "service-proxy-health-addr", cfg.ServiceProxyHealthAddr, "--service-proxy: address of the proxy's /healthz and /livez for load balancers, as kube-proxy's --healthz-bind-address (empty: off)")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of /healthz, /readyz, /status and /metrics (empty: off); loopback by default, widen it (e.g. <node IP>:9099) only where scrapers need it")
 	f.DurationVar(&cfg.Resync, "resync", cfg.Resync, "period of the full reconcile behind the event-driven one")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -62,10 +62,11 @@ func TestConfigFile(t *testing.T) {
 	}
 }
 
-// TestInsecureDatastoreRefused runs the agent with plaintext datastore
-// URLs on the network or a malformed join token: it refuses before it
-// does anything.
-func TestInsecureDatastoreRefused(t *testing.T) {
+// TestRefusedBeforeStart runs the agent with plaintext datastore URLs on
+// the network, a malformed join token, the service proxy without the
+// Kubernetes datastore or a malformed node-port network: it refuses before
+// it does anything.
+func TestRefusedBeforeStart(t *testing.T) {
 	for _, tc := range []struct {
 		args    []string
 		wantErr string
@@ -73,6 +74,8 @@ func TestInsecureDatastoreRefused(t *testing.T) {
 		{[]string{"--datastore", "etcd", "--etcd-endpoints", "http://192.0.2.1:2379"}, "http://192.0.2.1:2379 is plaintext"},
 		{[]string{"--datastore", "embedded", "--etcd-client-url", "http://192.0.2.1:2379"}, "http://192.0.2.1:2379 is plaintext"},
 		{[]string{"--datastore", "etcd", "--etcd-endpoints", "https://192.0.2.1:2379", "--join-token", "not-a-token"}, "not a podnet join token"},
+		{[]string{"--service-proxy"}, "--service-proxy needs --datastore=kubernetes"},
+		{[]string{"--datastore", "kubernetes", "--service-proxy", "--nodeport-addresses", "10.0.0.0/33"}, "--nodeport-addresses"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			cmd := command()

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/podnet/podnet/internal/agent/cniinstall"
 	"github.com/podnet/podnet/internal/agent/controller"
@@ -23,6 +24,7 @@ import (
 	"github.com/podnet/podnet/internal/atomicfile"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/datastore"
+	"github.com/podnet/podnet/internal/services"
 )
 
 // Agent is one node's daemon.
@@ -86,8 +88,8 @@ func (a *Agent) run(ctx context.Context, n *node) error {
 // Leave takes the node out of the cluster for good, with its agent
 // stopped: every controller undoes what it installed — the membership is
 // released (every other node drops its routes at once instead of after the
-// grace period), the fabric, the egress rules and the CNI configuration
-// are removed. Pods left on the node lose their cross-node connectivity.
+// grace period), the fabric, the egress rules, the service table and the
+// CNI configuration are removed. Pods left on the node lose their cross-node connectivity.
 func (a *Agent) Leave(ctx context.Context) error {
 	n, err := a.start(ctx, false)
 	if err != nil {
@@ -187,10 +189,22 @@ func (a *Agent) addControllers(m *controller.Manager, env controller.Env, store 
 	m.Add(membership.New(env, store, a.cfg.DataDir))
 	m.Add(routes.New(env))
 	m.Add(egress.New(env, a.cfg.Egress))
+	m.Add(services.New(env, kubeClient(store), services.Config{
+		Enabled: a.cfg.ServiceProxy, NodePortAddresses: a.cfg.NodePortAddresses, HealthAddr: a.cfg.ServiceProxyHealthAddr,
+	}))
 	m.Add(cniinstall.New(env, cniinstall.Config{
 		Binary: a.cfg.CNIBinary, BinDir: a.cfg.CNIBinDir, ConfDir: a.cfg.CNIConfDir, IPAMDir: a.cfg.IPAMDir, Chain: a.cfg.Chain,
 	}))
 	m.Add(podcount.New(env))
+}
+
+// kubeClient is the Kubernetes API client of a kubernetes datastore, nil
+// for another datastore or none.
+func kubeClient(store datastore.Store) kubernetes.Interface {
+	if s, ok := store.(interface{ Clientset() kubernetes.Interface }); ok {
+		return s.Clientset()
+	}
+	return nil
 }
 
 // clusterCfgUnderlay refuses a cluster whose pod networks overlap the

@@ -3,6 +3,7 @@ package agent
 import (
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -32,6 +33,9 @@ func TestValidate(t *testing.T) {
 		{"unknown backend", func(c *Config) { c.Cluster.Backend = "ipip" }, "ipip"},
 		{"node IP not IPv4", func(c *Config) { c.NodeIP = []byte{0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1} }, "not IPv4"},
 		{"no CNI bin dir", func(c *Config) { c.CNIBinDir = "" }, "CNI bin dir"},
+		{"service proxy", func(c *Config) { c.Datastore, c.ServiceProxy = "kubernetes", true }, ""},
+		{"service proxy without kubernetes", func(c *Config) { c.ServiceProxy = true }, "--service-proxy needs --datastore=kubernetes"},
+		{"invalid node-port network", func(c *Config) { c.NodePortAddresses = []netip.Prefix{{}} }, "node-port address network"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok

@@ -2,7 +2,8 @@
 // opens the datastore, settles the cluster configuration, and runs the
 // node's controllers (internal/agent/controller): membership (the node's
 // pod subnets), routes (the fabric to every other node), egress (the
-// masquerade of traffic leaving the cluster), cni-install (the plugins and
+// masquerade of traffic leaving the cluster), service-proxy (the Services,
+// in kubernetes mode: internal/services), cni-install (the plugins and
 // their configuration) and pod-count; it serves their health, status and
 // metrics. Each controller converges the kernel to the desired state at
 // start and on every change, so a restart changes nothing that works.
@@ -12,11 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
-	"github.com/podnet/podnet/internal/netns"
-
 	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/services"
 )
 
 // Config is the agent's configuration (flags and the config file).
@@ -88,6 +90,17 @@ type Config struct {
 
 	// Egress masquerades pod traffic leaving the cluster CIDRs.
 	Egress bool
+	// ServiceProxy makes the agent the node's service proxy in place of
+	// kube-proxy (package services; --datastore kubernetes only).
+	ServiceProxy bool
+	// NodePortAddresses are the networks whose local addresses serve
+	// NodePorts (kube-proxy's --nodeport-addresses); empty: the node's
+	// underlay addresses.
+	NodePortAddresses []netip.Prefix
+	// ServiceProxyHealthAddr is where the service proxy serves /healthz
+	// and /livez for load balancers ("" = off), as kube-proxy's
+	// --healthz-bind-address.
+	ServiceProxyHealthAddr string
 	// Listen is the address of /healthz, /readyz, /status and /metrics
 	// ("" = off); loopback by default, since /status tells the node's
 	// addresses, subnets and peers to whoever asks.
@@ -105,17 +118,18 @@ type Config struct {
 // Defaults returns the configuration of a node that sets nothing.
 func Defaults() Config {
 	return Config{
-		Datastore:  "embedded",
-		Prefix:     "/podnet/",
-		DataDir:    "/var/lib/podnet",
-		Cluster:    cluster.Config{ClusterCIDR: "10.244.0.0/16", SubnetSize: 24, Backend: cluster.Auto, VNI: 1, VXLANPort: 4789},
-		LeaseTTL:   60 * time.Second,
-		CNIBinDir:  "/opt/cni/bin",
-		CNIConfDir: "/etc/cni/net.d",
-		IPAMDir:    "/run/podnet/ipam",
-		Egress:     true,
-		Listen:     "127.0.0.1:9099",
-		Resync:     30 * time.Second,
+		Datastore:              "embedded",
+		Prefix:                 "/podnet/",
+		DataDir:                "/var/lib/podnet",
+		Cluster:                cluster.Config{ClusterCIDR: "10.244.0.0/16", SubnetSize: 24, Backend: cluster.Auto, VNI: 1, VXLANPort: 4789},
+		LeaseTTL:               60 * time.Second,
+		CNIBinDir:              "/opt/cni/bin",
+		CNIConfDir:             "/etc/cni/net.d",
+		IPAMDir:                "/run/podnet/ipam",
+		Egress:                 true,
+		ServiceProxyHealthAddr: services.DefaultHealthAddr,
+		Listen:                 "127.0.0.1:9099",
+		Resync:                 30 * time.Second,
 	}
 }
 
@@ -140,6 +154,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Kubeconfig != "" && c.Datastore != "kubernetes" {
 		errs = append(errs, errors.New("--kubeconfig is for --datastore=kubernetes"))
+	}
+	if c.ServiceProxy && c.Datastore != "kubernetes" {
+		errs = append(errs, errors.New("--service-proxy needs --datastore=kubernetes: it follows the Services and EndpointSlices of the Kubernetes API"))
+	}
+	for _, p := range c.NodePortAddresses {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("node-port address network %s is invalid", p))
+		}
 	}
 	errs = append(errs, c.validateDatastoreSecurity()...)
 	if c.LeaseTTL < 5*time.Second {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/podnet/podnet/internal/datastore/kubeapi"
 	"github.com/podnet/podnet/internal/kube"
+	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/services/dataplane"
 )
 
 // startKubeControlPlane runs a real control plane in env's peer namespace,
@@ -88,13 +91,15 @@ func startKubeControlPlane(t *testing.T, env *nodeEnv) (*kube.ControlPlane, kube
 	return cp, admin, kubeconfig
 }
 
-// TestKubernetesDatastore runs an agent with --datastore kubernetes against
-// a real API server (reached from the node's namespace, with exactly the
-// documented RBAC rules): it waits, not ready and saying why, for its
-// Node's podCIDRs until kube-controller-manager allocates them; it then
-// becomes ready, publishes its annotations and NetworkUnavailable=False,
-// routes to a peer Node that has podnet's annotations, drops those routes
-// when the peer's Node is deleted, and on leave removes its annotations.
+// TestKubernetesDatastore runs an agent with --datastore kubernetes and
+// --service-proxy against a real API server (reached from the node's
+// namespace, with exactly the documented RBAC rules): it waits, not ready
+// and saying why, for its Node's podCIDRs until kube-controller-manager
+// allocates them; it then becomes ready (the service table programmed),
+// publishes its annotations and NetworkUnavailable=False, routes to a peer
+// Node that has podnet's annotations, drops those routes when the peer's
+// Node is deleted, and on leave removes its annotations and the service
+// table.
 func TestKubernetesDatastore(t *testing.T) {
 	env := newNodeEnv(t)
 	cp, admin, kubeconfig := startKubeControlPlane(t, env)
@@ -109,7 +114,7 @@ func TestKubernetesDatastore(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := env.cfg
-	cfg.Datastore, cfg.Kubeconfig = "kubernetes", kubeconfig
+	cfg.Datastore, cfg.Kubeconfig, cfg.ServiceProxy = "kubernetes", kubeconfig, true
 	tn, err := env.start(t, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +132,9 @@ func TestKubernetesDatastore(t *testing.T) {
 		t.Fatal(err)
 	}
 	tn.waitReady(t)
+	if !serviceTable(t, tn.ns) {
+		t.Error("ready without the service proxy's table")
+	}
 	n1, err := nodes.Get(ctx, "n1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -188,6 +196,9 @@ func TestKubernetesDatastore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if serviceTable(t, tn.ns) {
+		t.Error("after leave, the service proxy's table is left")
+	}
 	for _, k := range []string{kubeapi.AnnotationNodeIP, kubeapi.AnnotationNodeIP6, kubeapi.AnnotationVTEPMAC} {
 		if v, ok := n1.Annotations[k]; ok {
 			t.Errorf("after leave, %s = %q", k, v)
@@ -215,4 +226,23 @@ func TestKubernetesDatastore(t *testing.T) {
 	if err := a3.Leave(ctx); err != nil {
 		t.Fatalf("leave while waiting for podCIDRs: %v", err)
 	}
+}
+
+// serviceTable reports whether ns holds the service proxy's table.
+func serviceTable(t *testing.T, ns *netns.Temp) bool {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == dataplane.TableName {
+			return true
+		}
+	}
+	return false
 }

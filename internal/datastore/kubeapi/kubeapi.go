@@ -23,7 +23,8 @@
 // than the grace period, and everything resumes when the API answers again.
 //
 // The agent's credentials need exactly Rules: get, list and watch on nodes,
-// patch on nodes/status (see docs/agent-datastore.md).
+// patch on nodes/status, and get, list and watch on services and
+// endpointslices for the service proxy (see docs/agent-datastore.md).
 package kubeapi
 
 import (
@@ -84,11 +85,15 @@ type Config struct {
 
 // Rules are the RBAC rules the agent's credentials need, and all it uses:
 // read and follow the Nodes, patch a Node's status (its annotations and
-// its NetworkUnavailable condition go through nodes/status).
+// its NetworkUnavailable condition go through nodes/status), and, for the
+// service proxy (package services), read and follow the Services and
+// EndpointSlices.
 func Rules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
 	}
 }
 
@@ -204,6 +209,11 @@ func (s *Store) EnsureClusterConfig(_ context.Context, want cluster.Config) (clu
 	}
 	return c, diffs, nil
 }
+
+// Clientset is the store's client of the Kubernetes API (reaching it
+// from Config.NetNS, with the store's credentials), for the agent's
+// other users of the API: the service proxy's informers.
+func (s *Store) Clientset() kubernetes.Interface { return s.client }
 
 // Close stops the Node informer, if it runs; it is the Store's last call.
 func (s *Store) Close() error {
