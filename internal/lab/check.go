@@ -140,7 +140,7 @@ func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 			return nil, err
 		}
 	}
-	if err := serve("outside", func() (*netns.NS, error) { return openNamed(l.nsName("outside")) }); err != nil {
+	if err := serve(Outside, func() (*netns.NS, error) { return openNamed(l.nsName(Outside)) }); err != nil {
 		return nil, err
 	}
 
@@ -160,7 +160,7 @@ func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 			outs = append(outs, OutsideIP6.String())
 		}
 		for _, ip := range outs {
-			r.Outside = append(r.Outside, Probe{From: src.Name, To: "outside", Proto: "tcp", Addr: ip})
+			r.Outside = append(r.Outside, Probe{From: src.Name, To: Outside, Proto: "tcp", Addr: ip})
 		}
 	}
 	if l.Spec.Kubernetes {
@@ -198,7 +198,7 @@ func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 					pr.Seen, err = askSource(ctx, ns, net.JoinHostPort(dst.String(), fmt.Sprint(checkPort)))
 					if err == nil {
 						want := sameFamily(dst, src.IPs)
-						if pr.To == "outside" {
+						if pr.To == Outside {
 							want = sameFamily(dst, nodeIP[src.Node])
 						}
 						if pr.Seen != want {
@@ -237,7 +237,7 @@ func (l *Lab) serviceProbes(ctx context.Context, pods []*Pod) ([]Probe, error) {
 		ps = append(ps, Probe{From: p.Name, To: ToClusterIP, Proto: "tcp", Addr: clusterIP})
 	}
 	for _, n := range l.Nodes {
-		ps = append(ps, Probe{From: "outside", To: ToNodePort, Proto: "tcp", Addr: net.JoinHostPort(n.IP, fmt.Sprint(PodsNodePort))})
+		ps = append(ps, Probe{From: Outside, To: ToNodePort, Proto: "tcp", Addr: net.JoinHostPort(n.IP, fmt.Sprint(PodsNodePort))})
 	}
 	return ps, nil
 }
@@ -397,7 +397,7 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, "pods %s…\n", prefix)
 	}
 	label := func(p string) string { return strings.TrimPrefix(p, prefix) }
-	width := len("outside")
+	width := len(Outside)
 	for _, p := range r.Pods {
 		width = max(width, len(label(p)))
 	}
@@ -415,7 +415,7 @@ func (r *Report) Print(w io.Writer) {
 	for _, p := range r.Pods {
 		head = append(head, label(p))
 	}
-	row("from\\to", append(append(head, "outside"), svcCols...))
+	row("from\\to", append(append(head, Outside), svcCols...))
 	mark := func(ps []Probe) string {
 		if len(ps) == 0 {
 			return "-"
@@ -446,9 +446,9 @@ func (r *Report) Print(w io.Writer) {
 			cells[i] = "-"
 		}
 		for _, c := range svcCols {
-			cells = append(cells, mark(service[key{"outside", c}]))
+			cells = append(cells, mark(service[key{Outside, c}]))
 		}
-		row("outside", cells)
+		row(Outside, cells)
 	}
 	for _, ps := range [][]Probe{r.Probes, r.Outside, r.Services} {
 		for _, p := range ps {

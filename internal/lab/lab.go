@@ -308,13 +308,21 @@ func (l *Lab) pod(name string) (*Pod, error) {
 	return nil, fmt.Errorf("lab %s has no pod %q", l.Name, name)
 }
 
-// Namespace returns the namespace name of a pod or a node of the lab.
+// Outside names the outside host beyond the router in Namespace and
+// OpenNetNS.
+const Outside = "outside"
+
+// Namespace returns the namespace name of a pod or a node of the lab, or
+// of the outside host (Outside).
 func (l *Lab) Namespace(name string) (string, error) {
+	if name == Outside {
+		return l.nsName(Outside), nil
+	}
 	if p, err := l.pod(name); err == nil {
 		return p.NS, nil
 	}
 	if n, err := l.node(name); err == nil {
 		return n.NS, nil
 	}
-	return "", fmt.Errorf("lab %s has no pod or node %q", l.Name, name)
+	return "", fmt.Errorf("lab %s has no pod or node %q (nor is it %q)", l.Name, name, Outside)
 }

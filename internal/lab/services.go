@@ -175,7 +175,7 @@ func (l *Lab) externalRoutes(f func(s *space, gw net.IP) error, n *Node) error {
 	for _, hop := range []struct {
 		role string
 		gw   net.IP
-	}{{"outside", outsideGW}, {"router", net.ParseIP(n.IP).To4()}} {
+	}{{Outside, outsideGW}, {"router", net.ParseIP(n.IP).To4()}} {
 		s, err := openNS(l.nsName(hop.role))
 		if err != nil {
 			errs = append(errs, err)
