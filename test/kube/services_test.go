@@ -400,10 +400,12 @@ func testNodePort(t *testing.T, ctx context.Context, e *svcEnv) {
 // testExternalLocal: with externalTrafficPolicy Local, a NodePort answers
 // only on the nodes with a local endpoint, from that endpoint, which sees
 // the outside host's own address; the healthCheckNodePort says 200 and
-// the local endpoint count there, 503 and none elsewhere.
+// the local endpoint count there, 503 and none elsewhere. The Service is
+// a LoadBalancer (without an ingress IP: its NodePorts are what a load
+// balancer would send to), the type the API gives a healthCheckNodePort.
 func testExternalLocal(t *testing.T, ctx context.Context, e *svcEnv) {
 	s := e.createService(t, ctx, service("local", map[string]string{localLabel: "yes"}, func(s *corev1.Service) {
-		s.Spec.Type = corev1.ServiceTypeNodePort
+		s.Spec.Type = corev1.ServiceTypeLoadBalancer
 		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	}))
 	if s.Spec.HealthCheckNodePort == 0 {
