@@ -234,7 +234,7 @@ func newLabDown(f *labFlags) *cobra.Command {
 }
 
 func newLabExec(f *labFlags) *cobra.Command {
-	return onLab(f, "exec POD|NODE -- COMMAND [ARG...]", "Run a command inside a pod's (Kubernetes mode: NAMESPACE/POD) or a node's network namespace", cobra.MinimumNArgs(2),
+	return onLab(f, "exec POD|NODE|outside -- COMMAND [ARG...]", "Run a command inside a pod's (Kubernetes mode: NAMESPACE/POD), a node's or the outside host's network namespace", cobra.MinimumNArgs(2),
 		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
 			ns, err := l.OpenNetNS(ctx, args[0])
 			if err != nil {
