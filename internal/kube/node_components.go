@@ -92,7 +92,7 @@ func (c NodeConfig) proxyConfig() ([]byte, error) {
 	cfg := map[string]any{
 		"apiVersion":       "kubeproxy.config.k8s.io/v1alpha1",
 		"kind":             "KubeProxyConfiguration",
-		"mode":             c.ProxyMode.orDefault(),
+		"mode":             c.ProxyMode.OrDefault(),
 		"hostnameOverride": c.Name,
 		"clusterCIDR":      c.ClusterCIDR,
 		"clientConnection": map[string]any{"kubeconfig": c.ProxyKubeconfig},

@@ -28,8 +28,8 @@ const (
 // known tells whether kube-proxy is given m ("" is ProxyIPTables).
 func (m ProxyMode) known() bool { return m == "" || m == ProxyIPTables || m == ProxyNFTables }
 
-// orDefault is m, or ProxyIPTables when m is empty.
-func (m ProxyMode) orDefault() ProxyMode {
+// OrDefault is m, or ProxyIPTables when m is empty.
+func (m ProxyMode) OrDefault() ProxyMode {
 	if m == "" {
 		return ProxyIPTables
 	}

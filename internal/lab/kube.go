@@ -336,7 +336,15 @@ func (l *Lab) nodeComponents() string {
 	if l.Spec.KubeProxy == KubeProxyNone {
 		return "containerd (images imported), kubelet (no kube-proxy: podnet serves Services)"
 	}
-	return fmt.Sprintf("containerd (images imported), kubelet, kube-proxy (%s mode)", l.Spec.KubeProxy)
+	return "containerd (images imported), kubelet, " + l.serviceProxy()
+}
+
+// serviceProxy names what serves the Kubernetes lab's Services.
+func (l *Lab) serviceProxy() string {
+	if l.Spec.KubeProxy == KubeProxyNone {
+		return "podnet's service proxy"
+	}
+	return fmt.Sprintf("kube-proxy (%s mode)", l.Spec.KubeProxy.OrDefault())
 }
 
 // podnetManifest is deploy.Manifest as a List for kubectl apply, its
