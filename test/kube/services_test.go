@@ -243,8 +243,12 @@ func exchangeUDP(conn net.Conn) (reply, error) {
 	return parseReply(string(buf[:n]))
 }
 
-// spread asks addr from ns until every one of want has answered (and
-// nothing else has), for up to programWait, and returns every reply.
+// minExchanges is the least number of exchanges spread makes.
+const minExchanges = 30
+
+// spread asks addr from ns, over at least minExchanges new connections
+// (or sockets), until every one of want has answered (and nothing else
+// has), for up to programWait, and returns every reply.
 func spread(ctx context.Context, ns *netns.NS, proto, addr string, want []string) ([]reply, error) {
 	var replies []reply
 	seen := map[string]bool{}
@@ -260,8 +264,8 @@ func spread(ctx context.Context, ns *netns.NS, proto, addr string, want []string
 			replies = append(replies, r)
 			seen[r.backend] = true
 		}
-		if len(seen) < len(want) {
-			return fmt.Errorf("answered only by %v in %d exchanges", keys(seen), len(replies))
+		if len(seen) < len(want) || len(replies) < minExchanges {
+			return fmt.Errorf("answered by %v in %d exchanges", keys(seen), len(replies))
 		}
 		return nil
 	})
