@@ -34,9 +34,10 @@ func newLab() *cobra.Command {
 more L2 segments joined by a router, an outside network beyond it, nodes that
 each run the real podnet-agent (the first embeds etcd, the others join it),
 and pods attached through the real CNI path. With --kubernetes the lab is a
-real Kubernetes instead: a control plane, containerd, kubelet and kube-proxy
-on every node, podnet installed from deploy/podnet.yaml, the pods a
-Deployment's. Nothing touches the machine's own network namespace. Needs
+real Kubernetes instead: a control plane, containerd, kubelet and (unless
+--kube-proxy none) kube-proxy on every node, podnet installed from
+deploy/podnet.yaml, the pods a Deployment's and a NodePort Service over
+them. Nothing touches the machine's own network namespace. Needs
 root.`,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
 			if os.Geteuid() != 0 {
@@ -62,6 +63,7 @@ func specFlags(cmd *cobra.Command, s *lab.Spec, bins *lab.Binaries) {
 	fl.BoolVar(&s.IPv6, "ipv6", false, "dual-stack underlay and pods")
 	fl.DurationVar(&s.LeaseTTL, "lease-ttl", 20*time.Second, "grace period before a dead node's subnet is reclaimed")
 	fl.BoolVar(&s.Kubernetes, "kubernetes", false, "a real Kubernetes: control plane, containerd, kubelet and kube-proxy on every node, podnet as a DaemonSet, the pods a Deployment's (run from the podnet repository: it builds Kubernetes "+kube.Version+" once, ~7-10 min on 2 cores, then cached)")
+	fl.StringVar((*string)(&s.KubeProxy), "kube-proxy", "", "with --kubernetes: kube-proxy on every node in iptables or nftables mode, or none (podnet's service proxy serves Services); default none when deploy/podnet.yaml turns podnet's service proxy on, else iptables")
 	fl.StringVar(&bins.Agent, "agent-bin", "", "podnet-agent binary (default: next to this executable)")
 	fl.StringVar(&bins.CNI, "cni-bin", "", "podnet-cni binary (default: next to this executable)")
 }
@@ -232,7 +234,7 @@ func newLabDown(f *labFlags) *cobra.Command {
 }
 
 func newLabExec(f *labFlags) *cobra.Command {
-	return onLab(f, "exec POD|NODE -- COMMAND [ARG...]", "Run a command inside a pod's (Kubernetes mode: NAMESPACE/POD) or a node's network namespace", cobra.MinimumNArgs(2),
+	return onLab(f, "exec POD|NODE|outside -- COMMAND [ARG...]", "Run a command inside a pod's (Kubernetes mode: NAMESPACE/POD), a node's or the outside host's network namespace", cobra.MinimumNArgs(2),
 		func(ctx context.Context, out io.Writer, l *lab.Lab, args []string) error {
 			ns, err := l.OpenNetNS(ctx, args[0])
 			if err != nil {

@@ -5,7 +5,8 @@
 // network namespace, with an x509 PKI, Node,RBAC authorization and
 // NodeRestriction admission, and hands out client-certificate
 // kubeconfigs for the nodes and their components; StartNode runs a node
-// (containerd, kubelet, kube-proxy) inside a node's network namespace and
-// a mount namespace of its own. Nothing runs in, or changes, the
+// (containerd, kubelet and, unless another service proxy serves the
+// node, kube-proxy in iptables or nftables mode) inside a node's network
+// namespace and a mount namespace of its own. Nothing runs in, or changes, the
 // machine's own network namespace.
 package kube

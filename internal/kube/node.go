@@ -46,8 +46,11 @@ type NodeConfig struct {
 	// of system:node:<Name>); empty runs kubelet standalone, with only the
 	// static pods of StaticPodDir.
 	Kubeconfig string
-	// ProxyKubeconfig is kube-proxy's; empty runs no kube-proxy.
+	// ProxyKubeconfig is kube-proxy's; empty runs no kube-proxy (another
+	// service proxy, podnet's, serves the node's Services, or none does).
 	ProxyKubeconfig string
+	// ProxyMode is kube-proxy's mode; empty is ProxyIPTables.
+	ProxyMode ProxyMode
 	// CAFile is the cluster CA kubelet authenticates clients with (x509);
 	// empty authenticates none.
 	CAFile string
@@ -97,6 +100,9 @@ func (c NodeConfig) validate() error {
 	}
 	if c.ProxyKubeconfig != "" && c.Bins.Proxy == "" {
 		errs = append(errs, errors.New("no kube-proxy binary"))
+	}
+	if !c.ProxyMode.known() {
+		errs = append(errs, fmt.Errorf("kube-proxy mode %q: not %s or %s", c.ProxyMode, ProxyIPTables, ProxyNFTables))
 	}
 	if len(c.Supervisor) == 0 {
 		errs = append(errs, errors.New("no supervisor command"))
@@ -170,6 +176,11 @@ type readyReport struct {
 func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if cfg.ProxyKubeconfig != "" && cfg.ProxyMode == ProxyNFTables {
+		if err := CheckNFT(); err != nil {
+			return nil, fmt.Errorf("node %s: kube-proxy in nftables mode: %w", cfg.Name, err)
+		}
 	}
 	if err := os.MkdirAll(cfg.path("logs"), 0o755); err != nil {
 		return nil, fmt.Errorf("node %s: %w", cfg.Name, err)

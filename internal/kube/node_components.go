@@ -84,7 +84,7 @@ func (c NodeConfig) kubeletArgs() []string {
 	return args
 }
 
-// proxyConfig is the KubeProxyConfiguration of the node: iptables mode,
+// proxyConfig is the KubeProxyConfiguration of the node: its ProxyMode,
 // in the node's network namespace. Conntrack sizes and timeouts of zero
 // leave the global conntrack sysctls alone, and its OOM score stays (it
 // takes CAP_SYS_RESOURCE to lower).
@@ -92,7 +92,7 @@ func (c NodeConfig) proxyConfig() ([]byte, error) {
 	cfg := map[string]any{
 		"apiVersion":       "kubeproxy.config.k8s.io/v1alpha1",
 		"kind":             "KubeProxyConfiguration",
-		"mode":             "iptables",
+		"mode":             c.ProxyMode.OrDefault(),
 		"hostnameOverride": c.Name,
 		"clusterCIDR":      c.ClusterCIDR,
 		"clientConnection": map[string]any{"kubeconfig": c.ProxyKubeconfig},

@@ -40,6 +40,8 @@ func TestNodeConfigValidate(t *testing.T) {
 		{"proxy without binary", func(c *NodeConfig) { c.Bins.Proxy = "" }, "no kube-proxy binary"},
 		{"no supervisor", func(c *NodeConfig) { c.Supervisor = nil }, "no supervisor command"},
 		{"bad cluster CIDR", func(c *NodeConfig) { c.ClusterCIDR = "10.244.0.0" }, "cluster CIDR"},
+		{"nftables proxy", func(c *NodeConfig) { c.ProxyMode = ProxyNFTables }, ""},
+		{"unknown proxy mode", func(c *NodeConfig) { c.ProxyMode = "ipvs" }, `kube-proxy mode "ipvs"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := validNodeConfig()
@@ -104,27 +106,51 @@ func TestNodeComponentConfigs(t *testing.T) {
 		})
 	}
 
-	c := validNodeConfig()
-	b, err := c.proxyConfig()
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		mode ProxyMode
+		want string
+	}{{"", "iptables"}, {ProxyIPTables, "iptables"}, {ProxyNFTables, "nftables"}} {
+		c := validNodeConfig()
+		c.ProxyMode = tc.mode
+		b, err := c.proxyConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pc struct {
+			Mode             string
+			HostnameOverride string
+			ClusterCIDR      string
+			ClientConnection struct{ Kubeconfig string }
+			Conntrack        map[string]any
+		}
+		if err := json.Unmarshal(b, &pc); err != nil {
+			t.Fatal(err)
+		}
+		if pc.Mode != tc.want || pc.HostnameOverride != "n1" || pc.ClusterCIDR != c.ClusterCIDR || pc.ClientConnection.Kubeconfig != c.ProxyKubeconfig {
+			t.Errorf("kube-proxy config of mode %q: %+v, want mode %s", tc.mode, pc, tc.want)
+		}
+		for k, v := range pc.Conntrack {
+			if v != 0.0 && v != "0s" {
+				t.Errorf("kube-proxy conntrack %s = %v: would change a global sysctl", k, v)
+			}
+		}
 	}
-	var pc struct {
-		Mode             string
-		HostnameOverride string
-		ClusterCIDR      string
-		ClientConnection struct{ Kubeconfig string }
-		Conntrack        map[string]any
-	}
-	if err := json.Unmarshal(b, &pc); err != nil {
-		t.Fatal(err)
-	}
-	if pc.Mode != "iptables" || pc.HostnameOverride != "n1" || pc.ClusterCIDR != c.ClusterCIDR || pc.ClientConnection.Kubeconfig != c.ProxyKubeconfig {
-		t.Errorf("kube-proxy config %+v", pc)
-	}
-	for k, v := range pc.Conntrack {
-		if v != 0.0 && v != "0s" {
-			t.Errorf("kube-proxy conntrack %s = %v: would change a global sysctl", k, v)
+}
+
+func TestParseNFTVersion(t *testing.T) {
+	for _, tc := range []struct {
+		out  string
+		want [3]int
+		err  bool
+	}{
+		{"nftables v1.0.6 (Lester Gooch #5)\n", [3]int{1, 0, 6}, false},
+		{"nftables v0.9.8 (E.D.S.)", [3]int{0, 9, 8}, false},
+		{"nftables v1.1 (Commodore Bullmoose)", [3]int{1, 1, 0}, false},
+		{"usage: nft", [3]int{}, true},
+	} {
+		got, err := parseNFTVersion(tc.out)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("parseNFTVersion(%q) = %v, %v; want %v (error: %v)", tc.out, got, err, tc.want, tc.err)
 		}
 	}
 }

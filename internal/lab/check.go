@@ -16,21 +16,25 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podnet/podnet/internal/netns"
 )
 
 // checkPort is where each pod's built-in server listens during a check.
-const checkPort = "7777"
+const checkPort = 7777
 
 // probeTimeout bounds one probe.
 const probeTimeout = 3 * time.Second
 
 // Probe is one test of the connectivity matrix.
 type Probe struct {
-	From, To string // pod names ("outside" for the outside host)
+	// From and To are pod names, "outside" for the outside host; To is
+	// ToClusterIP or ToNodePort for a probe of the lab's Service.
+	From, To string
 	Proto    string // icmp or tcp
-	Addr     string // destination address
+	// Addr is the destination address; host:port for a Service probe.
+	Addr string
 	// Seen is the source address the TCP server saw.
 	Seen string
 	Err  string
@@ -44,12 +48,26 @@ type Report struct {
 	Pods    []string
 	Probes  []Probe // pod to pod
 	Outside []Probe // pod to the outside host
+	// Services (Kubernetes mode) are the probes of the lab's Service:
+	// each pod to its ClusterIP, the outside host to its NodePort on every
+	// node's address.
+	Services []Probe
 }
+
+// Destinations of the Service probes (Probe.To).
+const (
+	ToClusterIP = "clusterIP"
+	ToNodePort  = "nodePort"
+)
+
+// serviceWait bounds the retries of one Service probe: a service proxy
+// programs endpoints a moment after the API lists them.
+const serviceWait = 15 * time.Second
 
 // Failures counts the failed probes.
 func (r *Report) Failures() int {
 	n := 0
-	for _, ps := range [][]Probe{r.Probes, r.Outside} {
+	for _, ps := range [][]Probe{r.Probes, r.Outside, r.Services} {
 		for _, p := range ps {
 			if !p.OK() {
 				n++
@@ -65,7 +83,10 @@ func (r *Report) Failures() int {
 // source address it saw, which must be the sender's pod address (no NAT).
 // Every pod also reaches the outside host, which must see the pod's node
 // address (egress masquerade). The pods are the lab's; in Kubernetes mode
-// those of its Deployment (KubePods).
+// those of its Deployment (KubePods), and the lab's Service over them is
+// probed too (each pod reaches its ClusterIP, the outside host its
+// NodePort on every node's address; any endpoint may answer, with any
+// source address).
 func (l *Lab) Check(ctx context.Context) (*Report, error) {
 	if l.Spec.Kubernetes {
 		pods, err := l.KubePods(ctx, PodsNamespace, PodsSelector)
@@ -81,7 +102,8 @@ func (l *Lab) Check(ctx context.Context) (*Report, error) {
 }
 
 // CheckPods is Check over the given pods (of the lab, or its Kubernetes
-// pods from KubePods).
+// pods from KubePods: in Kubernetes mode they must be the Deployment's,
+// which the Service's probes reach).
 func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 	nodeIP := map[string][]string{}
 	for _, n := range l.Nodes {
@@ -118,7 +140,7 @@ func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 			return nil, err
 		}
 	}
-	if err := serve("outside", func() (*netns.NS, error) { return openNamed(l.nsName("outside")) }); err != nil {
+	if err := serve(Outside, func() (*netns.NS, error) { return openNamed(l.nsName(Outside)) }); err != nil {
 		return nil, err
 	}
 
@@ -138,14 +160,19 @@ func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 			outs = append(outs, OutsideIP6.String())
 		}
 		for _, ip := range outs {
-			r.Outside = append(r.Outside, Probe{From: src.Name, To: "outside", Proto: "tcp", Addr: ip})
+			r.Outside = append(r.Outside, Probe{From: src.Name, To: Outside, Proto: "tcp", Addr: ip})
 		}
 	}
-	for i := range r.Probes {
-		jobs = append(jobs, &r.Probes[i])
+	if l.Spec.Kubernetes {
+		var err error
+		if r.Services, err = l.serviceProbes(ctx, pods); err != nil {
+			return nil, err
+		}
 	}
-	for i := range r.Outside {
-		jobs = append(jobs, &r.Outside[i])
+	for _, ps := range [][]Probe{r.Probes, r.Outside, r.Services} {
+		for i := range ps {
+			jobs = append(jobs, &ps[i])
+		}
 	}
 	podByName := map[string]*Pod{}
 	for _, p := range pods {
@@ -162,14 +189,16 @@ func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 				ns := spaces[pr.From]
 				dst := net.ParseIP(pr.Addr)
 				var err error
-				switch pr.Proto {
-				case "icmp":
+				switch {
+				case pr.To == ToClusterIP || pr.To == ToNodePort:
+					pr.Seen, err = askService(ctx, ns, pr.Addr)
+				case pr.Proto == "icmp":
 					err = ping(ns, dst, probeTimeout)
-				case "tcp":
-					pr.Seen, err = askSource(ctx, ns, dst)
+				case pr.Proto == "tcp":
+					pr.Seen, err = askSource(ctx, ns, net.JoinHostPort(dst.String(), fmt.Sprint(checkPort)))
 					if err == nil {
 						want := sameFamily(dst, src.IPs)
-						if pr.To == "outside" {
+						if pr.To == Outside {
 							want = sameFamily(dst, nodeIP[src.Node])
 						}
 						if pr.Seen != want {
@@ -191,6 +220,46 @@ func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 	return r, nil
 }
 
+// serviceProbes are the probes of the lab's Service: each pod to its
+// ClusterIP, the outside host to its NodePort on each node's address.
+func (l *Lab) serviceProbes(ctx context.Context, pods []*Pod) ([]Probe, error) {
+	c, err := l.Client()
+	if err != nil {
+		return nil, err
+	}
+	svc, err := c.CoreV1().Services(PodsNamespace).Get(ctx, PodsService, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("the lab's Service: %w", err)
+	}
+	var ps []Probe
+	clusterIP := net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(PodsServicePort))
+	for _, p := range pods {
+		ps = append(ps, Probe{From: p.Name, To: ToClusterIP, Proto: "tcp", Addr: clusterIP})
+	}
+	for _, n := range l.Nodes {
+		ps = append(ps, Probe{From: Outside, To: ToNodePort, Proto: "tcp", Addr: net.JoinHostPort(n.IP, fmt.Sprint(PodsNodePort))})
+	}
+	return ps, nil
+}
+
+// askService is askSource to a Service's address, tried again until it
+// answers or serviceWait passes.
+func askService(ctx context.Context, ns *netns.NS, addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, serviceWait)
+	defer cancel()
+	for {
+		seen, err := askSource(ctx, ns, addr)
+		if err == nil {
+			return seen, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 // sameFamily picks the address of ip's family from a list.
 func sameFamily(ip net.IP, list []string) string {
 	for _, s := range list {
@@ -208,7 +277,7 @@ func serveSource(ns *netns.NS) (func(), error) {
 	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp", ":"+checkPort)
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", checkPort))
 		return err
 	})
 	if err != nil {
@@ -228,14 +297,14 @@ func serveSource(ns *netns.NS) (func(), error) {
 	return func() { ln.Close() }, nil
 }
 
-// askSource connects from ns to dst's server and returns the source
-// address the server saw.
-func askSource(ctx context.Context, ns *netns.NS, dst net.IP) (string, error) {
+// askSource connects from ns to the server at addr (host:port) and
+// returns the source address the server saw.
+func askSource(ctx context.Context, ns *netns.NS, addr string) (string, error) {
 	var c net.Conn
 	err := ns.Do(func() error {
 		var err error
 		d := net.Dialer{Timeout: probeTimeout}
-		c, err = d.DialContext(ctx, "tcp", net.JoinHostPort(dst.String(), checkPort))
+		c, err = d.DialContext(ctx, "tcp", addr)
 		return err
 	})
 	if err != nil {
@@ -301,7 +370,9 @@ func ping(ns *netns.NS, dst net.IP, timeout time.Duration) error {
 }
 
 // Print writes the matrix (one cell per pod pair: every family and both
-// protocols), the outside column, the failures and a summary line.
+// protocols), the outside column, in Kubernetes mode the Service's
+// columns (each pod to the ClusterIP; the outside host's row to the
+// NodePort on every node), the failures and a summary line.
 func (r *Report) Print(w io.Writer) {
 	type key struct{ from, to string }
 	cell := map[key][]Probe{}
@@ -312,21 +383,39 @@ func (r *Report) Print(w io.Writer) {
 	for _, p := range r.Outside {
 		outside[p.From] = append(outside[p.From], p)
 	}
+	service := map[key][]Probe{}
+	for _, p := range r.Services {
+		service[key{p.From, p.To}] = append(service[key{p.From, p.To}], p)
+	}
+	var svcCols []string
+	if len(r.Services) > 0 {
+		svcCols = []string{ToClusterIP, ToNodePort}
+	}
 	// Names sharing a prefix (a Deployment's pods) are shown without it.
 	prefix := commonPrefix(r.Pods)
 	if prefix != "" {
 		fmt.Fprintf(w, "pods %s…\n", prefix)
 	}
 	label := func(p string) string { return strings.TrimPrefix(p, prefix) }
-	width := 6
+	width := len(Outside)
 	for _, p := range r.Pods {
 		width = max(width, len(label(p)))
 	}
-	fmt.Fprintf(w, "%-*s", width+2, "from\\to")
-	for _, p := range r.Pods {
-		fmt.Fprintf(w, " %-*s", width, label(p))
+	for _, c := range svcCols {
+		width = max(width, len(c))
 	}
-	fmt.Fprintf(w, " %s\n", "outside")
+	row := func(from string, cells []string) {
+		line := fmt.Sprintf("%-*s", width+2, label(from))
+		for _, c := range cells {
+			line += fmt.Sprintf(" %-*s", width, c)
+		}
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
+	}
+	var head []string
+	for _, p := range r.Pods {
+		head = append(head, label(p))
+	}
+	row("from\\to", append(append(head, Outside), svcCols...))
 	mark := func(ps []Probe) string {
 		if len(ps) == 0 {
 			return "-"
@@ -339,13 +428,29 @@ func (r *Report) Print(w io.Writer) {
 		return "ok"
 	}
 	for _, from := range r.Pods {
-		fmt.Fprintf(w, "%-*s", width+2, label(from))
+		var cells []string
 		for _, to := range r.Pods {
-			fmt.Fprintf(w, " %-*s", width, mark(cell[key{from, to}]))
+			cells = append(cells, mark(cell[key{from, to}]))
 		}
-		fmt.Fprintf(w, " %s\n", mark(outside[from]))
+		cells = append(cells, mark(outside[from]))
+		for _, c := range svcCols {
+			cells = append(cells, mark(service[key{from, c}]))
+		}
+		row(from, cells)
 	}
-	for _, ps := range [][]Probe{r.Probes, r.Outside} {
+	if len(svcCols) > 0 {
+		// The outside host reaches no pod (no route to the pod network),
+		// only the Service's NodePort.
+		cells := make([]string, len(r.Pods)+1)
+		for i := range cells {
+			cells[i] = "-"
+		}
+		for _, c := range svcCols {
+			cells = append(cells, mark(service[key{Outside, c}]))
+		}
+		row(Outside, cells)
+	}
+	for _, ps := range [][]Probe{r.Probes, r.Outside, r.Services} {
 		for _, p := range ps {
 			if !p.OK() {
 				fmt.Fprintf(w, "  FAIL %s → %s %s %s: %s\n", p.From, p.To, p.Proto, p.Addr, p.Err)
@@ -365,8 +470,21 @@ func (r *Report) Print(w io.Writer) {
 			outOK++
 		}
 	}
-	fmt.Fprintf(w, "%d/%d pod pairs reach each other over ICMP and TCP (%d probes; a pair is ok only if every receiver saw the sender's pod IP: no NAT); %d/%d pods reach the outside masqueraded as their node; %d failures\n",
-		okPairs, pairs, len(r.Probes), outOK, len(outside), r.Failures())
+	fmt.Fprintf(w, "%d/%d pod pairs reach each other over ICMP and TCP (%d probes; a pair is ok only if every receiver saw the sender's pod IP: no NAT); %d/%d pods reach the outside masqueraded as their node",
+		okPairs, pairs, len(r.Probes), outOK, len(outside))
+	if len(r.Services) > 0 {
+		ok := map[string]int{}
+		total := map[string]int{}
+		for _, p := range r.Services {
+			total[p.To]++
+			if p.OK() {
+				ok[p.To]++
+			}
+		}
+		fmt.Fprintf(w, "; %d/%d pods reach the Service's ClusterIP; the outside reaches its NodePort on %d/%d nodes",
+			ok[ToClusterIP], total[ToClusterIP], ok[ToNodePort], total[ToNodePort])
+	}
+	fmt.Fprintf(w, "; %d failures\n", r.Failures())
 }
 
 // commonPrefix is the longest prefix, ending in '/' or '-', that all of

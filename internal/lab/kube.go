@@ -114,7 +114,7 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		if err := l.startKubeNode(ctx, cp, n); err != nil {
 			return err
 		}
-		l.progress("node %s: containerd (images imported), kubelet, kube-proxy started in %s", n.Name, since(t))
+		l.progress("node %s: %s started in %s", n.Name, l.nodeComponents(), since(t))
 		return nil
 	})
 	if err != nil {
@@ -162,6 +162,13 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		for _, p := range pods {
 			l.progress("pod %s on %s: %s", p.Name, p.Node, strings.Join(p.IPs, ", "))
 		}
+		t = time.Now()
+		svc, err := l.runService(ctx, client, replicas)
+		if err != nil {
+			return err
+		}
+		l.progress("Service %s/%s: ClusterIP %s port %d, NodePort %d, %d endpoints ready after %s",
+			PodsNamespace, PodsService, svc.Spec.ClusterIP, PodsServicePort, PodsNodePort, replicas, since(t))
 	}
 	l.progress("lab %s up in %s", l.Name, since(start))
 	return nil
@@ -301,70 +308,113 @@ func (l *Lab) writeImages(ctx context.Context) ([]string, error) {
 	return append(images, podnet), nil
 }
 
-// startKubeNode runs the node's containerd, kubelet and kube-proxy in its
-// namespace, with the lab's images imported.
+// startKubeNode runs the node's containerd, kubelet and kube-proxy (in
+// the spec's mode; none with KubeProxyNone) in its namespace, with the
+// lab's images imported.
 func (l *Lab) startKubeNode(ctx context.Context, cp *kube.ControlPlane, n *Node) error {
 	kubelet, err := cp.Kubeconfig("system:node:"+n.Name, "system:nodes")
 	if err != nil {
 		return err
 	}
-	proxy, err := cp.Kubeconfig("system:kube-proxy")
-	if err != nil {
-		return err
-	}
-	_, err = kube.StartNode(ctx, kube.NodeConfig{
+	cfg := kube.NodeConfig{
 		Bins: l.Kube.Bins, Name: n.Name, NetNS: filepath.Join(netns.RunDir, n.NS), IP: net.ParseIP(n.IP), Dir: n.Dir,
-		Kubeconfig: kubelet, ProxyKubeconfig: proxy, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR,
+		Kubeconfig: kubelet, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR,
 		Images: l.Kube.Images, Supervisor: []string{l.Bins.CLI, "kube-node"}, Detach: true,
-	})
+	}
+	if l.Spec.KubeProxy != KubeProxyNone {
+		if cfg.ProxyKubeconfig, err = cp.Kubeconfig("system:kube-proxy"); err != nil {
+			return err
+		}
+		cfg.ProxyMode = l.Spec.KubeProxy
+	}
+	_, err = kube.StartNode(ctx, cfg)
 	return err
 }
 
+// nodeComponents names what startKubeNode runs, for progress lines.
+func (l *Lab) nodeComponents() string {
+	if l.Spec.KubeProxy == KubeProxyNone {
+		return "containerd (images imported), kubelet (no kube-proxy: podnet serves Services)"
+	}
+	return "containerd (images imported), kubelet, " + l.serviceProxy()
+}
+
+// serviceProxy names what serves the Kubernetes lab's Services.
+func (l *Lab) serviceProxy() string {
+	if l.Spec.KubeProxy == KubeProxyNone {
+		return "podnet's service proxy"
+	}
+	return fmt.Sprintf("kube-proxy (%s mode)", l.Spec.KubeProxy.OrDefault())
+}
+
 // podnetManifest is deploy.Manifest as a List for kubectl apply, its
-// ConfigMap holding the lab's cluster CIDR and backend; everything else as
-// shipped.
+// ConfigMap holding the lab's cluster CIDR, backend and service proxy;
+// everything else as shipped.
 func (l *Lab) podnetManifest() ([]byte, error) {
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(deploy.Manifest), 4096)
-	var items []map[string]any
-	for {
-		var obj map[string]any
-		if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return nil, fmt.Errorf("deploy/podnet.yaml: %w", err)
-		}
-		if obj == nil {
-			continue
-		}
+	items, err := manifestItems()
+	if err != nil {
+		return nil, err
+	}
+	for _, obj := range items {
 		if obj["kind"] == "ConfigMap" {
 			if err := l.adaptConfig(obj); err != nil {
 				return nil, err
 			}
 		}
-		items = append(items, obj)
 	}
 	return json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
 }
 
-// adaptConfig sets the lab's values in podnet's ConfigMap.
-func (l *Lab) adaptConfig(cm map[string]any) error {
+// manifestItems are deploy.Manifest's objects.
+func manifestItems() ([]map[string]any, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(deploy.Manifest), 4096)
+	var items []map[string]any
+	for {
+		var obj map[string]any
+		if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
+			return items, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("deploy/podnet.yaml: %w", err)
+		}
+		if obj != nil {
+			items = append(items, obj)
+		}
+	}
+}
+
+// configOf is the agent configuration (config.yaml) of podnet's ConfigMap.
+func configOf(cm map[string]any) (map[string]any, error) {
 	data, _ := cm["data"].(map[string]any)
 	text, ok := data["config.yaml"].(string)
 	if !ok {
-		return errors.New("deploy/podnet.yaml: ConfigMap without config.yaml")
+		return nil, errors.New("deploy/podnet.yaml: ConfigMap without config.yaml")
 	}
 	var cfg map[string]any
 	if err := yaml.Unmarshal([]byte(text), &cfg); err != nil {
-		return fmt.Errorf("deploy/podnet.yaml: config.yaml: %w", err)
+		return nil, fmt.Errorf("deploy/podnet.yaml: config.yaml: %w", err)
+	}
+	return cfg, nil
+}
+
+// adaptConfig sets the lab's values in podnet's ConfigMap: its cluster
+// CIDR and backend, and podnet's service proxy on exactly when the lab
+// runs no kube-proxy (two proxies would fight over the Services).
+func (l *Lab) adaptConfig(cm map[string]any) error {
+	cfg, err := configOf(cm)
+	if err != nil {
+		return err
 	}
 	cfg["cluster-cidr"] = clusterCIDR
 	cfg["node-subnet-size"] = nodeCIDRMask
 	cfg["backend"] = string(l.Spec.Backend)
+	if _, ok := cfg[serviceProxyKey]; ok {
+		cfg[serviceProxyKey] = l.Spec.KubeProxy == KubeProxyNone
+	}
 	b, err := yaml.Marshal(cfg)
 	if err != nil {
 		return err
 	}
-	data["config.yaml"] = string(b)
+	cm["data"].(map[string]any)["config.yaml"] = string(b)
 	return nil
 }
 
@@ -424,12 +474,17 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
+// podsLabels are the labels of the lab's Deployment, its pods and its
+// Service (PodsSelector).
+func podsLabels() map[string]string {
+	k, v, _ := strings.Cut(PodsSelector, "=")
+	return map[string]string{k: v}
+}
+
 // runPods creates the lab's Deployment of busybox pods, spread evenly
 // over the nodes, and waits until every replica is ready.
 func (l *Lab) runPods(ctx context.Context, c kubernetes.Interface, replicas int) error {
-	labels := map[string]string{}
-	k, v, _ := strings.Cut(PodsSelector, "=")
-	labels[k] = v
+	labels := podsLabels()
 	r := int32(replicas)
 	grace := int64(1)
 	d := &appsv1.Deployment{

@@ -73,7 +73,8 @@ func (l *Lab) PodNetNS(ctx context.Context, namespace, name string) (*netns.NS, 
 }
 
 // OpenNetNS opens the network namespace of the lab's pod or node name,
-// or in Kubernetes mode of the pod namespace/name.
+// of the outside host (Outside), or in Kubernetes mode of the pod
+// namespace/name.
 func (l *Lab) OpenNetNS(ctx context.Context, name string) (*netns.NS, error) {
 	if ns, pod, ok := strings.Cut(name, "/"); ok && l.Spec.Kubernetes {
 		return l.PodNetNS(ctx, ns, pod)

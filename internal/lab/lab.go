@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/cluster"
+	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -41,10 +42,16 @@ type Spec struct {
 	// LeaseTTL is the agents' grace period for dead nodes.
 	LeaseTTL time.Duration `json:"leaseTTL"`
 	// Kubernetes makes the lab a real Kubernetes cluster: a control plane
-	// in a namespace of its own, containerd, kubelet and kube-proxy on
-	// every node, podnet installed from deploy/podnet.yaml and its image,
+	// in a namespace of its own, containerd, kubelet and (KubeProxy)
+	// kube-proxy on every node, podnet installed from deploy/podnet.yaml and its image,
 	// and the pods a Deployment's (see kube.go).
 	Kubernetes bool `json:"kubernetes"`
+	// KubeProxy is the Kubernetes lab's upstream kube-proxy on every
+	// node: kube.ProxyIPTables or kube.ProxyNFTables (its modes), or
+	// KubeProxyNone, podnet's service proxy serving the Services. Empty:
+	// New picks none when deploy/podnet.yaml turns podnet's service proxy
+	// on, else iptables.
+	KubeProxy kube.ProxyMode `json:"kubeProxy,omitempty"`
 }
 
 // Defaults fills unset fields: 3 nodes, 2 pods each, one segment, auto.
@@ -82,7 +89,7 @@ func (s Spec) Validate() error {
 	if s.Kubernetes && s.IPv6 {
 		return errors.New("the Kubernetes lab is IPv4 only (drop --ipv6 or --kubernetes)")
 	}
-	return nil
+	return s.validKubeProxy()
 }
 
 // Binaries are the programs a lab runs.
@@ -186,6 +193,9 @@ const maxNodes = 200
 func New(base, name string, spec Spec, bins Binaries, out io.Writer) (*Lab, error) {
 	spec.Defaults()
 	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if err := spec.resolveKubeProxy(); err != nil {
 		return nil, err
 	}
 	if err := validName(name); err != nil {
@@ -298,13 +308,21 @@ func (l *Lab) pod(name string) (*Pod, error) {
 	return nil, fmt.Errorf("lab %s has no pod %q", l.Name, name)
 }
 
-// Namespace returns the namespace name of a pod or a node of the lab.
+// Outside names the outside host beyond the router in Namespace and
+// OpenNetNS.
+const Outside = "outside"
+
+// Namespace returns the namespace name of a pod or a node of the lab, or
+// of the outside host (Outside).
 func (l *Lab) Namespace(name string) (string, error) {
+	if name == Outside {
+		return l.nsName(Outside), nil
+	}
 	if p, err := l.pod(name); err == nil {
 		return p.NS, nil
 	}
 	if n, err := l.node(name); err == nil {
 		return n.NS, nil
 	}
-	return "", fmt.Errorf("lab %s has no pod or node %q", l.Name, name)
+	return "", fmt.Errorf("lab %s has no pod or node %q (nor is it %q)", l.Name, name, Outside)
 }

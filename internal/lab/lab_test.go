@@ -29,6 +29,10 @@ func TestSpecValidate(t *testing.T) {
 		{"negative pods", Spec{PodsPerNode: -1}, "pods per node"},
 		{"host-gw across segments", Spec{Segments: 2, Backend: cluster.HostGW}, "host-gw"},
 		{"unknown backend", Spec{Backend: "wireguard"}, "unknown backend"},
+		{"kubernetes, kube-proxy nftables", Spec{Kubernetes: true, KubeProxy: kube.ProxyNFTables}, ""},
+		{"kubernetes, no kube-proxy", Spec{Kubernetes: true, KubeProxy: KubeProxyNone}, ""},
+		{"kube-proxy without kubernetes", Spec{KubeProxy: kube.ProxyIPTables}, "only the Kubernetes lab"},
+		{"unknown kube-proxy mode", Spec{Kubernetes: true, KubeProxy: "ipvs"}, `kube-proxy "ipvs"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tc.spec
@@ -114,10 +118,64 @@ func TestKubeStateRoundTrip(t *testing.T) {
 	}
 }
 
+// TestResolveKubeProxy checks the Kubernetes lab's kube-proxy: the one
+// asked for; left empty, none when podnet's manifest turns its own
+// service proxy on, else iptables; none refused when podnet has no
+// service proxy.
+func TestResolveKubeProxy(t *testing.T) {
+	present, on, err := podnetServiceProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := kube.ProxyIPTables
+	if on {
+		def = KubeProxyNone
+	}
+	noneErr := ""
+	if !present {
+		noneErr = "no service proxy"
+	}
+	for _, tc := range []struct {
+		spec Spec
+		want kube.ProxyMode
+		err  string
+	}{
+		{Spec{}, "", ""},
+		{Spec{Kubernetes: true}, def, ""},
+		{Spec{Kubernetes: true, KubeProxy: kube.ProxyNFTables}, kube.ProxyNFTables, ""},
+		{Spec{Kubernetes: true, KubeProxy: kube.ProxyIPTables}, kube.ProxyIPTables, ""},
+		{Spec{Kubernetes: true, KubeProxy: KubeProxyNone}, KubeProxyNone, noneErr},
+	} {
+		s := tc.spec
+		err := s.resolveKubeProxy()
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%+v: %v", tc.spec, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%+v: %v, want an error with %q", tc.spec, err, tc.err)
+		case err == nil && s.KubeProxy != tc.want:
+			t.Errorf("%+v: kube-proxy %q, want %q (manifest's service proxy present %v, on %v)", tc.spec, s.KubeProxy, tc.want, present, on)
+		}
+	}
+}
+
 // TestPodnetManifest checks that the lab applies deploy/podnet.yaml as
 // shipped but for the ConfigMap's cluster CIDR, subnet size and backend.
 func TestPodnetManifest(t *testing.T) {
-	l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.VXLAN}}}
+	present, _, err := podnetServiceProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, proxy := range []kube.ProxyMode{kube.ProxyIPTables, KubeProxyNone} {
+		t.Run(string(proxy), func(t *testing.T) { testPodnetManifest(t, proxy, present) })
+	}
+}
+
+// testPodnetManifest checks the manifest of a lab with the given
+// kube-proxy: podnet's service proxy (when its manifest has the option)
+// is on exactly when no kube-proxy runs.
+func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, present bool) {
+	l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.VXLAN, KubeProxy: proxy}}}
 	b, err := l.podnetManifest()
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +197,11 @@ func TestPodnetManifest(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := map[string]any{"cluster-cidr": clusterCIDR, "node-subnet-size": float64(nodeCIDRMask), "backend": "vxlan", "datastore": "kubernetes", "listen": "127.0.0.1:9099"}
+			if present {
+				want[serviceProxyKey] = proxy == KubeProxyNone
+			} else if _, ok := cfg[serviceProxyKey]; ok {
+				t.Errorf("config %s set, but podnet's manifest has no such option", serviceProxyKey)
+			}
 			for k, v := range want {
 				if cfg[k] != v {
 					t.Errorf("config %s = %v, want %v", k, cfg[k], v)
@@ -154,6 +217,42 @@ func TestPodnetManifest(t *testing.T) {
 	docs := strings.Count(string(deploy.Manifest), "\n---\n")
 	if list.Kind != "List" || len(list.Items) != docs || kinds["ConfigMap"] != 1 || kinds["DaemonSet"] != 1 {
 		t.Fatalf("list %s of %d items %v, want the manifest's %d documents", list.Kind, len(list.Items), kinds, docs)
+	}
+}
+
+// TestReportPrintServices checks the Kubernetes matrix's Service
+// columns: each pod's ClusterIP cell, the outside host's NodePort row,
+// and that a failed Service probe counts and is listed.
+func TestReportPrintServices(t *testing.T) {
+	pods := []string{"default/lab-7c9-aaaaa", "default/lab-7c9-bbbbb"}
+	r := &Report{Pods: pods}
+	for _, from := range pods {
+		for _, to := range pods {
+			r.Probes = append(r.Probes, Probe{From: from, To: to, Proto: "tcp", Addr: "10.244.0.2"})
+		}
+		r.Outside = append(r.Outside, Probe{From: from, To: "outside", Proto: "tcp", Addr: OutsideIP.String()})
+		r.Services = append(r.Services, Probe{From: from, To: ToClusterIP, Proto: "tcp", Addr: "10.96.0.10:80"})
+	}
+	r.Services[1].Err = "connection refused"
+	r.Services = append(r.Services,
+		Probe{From: "outside", To: ToNodePort, Proto: "tcp", Addr: "10.100.1.1:30777"},
+		Probe{From: "outside", To: ToNodePort, Proto: "tcp", Addr: "10.100.1.2:30777"})
+	var b strings.Builder
+	r.Print(&b)
+	lines := strings.Split(b.String(), "\n")
+	want := []string{
+		"pods default/lab-7c9-…",
+		"from\\to     aaaaa     bbbbb     outside   clusterIP nodePort",
+		"aaaaa       ok        ok        ok        ok        -",
+		"bbbbb       ok        ok        ok        FAIL      -",
+		"outside     -         -         -         -         ok",
+		"  FAIL default/lab-7c9-bbbbb → clusterIP tcp 10.96.0.10:80: connection refused",
+	}
+	if len(lines) < len(want)+1 || !reflect.DeepEqual(lines[:len(want)], want) {
+		t.Fatalf("matrix:\n%s\nwant it to start with:\n%s", b.String(), strings.Join(want, "\n"))
+	}
+	if sum := lines[len(want)]; !strings.Contains(sum, "1/2 pods reach the Service's ClusterIP; the outside reaches its NodePort on 2/2 nodes; 1 failures") {
+		t.Errorf("summary %q", sum)
 	}
 }
 

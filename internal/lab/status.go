@@ -26,7 +26,7 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) {
 	}
 	mode := ""
 	if s.Kubernetes {
-		mode = ", Kubernetes " + kube.Version
+		mode = ", Kubernetes " + kube.Version + ", " + l.serviceProxy()
 	}
 	fmt.Fprintf(w, "lab %s: %d nodes on %d segment(s), backend %s, %s%s, state in %s\n", l.Name, len(l.Nodes), s.Segments, s.Backend, fam, mode, l.Dir)
 	fmt.Fprintf(w, "%-5s %-4s %-16s %-22s %-26s %-9s %-8s %-10s %s\n", "node", "seg", "underlay", "subnet", "subnet6", "agent", "rss", "join", "peers")

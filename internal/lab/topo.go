@@ -218,7 +218,7 @@ func (l *Lab) buildUnderlay() error {
 			return err
 		}
 	}
-	out, err := l.makeNS("outside")
+	out, err := l.makeNS(Outside)
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,10 @@ const (
 // upTimeout bounds the lab's Up: a cold kube.Build takes most of it.
 const upTimeout = 20 * time.Minute
 
+// kubeProxyEnv, when set, picks the lab's kube-proxy (lab.Spec.KubeProxy:
+// iptables, nftables or none) over its default.
+const kubeProxyEnv = "PODNET_TEST_KUBE_PROXY"
+
 // testNamespace holds the pods and Services the tests make.
 const testNamespace = "podnet-test"
 
@@ -60,7 +64,7 @@ func upCluster(t *testing.T) *cluster {
 	_, _ = rand.Read(b[:])
 	name := "k" + hex.EncodeToString(b[:])
 	base := t.TempDir()
-	spec := lab.Spec{Nodes: nodeCount, PodsPerNode: podsPerNode, Kubernetes: true}
+	spec := lab.Spec{Nodes: nodeCount, PodsPerNode: podsPerNode, Kubernetes: true, KubeProxy: kube.ProxyMode(os.Getenv(kubeProxyEnv))}
 	l, err := lab.New(base, name, spec, bins, testWriter{t})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +94,7 @@ func upCluster(t *testing.T) *cluster {
 	if err := l.Up(ctx); err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
-	t.Logf("timing: cluster up %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("timing: cluster up %s (kube-proxy: %s)", time.Since(start).Round(time.Millisecond), l.Spec.KubeProxy)
 	if c.client, err = l.Client(); err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ func TestKubernetes(t *testing.T) {
 		{"HostPort", 2 * time.Minute, testHostPort},
 		{"Bandwidth", 2 * time.Minute, testBandwidth},
 		{"Services", 2 * time.Minute, testServices},
+		{"ServiceProxy", 12 * time.Minute, testServiceProxy},
 		{"Churn", 6 * time.Minute, testChurn},
 		{"AgentRestart", 2 * time.Minute, testAgentRestart},
 		{"APIServerOutage", 3 * time.Minute, testAPIServerOutage},

@@ -1,12 +1,29 @@
 // Package kube tests podnet on a real Kubernetes: one lab in Kubernetes
-// mode (internal/lab: a control plane, and containerd, kubelet and
-// kube-proxy on each of 3 nodes, podnet installed from deploy/podnet.yaml
-// and its image) serves every test of the package, which check, through
-// the API and in the nodes' kernels: the nodes and the pod network,
+// mode (internal/lab: a control plane, and containerd, kubelet and the
+// lab's kube-proxy choice on each of 3 nodes, podnet installed from
+// deploy/podnet.yaml and its image) serves every test of the package,
+// which check, through the API and in the nodes' kernels: the nodes and
+// the pod network (with the lab Service's ClusterIP and NodePort),
 // podCIDRs and podnet's Node status, hostPort and bandwidth through
-// kubelet, Services through kube-proxy, pod churn leaving nothing behind,
-// faults (an agent restarted, a node deleted, the API server stopped)
-// and, last, the documented uninstall.
+// kubelet, Services, pod churn leaving nothing behind, faults (an agent
+// restarted, a node deleted, the API server stopped) and, last, the
+// documented uninstall.
+//
+// The service proxy's checks (ServiceProxy, services_test.go) hold of
+// any proxy with kube-proxy's semantics and look only at real traffic:
+// ClusterIP (TCP, UDP) from pods on every node to every endpoint,
+// NodePort from the outside host on every node, externalTrafficPolicy
+// Local (source address kept, only nodes with a local endpoint answer,
+// the healthCheckNodePort's 200/503), an externalIP and a LoadBalancer
+// ingress IP routed from the outside to a node, ClientIP affinity,
+// endpoints 3 → 0 → 3 (refused at once, then back), a terminating last
+// endpoint still served, UDP switching to a new endpoint on the same
+// socket (conntrack flushed), hairpin, the node's own processes, SCTP
+// where the kernel has it; dual-stack is skipped (the Kubernetes lab is
+// IPv4 only). The lab runs kube-proxy unless podnet's manifest turns
+// podnet's service proxy on (lab.Spec.KubeProxy);
+// PODNET_TEST_KUBE_PROXY=iptables|nftables|none picks it instead, to run
+// the same checks against kube-proxy's modes or podnet's proxy.
 //
 // The tests need root (network and mount namespaces, cgroups); without it
 // they skip. The Kubernetes binaries are built once and cached

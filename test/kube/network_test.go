@@ -330,8 +330,8 @@ func transfer(ctx context.Context, from, to *netns.NS, ip net.IP, size int) (tim
 	}
 }
 
-// testServices: upstream kube-proxy (iptables mode) in the nodes'
-// namespaces serves Services over podnet: a pod reaches a ClusterIP whose
+// testServices: the nodes' service proxy (the lab's kube-proxy, or
+// podnet's) serves Services over podnet: a pod reaches a ClusterIP whose
 // backend is on another node, a node reaches the NodePort of a third, and
 // a pod reaches the kubernetes Service (the API server).
 func testServices(t *testing.T, ctx context.Context, c *cluster) {

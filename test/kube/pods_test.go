@@ -33,16 +33,28 @@ type podSpec struct {
 	labels      map[string]string
 	annotations map[string]string
 	ports       []corev1.ContainerPort
+	// lingering pods ignore SIGTERM: deleted, they stay terminating (their
+	// network with them) for lingerGrace, until kubelet kills them.
+	lingering bool
 }
 
+// lingerGrace is the termination grace period of lingering pods.
+const lingerGrace = 120
+
 // pod is the API object of spec: busybox waiting to be stopped, which it
-// is at once (a shell as PID 1 ignores SIGTERM unless it traps it).
+// is at once (a shell as PID 1 ignores SIGTERM unless it traps it), or,
+// lingering, only once its grace period is over.
 func (s podSpec) pod() *corev1.Pod {
 	labels := map[string]string{testLabel: s.step}
 	for k, v := range s.labels {
 		labels[k] = v
 	}
 	grace := int64(1)
+	command := []string{"sh", "-c", "trap 'exit 0' TERM; sleep 1000000 & wait"}
+	if s.lingering {
+		grace = lingerGrace
+		command = []string{"sh", "-c", "sleep 1000000 & wait"}
+	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: testNamespace, Labels: labels, Annotations: s.annotations},
 		Spec: corev1.PodSpec{
@@ -50,7 +62,7 @@ func (s podSpec) pod() *corev1.Pod {
 			TerminationGracePeriodSeconds: &grace,
 			Containers: []corev1.Container{{
 				Name: "main", Image: kube.BusyboxImage, ImagePullPolicy: corev1.PullNever,
-				Command: []string{"sh", "-c", "trap 'exit 0' TERM; sleep 1000000 & wait"},
+				Command: command,
 				Ports:   s.ports,
 			}},
 		},
