@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -361,6 +362,18 @@ func (l *Lab) podnetManifest() ([]byte, error) {
 				return nil, err
 			}
 		}
+	}
+	if l.Spec.KubeProxy == KubeProxyNone {
+		// Without kube-proxy the kubernetes Service is podnet's own to
+		// program: the agent reaches the API server at its address.
+		items = append(items, map[string]any{
+			"apiVersion": "v1", "kind": "ConfigMap",
+			"metadata": map[string]any{"name": "kubernetes-services-endpoint", "namespace": "kube-system"},
+			"data": map[string]any{
+				"KUBERNETES_SERVICE_HOST": segmentIP(1, cpHost).String(),
+				"KUBERNETES_SERVICE_PORT": strconv.Itoa(kube.APIServerPort),
+			},
+		})
 	}
 	return json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
 }

@@ -192,8 +192,16 @@ func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, present bool) {
 		kinds[it["kind"].(string)]++
 		switch it["kind"] {
 		case "ConfigMap":
+			data := it["data"].(map[string]any)
+			if it["metadata"].(map[string]any)["name"] == "kubernetes-services-endpoint" {
+				kinds["endpoint ConfigMap"]++
+				if data["KUBERNETES_SERVICE_HOST"] != segmentIP(1, cpHost).String() || data["KUBERNETES_SERVICE_PORT"] != "6443" {
+					t.Errorf("kubernetes-services-endpoint = %v, want the API server's own address", data)
+				}
+				continue
+			}
 			var cfg map[string]any
-			if err := yaml.Unmarshal([]byte(it["data"].(map[string]any)["config.yaml"].(string)), &cfg); err != nil {
+			if err := yaml.Unmarshal([]byte(data["config.yaml"].(string)), &cfg); err != nil {
 				t.Fatal(err)
 			}
 			want := map[string]any{"cluster-cidr": clusterCIDR, "node-subnet-size": float64(nodeCIDRMask), "backend": "vxlan", "datastore": "kubernetes", "listen": "127.0.0.1:9099"}
@@ -215,8 +223,12 @@ func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, present bool) {
 		}
 	}
 	docs := strings.Count(string(deploy.Manifest), "\n---\n")
-	if list.Kind != "List" || len(list.Items) != docs || kinds["ConfigMap"] != 1 || kinds["DaemonSet"] != 1 {
-		t.Fatalf("list %s of %d items %v, want the manifest's %d documents", list.Kind, len(list.Items), kinds, docs)
+	endpoint := 0
+	if proxy == KubeProxyNone {
+		endpoint = 1 // the API server's address, for the agent
+	}
+	if list.Kind != "List" || len(list.Items) != docs+endpoint || kinds["ConfigMap"] != 1+endpoint || kinds["endpoint ConfigMap"] != endpoint || kinds["DaemonSet"] != 1 {
+		t.Fatalf("list %s of %d items %v, want the manifest's %d documents and %d endpoint ConfigMap", list.Kind, len(list.Items), kinds, docs, endpoint)
 	}
 }
 

@@ -19,12 +19,12 @@ import (
 )
 
 // KubeProxyNone runs no kube-proxy in the Kubernetes lab: podnet's
-// service proxy (the ConfigMap's serviceProxy) serves the Services.
+// service proxy (the ConfigMap's service-proxy) serves the Services.
 const KubeProxyNone kube.ProxyMode = "none"
 
 // serviceProxyKey is the key of podnet's config.yaml that turns its
 // service proxy on.
-const serviceProxyKey = "serviceProxy"
+const serviceProxyKey = "service-proxy"
 
 // The lab's Service over its Deployment's pods (Kubernetes mode), which
 // the connectivity matrix reaches through its ClusterIP and NodePort: the
