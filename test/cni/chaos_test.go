@@ -24,9 +24,8 @@ func TestCrashChaos(t *testing.T) {
 	requireRoot(t)
 	bin := podnetBin(t)
 	requirePlugins(t, bin, "bridge", "host-local", "portmap", "bandwidth", "tuning", "podnet")
-	ctx := ctxFor(t)
 	cnitool := filepath.Join(t.TempDir(), "cnitool")
-	if err := sandbox.BuildCNITool(ctx, cnitool); err != nil {
+	if err := sandbox.BuildCNITool(ctxFor(t), cnitool); err != nil {
 		t.Fatal(err)
 	}
 	runner, err := sandbox.NewRunner()
@@ -36,7 +35,9 @@ func TestCrashChaos(t *testing.T) {
 	t.Cleanup(runner.Close)
 	for _, chain := range []chaos.Chain{chaos.FullChain("1.1.0"), chaos.ClusterChain("", "")} {
 		t.Run(chain.Label, func(t *testing.T) {
-			rep, err := chaos.Run(ctx, chaos.Config{Chain: chain, BinDir: bin, CNITool: cnitool, Runner: runner, Ops: *chaosOps})
+			// Each chain has its own deadline: one chain's run under a
+			// loaded machine must not eat the next one's time.
+			rep, err := chaos.Run(ctxFor(t), chaos.Config{Chain: chain, BinDir: bin, CNITool: cnitool, Runner: runner, Ops: *chaosOps})
 			if err != nil {
 				t.Fatalf("chaos run: %v", err)
 			}
