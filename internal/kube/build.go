@@ -46,10 +46,11 @@ type Binaries struct {
 
 // ConformanceBinaries are absolute paths of the conformance run's
 // programs: the upstream end-to-end suite (`go test -c
-// k8s.io/kubernetes/test/e2e`), its test image's agnhost and CoreDNS
-// (the cluster's DNS).
+// k8s.io/kubernetes/test/e2e`), the ginkgo command that runs it in
+// parallel processes, its test image's agnhost and CoreDNS (the
+// cluster's DNS).
 type ConformanceBinaries struct {
-	E2E, Agnhost, CoreDNS string
+	E2E, Ginkgo, Agnhost, CoreDNS string
 }
 
 // BuildConfig says where Build finds the repository and keeps the
@@ -98,6 +99,7 @@ var (
 	e2eSet = buildSet{name: "e2e", module: componentsDir, targets: []buildTarget{
 		{file: "e2e.test", pkg: "k8s.io/kubernetes/test/e2e", test: true},
 		{file: "agnhost", pkg: "k8s.io/kubernetes/test/images/agnhost"},
+		{file: "ginkgo", pkg: "github.com/onsi/ginkgo/v2/ginkgo"},
 	}}
 	corednsSet = buildSet{name: "coredns", module: corednsDir, targets: []buildTarget{
 		{file: "coredns", pkg: repoModule + "/" + corednsDir},
@@ -166,6 +168,7 @@ func BuildConformance(ctx context.Context, cfg BuildConfig) (ConformanceBinaries
 	}
 	return ConformanceBinaries{
 		E2E:     filepath.Join(e2e, "e2e.test"),
+		Ginkgo:  filepath.Join(e2e, "ginkgo"),
 		Agnhost: filepath.Join(e2e, "agnhost"),
 		CoreDNS: filepath.Join(dns, "coredns"),
 	}, nil

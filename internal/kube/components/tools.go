@@ -53,4 +53,7 @@ import (
 	_ "sigs.k8s.io/yaml/goyaml.v2"
 
 	_ "k8s.io/kubernetes/test/images/agnhost"
+
+	// The ginkgo command runs e2e.test in parallel processes.
+	_ "github.com/onsi/ginkgo/v2/ginkgo"
 )
