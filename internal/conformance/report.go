@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/podnet/podnet/internal/kube"
 )
@@ -201,7 +202,11 @@ func firstLine(s string) string {
 	for _, l := range strings.Split(s, "\n") {
 		if l = strings.TrimSpace(l); l != "" {
 			if len(l) > maxReason {
-				l = l[:maxReason] + "…"
+				n := maxReason
+				for n > 0 && !utf8.RuneStart(l[n]) {
+					n--
+				}
+				l = l[:n] + "…"
 			}
 			return l
 		}
