@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -34,12 +35,17 @@ const (
 )
 
 // Programs of this machine the agnhost image carries with their shared
-// libraries, at the same paths (.ci/deps installs them): the tests run
-// `curl ...` and `echo ... | nc -v -u -w 2 host port` in agnhost pods,
-// which busybox's nc does not understand.
+// libraries, image path to host path (.ci/deps installs them), instead of
+// busybox's applets of the same names: the tests run `curl ...`,
+// `wget -q -O - ...` (busybox's wget segfaults on these machines) and
+// `echo ... | nc -v -u -w 2 host port` (busybox's nc has no -v, -u) in
+// agnhost pods; and /bin/sh is dash, because Debian's static busybox
+// shell runs its own applets before any program on PATH.
 var hostPrograms = map[string]string{
 	"/usr/bin/curl": "/usr/bin/curl",
+	"/usr/bin/wget": "/usr/bin/wget",
 	"/usr/bin/nc":   "/bin/nc.openbsd",
+	"/bin/sh":       "/bin/dash",
 }
 
 // imagePath is the images' PATH.
@@ -52,19 +58,27 @@ func Images(ctx context.Context, dir string, bins kube.ConformanceBinaries) ([]s
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("conformance images: %w", err)
 	}
-	busybox, err := busyboxFiles(ctx, "nc")
+	busybox, err := busyboxFiles(ctx)
 	if err != nil {
 		return nil, err
 	}
+	agnhostBusybox := slices.DeleteFunc(slices.Clone(busybox), func(f image.File) bool {
+		for dst := range hostPrograms {
+			if path.Base(dst) == path.Base(f.Path) {
+				return true
+			}
+		}
+		return false
+	})
 	agnhost, err := readFile("/agnhost", bins.Agnhost, 0o755)
 	if err != nil {
 		return nil, err
 	}
-	agnhostFiles := append(slices.Clone(busybox), agnhost, image.File{Path: "/tmp", Mode: fs.ModeDir | 0o1777})
+	agnhostFiles := append(agnhostBusybox, agnhost, image.File{Path: "/tmp", Mode: fs.ModeDir | 0o1777})
 	for dst, src := range hostPrograms {
 		files, err := withLibraries(dst, src)
 		if err != nil {
-			return nil, fmt.Errorf("agnhost image: %w (.ci/deps installs curl and netcat-openbsd)", err)
+			return nil, fmt.Errorf("agnhost image: %w (.ci/deps installs curl, wget and netcat-openbsd; dash is Debian's /bin/sh)", err)
 		}
 		agnhostFiles = append(agnhostFiles, files...)
 	}
@@ -98,8 +112,8 @@ func readFile(dst, src string, mode fs.FileMode) (image.File, error) {
 }
 
 // busyboxFiles are this machine's static busybox as /bin/busybox with a
-// link in /bin for each of its applets but those left out.
-func busyboxFiles(ctx context.Context, leaveOut ...string) ([]image.File, error) {
+// link in /bin for each of its applets.
+func busyboxFiles(ctx context.Context) ([]image.File, error) {
 	bb, err := readFile("/bin/busybox", kube.BusyboxBinary, 0o755)
 	if err != nil {
 		return nil, fmt.Errorf("%w (apt-get install busybox-static; .ci/deps installs it)", err)
@@ -110,7 +124,7 @@ func busyboxFiles(ctx context.Context, leaveOut ...string) ([]image.File, error)
 	}
 	files := []image.File{bb}
 	for _, applet := range strings.Fields(string(out)) {
-		if applet != "busybox" && !slices.Contains(leaveOut, applet) {
+		if applet != "busybox" {
 			files = append(files, image.File{Path: "/bin/" + applet, Link: "busybox"})
 		}
 	}

@@ -44,6 +44,8 @@ func TestWithLibraries(t *testing.T) {
 	}{
 		{[]string{"/usr/bin/curl", "--version"}, "curl "},
 		{[]string{"/usr/bin/nc", "-h"}, "OpenBSD netcat"},
+		{[]string{"/usr/bin/wget", "--version"}, "GNU Wget"},
+		{[]string{"/bin/sh", "-c", "echo from dash: $0"}, "from dash: /bin/sh"},
 	} {
 		cmd := exec.Command(tc.args[0], tc.args[1:]...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/podnet/podnet/internal/kube"
@@ -225,7 +226,11 @@ func runE2E(ctx context.Context, cfg Config, l *lab.Lab, bins kube.ConformanceBi
 	cmd.Dir = cfg.Dir
 	cmd.Stdout = io.MultiWriter(out, logFile)
 	cmd.Stderr = cmd.Stdout
-	cmd.WaitDelay = 30 * time.Second
+	// Ended (interrupt, timeout), ginkgo and its e2e processes are killed
+	// together: the lab goes down after, with everything they made.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
 	if err := ns.Do(cmd.Start); err != nil {
 		return fmt.Errorf("conformance: ginkgo: %w", err)
 	}
