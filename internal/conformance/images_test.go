@@ -1,15 +1,22 @@
 package conformance
 
 import (
+	"context"
+	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
 	"github.com/podnet/podnet/internal/image"
+	"github.com/podnet/podnet/internal/kube"
 )
 
 // TestWithLibraries puts the agnhost image's host programs with their
@@ -77,5 +84,40 @@ func TestDedupe(t *testing.T) {
 	got := dedupe(files)
 	if len(got) != 3 || string(got[0].Data) != "1" || got[2].Path != "/tmp" {
 		t.Errorf("dedupe: %+v", got)
+	}
+}
+
+func TestImages(t *testing.T) {
+	for _, p := range append([]string{"/bin/busybox"}, slices.Collect(maps.Values(hostPrograms))...) {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s: %v (.ci/deps installs it)", p, err)
+		}
+	}
+	dir := t.TempDir()
+	bins := kube.ConformanceBinaries{Agnhost: filepath.Join(dir, "agnhost"), CoreDNS: filepath.Join(dir, "coredns")}
+	for _, p := range []string{bins.Agnhost, bins.CoreDNS} {
+		if err := os.WriteFile(p, []byte("program"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	archives, err := Images(context.Background(), filepath.Join(dir, "images"), bins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"agnhost.tar": AgnhostImage, "busybox.tar": BusyboxImage, "coredns.tar": CoreDNSImage}
+	if len(archives) != len(want) {
+		t.Fatalf("archives %v, want %d", archives, len(want))
+	}
+	for _, a := range archives {
+		m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(a) })
+		if err != nil {
+			t.Fatalf("%s: %v", a, err)
+		}
+		if len(m) != 1 || len(m[0].RepoTags) != 1 || m[0].RepoTags[0] != want[filepath.Base(a)] {
+			t.Errorf("%s holds %+v, want %s", a, m, want[filepath.Base(a)])
+		}
+	}
+	if _, err := Images(context.Background(), filepath.Join(dir, "images"), kube.ConformanceBinaries{Agnhost: "/nonexistent"}); err == nil {
+		t.Error("images of a missing agnhost: no error")
 	}
 }
