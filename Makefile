@@ -140,7 +140,7 @@ bench-podstart: deps build
 
 # The upstream Kubernetes e2e tests for Services ([sig-network] Services:
 # every [Conformance] case and the rest needing no cloud provider) on a
-# 2-node Kubernetes lab with PROXY as its service proxy, CoreDNS as its
+# 3-node Kubernetes lab with PROXY as its service proxy, CoreDNS as its
 # DNS; e2e.test, ginkgo, agnhost and CoreDNS built from the Go module
 # proxy (cached like the Kubernetes binaries). Writes docs/conformance.md
 # and docs/conformance.json, keeping the other proxy's run beside this

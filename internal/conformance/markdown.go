@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -111,20 +112,16 @@ pass. Regenerate with ` + "`make conformance PROXY=kube-proxy`" + ` or
 	return b.String()
 }
 
-// caseNames are the cases of every run: the first run's in its order,
-// then those only later runs have.
+// caseNames are the cases of every run, sorted (ginkgo runs them in a
+// random order).
 func (rs *Results) caseNames() []string {
-	var names []string
 	seen := map[string]bool{}
 	for _, r := range rs.Runs {
 		for _, c := range r.Cases {
-			if !seen[c.Name] {
-				seen[c.Name] = true
-				names = append(names, c.Name)
-			}
+			seen[c.Name] = true
 		}
 	}
-	return names
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // cell is a case's outcome in the cases table.

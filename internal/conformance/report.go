@@ -74,6 +74,7 @@ func (r *RunResult) Counts() (pass, fail, skip int) {
 type ginkgoReport struct {
 	SuiteDescription string
 	StartTime        time.Time
+	RunTime          time.Duration
 	SpecReports      []struct {
 		ContainerHierarchyTexts []string
 		LeafNodeType            string
@@ -114,16 +115,17 @@ func ParseReport(path string, cfg Config) (*RunResult, error) {
 		if res.Date.IsZero() || s.StartTime.Before(res.Date) {
 			res.Date = s.StartTime.UTC().Truncate(time.Second)
 		}
+		res.Took = s.RunTime.Round(time.Second).String()
 		for _, sr := range s.SpecReports {
 			if sr.LeafNodeType != "It" {
 				continue // suite-level setup and teardown nodes
 			}
-			name := strings.Join(append(slices.Clone(sr.ContainerHierarchyTexts), sr.LeafNodeText), " ")
+			name := strings.TrimSpace(strings.Join(append(slices.Clone(sr.ContainerHierarchyTexts), sr.LeafNodeText), " "))
 			if !focus.MatchString(s.SuiteDescription + " " + name) {
 				continue
 			}
 			c := Case{Name: name, Conformance: strings.Contains(name, "[Conformance]"), Seconds: sr.RunTime.Round(100 * time.Millisecond).Seconds()}
-			msg := firstLine(sr.Failure.Message)
+			msg := reason(sr.Failure.Message)
 			switch sr.State {
 			case "passed":
 				c.State = Passed
@@ -197,19 +199,16 @@ func skipReason(text string, rules []*regexp.Regexp, state string) string {
 	return "not run (suite interrupted or timed out)"
 }
 
-// firstLine is s's first non-empty line, cut to maxReason bytes.
-func firstLine(s string) string {
-	for _, l := range strings.Split(s, "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			if len(l) > maxReason {
-				n := maxReason
-				for n > 0 && !utf8.RuneStart(l[n]) {
-					n--
-				}
-				l = l[:n] + "…"
-			}
-			return l
+// reason is a failure or skip message on one line, its white space
+// collapsed, cut to maxReason bytes.
+func reason(msg string) string {
+	r := strings.Join(strings.Fields(msg), " ")
+	if len(r) > maxReason {
+		n := maxReason
+		for n > 0 && !utf8.RuneStart(r[n]) {
+			n--
 		}
+		r = r[:n] + "…"
 	}
-	return ""
+	return r
 }

@@ -33,7 +33,8 @@ func writeReport(t *testing.T, specs []spec) string {
 		})
 	}
 	b, err := json.Marshal([]map[string]any{{
-		"SuiteDescription": "Kubernetes e2e suite", "StartTime": time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC), "SpecReports": reports,
+		"SuiteDescription": "Kubernetes e2e suite", "StartTime": time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC),
+		"RunTime": int64(20 * time.Minute), "SpecReports": reports,
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +56,7 @@ func TestParseReport(t *testing.T) {
 		{containers: svc, leaf: "should be able to update service type to NodePort", state: "failed", failure: "\nexpected 3 endpoints\nbut got 2"},
 		{containers: svc, leaf: "should have session affinity work for NodePort service", state: "timedout"},
 		{containers: svc, leaf: "should preserve source pod IP for traffic thru service cluster IP", state: "skipped", failure: "Only supported for providers [gce gke] (not skeleton)"},
-		{containers: svc, leaf: "should never run", state: "skipped"},
+		{containers: svc, leaf: "should never run ", state: "skipped"},
 		{containers: []string{"[sig-apps] Deployment"}, leaf: "deployment should delete old replica sets [Conformance]", state: "skipped"},
 	})
 	cfg := Config{Proxy: KubeProxy, Focus: DefaultFocus, Skip: DefaultSkip}
@@ -67,7 +68,7 @@ func TestParseReport(t *testing.T) {
 		{Name: "[sig-network] Services should serve a basic endpoint from pods [Conformance]", Conformance: true, State: Passed, Seconds: 1.5},
 		{Name: "[sig-network] Services should work after restarting apiserver [Disruptive]", State: Skipped, Reason: "excluded by the skip rule `\\[Disruptive\\]`", Seconds: 1.5},
 		{Name: "[sig-network] Services should handle load balancer cleanup finalizer for service [Slow]", State: Skipped, Reason: "excluded by the skip rule `\\[Slow\\]`", Seconds: 1.5},
-		{Name: "[sig-network] Services should be able to update service type to NodePort", State: Failed, Reason: "failed: expected 3 endpoints", Seconds: 1.5},
+		{Name: "[sig-network] Services should be able to update service type to NodePort", State: Failed, Reason: "failed: expected 3 endpoints but got 2", Seconds: 1.5},
 		{Name: "[sig-network] Services should have session affinity work for NodePort service", State: Failed, Reason: "timedout", Seconds: 1.5},
 		{Name: "[sig-network] Services should preserve source pod IP for traffic thru service cluster IP", State: Skipped, Reason: "Only supported for providers [gce gke] (not skeleton)", Seconds: 1.5},
 		{Name: "[sig-network] Services should never run", State: Skipped, Reason: "not run (suite interrupted or timed out)", Seconds: 1.5},
@@ -83,8 +84,8 @@ func TestParseReport(t *testing.T) {
 	if pass, fail, skip := res.Counts(); pass != 1 || fail != 2 || skip != 4 {
 		t.Errorf("counts %d passed, %d failed, %d skipped; want 1, 2, 4", pass, fail, skip)
 	}
-	if res.Date != time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC) || res.Proxy != KubeProxy {
-		t.Errorf("run %s at %s", res.Proxy, res.Date)
+	if res.Date != time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC) || res.Proxy != KubeProxy || res.Took != "20m0s" {
+		t.Errorf("run %s at %s took %s", res.Proxy, res.Date, res.Took)
 	}
 }
 
@@ -110,6 +111,20 @@ func TestParseReportErrors(t *testing.T) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestReason(t *testing.T) {
+	long := strings.Repeat("é", maxReason)
+	for _, tc := range []struct{ msg, want string }{
+		{"", ""},
+		{"\n  Expected\n    <int>: 2\nto equal\n    <int>: 3\n", "Expected <int>: 2 to equal <int>: 3"},
+		{long, long[:maxReason] + "…"},
+		{"a" + long, "a" + long[:maxReason-2] + "…"},
+	} {
+		if got := reason(tc.msg); got != tc.want {
+			t.Errorf("reason(%q) = %q, want %q", tc.msg, got, tc.want)
+		}
 	}
 }
 

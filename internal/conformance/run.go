@@ -175,15 +175,12 @@ func Run(ctx context.Context, cfg Config) (result *RunResult, err error) {
 	progress("cluster DNS (CoreDNS) serving at %s", lab.ClusterDNS)
 	report := filepath.Join(cfg.Dir, "report.json")
 	_ = os.Remove(report)
-	e2eStart := time.Now()
 	runErr := runE2E(ctx, cfg, l, bins, report, out)
-	took := time.Since(e2eStart)
 	progress("e2e run ended: %v", runErr)
 	res, perr := ParseReport(report, cfg)
 	if perr != nil {
 		return nil, errors.Join(runErr, perr)
 	}
-	res.Took = took.Round(time.Second).String()
 	res.Nodes = cfg.Nodes
 	res.Procs = cfg.Procs
 	return res, nil
@@ -259,6 +256,7 @@ func ginkgoArgs(cfg Config, bins kube.ConformanceBinaries, kubeconfig, kubectl, 
 		"--kubeconfig=" + kubeconfig,
 		"--kubectl-path=" + kubectl,
 		"--provider=skeleton",
+		"--num-nodes=" + strconv.Itoa(cfg.Nodes),
 		"--dns-domain=" + kube.ClusterDomain,
 		"--report-dir=" + filepath.Dir(report),
 		"--disable-log-dump",
