@@ -37,10 +37,14 @@ CHAOS_FLAGS ?=
 PODSTART_PODS   ?= 30
 PODSTART_ROUNDS ?= 3
 PODSTART_FLAGS  ?=
+# conformance: the cluster's service proxy (kube-proxy or podnet) and
+# extra flags for go run ./test/conformance.
+PROXY       ?= kube-proxy
+CONF_FLAGS  ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart clean
+.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart conformance clean
 
 # The plugin binary, and in bin/cni/ the plugins as a CNI bin dir (one hard
 # link per plugin type, ready to copy to /opt/cni/bin); the node agent and
@@ -133,6 +137,17 @@ bench-chaos: deps build
 bench-podstart: deps build
 	$(GO) run ./bench/podstart -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -cli-bin $(BIN)/podnet \
 		-pods $(PODSTART_PODS) -rounds $(PODSTART_ROUNDS) -md docs/performance.md -json docs/performance-podstart.json $(PODSTART_FLAGS)
+
+# The upstream Kubernetes e2e tests for Services ([sig-network] Services:
+# every [Conformance] case and the rest needing no cloud provider) on a
+# 3-node Kubernetes lab with PROXY as its service proxy, CoreDNS as its
+# DNS; e2e.test, ginkgo, agnhost and CoreDNS built from the Go module
+# proxy (cached like the Kubernetes binaries). Writes docs/conformance.md
+# and docs/conformance.json, keeping the other proxy's run beside this
+# one (needs root; docs/conformance.md).
+conformance: deps build
+	$(GO) run ./test/conformance -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -cli-bin $(BIN)/podnet \
+		-proxy $(PROXY) -md docs/conformance.md -json docs/conformance.json $(CONF_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -30,21 +31,35 @@ const DefaultCacheDir = "/var/cache/podnet/kube"
 // repoModule is the main module's path: Build finds the repository by it.
 const repoModule = "github.com/podnet/podnet"
 
-// componentsDir is the components module's directory in the repository.
-const componentsDir = "internal/kube/components"
+// The modules of the repository Build and BuildConformance build from:
+// the Kubernetes components (and the upstream e2e suite) and CoreDNS,
+// apart because CoreDNS's dependencies are newer than Kubernetes'.
+const (
+	componentsDir = "internal/kube/components"
+	corednsDir    = "internal/kube/coredns"
+)
 
 // Binaries are absolute paths of the built components.
 type Binaries struct {
 	APIServer, ControllerManager, Scheduler, Kubelet, Proxy, Kubectl, Etcd string
 }
 
-// BuildConfig says where Build finds the components module and keeps the
+// ConformanceBinaries are absolute paths of the conformance run's
+// programs: the upstream end-to-end suite (`go test -c
+// k8s.io/kubernetes/test/e2e`), the ginkgo command that runs it in
+// parallel processes, its test image's agnhost and CoreDNS (the
+// cluster's DNS).
+type ConformanceBinaries struct {
+	E2E, Ginkgo, Agnhost, CoreDNS string
+}
+
+// BuildConfig says where Build finds the repository and keeps the
 // binaries.
 type BuildConfig struct {
-	// SourceDir is the components module's directory; empty: the
-	// repository holding the working directory (found upward by its
-	// go.mod), then internal/kube/components.
-	SourceDir string
+	// RepoDir is the podnet repository holding the modules built from;
+	// empty: the repository holding the working directory (found upward
+	// by its go.mod).
+	RepoDir string
 	// CacheDir holds the built binaries, one directory per cache key;
 	// empty: DefaultCacheDir.
 	CacheDir string
@@ -52,24 +67,44 @@ type BuildConfig struct {
 	Out io.Writer
 }
 
-// buildTarget is one binary Build makes: the file name it gets and the
-// package it is built from.
+// buildTarget is one program a build makes: the file name it gets and
+// the package it is built from, a test binary (go test -c) when test.
 type buildTarget struct {
 	file, pkg string
-	path      func(*Binaries) *string
+	test      bool
 }
 
-// buildTargets are the binaries of a cluster. go build names etcd's
-// binary after its package ("server"): it is built on its own with -o.
-var buildTargets = []buildTarget{
-	{"kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", func(b *Binaries) *string { return &b.APIServer }},
-	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", func(b *Binaries) *string { return &b.ControllerManager }},
-	{"kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler", func(b *Binaries) *string { return &b.Scheduler }},
-	{"kubelet", "k8s.io/kubernetes/cmd/kubelet", func(b *Binaries) *string { return &b.Kubelet }},
-	{"kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", func(b *Binaries) *string { return &b.Proxy }},
-	{"kubectl", "k8s.io/kubernetes/cmd/kubectl", func(b *Binaries) *string { return &b.Kubectl }},
-	{"etcd", "go.etcd.io/etcd/server/v3", func(b *Binaries) *string { return &b.Etcd }},
+// buildSet is programs built from one module of the repository and
+// cached together, in one directory per cache key.
+type buildSet struct {
+	// name prefixes the cache key ("" for the cluster's binaries) and
+	// names the set in progress lines.
+	name, module string
+	targets      []buildTarget
 }
+
+// The sets: the cluster's binaries (go build names etcd's binary after
+// its package, "server": it is built on its own with -o), the
+// conformance suite and test image program, and CoreDNS.
+var (
+	clusterSet = buildSet{name: "", module: componentsDir, targets: []buildTarget{
+		{file: "kube-apiserver", pkg: "k8s.io/kubernetes/cmd/kube-apiserver"},
+		{file: "kube-controller-manager", pkg: "k8s.io/kubernetes/cmd/kube-controller-manager"},
+		{file: "kube-scheduler", pkg: "k8s.io/kubernetes/cmd/kube-scheduler"},
+		{file: "kubelet", pkg: "k8s.io/kubernetes/cmd/kubelet"},
+		{file: "kube-proxy", pkg: "k8s.io/kubernetes/cmd/kube-proxy"},
+		{file: "kubectl", pkg: "k8s.io/kubernetes/cmd/kubectl"},
+		{file: "etcd", pkg: "go.etcd.io/etcd/server/v3"},
+	}}
+	e2eSet = buildSet{name: "e2e", module: componentsDir, targets: []buildTarget{
+		{file: "e2e.test", pkg: "k8s.io/kubernetes/test/e2e", test: true},
+		{file: "agnhost", pkg: "k8s.io/kubernetes/test/images/agnhost"},
+		{file: "ginkgo", pkg: "github.com/onsi/ginkgo/v2/ginkgo"},
+	}}
+	corednsSet = buildSet{name: "coredns", module: corednsDir, targets: []buildTarget{
+		{file: "coredns", pkg: repoModule + "/" + corednsDir},
+	}}
+)
 
 // buildFlags are go build's flags: static binaries, no local paths, and
 // the version the components report (kubectl cannot parse a server
@@ -93,8 +128,8 @@ func versionParts() (major, minor string) {
 }
 
 // buildEnvOverrides are set over the caller's environment for go build:
-// cgo off (static binaries), no workspace (the components module stands
-// alone) and none of the caller's default flags.
+// cgo off (static binaries), no workspace (the modules stand alone) and
+// none of the caller's default flags.
 var buildEnvOverrides = []string{"CGO_ENABLED=0", "GOWORK=off", "GOFLAGS="}
 
 // buildEnv is the environment of go build.
@@ -104,101 +139,196 @@ func buildEnv() []string {
 
 // Build returns the binaries of Version, building them with `go build`
 // from the components module only when the cache (keyed by Version, a
-// hash of the components module's go.mod and go.sum, the Go version and
-// the build flags) does not have them. A build goes to a temporary
-// directory renamed into place when complete, so a killed build leaves no
-// partial cache entry; a lock file makes concurrent callers wait for one
-// build instead of each running their own.
+// hash of the components module's go.mod, go.sum and Go files, the Go
+// version and the build flags) does not have them. A build goes to a
+// temporary directory renamed into place when complete, so a killed
+// build leaves no partial cache entry; a lock file makes concurrent
+// callers wait for one build instead of each running their own.
 func Build(ctx context.Context, cfg BuildConfig) (Binaries, error) {
+	dir, err := clusterSet.build(ctx, cfg)
+	if err != nil {
+		return Binaries{}, err
+	}
+	return binariesIn(dir), nil
+}
+
+// BuildConformance returns the conformance run's programs, built and
+// cached as Build does its binaries: e2e.test and agnhost from the
+// components module (Kubernetes Version), CoreDNS from its own module.
+// The e2e suite is a large program: a cold build takes tens of minutes
+// on 2 cores.
+func BuildConformance(ctx context.Context, cfg BuildConfig) (ConformanceBinaries, error) {
+	e2e, err := e2eSet.build(ctx, cfg)
+	if err != nil {
+		return ConformanceBinaries{}, err
+	}
+	dns, err := corednsSet.build(ctx, cfg)
+	if err != nil {
+		return ConformanceBinaries{}, err
+	}
+	return ConformanceBinaries{
+		E2E:     filepath.Join(e2e, "e2e.test"),
+		Ginkgo:  filepath.Join(e2e, "ginkgo"),
+		Agnhost: filepath.Join(e2e, "agnhost"),
+		CoreDNS: filepath.Join(dns, "coredns"),
+	}, nil
+}
+
+// binariesIn names the cluster's binaries in dir.
+func binariesIn(dir string) Binaries {
+	p := func(file string) string { return filepath.Join(dir, file) }
+	return Binaries{
+		APIServer: p("kube-apiserver"), ControllerManager: p("kube-controller-manager"), Scheduler: p("kube-scheduler"),
+		Kubelet: p("kubelet"), Proxy: p("kube-proxy"), Kubectl: p("kubectl"), Etcd: p("etcd"),
+	}
+}
+
+// build returns the directory holding the set's programs, building them
+// into the cache unless its entry is complete.
+func (s buildSet) build(ctx context.Context, cfg BuildConfig) (string, error) {
 	out := cfg.Out
 	if out == nil {
 		out = io.Discard
 	}
-	src := cfg.SourceDir
-	if src == "" {
-		root, err := findRepo()
-		if err != nil {
-			return Binaries{}, err
+	root := cfg.RepoDir
+	if root == "" {
+		var err error
+		if root, err = findRepo(); err != nil {
+			return "", err
 		}
-		src = filepath.Join(root, componentsDir)
 	}
-	src, err := filepath.Abs(src)
+	src, err := filepath.Abs(filepath.Join(root, s.module))
 	if err != nil {
-		return Binaries{}, fmt.Errorf("kube build: %w", err)
+		return "", fmt.Errorf("kube build: %w", err)
 	}
 	cacheDir := cfg.CacheDir
 	if cacheDir == "" {
 		cacheDir = DefaultCacheDir
 	}
 	if cacheDir, err = filepath.Abs(cacheDir); err != nil {
-		return Binaries{}, fmt.Errorf("kube build: %w", err)
+		return "", fmt.Errorf("kube build: %w", err)
 	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		return Binaries{}, fmt.Errorf("kube build: the go command is needed to build Kubernetes %s: %w", Version, err)
+		return "", fmt.Errorf("kube build: the go command is needed to build %s: %w", s.what(), err)
 	}
 	key, err := cacheKey(ctx, goBin, src)
 	if err != nil {
-		return Binaries{}, err
+		return "", err
+	}
+	if s.name != "" {
+		key = s.name + "-" + key
 	}
 	final := filepath.Join(cacheDir, key)
-	bins := binariesIn(final)
-	if binariesComplete(bins) {
-		return bins, nil
+	if s.complete(final) {
+		return final, nil
 	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return Binaries{}, fmt.Errorf("kube build: %w", err)
+		return "", fmt.Errorf("kube build: %w", err)
 	}
 	unlock, err := lockFile(ctx, final+".lock", out)
 	if err != nil {
-		return Binaries{}, err
+		return "", err
 	}
 	defer unlock()
-	if binariesComplete(bins) { // built by whoever held the lock
-		return bins, nil
+	if s.complete(final) { // built by whoever held the lock
+		return final, nil
 	}
 	// Clear an entry missing files and what killed builds of it left.
 	stale, _ := filepath.Glob(filepath.Join(cacheDir, ".build-"+key+"-*"))
 	for _, d := range append(stale, final) {
 		if err := os.RemoveAll(d); err != nil {
-			return Binaries{}, fmt.Errorf("kube build: %w", err)
+			return "", fmt.Errorf("kube build: %w", err)
 		}
 	}
 	tmp, err := os.MkdirTemp(cacheDir, ".build-"+key+"-")
 	if err != nil {
-		return Binaries{}, fmt.Errorf("kube build: %w", err)
+		return "", fmt.Errorf("kube build: %w", err)
 	}
 	defer os.RemoveAll(tmp)
 	start := time.Now()
-	fmt.Fprintf(out, "kube: building Kubernetes %s and etcd from %s into %s (minutes on a cold Go build cache)\n", Version, src, final)
-	if err := goBuild(ctx, out, goBin, src, tmp); err != nil {
-		return Binaries{}, err
+	fmt.Fprintf(out, "kube: building %s from %s into %s (minutes on a cold Go build cache)\n", s.what(), src, final)
+	if err := s.goBuild(ctx, out, goBin, src, tmp); err != nil {
+		return "", err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
-		return Binaries{}, fmt.Errorf("kube build: %w", err)
+		return "", fmt.Errorf("kube build: %w", err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
-		return Binaries{}, fmt.Errorf("kube build: %w", err)
+		return "", fmt.Errorf("kube build: %w", err)
 	}
 	fmt.Fprintf(out, "kube: built in %s\n", time.Since(start).Round(time.Second))
-	return bins, nil
+	return final, nil
 }
 
-// goBuild builds every component into dir: the Kubernetes commands in one
-// go build (it links them in parallel), then etcd under its own name.
-func goBuild(ctx context.Context, out io.Writer, goBin, src, dir string) error {
-	var kube []string
-	for _, c := range buildTargets {
-		if c.file != "etcd" {
-			kube = append(kube, c.pkg)
+// what names the set's programs in messages.
+func (s buildSet) what() string {
+	if s.name == "" {
+		return "Kubernetes " + Version + " and etcd"
+	}
+	var files []string
+	for _, t := range s.targets {
+		files = append(files, t.file)
+	}
+	return strings.Join(files, ", ")
+}
+
+// goBuild builds the set's programs into dir: the commands whose file is
+// their package's name in one go build (it links them in parallel), each
+// other one on its own (-o), test binaries with go test -c.
+func (s buildSet) goBuild(ctx context.Context, out io.Writer, goBin, src, dir string) error {
+	var together []string
+	for _, t := range s.targets {
+		if !t.test && t.file == path.Base(t.pkg) {
+			together = append(together, t.pkg)
 		}
 	}
-	args := append(append([]string{"build"}, buildFlags()...), "-o", dir+"/")
-	if err := runGo(ctx, out, goBin, src, append(args, kube...)...); err != nil {
-		return err
+	if len(together) > 0 {
+		args := append(append([]string{"build"}, buildFlags()...), "-o", dir+"/")
+		if err := runGo(ctx, out, goBin, src, append(args, together...)...); err != nil {
+			return err
+		}
 	}
-	args = append(append([]string{"build"}, buildFlags()...), "-o", filepath.Join(dir, "etcd"))
-	return runGo(ctx, out, goBin, src, append(args, "go.etcd.io/etcd/server/v3")...)
+	for _, t := range s.targets {
+		if !t.test && t.file == path.Base(t.pkg) {
+			continue
+		}
+		cmd := []string{"build"}
+		if t.test {
+			cmd = []string{"test", "-c"}
+		}
+		args := append(append(cmd, buildFlags()...), "-o", filepath.Join(dir, t.file), t.pkg)
+		if err := runGo(ctx, out, goBin, src, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// complete tells whether every program of the set is in dir.
+func (s buildSet) complete(dir string) bool {
+	for _, t := range s.targets {
+		if !executable(filepath.Join(dir, t.file)) {
+			return false
+		}
+	}
+	return true
+}
+
+// binariesComplete tells whether every binary of b is there.
+func binariesComplete(b Binaries) bool {
+	for _, p := range []string{b.APIServer, b.ControllerManager, b.Scheduler, b.Kubelet, b.Proxy, b.Kubectl, b.Etcd} {
+		if !executable(p) {
+			return false
+		}
+	}
+	return true
+}
+
+// executable tells whether path is an executable regular file.
+func executable(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0
 }
 
 // runGo runs the go command in dir, its output going to out; the error
@@ -226,16 +356,20 @@ func lastLines(b []byte, n int) string {
 }
 
 // cacheKey names the cache entry of a build from src: Version, the
-// digest of the module's go.mod, go.sum and tools.go, the Go version,
+// digest of the module's go.mod, go.sum and Go files, the Go version,
 // the target platform and the build flags and environment.
 func cacheKey(ctx context.Context, goBin, src string) (string, error) {
+	goFiles, err := filepath.Glob(filepath.Join(src, "*.go"))
+	if err != nil {
+		return "", fmt.Errorf("kube build: %w", err)
+	}
 	h := sha256.New()
-	for _, name := range []string{"go.mod", "go.sum", "tools.go"} {
-		b, err := os.ReadFile(filepath.Join(src, name))
+	for _, file := range append([]string{filepath.Join(src, "go.mod"), filepath.Join(src, "go.sum")}, goFiles...) {
+		b, err := os.ReadFile(file)
 		if err != nil {
-			return "", fmt.Errorf("kube build: components module at %s: %w", src, err)
+			return "", fmt.Errorf("kube build: module at %s: %w", src, err)
 		}
-		fmt.Fprintf(h, "%s %d\n", name, len(b))
+		fmt.Fprintf(h, "%s %d\n", filepath.Base(file), len(b))
 		h.Write(b)
 	}
 	cmd := exec.CommandContext(ctx, goBin, "env", "GOVERSION", "GOOS", "GOARCH")
@@ -248,26 +382,6 @@ func cacheKey(ctx context.Context, goBin, src string) (string, error) {
 	h.Write(goEnv)
 	fmt.Fprintf(h, "%q %q\n", buildFlags(), buildEnvOverrides)
 	return Version + "-" + hex.EncodeToString(h.Sum(nil))[:16], nil
-}
-
-// binariesIn names the binaries in dir.
-func binariesIn(dir string) Binaries {
-	var b Binaries
-	for _, c := range buildTargets {
-		*c.path(&b) = filepath.Join(dir, c.file)
-	}
-	return b
-}
-
-// binariesComplete tells whether every binary of b is there.
-func binariesComplete(b Binaries) bool {
-	for _, c := range buildTargets {
-		st, err := os.Stat(*c.path(&b))
-		if err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // lockFile takes an exclusive lock on path (created if missing), waiting

@@ -44,13 +44,20 @@ func TestCacheKey(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "go.sum"), []byte("other"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if changed, err := cacheKey(ctx, goBin, src); err != nil || changed == first {
-		t.Errorf("key after go.sum changed: %q, %v; want another than %q", changed, err, first)
+	second, err := cacheKey(ctx, goBin, src)
+	if err != nil || second == first {
+		t.Errorf("key after go.sum changed: %q, %v; want another than %q", second, err, first)
 	}
-	if err := os.Remove(filepath.Join(src, "tools.go")); err != nil {
+	if err := os.WriteFile(filepath.Join(src, "tools.go"), []byte("other"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if third, err := cacheKey(ctx, goBin, src); err != nil || third == second {
+		t.Errorf("key after a Go file changed: %q, %v; want another than %q", third, err, second)
+	}
+	if err := os.Remove(filepath.Join(src, "go.sum")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cacheKey(ctx, goBin, src); err == nil {
-		t.Error("a key for a module missing tools.go")
+		t.Error("a key for a module missing go.sum")
 	}
 }

@@ -56,6 +56,10 @@ type NodeConfig struct {
 	CAFile string
 	// ClusterCIDR is the pods' address range, for kube-proxy.
 	ClusterCIDR string
+	// ClusterDNS is the cluster DNS Service's address kubelet gives pods
+	// (dnsPolicy ClusterFirst) as their name server, with ClusterDomain
+	// as search domain; nil: pods get no cluster DNS.
+	ClusterDNS net.IP
 	// StaticPodDir is kubelet's staticPodPath: pod manifests it runs
 	// without an apiserver. Optional.
 	StaticPodDir string

@@ -9,6 +9,10 @@ import (
 // command lines. Paths in them are the node's view: the standard paths
 // are its own directories.
 
+// ClusterDomain is the cluster's DNS domain, kubelet's clusterDomain:
+// Services are <name>.<namespace>.svc.ClusterDomain.
+const ClusterDomain = "cluster.local"
+
 // kubeletConfig is the KubeletConfiguration of the node.
 func (c NodeConfig) kubeletConfig() ([]byte, error) {
 	authn := map[string]any{
@@ -59,6 +63,10 @@ func (c NodeConfig) kubeletConfig() ([]byte, error) {
 		"healthzBindAddress":            "127.0.0.1",
 		// Its default, under /usr/libexec, would be created on the machine.
 		"volumePluginDir": "/var/lib/kubelet/volumeplugins",
+	}
+	if c.ClusterDNS != nil {
+		cfg["clusterDNS"] = []string{c.ClusterDNS.String()}
+		cfg["clusterDomain"] = ClusterDomain
 	}
 	if c.StaticPodDir != "" {
 		cfg["staticPodPath"] = c.StaticPodDir

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -63,8 +64,10 @@ func TestNodeComponentConfigs(t *testing.T) {
 		change     func(*NodeConfig)
 		kubeconfig bool
 		static     bool
+		dns        string
 	}{
 		{name: "cluster", change: func(*NodeConfig) {}, kubeconfig: true},
+		{name: "cluster DNS", change: func(c *NodeConfig) { c.ClusterDNS = net.ParseIP("10.96.0.10") }, kubeconfig: true, dns: "10.96.0.10"},
 		{name: "standalone", change: func(c *NodeConfig) { c.Kubeconfig, c.StaticPodDir = "", "/tmp/manifests" }, static: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -102,6 +105,13 @@ func TestNodeComponentConfigs(t *testing.T) {
 			}
 			if _, ok := kc["staticPodPath"]; ok != tc.static {
 				t.Errorf("kubelet staticPodPath set %v, want %v", ok, tc.static)
+			}
+			var dns, domain any
+			if tc.dns != "" {
+				dns, domain = []any{tc.dns}, ClusterDomain
+			}
+			if !reflect.DeepEqual(kc["clusterDNS"], dns) || kc["clusterDomain"] != domain {
+				t.Errorf("kubelet clusterDNS %v, clusterDomain %v; want %v, %v", kc["clusterDNS"], kc["clusterDomain"], dns, domain)
 			}
 		})
 	}

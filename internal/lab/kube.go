@@ -45,6 +45,12 @@ const (
 	PodsSelector   = "app.kubernetes.io/name=podnet-lab"
 )
 
+// ClusterDNS is the address kubelet gives pods as their name server: the
+// kube-dns Service's ClusterIP, in the Service range, for a cluster DNS
+// deployed into the lab (the conformance run's CoreDNS); none runs by
+// default.
+const ClusterDNS = "10.96.0.10"
+
 // Waits of the Kubernetes mode (the podnet pods start only once their
 // node's kubelet registered; a node is Ready only once podnet wrote its
 // CNI configuration).
@@ -319,7 +325,7 @@ func (l *Lab) startKubeNode(ctx context.Context, cp *kube.ControlPlane, n *Node)
 	}
 	cfg := kube.NodeConfig{
 		Bins: l.Kube.Bins, Name: n.Name, NetNS: filepath.Join(netns.RunDir, n.NS), IP: net.ParseIP(n.IP), Dir: n.Dir,
-		Kubeconfig: kubelet, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR,
+		Kubeconfig: kubelet, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR, ClusterDNS: net.ParseIP(ClusterDNS),
 		Images: l.Kube.Images, Supervisor: []string{l.Bins.CLI, "kube-node"}, Detach: true,
 	}
 	if l.Spec.KubeProxy != KubeProxyNone {
