@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/lab"
 )
 
@@ -97,7 +98,9 @@ func run(ctx context.Context, o options) (err error) {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	name := "bps-" + hex.EncodeToString(b[:])
-	l, err := lab.New("", name, lab.Spec{Nodes: 2, Kubernetes: true}, bins, os.Stderr)
+	// kube-proxy on both nodes: the reference node has no podnet agent to
+	// serve Services, and the sides differ only in their CNI plugins.
+	l, err := lab.New("", name, lab.Spec{Nodes: 2, Kubernetes: true, KubeProxy: kube.ProxyIPTables}, bins, os.Stderr)
 	if err != nil {
 		return err
 	}
