@@ -31,6 +31,7 @@ import (
 	"github.com/podnet/podnet/internal/testing/kubetest"
 	"github.com/podnet/podnet/internal/testing/logtest"
 	"github.com/podnet/podnet/internal/testing/nfttest"
+	"github.com/podnet/podnet/internal/testing/poll"
 )
 
 // The addresses of the test's two namespaces, linked by a veth pair: the
@@ -100,13 +101,7 @@ func startCluster(t *testing.T) *testCluster {
 // waitFor polls cond until it holds, failing the test after 60 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, 60*time.Second, what, cond)
 }
 
 // runningProxy is a service proxy running for the node n1 of a

@@ -22,6 +22,7 @@ import (
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testing/kubetest"
 	"github.com/podnet/podnet/internal/testing/logtest"
+	"github.com/podnet/podnet/internal/testing/poll"
 )
 
 // The tests share one real control plane (etcd, kube-apiserver,
@@ -196,13 +197,7 @@ func openStore(t *testing.T, node string, cl cluster.Config, mutate ...func(*Con
 // waitFor polls cond until it holds, failing the test after 60 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, 60*time.Second, what, cond)
 }
 
 // watcher runs WatchNodes until the test ends and keeps the last set.
