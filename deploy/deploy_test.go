@@ -38,6 +38,7 @@ import (
 	"github.com/podnet/podnet/internal/datastore/kubeapi"
 	"github.com/podnet/podnet/internal/image"
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/testing/logtest"
 	"github.com/podnet/podnet/internal/testing/sandbox"
 )
 
@@ -579,10 +580,10 @@ func TestLeaveWait(t *testing.T) {
 	args := []string{"--node-name=n1", "--backend=host-gw", "--listen=",
 		"--data-dir=" + filepath.Join(dir, "data"), "--cni-conf-dir=" + filepath.Dir(conflist),
 		"--cni-bin-dir=" + filepath.Join(dir, "bin"), "--ipam-dir=" + filepath.Join(dir, "ipam")}
-	start := func(extra ...string) (*exec.Cmd, *lockedBuffer, chan error) {
+	start := func(extra ...string) (*exec.Cmd, *logtest.Buffer, chan error) {
 		t.Helper()
 		cmd := exec.Command(agentBin, append(extra, args...)...)
-		out := &lockedBuffer{}
+		out := &logtest.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := ns.Do(cmd.Start); err != nil {
 			t.Fatal(err)
@@ -653,22 +654,4 @@ func TestLeaveWait(t *testing.T) {
 	if exists() {
 		t.Errorf("the conflist is still there after a leave without a datastore:\n%s", out)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer a process writes to while a test reads.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -19,16 +19,14 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/bench/internal/benchlab"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/lab"
 )
@@ -96,15 +94,11 @@ func run(ctx context.Context, o options) (err error) {
 		return errors.New("needs -nodes ≥ 2 and -add ≥ 0")
 	}
 	start := time.Now()
-	bins := lab.Binaries{Agent: o.agentBin, CNI: o.cniBin}
-	for _, p := range []*string{&bins.Agent, &bins.CNI} {
-		if *p, err = filepath.Abs(*p); err != nil {
-			return err
-		}
+	bins, err := benchlab.Binaries(lab.Binaries{Agent: o.agentBin, CNI: o.cniBin})
+	if err != nil {
+		return err
 	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := "bag-" + hex.EncodeToString(b[:])
+	name := benchlab.Name("bag")
 	l, err := lab.New("", name, lab.Spec{Nodes: o.nodes, PodsPerNode: o.pods, Backend: o.backend}, bins, os.Stderr)
 	if err != nil {
 		return err

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/bench/internal/benchlab"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/cnibin"
 	"github.com/podnet/podnet/internal/lab"
@@ -113,7 +114,7 @@ func run(ctx context.Context, o options) (err error) {
 		return errors.New("needs root: creates network namespaces")
 	}
 	start := time.Now()
-	bins, err := labBins(o.agentBin, o.cniBin)
+	bins, err := benchlab.Binaries(lab.Binaries{Agent: o.agentBin, CNI: o.cniBin})
 	if err != nil {
 		return err
 	}

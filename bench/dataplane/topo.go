@@ -2,19 +2,16 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/bench/internal/benchlab"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/cniruntime"
 	"github.com/podnet/podnet/internal/lab"
@@ -34,12 +31,6 @@ func (c cleanup) run() error {
 		errs = append(errs, c[i]())
 	}
 	return errors.Join(errs...)
-}
-
-func randomSuffix() string {
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // vethPair is the same-node reference: two namespaces joined by a bare
@@ -126,26 +117,10 @@ func cniPair(ctx context.Context, c *cleanup, prefix string, o sandbox.Options, 
 	return ends[0], ends[1], nil
 }
 
-// labBins are the binaries a lab runs.
-func labBins(agentBin, cniBin string) (lab.Binaries, error) {
-	b := lab.Binaries{Agent: agentBin, CNI: cniBin}
-	for _, p := range []*string{&b.Agent, &b.CNI} {
-		abs, err := filepath.Abs(*p)
-		if err != nil {
-			return b, err
-		}
-		if _, err := os.Stat(abs); err != nil {
-			return b, fmt.Errorf("%w (make build makes it)", err)
-		}
-		*p = abs
-	}
-	return b, nil
-}
-
 // twoNodeLab brings up a lab of two nodes on one segment with the backend,
 // two pods on n1 and one on n2; it is taken down by the cleanup.
 func twoNodeLab(ctx context.Context, c *cleanup, tag string, backend cluster.Backend, bins lab.Binaries, progress io.Writer) (*lab.Lab, error) {
-	name := "bdp-" + tag + "-" + randomSuffix()
+	name := benchlab.Name("bdp-" + tag)
 	l, err := lab.New("", name, lab.Spec{Nodes: 2, Segments: 1, Backend: backend, PodsPerNode: 0}, bins, progress)
 	if err != nil {
 		return nil, err

@@ -45,16 +45,9 @@ var momentNames = []string{
 // exampleOf is the pod of median start time among those found in events.
 func exampleOf(pods []*podTimes, events map[string]*podEvents) *example {
 	var found []*example
-	for _, p := range pods {
-		e := events[p.Name]
-		if e == nil {
-			continue
-		}
-		ms := e.moments(p)
-		if ms == nil {
-			continue
-		}
-		x := &example{Pod: p.Name}
+	for _, pm := range momentsOf(pods, events) {
+		ms := pm.moments
+		x := &example{Pod: pm.pod.Name}
 		for _, m := range ms {
 			x.Offsets = append(x.Offsets, m.Sub(ms[0]))
 		}
@@ -168,19 +161,32 @@ func (e *podEvents) moments(p *podTimes) []time.Time {
 	return ms
 }
 
+// podMoments is a started pod with its consecutive moments.
+type podMoments struct {
+	pod     *podTimes
+	moments []time.Time
+}
+
+// momentsOf is, in order, the pods found in events whose moments are all
+// known.
+func momentsOf(pods []*podTimes, events map[string]*podEvents) []podMoments {
+	var out []podMoments
+	for _, p := range pods {
+		if e := events[p.Name]; e != nil {
+			if ms := e.moments(p); ms != nil {
+				out = append(out, podMoments{p, ms})
+			}
+		}
+	}
+	return out
+}
+
 // phasesOf is the medians and 90th percentiles of the phases over the
 // pods found in events.
 func phasesOf(pods []*podTimes, events map[string]*podEvents) []phase {
 	durs := make([][]time.Duration, len(phaseNames)+1)
-	for _, p := range pods {
-		e := events[p.Name]
-		if e == nil {
-			continue
-		}
-		ms := e.moments(p)
-		if ms == nil {
-			continue
-		}
+	for _, pm := range momentsOf(pods, events) {
+		ms := pm.moments
 		// Moments 4 and 5 (CreateContainer returned, StartContainer
 		// called) are kubelet's back-to-back calls: their gap goes
 		// with StartContainer.

@@ -33,16 +33,14 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/bench/internal/benchlab"
 	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/lab"
 )
@@ -85,19 +83,15 @@ func run(ctx context.Context, o options) (err error) {
 		return errors.New("needs -rounds ≥ 1 and -pods ≥ 1")
 	}
 	start := time.Now()
-	bins := lab.Binaries{Agent: o.agentBin, CNI: o.cniBin, CLI: o.cliBin}
-	for _, p := range []*string{&bins.Agent, &bins.CNI, &bins.CLI} {
-		if *p, err = filepath.Abs(*p); err != nil {
-			return err
-		}
+	bins, err := benchlab.Binaries(lab.Binaries{Agent: o.agentBin, CNI: o.cniBin, CLI: o.cliBin})
+	if err != nil {
+		return err
 	}
 	ref, err := referencePlugins(o.refCNIDir)
 	if err != nil {
 		return err
 	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := "bps-" + hex.EncodeToString(b[:])
+	name := benchlab.Name("bps")
 	// kube-proxy on both nodes: the reference node has no podnet agent to
 	// serve Services, and the sides differ only in their CNI plugins.
 	l, err := lab.New("", name, lab.Spec{Nodes: 2, Kubernetes: true, KubeProxy: kube.ProxyIPTables}, bins, os.Stderr)

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -10,16 +9,15 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/podnet/podnet/internal/datastore/kubeapi"
 	"github.com/podnet/podnet/internal/kube"
-	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/services/dataplane"
+	"github.com/podnet/podnet/internal/testing/kubetest"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 // startKubeControlPlane runs a real control plane in env's peer namespace,
@@ -28,8 +26,6 @@ import (
 // exactly kubeapi.Rules().
 func startKubeControlPlane(t *testing.T, env *nodeEnv) (*kube.ControlPlane, kubernetes.Interface, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
 	h, err := netlink.NewHandleAt(env.peer.Handle())
 	if err != nil {
 		t.Fatal(err)
@@ -46,49 +42,8 @@ func startKubeControlPlane(t *testing.T, env *nodeEnv) (*kube.ControlPlane, kube
 	if err := h.LinkSetUp(eth0); err != nil {
 		t.Fatal(err)
 	}
-	bins, err := kube.Build(ctx, kube.BuildConfig{Out: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
-		Bins: bins, Dir: t.TempDir(), NetNS: env.peer.Path(), IP: addr.IP,
-		ClusterCIDR: "10.244.0.0/16", NodeCIDRMaskSize: 24, ServiceCIDR: "10.96.0.0/16",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	admin, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	const user = "podnet-agent"
-	kubeconfig, err := cp.Kubeconfig(user)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: user}, Rules: kubeapi.Rules()}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: user},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// The authorizer learns of the binding a moment later.
-	waitFor(t, "the agent user allowed to list the Nodes", func() bool {
-		review, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-			User: user, ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "list", Resource: "nodes"},
-		}}, metav1.CreateOptions{})
-		return err == nil && review.Status.Allowed
-	})
-	return cp, admin, kubeconfig
+	cp, admin := kubetest.ControlPlane(t, env.peer.Path(), addr.IP)
+	return cp, admin, kubetest.User(t, cp, "podnet-agent", kubeapi.Rules())
 }
 
 // TestKubernetesDatastore runs an agent with --datastore kubernetes and
@@ -132,7 +87,7 @@ func TestKubernetesDatastore(t *testing.T) {
 		t.Fatal(err)
 	}
 	tn.waitReady(t)
-	if !serviceTable(t, tn.ns) {
+	if !nfttest.HasTable(t, tn.ns, nftables.TableFamilyINet, dataplane.TableName) {
 		t.Error("ready without the service proxy's table")
 	}
 	n1, err := nodes.Get(ctx, "n1", metav1.GetOptions{})
@@ -196,7 +151,7 @@ func TestKubernetesDatastore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if serviceTable(t, tn.ns) {
+	if nfttest.HasTable(t, tn.ns, nftables.TableFamilyINet, dataplane.TableName) {
 		t.Error("after leave, the service proxy's table is left")
 	}
 	for _, k := range []string{kubeapi.AnnotationNodeIP, kubeapi.AnnotationNodeIP6, kubeapi.AnnotationVTEPMAC} {
@@ -226,23 +181,4 @@ func TestKubernetesDatastore(t *testing.T) {
 	if err := a3.Leave(ctx); err != nil {
 		t.Fatalf("leave while waiting for podCIDRs: %v", err)
 	}
-}
-
-// serviceTable reports whether ns holds the service proxy's table.
-func serviceTable(t *testing.T, ns *netns.Temp) bool {
-	t.Helper()
-	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tb := range tables {
-		if tb.Name == dataplane.TableName {
-			return true
-		}
-	}
-	return false
 }

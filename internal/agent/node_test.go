@@ -28,25 +28,9 @@ import (
 	"github.com/podnet/podnet/internal/fabric/routed"
 	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/testing/logtest"
+	"github.com/podnet/podnet/internal/testing/poll"
 )
-
-// syncBuffer is a log sink safe for the agent's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // testNode is an agent run in-process for a throwaway "node" namespace
 // whose underlay is a veth to a "peer" namespace, with its embedded etcd
@@ -56,7 +40,7 @@ type testNode struct {
 	node   *node
 	cfg    Config
 	ns     *netns.Temp
-	logs   *syncBuffer
+	logs   *logtest.Buffer
 	client *clientv3.Client
 	stop   func()
 }
@@ -165,7 +149,7 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 // test ends, and returns why it could not start.
 func (env *nodeEnv) start(t *testing.T, cfg Config) (*testNode, error) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	a, err := New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
@@ -204,15 +188,10 @@ func (tn *testNode) waitReady(t *testing.T) {
 	waitFor(t, "the agent ready", func() bool { return tn.node.manager.NotReady() == "" })
 }
 
+// waitFor polls cond until it holds, failing the test after 30 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 30*time.Second, what, cond)
 }
 
 // getStatus fetches /status through the agent's handler.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"reflect"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,20 +18,20 @@ import (
 	"github.com/google/nftables"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
-	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/podnet/podnet/internal/agent/controller"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/datastore/kubeapi"
-	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/services/dataplane"
+	"github.com/podnet/podnet/internal/testing/kubetest"
+	"github.com/podnet/podnet/internal/testing/logtest"
 	"github.com/podnet/podnet/internal/testing/nfttest"
+	"github.com/podnet/podnet/internal/testing/poll"
 )
 
 // The addresses of the test's two namespaces, linked by a veth pair: the
@@ -58,8 +56,6 @@ func startCluster(t *testing.T) *testCluster {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: runs a control plane in a network namespace")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
 	cpNS, err := netns.NewTemp("svccp")
 	if err != nil {
 		t.Fatal(err)
@@ -97,81 +93,15 @@ func startCluster(t *testing.T) *testCluster {
 	if err := hcp.LinkSetUp(peer); err != nil {
 		t.Fatal(err)
 	}
-	bins, err := kube.Build(ctx, kube.BuildConfig{Out: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
-		Bins: bins, Dir: t.TempDir(), NetNS: cpNS.Path(), IP: cpIP,
-		ClusterCIDR: "10.244.0.0/16", NodeCIDRMaskSize: 24, ServiceCIDR: "10.96.0.0/16",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	admin, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	const user = "podnet-agent"
-	kubeconfig, err := cp.Kubeconfig(user)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rbac := admin.RbacV1()
-	if _, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: user}, Rules: kubeapi.Rules()}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: user},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// The authorizer learns of the binding a moment later.
-	waitFor(t, "the agent user allowed to watch the EndpointSlices", func() bool {
-		review, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-			User: user, ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "watch", Group: "discovery.k8s.io", Resource: "endpointslices"},
-		}}, metav1.CreateOptions{})
-		return err == nil && review.Status.Allowed
-	})
+	cp, admin := kubetest.ControlPlane(t, cpNS.Path(), cpIP)
+	kubeconfig := kubetest.User(t, cp, "podnet-agent", kubeapi.Rules())
 	return &testCluster{node: node, admin: admin, kubeconfig: kubeconfig}
 }
 
 // waitFor polls cond until it holds, failing the test after 60 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// logBuffer is a log sink safe for the controller's goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
+	poll.Until(t, 60*time.Second, what, cond)
 }
 
 // runningProxy is a service proxy running for the node n1 of a
@@ -185,7 +115,7 @@ type runningProxy struct {
 
 func (tc *testCluster) startProxy(t *testing.T) *runningProxy {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	store, err := kubeapi.Open(context.Background(), kubeapi.Config{NodeName: "n1", Kubeconfig: tc.kubeconfig, NetNS: tc.node.NS, Log: log})
 	if err != nil {
@@ -278,20 +208,7 @@ func (tc *testCluster) get(url string) (int, map[string]any, error) {
 // hasTable reports whether the node's namespace holds the service table.
 func (tc *testCluster) hasTable(t *testing.T) bool {
 	t.Helper()
-	c, err := nftables.New(nftables.WithNetNSFd(tc.node.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tb := range tables {
-		if tb.Name == dataplane.TableName {
-			return true
-		}
-	}
-	return false
+	return nfttest.HasTable(t, tc.node, nftables.TableFamilyINet, dataplane.TableName)
 }
 
 // TestController runs the service proxy against a real API server, from a

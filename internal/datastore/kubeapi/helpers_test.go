@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,7 +13,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -23,6 +20,9 @@ import (
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/testing/kubetest"
+	"github.com/podnet/podnet/internal/testing/logtest"
+	"github.com/podnet/podnet/internal/testing/poll"
 )
 
 // The tests share one real control plane (etcd, kube-apiserver,
@@ -69,10 +69,6 @@ func controlPlane(t *testing.T) {
 func startShared() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	bins, err := kube.Build(ctx, kube.BuildConfig{Out: io.Discard})
-	if err != nil {
-		return err
-	}
 	ns, err := netns.NewTemp("kds")
 	if err != nil {
 		return err
@@ -86,58 +82,13 @@ func startShared() error {
 	if err != nil {
 		return err
 	}
-	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
-		Bins: bins, Dir: dir, NetNS: ns.Path(), IP: ip,
-		ClusterCIDR: "10.244.0.0/16", NodeCIDRMaskSize: 24, ServiceCIDR: "10.96.0.0/16",
-	})
-	if err != nil {
+	if shared.cp, err = kubetest.Start(ctx, ns.Path(), ip, dir); err != nil {
 		return err
 	}
-	shared.cp = cp
-	if shared.admin, err = cp.Client(); err != nil {
+	if shared.admin, err = shared.cp.Client(); err != nil {
 		return err
 	}
-	if shared.kubeconfig, err = cp.Kubeconfig(agentUser); err != nil {
-		return err
-	}
-	if err := bindRules(ctx, shared.admin, agentUser); err != nil {
-		return err
-	}
-	// The authorizer learns of the binding a moment later.
-	rc, err := restConfig(Config{Kubeconfig: shared.kubeconfig, NetNS: ns.NS})
-	if err != nil {
-		return err
-	}
-	agent, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return err
-	}
-	for {
-		_, err := agent.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the agent user cannot list the Nodes: %w", err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// bindRules gives user exactly Rules(), cluster-wide.
-func bindRules(ctx context.Context, admin kubernetes.Interface, user string) error {
-	rbac := admin.RbacV1()
-	if _, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: user}, Rules: Rules(),
-	}, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	_, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: user},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
-	}, metav1.CreateOptions{})
+	shared.kubeconfig, err = kubetest.BindUser(ctx, shared.cp, agentUser, Rules())
 	return err
 }
 
@@ -211,25 +162,6 @@ func getNode(t *testing.T, name string) *corev1.Node {
 	return n
 }
 
-// logBuffer is a log sink safe for the store's goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
-}
-
 // v4Cluster and dualCluster are the cluster configurations of the tests
 // (the controller manager allocates /24s of 10.244.0.0/16).
 var (
@@ -239,9 +171,9 @@ var (
 
 // openStore opens a store of the agent user for node, closed when the
 // test ends; its log is returned.
-func openStore(t *testing.T, node string, cl cluster.Config, mutate ...func(*Config)) (*Store, *logBuffer) {
+func openStore(t *testing.T, node string, cl cluster.Config, mutate ...func(*Config)) (*Store, *logtest.Buffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	cfg := Config{
 		NodeName: node, Kubeconfig: shared.kubeconfig, Cluster: cl, NetNS: shared.ns.NS,
 		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -265,13 +197,7 @@ func openStore(t *testing.T, node string, cl cluster.Config, mutate ...func(*Con
 // waitFor polls cond until it holds, failing the test after 60 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, 60*time.Second, what, cond)
 }
 
 // watcher runs WatchNodes until the test ends and keeps the last set.

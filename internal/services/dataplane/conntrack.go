@@ -89,19 +89,24 @@ func (t *Table) flushConntrack(full bool, old, next map[string]*programmed) (int
 	if !udpSweepNeeded(full, old, next) {
 		return 0, nil
 	}
-	var filters [2]staleUDP
+	filters := map[netlink.InetFamily]staleUDP{}
+	// filter is the family's filter of s, made on first use.
+	filter := func(s *Service) staleUDP {
+		fam := netlink.InetFamily(unix.AF_INET)
+		if s.Family == IPv6 {
+			fam = unix.AF_INET6
+		}
+		if filters[fam] == nil {
+			filters[fam] = staleUDP{}
+		}
+		return filters[fam]
+	}
 	for _, p := range next {
 		s := &p.svc
 		if s.Protocol != UDP {
 			continue
 		}
-		i := 0
-		if s.Family == IPv6 {
-			i = 1
-		}
-		if filters[i] == nil {
-			filters[i] = staleUDP{}
-		}
+		f := filter(s)
 		eps := map[netip.AddrPort]bool{}
 		for _, ep := range p.endpoints() {
 			eps[netip.AddrPortFrom(ep.Addr, ep.Port)] = true
@@ -116,7 +121,7 @@ func (t *Table) flushConntrack(full bool, old, next map[string]*programmed) (int
 			targets = append(targets, udpTarget{port: s.NodePort})
 		}
 		for _, tg := range targets {
-			filters[i][tg] = eps
+			f[tg] = eps
 		}
 	}
 	// Removed services: their entries lead nowhere any more.
@@ -125,26 +130,13 @@ func (t *Table) flushConntrack(full bool, old, next map[string]*programmed) (int
 		if next[id] != nil || s.Protocol != UDP || !s.ClusterIP.IsValid() {
 			continue
 		}
-		i := 0
-		if s.Family == IPv6 {
-			i = 1
-		}
-		if filters[i] == nil {
-			filters[i] = staleUDP{}
-		}
-		if _, ok := filters[i][udpTarget{s.ClusterIP, s.Port}]; !ok {
-			filters[i][udpTarget{s.ClusterIP, s.Port}] = map[netip.AddrPort]bool{}
+		f := filter(s)
+		if _, ok := f[udpTarget{s.ClusterIP, s.Port}]; !ok {
+			f[udpTarget{s.ClusterIP, s.Port}] = map[netip.AddrPort]bool{}
 		}
 	}
 	total := 0
-	for i, f := range filters {
-		if f == nil {
-			continue
-		}
-		fam := netlink.InetFamily(unix.AF_INET)
-		if i == 1 {
-			fam = unix.AF_INET6
-		}
+	for fam, f := range filters {
 		n, err := t.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f)
 		total += int(n)
 		if err != nil {

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"testing"
 
+	"github.com/google/nftables"
+
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testing/sandbox"
 )
@@ -74,4 +76,24 @@ func CIDRs(t testing.TB, ss ...string) []*net.IPNet {
 		out = append(out, CIDR(t, s))
 	}
 	return out
+}
+
+// HasTable reports whether the namespace holds the table name of family,
+// asking the kernel through netlink.
+func HasTable(t testing.TB, ns *netns.Temp, family nftables.TableFamily, name string) bool {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := c.ListTablesOfFamily(family)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == name {
+			return true
+		}
+	}
+	return false
 }
