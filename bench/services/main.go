@@ -177,11 +177,23 @@ func run(ctx context.Context, o options) (err error) {
 			fmt.Fprintln(os.Stderr, r.summary())
 			res.Runs = append(res.Runs, r)
 		}
+		// Published after every scale: a run cut short (the larger
+		// scales take long) leaves what it measured.
+		res.Measured = append(res.Measured, n)
+		if err := publish(o, res, start, n == o.scales[len(o.scales)-1]); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// publish writes the report of what res holds so far; final prints it.
+func publish(o options, res *result, start time.Time, final bool) error {
 	res.LoadEnd = benchdoc.LoadAverage()
 	res.Took = time.Since(start).Round(time.Second)
-	text := report(res)
-	fmt.Print(text)
+	if final {
+		fmt.Print(report(res))
+	}
 	return o.out.Publish("bench/services", markdown(res), res)
 }
 
@@ -227,8 +239,14 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 		return nil, fmt.Errorf("cold start: %w", err)
 	}
 	r.Cold = seen.Sub(p.started)
-	if r.ColdSyncs, r.ColdSyncTime, err = p.syncs(ctx); err != nil {
-		return nil, err
+	// kube-proxy observes its sync's duration after the transaction:
+	// the histogram may lag the kernel a moment.
+	if _, err := poll(ctx, p, 30*time.Second, func() (bool, error) {
+		var err error
+		r.ColdSyncs, r.ColdSyncTime, err = p.syncs(ctx)
+		return r.ColdSyncs > 0, err
+	}); err != nil {
+		return nil, fmt.Errorf("the proxy's first sync in its metrics: %w", err)
 	}
 	if r.ColdUsage, err = p.usage(); err != nil {
 		return nil, err

@@ -13,12 +13,14 @@ type result struct {
 	LoadStart string           `json:"loadAverageStart"`
 	LoadEnd   string           `json:"loadAverageEnd"`
 	Scales    []int            `json:"scales"`
-	Trials    int              `json:"trials"`
-	Connects  int              `json:"connects"`
-	Gap       time.Duration    `json:"gap"`
-	Created   []created        `json:"created"`
-	Runs      []*proxyRun      `json:"runs"`
-	Took      time.Duration    `json:"took"`
+	// Measured are the scales measured so far (all of Scales at the end).
+	Measured []int         `json:"measured"`
+	Trials   int           `json:"trials"`
+	Connects int           `json:"connects"`
+	Gap      time.Duration `json:"gap"`
+	Created  []created     `json:"created"`
+	Runs     []*proxyRun   `json:"runs"`
+	Took     time.Duration `json:"took"`
 }
 
 // created is how fast the API was filled up to a scale.
@@ -174,7 +176,7 @@ func (t *traffic) ratio() float64 {
 // bars are the issue's bars with their verdicts, for what was measured.
 func (res *result) bars() []string {
 	var out []string
-	lo, hi := res.Scales[0], res.Scales[len(res.Scales)-1]
+	lo, hi := res.Measured[0], res.Measured[len(res.Measured)-1]
 	p := res.run(proxyPodnet, hi)
 	if p == nil {
 		return nil
@@ -209,7 +211,7 @@ func report(res *result) string {
 	for _, c := range res.Created {
 		fmt.Fprintf(&b, "API filled to %d Services (+%d, each with its EndpointSlice) in %s\n", c.Services, c.Added, c.Took.Round(time.Millisecond))
 	}
-	for _, n := range res.Scales {
+	for _, n := range res.Measured {
 		head, rows := res.table(n)
 		fmt.Fprintf(&b, "\n%s\n", strings.Join(head, " | "))
 		for _, r := range rows {
@@ -240,7 +242,10 @@ func markdown(res *result) string {
 	for _, c := range res.Created {
 		fmt.Fprintf(&b, "- API filled to %d Services (+%d with their slices) in %s.\n", c.Services, c.Added, c.Took.Round(time.Millisecond))
 	}
-	for _, n := range res.Scales {
+	if len(res.Measured) < len(res.Scales) {
+		fmt.Fprintf(&b, "**Partial run**: measured %v of the scales %v.\n\n", res.Measured, res.Scales)
+	}
+	for _, n := range res.Measured {
 		head, rows := res.table(n)
 		fmt.Fprintf(&b, "\n| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
 		for _, r := range rows {
