@@ -145,7 +145,8 @@ bench-podstart: deps build
 # Services × 5 endpoints: cold sync, Service added and endpoint changed →
 # in the kernel, CPU and memory, connect latency, ClusterIP throughput;
 # writes its section of docs/performance.md and
-# docs/performance-services.json (needs root, nft; ~25 min on 2 cores).
+# docs/performance-services.json after every scale (needs root, nft; an
+# hour or more on 2 cores: kube-proxy is slow at 5k-10k Services).
 bench-services: build
 	$(GO) build -o $(BIN)/bench-services-proxy ./bench/services/proxy
 	$(GO) run ./bench/services -proxy-bin $(BIN)/bench-services-proxy -scales $(SERVICES_SCALES) -trials $(SERVICES_TRIALS) \
