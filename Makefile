@@ -41,10 +41,15 @@ PODSTART_FLAGS  ?=
 # extra flags for go run ./test/conformance.
 PROXY       ?= kube-proxy
 CONF_FLAGS  ?=
+# bench-services: Services (× 5 endpoints) per scale, updates timed per
+# proxy and scale; extra flags in SERVICES_FLAGS.
+SERVICES_SCALES ?= 10,1000,5000,10000
+SERVICES_TRIALS ?= 20
+SERVICES_FLAGS  ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart conformance clean
+.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services conformance clean
 
 # The plugin binary, and in bin/cni/ the plugins as a CNI bin dir (one hard
 # link per plugin type, ready to copy to /opt/cni/bin); the node agent and
@@ -94,7 +99,7 @@ test: deps build
 
 # The performance report, docs/performance.md and its JSON beside it: each
 # benchmark rewrites its own section (needs root; ~50 min on 2 cores).
-bench: bench-cni bench-dataplane bench-agent bench-chaos bench-podstart
+bench: bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services
 
 # CNI ADD and DEL latency (bridge, ptp, the full chain, the cluster
 # conflist), the 100- and 50-pod bursts and the plugin footprint, podnet vs
@@ -137,6 +142,19 @@ bench-chaos: deps build
 bench-podstart: deps build
 	$(GO) run ./bench/podstart -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -cli-bin $(BIN)/podnet \
 		-pods $(PODSTART_PODS) -rounds $(PODSTART_ROUNDS) -md docs/performance.md -json docs/performance-podstart.json $(PODSTART_FLAGS)
+
+# Service proxy: podnet's (the services controller in its own process)
+# against upstream kube-proxy in nftables and in iptables mode, one after
+# the other on fresh nodes of one real API server holding SERVICES_SCALES
+# Services × 5 endpoints: cold sync, Service added and endpoint changed →
+# in the kernel, CPU and memory, connect latency, ClusterIP throughput;
+# writes its section of docs/performance.md and
+# docs/performance-services.json after every scale (needs root, nft; an
+# hour or more on 2 cores: kube-proxy is slow at 5k-10k Services).
+bench-services: build
+	$(GO) build -o $(BIN)/bench-services-proxy ./bench/services/proxy
+	$(GO) run ./bench/services -proxy-bin $(BIN)/bench-services-proxy -scales $(SERVICES_SCALES) -trials $(SERVICES_TRIALS) \
+		-md docs/performance.md -json docs/performance-services.json $(SERVICES_FLAGS)
 
 # The upstream Kubernetes e2e tests for Services ([sig-network] Services:
 # every [Conformance] case and the rest needing no cloud provider) on a
