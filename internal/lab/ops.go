@@ -372,6 +372,9 @@ func Down(base, name string) error {
 	if err := os.RemoveAll(filepath.Join(base, name)); err != nil {
 		errs = append(errs, err)
 	}
+	// The base dir goes with the last lab: os.Remove fails, harmlessly,
+	// while another lab still keeps its state there.
+	_ = os.Remove(base)
 	return errors.Join(errs...)
 }
 
