@@ -1,0 +1,644 @@
+// Package policy computes what Kubernetes NetworkPolicy v1 allows for the
+// pods of one node, apart from the data plane that enforces it.
+//
+// Build takes the cluster's NetworkPolicies, Pods and Namespaces and
+// returns a Model: for each local pod and direction, whether the pod is
+// isolated and, when it is, the traffic its policies allow, as rules over
+// named peer sets. The semantics are the API's (k8s.io/api/networking/v1)
+// as sigs.k8s.io/kube-network-policies implements them:
+//
+//   - a policy selects the pods of its namespace matching its podSelector
+//     (empty: all of them); it isolates them for ingress always and for
+//     egress when its policyTypes list Egress, or, with no policyTypes,
+//     when it has egress rules;
+//   - the rules of all the policies selecting a pod in a direction add up;
+//     a rule with no from/to allows every peer, one with no ports every
+//     port;
+//   - a peer is an ipBlock (its CIDR less its excepts, as address
+//     intervals) or selects pods: podSelector alone in the policy's
+//     namespace, namespaceSelector alone all pods of the namespaces it
+//     selects ({} every namespace), both together the pods matching the
+//     podSelector in those namespaces;
+//   - a port is a number, a number range (endPort) or a container port
+//     name, of TCP (the default), UDP or SCTP; a port with no number is
+//     every port of its protocol. Named ports resolve on the destination:
+//     for ingress the local pod's own container ports, for egress each
+//     peer pod's, which may differ from peer to peer;
+//   - hostNetwork pods are not policed, and as peers are matched by
+//     ipBlock only; pods with no IP, and finished pods (Succeeded,
+//     Failed), are neither policed nor peers.
+//
+// The Model is shaped for an nftables data plane: a verdict map keyed by a
+// local pod's address leads to its chain for a direction; each Rule of the
+// chain accepts when the peer address is in an AddrSet (and the port in
+// its ranges), or when peer address . protocol . port is in an
+// EndpointSet. Sets are named by a hash of what selects their members, so
+// every pod and policy with the same peers shares one set, and pods coming
+// and going change set elements, not rules. The data plane adds what is
+// not NetworkPolicy's to say: replies of allowed connections pass
+// (conntrack), and so does traffic from the pod's own node (kubelet
+// probes).
+package policy
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Protocol is an IP protocol number, as nftables' meta l4proto matches it.
+type Protocol uint8
+
+// The protocols of NetworkPolicy ports.
+const (
+	TCP  Protocol = 6
+	UDP  Protocol = 17
+	SCTP Protocol = 132
+)
+
+// String returns the protocol's Kubernetes name.
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	case SCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// Model is what NetworkPolicy asks of one node.
+type Model struct {
+	// Pods are the node's policed pods, isolated or not, ordered by
+	// namespace and name.
+	Pods []Pod
+	// AddrSets are the address sets the pods' rules name, ordered by name.
+	AddrSets []AddrSet
+	// EndpointSets are the endpoint sets the pods' rules name, ordered by
+	// name.
+	EndpointSets []EndpointSet
+}
+
+// Pod is one local pod's policy.
+type Pod struct {
+	Namespace string
+	Name      string
+	// IPs are the pod's addresses, IPv4 first: the keys of its verdicts.
+	IPs []netip.Addr
+	// Ingress is the traffic to the pod, peers being the sources.
+	Ingress Direction
+	// Egress is the traffic from the pod, peers being the destinations.
+	Egress Direction
+}
+
+// Direction is a pod's policy for ingress or egress.
+type Direction struct {
+	// Isolated is true when a policy selects the pod for this direction:
+	// then only what Rules allow passes (and replies to it).
+	Isolated bool
+	// Policies are the namespace/name of the policies isolating the pod in
+	// this direction, sorted.
+	Policies []string
+	// Rules are what passes, any one allowing; none with Isolated denies
+	// all. They are ordered, and rules of the same peers are merged.
+	Rules []Rule
+}
+
+// Rule allows traffic with a peer.
+type Rule struct {
+	// Peers is the name of the AddrSet holding the peer addresses; "" with
+	// no Endpoints is any address.
+	Peers string
+	// Ports are the destination ports allowed with Peers; none is every
+	// port of every protocol.
+	Ports []PortRange
+	// Endpoints is the name of the EndpointSet of the peer address .
+	// protocol . port allowed (egress to named ports); Peers and Ports are
+	// then empty.
+	Endpoints string
+}
+
+// PortRange is a range of destination ports of one protocol, both ends
+// included; 0-65535 is every port of the protocol.
+type PortRange struct {
+	Protocol Protocol
+	From, To uint16
+}
+
+// AddrSet is a named set of peer addresses.
+type AddrSet struct {
+	// Name is a hash of Key: stable across restarts and shared by every
+	// rule with the same peers.
+	Name string
+	// Key says what selects the members, e.g. `pods {app=db} in namespace
+	// prod`.
+	Key string
+	// Ranges are the members as address intervals, sorted, merged, IPv4
+	// before IPv6: the data plane splits them into a set per family.
+	Ranges []Range
+}
+
+// EndpointSet is a named set of peer address . protocol . port.
+type EndpointSet struct {
+	// Name is a hash of Key, as AddrSet's.
+	Name string
+	// Key says what selects the members: the peer and the port name.
+	Key string
+	// Endpoints are the members, sorted.
+	Endpoints []Endpoint
+}
+
+// Endpoint is a peer pod's address and one of its named container ports.
+type Endpoint struct {
+	Addr     netip.Addr
+	Protocol Protocol
+	Port     uint16
+}
+
+// Build computes the Model of node (the name pods' spec.nodeName holds)
+// from the cluster's policies, pods and namespaces; a pod whose namespace
+// is missing is taken to have one without labels. A policy whose
+// podSelector is invalid is skipped; a peer or port of a policy that is
+// invalid matches nothing, the pods it selects staying isolated. Either
+// is reported in the error, joined, with the Model of all the rest.
+func Build(node string, policies []*networkingv1.NetworkPolicy, pods []*corev1.Pod, namespaces []*corev1.Namespace) (*Model, error) {
+	b := &builder{
+		nsLabels:  map[string]labels.Set{},
+		addrSets:  map[string]*AddrSet{},
+		endpoints: map[string]*EndpointSet{},
+		selected:  map[string]peer{},
+	}
+	for _, ns := range namespaces {
+		b.nsLabels[ns.Name] = ns.Labels
+	}
+	var local []*localPod
+	for _, p := range pods {
+		pp, ok := newPeerPod(p)
+		if !ok {
+			continue
+		}
+		b.pods = append(b.pods, pp)
+		if p.Spec.NodeName == node {
+			local = append(local, &localPod{peerPod: pp})
+		}
+	}
+	slices.SortFunc(b.pods, comparePods)
+	slices.SortFunc(local, func(a, b *localPod) int { return comparePods(a.peerPod, b.peerPod) })
+
+	sorted := slices.Clone(policies)
+	slices.SortFunc(sorted, func(a, b *networkingv1.NetworkPolicy) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	var errs []error
+	for _, np := range sorted {
+		if err := b.apply(np, local); err != nil {
+			errs = append(errs, fmt.Errorf("policy %s/%s: %w", np.Namespace, np.Name, err))
+		}
+	}
+
+	m := &Model{}
+	used := map[string]bool{}
+	for _, lp := range local {
+		pod := Pod{Namespace: lp.namespace, Name: lp.name, IPs: lp.ips, Ingress: lp.ingress.direction(), Egress: lp.egress.direction()}
+		for _, r := range append(slices.Clone(pod.Ingress.Rules), pod.Egress.Rules...) {
+			used[r.Peers], used[r.Endpoints] = true, true
+		}
+		m.Pods = append(m.Pods, pod)
+	}
+	for name, s := range b.addrSets {
+		if used[name] {
+			m.AddrSets = append(m.AddrSets, *s)
+		}
+	}
+	for name, s := range b.endpoints {
+		if used[name] {
+			m.EndpointSets = append(m.EndpointSets, *s)
+		}
+	}
+	slices.SortFunc(m.AddrSets, func(a, b AddrSet) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(m.EndpointSets, func(a, b EndpointSet) int { return cmp.Compare(a.Name, b.Name) })
+	return m, errors.Join(errs...)
+}
+
+// peerPod is a pod that can be policed or be a peer.
+type peerPod struct {
+	namespace, name string
+	labels          labels.Set
+	ips             []netip.Addr
+	ports           []corev1.ContainerPort
+}
+
+// localPod is a pod of the node with its directions being built.
+type localPod struct {
+	*peerPod
+	ingress, egress accumulator
+}
+
+// newPeerPod returns what policy needs of p, false for a pod that is
+// neither policed nor a peer: hostNetwork, finished, or without an IP.
+func newPeerPod(p *corev1.Pod) (*peerPod, bool) {
+	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return nil, false
+	}
+	var ips []netip.Addr
+	for _, s := range p.Status.PodIPs {
+		if a, err := netip.ParseAddr(s.IP); err == nil && !slices.Contains(ips, a.Unmap()) {
+			ips = append(ips, a.Unmap())
+		}
+	}
+	if a, err := netip.ParseAddr(p.Status.PodIP); err == nil && !slices.Contains(ips, a.Unmap()) {
+		ips = append(ips, a.Unmap())
+	}
+	if len(ips) == 0 {
+		return nil, false
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	pp := &peerPod{namespace: p.Namespace, name: p.Name, labels: p.Labels, ips: ips}
+	for _, c := range p.Spec.Containers {
+		pp.ports = append(pp.ports, c.Ports...)
+	}
+	return pp, true
+}
+
+func comparePods(a, b *peerPod) int {
+	return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+}
+
+// builder holds what Build computes once for all policies.
+type builder struct {
+	nsLabels  map[string]labels.Set
+	pods      []*peerPod
+	addrSets  map[string]*AddrSet
+	endpoints map[string]*EndpointSet
+	// selected are the selector peers resolved, by key: policies with
+	// the same peers match the pods once.
+	selected map[string]peer
+}
+
+// apply adds np's isolation and rules to the local pods it selects.
+func (b *builder) apply(np *networkingv1.NetworkPolicy, local []*localPod) error {
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil {
+		return fmt.Errorf("podSelector: %w", err)
+	}
+	var selected []*localPod
+	for _, lp := range local {
+		if lp.namespace == np.Namespace && sel.Matches(lp.labels) {
+			selected = append(selected, lp)
+		}
+	}
+	if len(selected) == 0 {
+		return nil
+	}
+	ingress, egress := policyTypes(&np.Spec)
+	id := np.Namespace + "/" + np.Name
+	var errs []error
+	if ingress {
+		for _, lp := range selected {
+			lp.ingress.isolate(id)
+		}
+		for i, r := range np.Spec.Ingress {
+			peers, perrs := b.peers(np.Namespace, r.From)
+			ports, porterrs := parsePorts(r.Ports)
+			errs = append(errs, wrap(append(perrs, porterrs...), "ingress rule %d", i)...)
+			for _, lp := range selected {
+				lp.ingress.add(b.ingressRules(peers, ports, lp.peerPod, len(r.Ports) == 0))
+			}
+		}
+	}
+	if egress {
+		for _, lp := range selected {
+			lp.egress.isolate(id)
+		}
+		for i, r := range np.Spec.Egress {
+			peers, perrs := b.peers(np.Namespace, r.To)
+			ports, porterrs := parsePorts(r.Ports)
+			errs = append(errs, wrap(append(perrs, porterrs...), "egress rule %d", i)...)
+			rules := b.egressRules(peers, ports, len(r.Ports) == 0)
+			for _, lp := range selected {
+				lp.egress.add(rules)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// wrap wraps each of errs with a formatted context.
+func wrap(errs []error, format string, args ...any) []error {
+	out := make([]error, len(errs))
+	for i, err := range errs {
+		out[i] = fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+	}
+	return out
+}
+
+// policyTypes returns the directions spec isolates, with the API's
+// defaults when it lists none: Ingress always, Egress when it has egress
+// rules.
+func policyTypes(spec *networkingv1.NetworkPolicySpec) (ingress, egress bool) {
+	if len(spec.PolicyTypes) == 0 {
+		return true, len(spec.Egress) > 0
+	}
+	return slices.Contains(spec.PolicyTypes, networkingv1.PolicyTypeIngress),
+		slices.Contains(spec.PolicyTypes, networkingv1.PolicyTypeEgress)
+}
+
+// peer is one from/to item resolved: its key and how it matches pod
+// addresses.
+type peer struct {
+	key string
+	// ipBlock is true for an ipBlock, whose addresses are ranges; other
+	// peers are the addresses of pods.
+	ipBlock bool
+	ranges  []Range
+	pods    []*peerPod
+	// all is the peer of a rule with no from/to: any address.
+	all bool
+}
+
+// peers resolves a rule's from/to; with none, the rule's peer is any
+// address. An invalid peer is left out and reported.
+func (b *builder) peers(namespace string, items []networkingv1.NetworkPolicyPeer) ([]peer, []error) {
+	if len(items) == 0 {
+		return []peer{{key: "all pods", pods: b.pods, all: true}}, nil
+	}
+	var out []peer
+	var errs []error
+	for i := range items {
+		p, err := b.peer(namespace, &items[i])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("peer %d: %w", i, err))
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, errs
+}
+
+func (b *builder) peer(namespace string, item *networkingv1.NetworkPolicyPeer) (peer, error) {
+	if item.IPBlock != nil {
+		return ipBlockPeer(item.IPBlock)
+	}
+	if item.PodSelector == nil && item.NamespaceSelector == nil {
+		return peer{}, errors.New("no ipBlock, podSelector or namespaceSelector")
+	}
+	podSel, nsSel := labels.Everything(), labels.Nothing()
+	if item.PodSelector != nil {
+		s, err := metav1.LabelSelectorAsSelector(item.PodSelector)
+		if err != nil {
+			return peer{}, fmt.Errorf("podSelector: %w", err)
+		}
+		podSel = s
+	}
+	if item.NamespaceSelector != nil {
+		s, err := metav1.LabelSelectorAsSelector(item.NamespaceSelector)
+		if err != nil {
+			return peer{}, fmt.Errorf("namespaceSelector: %w", err)
+		}
+		nsSel = s
+	}
+	var p peer
+	switch {
+	case item.NamespaceSelector == nil:
+		p.key = fmt.Sprintf("pods {%s} in namespace %s", podSel, namespace)
+	case item.PodSelector == nil:
+		p.key = fmt.Sprintf("pods in namespaces {%s}", nsSel)
+	default:
+		p.key = fmt.Sprintf("pods {%s} in namespaces {%s}", podSel, nsSel)
+	}
+	if cached, ok := b.selected[p.key]; ok {
+		return cached, nil
+	}
+	for _, pp := range b.pods {
+		inNS := pp.namespace == namespace
+		if item.NamespaceSelector != nil {
+			inNS = nsSel.Matches(b.nsLabels[pp.namespace])
+		}
+		if inNS && podSel.Matches(pp.labels) {
+			p.pods = append(p.pods, pp)
+		}
+	}
+	b.selected[p.key] = p
+	return p, nil
+}
+
+// ipBlockPeer resolves an ipBlock into its address intervals.
+func ipBlockPeer(block *networkingv1.IPBlock) (peer, error) {
+	cidr, err := netip.ParsePrefix(block.CIDR)
+	if err != nil {
+		return peer{}, fmt.Errorf("ipBlock cidr: %w", err)
+	}
+	cidr = cidr.Masked()
+	var except []netip.Prefix
+	for _, s := range block.Except {
+		e, err := netip.ParsePrefix(s)
+		if err != nil {
+			return peer{}, fmt.Errorf("ipBlock except: %w", err)
+		}
+		except = append(except, e.Masked())
+	}
+	slices.SortFunc(except, netip.Prefix.Compare)
+	except = slices.Compact(except)
+	key := "ipBlock " + cidr.String()
+	if len(except) > 0 {
+		key += fmt.Sprintf(" except %v", except)
+	}
+	return peer{key: key, ipBlock: true, ranges: subtract(prefixRange(cidr), except)}, nil
+}
+
+// matches returns the addresses of pp that p holds.
+func (p *peer) matches(pp *peerPod) []netip.Addr {
+	if !p.ipBlock {
+		return pp.ips
+	}
+	var out []netip.Addr
+	for _, a := range pp.ips {
+		if containsAddr(p.ranges, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// addrSet returns the name of the AddrSet of p's addresses, "" for any
+// address.
+func (b *builder) addrSet(p peer) string {
+	if p.all {
+		return ""
+	}
+	name := setName(p.key)
+	if _, ok := b.addrSets[name]; !ok {
+		s := &AddrSet{Name: name, Key: p.key, Ranges: p.ranges}
+		if !p.ipBlock {
+			var rs []Range
+			for _, pp := range p.pods {
+				for _, a := range pp.ips {
+					rs = append(rs, Range{From: a, To: a})
+				}
+			}
+			s.Ranges = mergeRanges(rs)
+		}
+		b.addrSets[name] = s
+	}
+	return name
+}
+
+// endpointSet returns the name of the EndpointSet of the addresses of p's
+// pods with their container port called port of protocol proto.
+func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
+	key := fmt.Sprintf("%s port %s/%s", p.key, port, proto)
+	name := setName(key)
+	if _, ok := b.endpoints[name]; ok {
+		return name
+	}
+	s := &EndpointSet{Name: name, Key: key}
+	pods := p.pods
+	if p.ipBlock {
+		pods = b.pods
+	}
+	for _, pp := range pods {
+		addrs := p.matches(pp)
+		for _, cp := range pp.ports {
+			if cp.Name != port || protocolOf(cp.Protocol) != proto || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
+				continue
+			}
+			for _, a := range addrs {
+				s.Endpoints = append(s.Endpoints, Endpoint{Addr: a, Protocol: proto, Port: uint16(cp.ContainerPort)})
+			}
+		}
+	}
+	slices.SortFunc(s.Endpoints, compareEndpoints)
+	s.Endpoints = slices.Compact(s.Endpoints)
+	b.endpoints[name] = s
+	return name
+}
+
+func compareEndpoints(a, b Endpoint) int {
+	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
+}
+
+// setName is the stable name of the set selected by key.
+func setName(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return "np-" + hex.EncodeToString(sum[:8])
+}
+
+// policyPort is a parsed NetworkPolicyPort: a range, or a name.
+type policyPort struct {
+	rng  PortRange
+	name string
+}
+
+// parsePorts parses a rule's ports; an invalid one is left out and
+// reported.
+func parsePorts(ports []networkingv1.NetworkPolicyPort) ([]policyPort, []error) {
+	var out []policyPort
+	var errs []error
+	for i, p := range ports {
+		proto := TCP
+		if p.Protocol != nil {
+			proto = protocolOf(*p.Protocol)
+		}
+		if proto == 0 {
+			errs = append(errs, fmt.Errorf("port %d: protocol %q", i, *p.Protocol))
+			continue
+		}
+		pp := policyPort{rng: PortRange{Protocol: proto, From: 0, To: 65535}}
+		switch {
+		case p.Port == nil:
+		case p.Port.Type == intstr.String:
+			pp.name = p.Port.StrVal
+		case p.Port.IntVal < 1 || p.Port.IntVal > 65535:
+			errs = append(errs, fmt.Errorf("port %d: %d out of range", i, p.Port.IntVal))
+			continue
+		default:
+			pp.rng.From, pp.rng.To = uint16(p.Port.IntVal), uint16(p.Port.IntVal)
+			if p.EndPort != nil {
+				if *p.EndPort < p.Port.IntVal || *p.EndPort > 65535 {
+					errs = append(errs, fmt.Errorf("port %d: endPort %d out of range", i, *p.EndPort))
+					continue
+				}
+				pp.rng.To = uint16(*p.EndPort)
+			}
+		}
+		out = append(out, pp)
+	}
+	return out, errs
+}
+
+// protocolOf returns the number of a Kubernetes protocol ("" is TCP), 0
+// for an unknown one.
+func protocolOf(p corev1.Protocol) Protocol {
+	switch p {
+	case corev1.ProtocolTCP, "":
+		return TCP
+	case corev1.ProtocolUDP:
+		return UDP
+	case corev1.ProtocolSCTP:
+		return SCTP
+	}
+	return 0
+}
+
+// ingressRules are the rules of one ingress rule for the local pod lp:
+// named ports resolve on lp's container ports. anyPort is true for a rule
+// with no ports; a rule whose ports all fail to resolve allows nothing.
+func (b *builder) ingressRules(peers []peer, ports []policyPort, lp *peerPod, anyPort bool) []Rule {
+	var rngs []PortRange
+	for _, p := range ports {
+		if p.name == "" {
+			rngs = append(rngs, p.rng)
+			continue
+		}
+		for _, cp := range lp.ports {
+			if cp.Name == p.name && protocolOf(cp.Protocol) == p.rng.Protocol && cp.ContainerPort >= 1 && cp.ContainerPort <= 65535 {
+				rngs = append(rngs, PortRange{Protocol: p.rng.Protocol, From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)})
+			}
+		}
+	}
+	if !anyPort && len(rngs) == 0 {
+		return nil
+	}
+	out := make([]Rule, 0, len(peers))
+	for _, pe := range peers {
+		out = append(out, Rule{Peers: b.addrSet(pe), Ports: rngs})
+	}
+	return out
+}
+
+// egressRules are the rules of one egress rule, the same for every pod it
+// selects: numbered ports with each peer's addresses, named ports as each
+// peer pod's endpoints. anyPort is true for a rule with no ports; a rule
+// whose ports are all invalid allows nothing.
+func (b *builder) egressRules(peers []peer, ports []policyPort, anyPort bool) []Rule {
+	var rngs []PortRange
+	var named []Rule
+	for _, p := range ports {
+		if p.name == "" {
+			rngs = append(rngs, p.rng)
+			continue
+		}
+		for _, pe := range peers {
+			named = append(named, Rule{Endpoints: b.endpointSet(pe, p.name, p.rng.Protocol)})
+		}
+	}
+	var out []Rule
+	if anyPort || len(rngs) > 0 {
+		for _, pe := range peers {
+			out = append(out, Rule{Peers: b.addrSet(pe), Ports: rngs})
+		}
+	}
+	return append(out, named...)
+}
