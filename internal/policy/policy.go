@@ -54,6 +54,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Protocol is an IP protocol number, as nftables' meta l4proto matches it.
@@ -114,6 +115,53 @@ type Direction struct {
 	// Rules are what passes, any one allowing; none with Isolated denies
 	// all. They are ordered, and rules of the same peers are merged.
 	Rules []Rule
+	// Admin are the rules of the admin tier's ClusterNetworkPolicies
+	// selecting the pod, in precedence order (priority, then policy name,
+	// then rule order): the first that matches decides, before
+	// NetworkPolicy; Pass hands the decision over to NetworkPolicy.
+	Admin []TierRule
+	// Baseline are the rules of the baseline tier's ClusterNetworkPolicies
+	// selecting the pod, in precedence order: they decide only when no
+	// admin rule did and no NetworkPolicy isolates the pod in this
+	// direction; with none matching, traffic passes.
+	Baseline []TierRule
+}
+
+// Action is what a cluster tier's rule does with the traffic it matches.
+type Action uint8
+
+// The actions of ClusterNetworkPolicy rules.
+const (
+	// Accept passes the traffic (and its replies), deciding for every
+	// lower tier.
+	Accept Action = iota + 1
+	// Deny drops the traffic.
+	Deny
+	// Pass skips the rest of the admin tier: NetworkPolicy decides, then
+	// the baseline tier.
+	Pass
+)
+
+// String returns the action's API name.
+func (a Action) String() string {
+	switch a {
+	case Accept:
+		return "Accept"
+	case Deny:
+		return "Deny"
+	case Pass:
+		return "Pass"
+	}
+	return fmt.Sprintf("action-%d", uint8(a))
+}
+
+// TierRule is one rule of a ClusterNetworkPolicy applied to a pod: what it
+// matches (as a NetworkPolicy Rule does) and what it does with it.
+type TierRule struct {
+	// Policy is the ClusterNetworkPolicy's name.
+	Policy string
+	Action Action
+	Rule
 }
 
 // Rule allows traffic with a peer.
@@ -167,13 +215,25 @@ type Endpoint struct {
 	Port     uint16
 }
 
+// Input is what the Model is computed from: the cluster's objects, as
+// informers hold them.
+type Input struct {
+	Policies []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the admin and baseline tiers
+	// (policy.networking.k8s.io/v1beta1).
+	ClusterPolicies []*npav1beta1.ClusterNetworkPolicy
+	Pods            []*corev1.Pod
+	Namespaces      []*corev1.Namespace
+}
+
 // Build computes the Model of node (the name pods' spec.nodeName holds)
-// from the cluster's policies, pods and namespaces; a pod whose namespace
-// is missing is taken to have one without labels. A policy whose
-// podSelector is invalid is skipped; a peer or port of a policy that is
-// invalid matches nothing, the pods it selects staying isolated. Either
-// is reported in the error, joined, with the Model of all the rest.
-func Build(node string, policies []*networkingv1.NetworkPolicy, pods []*corev1.Pod, namespaces []*corev1.Namespace) (*Model, error) {
+// from in; a pod whose namespace is missing is taken to have one without
+// labels. A policy whose podSelector is invalid is skipped; a peer or port
+// of a policy that is invalid matches nothing, the pods it selects staying
+// isolated. Either is reported in the error, joined, with the Model of all
+// the rest.
+func Build(node string, in Input) (*Model, error) {
+	policies, pods, namespaces := in.Policies, in.Pods, in.Namespaces
 	b := &builder{
 		nsLabels:  map[string]labels.Set{},
 		addrSets:  map[string]*AddrSet{},

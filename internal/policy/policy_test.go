@@ -366,7 +366,7 @@ func TestBuild(t *testing.T) {
 		want: []string{"dev/cli in [dev/p]: {10.0.1.3,10.0.2.2,fd00::3}"},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := Build(testNode, tc.policies, pods(), namespaces())
+			m, err := Build(testNode, Input{Policies: tc.policies, Pods: pods(), Namespaces: namespaces()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -413,7 +413,7 @@ func TestBuildInvalid(t *testing.T) {
 			},
 		}),
 	}
-	m, err := Build(testNode, policies, pods(), namespaces())
+	m, err := Build(testNode, Input{Policies: policies, Pods: pods(), Namespaces: namespaces()})
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -445,7 +445,7 @@ func TestBuildSharesSetsAndIsDeterministic(t *testing.T) {
 			PodSelector: metav1.LabelSelector{}, Ingress: []networkingv1.NetworkPolicyIngressRule{ingress(peers(nsPeer("env", "dev")))},
 		}),
 	}
-	first, err := Build(testNode, policies, pods(), namespaces())
+	first, err := Build(testNode, Input{Policies: policies, Pods: pods(), Namespaces: namespaces()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,7 +468,7 @@ func TestBuildSharesSetsAndIsDeterministic(t *testing.T) {
 		r.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
 		r.Shuffle(len(pp), func(i, j int) { pp[i], pp[j] = pp[j], pp[i] })
 		r.Shuffle(len(ns), func(i, j int) { ns[i], ns[j] = ns[j], ns[i] })
-		m, err := Build(testNode, ps, pp, ns)
+		m, err := Build(testNode, Input{Policies: ps, Pods: pp, Namespaces: ns})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -479,7 +479,7 @@ func TestBuildSharesSetsAndIsDeterministic(t *testing.T) {
 
 	// A pod coming changes the set's elements, not its name.
 	more := append(pods(), pod("dev/new", "n2", "x", []string{"10.0.2.3"}))
-	m, err := Build(testNode, policies, more, namespaces())
+	m, err := Build(testNode, Input{Policies: policies, Pods: more, Namespaces: namespaces()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -564,7 +564,7 @@ func BenchmarkBuild(b *testing.B) {
 		}))
 	}
 	for b.Loop() {
-		if _, err := Build("n0", nps, ps, nss); err != nil {
+		if _, err := Build("n0", Input{Policies: nps, Pods: ps, Namespaces: nss}); err != nil {
 			b.Fatal(err)
 		}
 	}
