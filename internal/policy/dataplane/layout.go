@@ -43,6 +43,8 @@ const (
 	// admin Pass rule goes to.
 	suffixPolicy = "/np"
 	prefixPorts  = "ports-"
+	// suffixAddrs marks an address set's name, before the family.
+	suffixAddrs = "-"
 	// suffixEndpoints marks an endpoint set's name, before the family.
 	suffixEndpoints = "-ep"
 )

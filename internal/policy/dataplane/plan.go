@@ -127,11 +127,14 @@ func (p *planner) addrSet(s policy.AddrSet) error {
 		return fmt.Errorf("address set %s given twice", s.Name)
 	}
 	p.addrs[s.Name] = true
-	var elems [2][]nftables.SetElement
-	for _, r := range s.Ranges {
-		if !r.From.IsValid() || !r.To.IsValid() || r.From.Is4() != r.To.Is4() || r.To.Less(r.From) {
+	ranges := slices.Clone(s.Ranges)
+	for _, r := range ranges {
+		if !r.From.IsValid() || !r.To.IsValid() || r.From.Is4() != r.To.Is4() || r.From.Is4In6() || r.To.Less(r.From) {
 			return fmt.Errorf("address set %s (%s): invalid range %v-%v", s.Name, s.Key, r.From, r.To)
 		}
+	}
+	var elems [2][]nftables.SetElement
+	for _, r := range mergeRanges(ranges) {
 		i := 1
 		if r.From.Is4() {
 			i = 0
@@ -143,10 +146,30 @@ func (p *planner) addrSet(s policy.AddrSet) error {
 	}
 	for i := range families {
 		fam := &families[i]
-		set := nft.Set{Table: table, Name: s.Name + fam.suffix, Key: []nftables.SetDatatype{fam.addrType}, Interval: true}
+		set := nft.Set{Table: table, Name: s.Name + suffixAddrs + fam.suffix, Key: []nftables.SetDatatype{fam.addrType}, Interval: true}
 		p.st.sets[set.Name] = &setState{set: set, elems: elems[i]}
 	}
 	return nil
+}
+
+// mergeRanges sorts rs and merges those that overlap or touch: an
+// interval set holds no such ranges.
+func mergeRanges(rs []policy.Range) []policy.Range {
+	slices.SortFunc(rs, func(a, b policy.Range) int { return cmp.Or(a.From.Compare(b.From), a.To.Compare(b.To)) })
+	var out []policy.Range
+	for _, r := range rs {
+		if n := len(out); n > 0 && out[n-1].To.Is4() == r.From.Is4() {
+			last := &out[n-1]
+			if next := last.To.Next(); !next.IsValid() || !next.Less(r.From) {
+				if last.To.Less(r.To) {
+					last.To = r.To
+				}
+				continue
+			}
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // endpointSet adds the two sets (one per family) of an EndpointSet.
@@ -325,7 +348,7 @@ func (p *planner) match(ingress bool, r policy.Rule, v *expr.Verdict) ([]ruleSpe
 		if r.Endpoints != "" {
 			s.endpoints = r.Endpoints + suffixEndpoints + families[i].suffix
 		} else {
-			s.peers = r.Peers + families[i].suffix
+			s.peers = r.Peers + suffixAddrs + families[i].suffix
 		}
 		out[i] = s
 	}

@@ -27,7 +27,9 @@ func isolated(policies string, rules ...policy.Rule) policy.Direction {
 	return policy.Direction{Isolated: true, Policies: []string{policies}, Rules: rules}
 }
 
-func tcp(from, to uint16) policy.PortRange { return policy.PortRange{Protocol: policy.TCP, From: from, To: to} }
+func tcp(from, to uint16) policy.PortRange {
+	return policy.PortRange{Protocol: policy.TCP, From: from, To: to}
+}
 
 func TestTraffic(t *testing.T) {
 	l := newLab(t, 4)
