@@ -18,6 +18,7 @@
 //	forward, input:
 //	  ct state established,related accept      # only a connection's first packet is evaluated
 //	  iiftype loopback accept                  # input only: the node to itself
+//	  icmpv6 type 133-137 accept               # input only: neighbour discovery (untracked)
 //	  ip saddr vmap @egress4 / ip6 saddr vmap @egress6
 //	  ip saddr @pod-cidrs4 drop / ip6 …        # a source in the node's pod CIDRs that is no pod
 //	  goto dispatch-ingress

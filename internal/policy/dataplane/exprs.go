@@ -86,6 +86,20 @@ func fromLoopback() []expr.Any {
 	}
 }
 
+// neighbourDiscovery is "meta l4proto ipv6-icmp icmpv6 type
+// nd-router-solicit-nd-redirect": IPv6 neighbour discovery (ICMPv6 types
+// 133 to 137), which conntrack leaves untracked.
+func neighbourDiscovery() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		cmpEq(1, []byte{unix.NFPROTO_IPV6}),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		cmpEq(1, []byte{unix.IPPROTO_ICMPV6}),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{133}, ToData: []byte{137}},
+	}
+}
+
 // toLocal is "fib daddr type local": a packet to one of the node's own
 // addresses.
 func toLocal() []expr.Any {

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testing/poll"
@@ -280,4 +283,31 @@ func check(t *testing.T, probes []probe) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// forgetNeighbours deletes the IPv6 neighbour entries of the namespaces:
+// the next packets resolve their next hops again.
+func forgetNeighbours(t *testing.T, nss ...*netns.Temp) {
+	t.Helper()
+	for _, ns := range nss {
+		h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		neighs, err := h.NeighList(0, netlink.FAMILY_V6)
+		if err != nil {
+			h.Close()
+			t.Fatal(err)
+		}
+		for _, n := range neighs {
+			if n.State&(netlink.NUD_NOARP|netlink.NUD_PERMANENT) != 0 {
+				continue
+			}
+			if err := h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+				h.Close()
+				t.Fatalf("delete neighbour %v: %v", n.IP, err)
+			}
+		}
+		h.Close()
+	}
 }

@@ -129,8 +129,9 @@ func prefixElements(prefixes []netip.Prefix, fam *family) ([]nftables.SetElement
 // other source goes to dispatch-ingress.
 //
 // input (a packet to the node itself): as forward, the node's own
-// traffic over loopback excepted; dispatch-ingress then accepts it, its
-// destination being local.
+// traffic over loopback and IPv6 neighbour discovery (a pod resolving its
+// gateway, from its own address, or answering the node) excepted;
+// dispatch-ingress then accepts it, its destination being local.
 //
 // dispatch-ingress: the destination's ingress map leads to its ingress
 // chain (or accepts); a local address passes; a destination in the pod
@@ -142,6 +143,7 @@ func fixedRules() map[string][][]expr.Any {
 		add(ch, ctEstablished(), []expr.Any{verdict(expr.VerdictAccept, "")})
 		if ch == chainInput {
 			add(ch, fromLoopback(), []expr.Any{verdict(expr.VerdictAccept, "")})
+			add(ch, neighbourDiscovery(), []expr.Any{verdict(expr.VerdictAccept, "")})
 		}
 		for i := range families {
 			fam := &families[i]

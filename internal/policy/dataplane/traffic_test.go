@@ -68,48 +68,52 @@ func TestTraffic(t *testing.T) {
 	steps := []struct {
 		name   string
 		model  *policy.Model
+		setup  func(t *testing.T)
 		probes []probe
 	}{
-		{"no policy: all pass, unknown addresses in the pod CIDRs dropped both ways", model(policy.Direction{}, policy.Direction{}), []probe{
+		{"no policy: all pass, unknown addresses in the pod CIDRs dropped both ways", model(policy.Direction{}, policy.Direction{}), nil, []probe{
 			allow(p1, a(p2, portA)), allow(p2, a6(p3, portB)), udp(allow(p3, a(p1, portUDP))),
 			allow(l.client, a(p1, portA)), allow(p1, a(l.client, portA)), allow(p1, a(node, portA)), allow(p1, netip.AddrPortFrom(p1.gw4, portA)), allow(p2, netip.AddrPortFrom(p3.gw4, portB)),
 			deny(p4, a(p1, portA)), deny(p1, a(p4, portA)), deny(l.client, a(p4, portA)), udp(deny(p4, a6(p2, portUDP))),
 			allow(node, a(p4, portA)),
 		}},
-		{"default deny ingress", model(isolated("ns/deny"), policy.Direction{}), []probe{
+		{"default deny ingress", model(isolated("ns/deny"), policy.Direction{}), nil, []probe{
 			deny(p1, a(p2, portA)), udp(deny(p1, a(p2, portUDP))), deny(p3, a6(p2, portB)), deny(l.client, a(p2, portA)),
 			allow(p2, a(p1, portA)), allow(p2, a(l.client, portA)),
 			allow(node, a(p2, portA)), allow(node, a6(p2, portB)),
 		}},
-		{"allow a pod set on one port", model(isolated("ns/allow", policy.Rule{Peers: setP1.Name, Ports: []policy.PortRange{tcp(portA, portA)}}), policy.Direction{}, setP1), []probe{
+		{"allow a pod set on one port", model(isolated("ns/allow", policy.Rule{Peers: setP1.Name, Ports: []policy.PortRange{tcp(portA, portA)}}), policy.Direction{}, setP1), nil, []probe{
 			allow(p1, a(p2, portA)), allow(p1, a6(p2, portA)), deny(p1, a(p2, portB)), udp(deny(p1, a(p2, portUDP))),
 			deny(p3, a(p2, portA)),
 		}},
 		{"ipBlock except, port ranges of two protocols", model(isolated("ns/block", policy.Rule{Peers: block.Name, Ports: []policy.PortRange{
-			tcp(9000, 9999), {Protocol: policy.UDP, From: portUDP, To: portUDP}}}), policy.Direction{}, block), []probe{
+			tcp(9000, 9999), {Protocol: policy.UDP, From: portUDP, To: portUDP}}}), policy.Direction{}, block), nil, []probe{
 			allow(p1, a(p2, portB)), deny(p1, a(p2, portA)), udp(allow(p1, a(p2, portUDP))),
 			deny(p3, a(p2, portB)), udp(deny(p3, a(p2, portUDP))), allow(p3, a6(p2, portB)),
 			deny(l.client, a(p2, portB)),
 		}},
-		{"default deny egress: pods, the node, the outside; the node still reaches the pod", model(policy.Direction{}, isolated("ns/egress")), []probe{
+		{"default deny egress: pods, the node, the outside; the node still reaches the pod", model(policy.Direction{}, isolated("ns/egress")), nil, []probe{
 			deny(p1, a(p2, portA)), deny(p1, a(node, portA)), deny(p1, a(l.client, portA)), udp(deny(p1, a6(p3, portUDP))),
 			allow(node, a(p1, portA)), allow(p2, a(p1, portA)), allow(l.client, a(p1, portA)),
 		}},
+		{"an egress-isolated pod still resolves neighbours over IPv6", model(policy.Direction{}, isolated("ns/p2", policy.Rule{Peers: podSet("set-p2", p2).Name}), podSet("set-p2", p2)),
+			func(t *testing.T) { forgetNeighbours(t, p1.ns, l.node) },
+			[]probe{allow(p1, a6(p2, portA)), deny(p1, a6(p3, portA)), allow(node, a6(p1, portA))}},
 		{"egress to a named port's endpoints", func() *policy.Model {
 			m := model(policy.Direction{}, isolated("ns/named", policy.Rule{Endpoints: ep.Name}))
 			m.EndpointSets = []policy.EndpointSet{ep}
 			return m
-		}(), []probe{
+		}(), nil, []probe{
 			allow(p1, a(p2, portB)), allow(p1, a6(p2, portB)), deny(p1, a(p2, portA)), deny(p1, a(p3, portB)),
 		}},
-		{"egress and ingress must both accept", model(isolated("ns/deny"), isolated("ns/all", policy.Rule{})), []probe{
+		{"egress and ingress must both accept", model(isolated("ns/deny"), isolated("ns/all", policy.Rule{})), nil, []probe{
 			deny(p1, a(p2, portA)), allow(p1, a(p3, portA)),
 		}},
 		{"admin Deny before an allowing NetworkPolicy", func() *policy.Model {
 			d := isolated("ns/all", policy.Rule{})
 			d.Admin = []policy.TierRule{{Policy: "block-p1", Action: policy.Deny, Rule: policy.Rule{Peers: setP1.Name}}}
 			return model(d, policy.Direction{}, setP1)
-		}(), []probe{deny(p1, a(p2, portA)), allow(p3, a(p2, portA))}},
+		}(), nil, []probe{deny(p1, a(p2, portA)), allow(p3, a(p2, portA))}},
 		{"admin Pass hands over to NetworkPolicy", func() *policy.Model {
 			d := isolated("ns/p1", policy.Rule{Peers: setP1.Name})
 			d.Admin = []policy.TierRule{
@@ -117,27 +121,27 @@ func TestTraffic(t *testing.T) {
 				{Policy: "deny-all", Action: policy.Deny},
 			}
 			return model(d, policy.Direction{}, setP1)
-		}(), []probe{allow(p1, a(p2, portA)), deny(p3, a(p2, portA)), allow(node, a(p2, portA))}},
+		}(), nil, []probe{allow(p1, a(p2, portA)), deny(p3, a(p2, portA)), allow(node, a(p2, portA))}},
 		{"admin Accept before a denying NetworkPolicy", func() *policy.Model {
 			d := isolated("ns/deny")
 			d.Admin = []policy.TierRule{{Policy: "accept-p1", Action: policy.Accept, Rule: policy.Rule{Peers: setP1.Name, Ports: []policy.PortRange{tcp(portA, portA)}}}}
 			return model(d, policy.Direction{}, setP1)
-		}(), []probe{allow(p1, a(p2, portA)), deny(p1, a(p2, portB)), deny(p3, a(p2, portA))}},
+		}(), nil, []probe{allow(p1, a(p2, portA)), deny(p1, a(p2, portB)), deny(p3, a(p2, portA))}},
 		{"baseline decides for a pod no NetworkPolicy isolates", func() *policy.Model {
 			d := policy.Direction{Baseline: []policy.TierRule{{Policy: "base", Action: policy.Deny, Rule: policy.Rule{Peers: setP1.Name}}}}
 			return model(d, policy.Direction{}, setP1)
-		}(), []probe{deny(p1, a(p2, portA)), allow(p3, a(p2, portA))}},
+		}(), nil, []probe{deny(p1, a(p2, portA)), allow(p3, a(p2, portA))}},
 		{"baseline ignored for an isolated pod", func() *policy.Model {
 			d := isolated("ns/p1", policy.Rule{Peers: setP1.Name})
 			d.Baseline = []policy.TierRule{{Policy: "base", Action: policy.Deny, Rule: policy.Rule{Peers: setP1.Name}}}
 			return model(d, policy.Direction{}, setP1)
-		}(), []probe{allow(p1, a(p2, portA)), deny(p3, a(p2, portA))}},
+		}(), nil, []probe{allow(p1, a(p2, portA)), deny(p3, a(p2, portA))}},
 		{"a pod added to the Model and to a set passes", func() *policy.Model {
 			set := podSet(setP1.Name, p1, p4)
 			m := model(isolated("ns/allow", policy.Rule{Peers: set.Name}), policy.Direction{}, set)
 			m.Pods = append(m.Pods, modelPod(p4))
 			return m
-		}(), []probe{allow(p4, a(p2, portA)), allow(p1, a(p4, portA)), allow(p4, a6(p3, portA)), deny(p3, a(p2, portA))}},
+		}(), nil, []probe{allow(p4, a(p2, portA)), allow(p1, a(p4, portA)), allow(p4, a6(p3, portA)), deny(p3, a(p2, portA))}},
 	}
 	for i, step := range steps {
 		t.Run(step.name, func(t *testing.T) {
@@ -149,6 +153,9 @@ func TestTraffic(t *testing.T) {
 				t.Errorf("Full = %v", st.Full)
 			}
 			t.Logf("%+v", st)
+			if step.setup != nil {
+				step.setup(t)
+			}
 			check(t, step.probes)
 		})
 	}
