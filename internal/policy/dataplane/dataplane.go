@@ -79,6 +79,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -250,8 +251,9 @@ func (t *Table) write(b *nft.Batch, full bool, old, next *state) int {
 		b.AddTable(table)
 	}
 	isMap := func(s *setState) bool { return s.set.IsMap() }
+	sets, counters, chains := sortedKeys(next.sets), sortedKeys(next.counters), sortedKeys(next.chains)
 	// Sets and their elements, the verdict maps' excepted.
-	for _, name := range sortedKeys(next.sets) {
+	for _, name := range sets {
 		s := next.sets[name]
 		o := old.sets[name]
 		if o == nil {
@@ -262,7 +264,7 @@ func (t *Table) write(b *nft.Batch, full bool, old, next *state) int {
 			written += t.elements(b, o, s)
 		}
 	}
-	for _, name := range sortedKeys(next.counters) {
+	for _, name := range counters {
 		if _, ok := old.counters[name]; !ok {
 			b.AddCounter(table, name)
 			written++
@@ -275,12 +277,12 @@ func (t *Table) write(b *nft.Batch, full bool, old, next *state) int {
 		}
 		written += len(fixedChains)
 	}
-	for _, name := range sortedKeys(next.counters) {
+	for _, name := range counters {
 		if _, ok := old.counters[name]; !ok {
 			b.AddChain(regularChain(name))
 		}
 	}
-	for _, name := range sortedKeys(next.chains) {
+	for _, name := range chains {
 		if _, ok := old.chains[name]; !ok {
 			b.AddChain(regularChain(name))
 		}
@@ -292,7 +294,7 @@ func (t *Table) write(b *nft.Batch, full bool, old, next *state) int {
 			}
 		}
 	}
-	for _, name := range sortedKeys(next.counters) {
+	for _, name := range counters {
 		if _, ok := old.counters[name]; ok {
 			continue
 		}
@@ -300,7 +302,7 @@ func (t *Table) write(b *nft.Batch, full bool, old, next *state) int {
 			b.AddRule(regularChain(name), r)
 		}
 	}
-	for _, name := range sortedKeys(next.chains) {
+	for _, name := range chains {
 		rules := next.chains[name]
 		oldRules, ok := old.chains[name]
 		switch {
@@ -316,7 +318,7 @@ func (t *Table) write(b *nft.Batch, full bool, old, next *state) int {
 		written++
 	}
 	// The maps' elements, once the chains they go to exist.
-	for _, name := range sortedKeys(next.sets) {
+	for _, name := range sets {
 		if s := next.sets[name]; isMap(s) {
 			written += t.elements(b, old.sets[name], s)
 		}
@@ -362,6 +364,11 @@ func (t *Table) elements(b *nft.Batch, o, s *setState) int {
 	var have []nftables.SetElement
 	if o != nil {
 		have = o.elems
+		// The plan lists a set's elements in a stable order: an unchanged
+		// set (most of them) needs no diff.
+		if slices.EqualFunc(have, s.elems, sameElement) {
+			return 0
+		}
 	}
 	add, del := nft.Diff(have, s.elems)
 	if len(del) > 0 {
@@ -371,6 +378,17 @@ func (t *Table) elements(b *nft.Batch, o, s *setState) int {
 		b.AddElements(s.set, add)
 	}
 	return len(add) + len(del)
+}
+
+// sameElement tells whether two elements the plan made are the same.
+func sameElement(a, b nftables.SetElement) bool {
+	if !bytes.Equal(a.Key, b.Key) || !bytes.Equal(a.KeyEnd, b.KeyEnd) || a.IntervalEnd != b.IntervalEnd {
+		return false
+	}
+	if a.VerdictData == nil || b.VerdictData == nil {
+		return a.VerdictData == b.VerdictData
+	}
+	return *a.VerdictData == *b.VerdictData
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -131,6 +131,15 @@ func TestIncremental(t *testing.T) {
 			a := syntheticPod("big", 300).IPs[0]
 			s.Ranges = append(s.Ranges, policy.Range{From: a, To: a})
 		}, 2},
+		{"the pod leaves the set: one element (start and end)", func(m *policy.Model) {
+			s := &m.AddrSets[41]
+			s.Ranges = s.Ranges[:len(s.Ranges)-1]
+		}, 2},
+		{"the pod joins a set where it touches a member: the merged range replaces the member's", func(m *policy.Model) {
+			s := &m.AddrSets[0] // set1: pod 0 alone, 10.244.0.0
+			a := syntheticPod("big", 1).IPs[0]
+			s.Ranges = append(s.Ranges, policy.Range{From: a, To: a})
+		}, 4},
 		{"a pod isolated for egress: its map elements changed (deleted, added), a chain, a deny chain and counter", func(m *policy.Model) {
 			p := &m.Pods[len(m.Pods)-1]
 			p.Egress = isolated("big/egress")
@@ -161,6 +170,40 @@ func TestIncremental(t *testing.T) {
 			}
 			checkKernel(t, tb, c, st)
 		})
+	}
+}
+
+// BenchmarkPodJoinsSet measures a sync at 1,000 pods and policies that
+// adds a pod to a peer set, and removes it again: what a pod created
+// costs its peers' nodes.
+func BenchmarkPodJoinsSet(b *testing.B) {
+	ns := nfttest.NS(b, "dppbench")
+	tb, err := New(Config{NetNSFd: ns.Fd(), PodCIDRs: podCIDRs})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tb.Close()
+	m := bigModel(1000)
+	if _, err := tb.Sync(m); err != nil {
+		b.Fatal(err)
+	}
+	s := &m.AddrSets[500]
+	members := s.Ranges
+	a := syntheticPod("big", 2000).IPs[0]
+	joined := append(slices.Clone(members), policy.Range{From: a, To: a})
+	b.ResetTimer()
+	for i := range b.N {
+		s.Ranges = joined
+		if i%2 == 1 {
+			s.Ranges = members
+		}
+		st, err := tb.Sync(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if st.Written != 2 {
+			b.Fatalf("wrote %d objects, want 2", st.Written)
+		}
 	}
 }
 
