@@ -11,6 +11,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/exprs"
 )
 
 // The table's fixed sets and maps, per family (the name ends in 4 or 6).
@@ -138,31 +139,32 @@ func prefixElements(prefixes []netip.Prefix, fam *family) ([]nftables.SetElement
 // CIDRs that is no pod is dropped; anything else passes.
 func fixedRules() map[string][][]expr.Any {
 	rules := map[string][][]expr.Any{}
-	add := func(chain string, r ...[]expr.Any) { rules[chain] = append(rules[chain], concat(r...)) }
+	add := func(chain string, r ...[]expr.Any) { rules[chain] = append(rules[chain], exprs.Concat(r...)) }
+	established := exprs.CtBits(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)
 	for _, ch := range []string{chainForward, chainInput} {
-		add(ch, ctEstablished(), []expr.Any{verdict(expr.VerdictAccept, "")})
+		add(ch, established, accept)
 		if ch == chainInput {
-			add(ch, fromLoopback(), []expr.Any{verdict(expr.VerdictAccept, "")})
-			add(ch, neighbourDiscovery(), []expr.Any{verdict(expr.VerdictAccept, "")})
+			add(ch, fromLoopback(), accept)
+			add(ch, neighbourDiscovery(), accept)
 		}
 		for i := range families {
 			fam := &families[i]
-			add(ch, fam.matchFamily(), []expr.Any{fam.addr(true, reg0), lookupTo(mapEgress+fam.suffix, reg0)})
+			add(ch, exprs.NFProto(fam.nfproto), fam.addrVmap(true, mapEgress+fam.suffix))
 		}
 		for i := range families {
 			fam := &families[i]
-			add(ch, fam.matchFamily(), []expr.Any{fam.addr(true, reg0), lookup(setPodCIDRs+fam.suffix, reg0), verdict(expr.VerdictDrop, "")})
+			add(ch, exprs.NFProto(fam.nfproto), fam.addrIn(true, setPodCIDRs+fam.suffix), drop)
 		}
-		add(ch, []expr.Any{verdict(expr.VerdictGoto, chainIngress)})
+		add(ch, []expr.Any{exprs.Verdict(expr.VerdictGoto, chainIngress)})
 	}
 	for i := range families {
 		fam := &families[i]
-		add(chainIngress, fam.matchFamily(), []expr.Any{fam.addr(false, reg0), lookupTo(mapIngress+fam.suffix, reg0)})
+		add(chainIngress, exprs.NFProto(fam.nfproto), fam.addrVmap(false, mapIngress+fam.suffix))
 	}
-	add(chainIngress, toLocal(), []expr.Any{verdict(expr.VerdictAccept, "")})
+	add(chainIngress, exprs.FibLocal(false), accept)
 	for i := range families {
 		fam := &families[i]
-		add(chainIngress, fam.matchFamily(), []expr.Any{fam.addr(false, reg0), lookup(setPodCIDRs+fam.suffix, reg0), verdict(expr.VerdictDrop, "")})
+		add(chainIngress, exprs.NFProto(fam.nfproto), fam.addrIn(false, setPodCIDRs+fam.suffix), drop)
 	}
 	return rules
 }

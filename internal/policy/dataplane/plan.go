@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/exprs"
 	"github.com/podnet/podnet/internal/policy"
 )
 
@@ -238,10 +239,10 @@ func (p *planner) portSet(ports []policy.PortRange) (string, error) {
 // verdict its map holds for the pod's addresses.
 func (p *planner) direction(id string, ingress bool, d *policy.Direction) (*expr.Verdict, error) {
 	dir, prefix := "egress", prefixEgress
-	accept := verdict(expr.VerdictGoto, chainIngress) // egress accepted: on to the destination's ingress
+	accept := exprs.Verdict(expr.VerdictGoto, chainIngress) // egress accepted: on to the destination's ingress
 	if ingress {
 		dir, prefix = "ingress", prefixIngress
-		accept = verdict(expr.VerdictAccept, "")
+		accept = exprs.Verdict(expr.VerdictAccept, "")
 	}
 	if !d.Isolated && len(d.Admin) == 0 && len(d.Baseline) == 0 {
 		return accept, nil
@@ -259,13 +260,13 @@ func (p *planner) direction(id string, ingress bool, d *policy.Direction) (*expr
 			case policy.Accept:
 				v = accept
 			case policy.Deny:
-				v = verdict(expr.VerdictGoto, p.deny(Denied{Tier: name, Policy: tr.Policy, Direction: dir}))
+				v = exprs.Verdict(expr.VerdictGoto, p.deny(Denied{Tier: name, Policy: tr.Policy, Direction: dir}))
 			case policy.Pass:
 				// Pass ends the admin tier; in the baseline tier, whose
 				// API has no Pass, it ends the tier too: traffic passes.
 				v = accept
 				if name == TierAdmin {
-					v = verdict(expr.VerdictGoto, np)
+					v = exprs.Verdict(expr.VerdictGoto, np)
 				}
 			default:
 				return fmt.Errorf("%s rule of %s: invalid action %v", name, tr.Policy, tr.Action)
@@ -303,7 +304,7 @@ func (p *planner) direction(id string, ingress bool, d *policy.Direction) (*expr
 		rules = append(rules, ruleSpec{family: -1, verdict: accept.Kind, chain: accept.Chain})
 	}
 	p.st.chains[np] = rules
-	return verdict(expr.VerdictGoto, main), nil
+	return exprs.Verdict(expr.VerdictGoto, main), nil
 }
 
 // deny returns the name of the counter and chain that count, log and
@@ -360,21 +361,21 @@ func (r *ruleSpec) exprs() []expr.Any {
 	var out []expr.Any
 	if r.family >= 0 {
 		fam := &families[r.family]
-		out = append(out, fam.matchFamily()...)
+		out = append(out, exprs.NFProto(fam.nfproto)...)
 		if r.peers != "" {
-			out = append(out, fam.addr(r.src, reg0), lookup(r.peers, reg0))
+			out = append(out, fam.addrIn(r.src, r.peers)...)
 		}
 		if r.endpoints != "" {
 			out = append(out, fam.addr(r.src, reg0))
-			out = append(out, protoPort(reg0+fam.words())...)
-			out = append(out, lookup(r.endpoints, reg0))
+			out = append(out, exprs.ProtoPort(reg0+fam.words())...)
+			out = append(out, exprs.Lookup(r.endpoints, reg0, false))
 		}
 	}
 	if r.ports != "" {
-		out = append(out, protoPort(reg0)...)
-		out = append(out, lookup(r.ports, reg0))
+		out = append(out, exprs.ProtoPort(reg0)...)
+		out = append(out, exprs.Lookup(r.ports, reg0, false))
 	}
-	return append(out, verdict(r.verdict, r.chain))
+	return append(out, exprs.Verdict(r.verdict, r.chain))
 }
 
 // denyRules are the rules of a deny chain: log (rate-limited) when the
@@ -393,7 +394,7 @@ func (cfg *Config) denyRules(name string, k Denied) [][]expr.Any {
 	}
 	return append(rules, []expr.Any{
 		&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: name},
-		verdict(expr.VerdictDrop, ""),
+		exprs.Verdict(expr.VerdictDrop, ""),
 	})
 }
 
