@@ -397,3 +397,26 @@ func TestRestartDeniedAndCleanup(t *testing.T) {
 	}
 	check(t, []probe{{from: p3, to: netip.AddrPortFrom(p2.ip4, portA), allow: true}})
 }
+
+func TestLongNames(t *testing.T) {
+	ns := nfttest.NS(t, "dpplong")
+	tb, err := New(Config{NetNSFd: ns.Fd(), PodCIDRs: podCIDRs, LogGroup: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
+	m := bigModel(2)
+	p := &m.Pods[1]
+	p.Name = strings.Repeat("p", 253)
+	p.Ingress.Policies = []string{"big/" + strings.Repeat("a", 253), "big/" + strings.Repeat("b", 253)}
+	p.Ingress.Admin = []policy.TierRule{{Policy: strings.Repeat("c", 253), Action: policy.Pass}}
+	if _, err := tb.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	out := nfttest.Ruleset(t, ns)
+	for _, want := range []string{"chain ingress/#", "goto ingress/#", "/np", "counter name \"deny/#"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, out)
+		}
+	}
+}
