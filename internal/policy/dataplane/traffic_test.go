@@ -1,11 +1,14 @@
 package dataplane
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/podnet/podnet/internal/policy"
+	"github.com/podnet/podnet/internal/testing/poll"
 )
 
 // modelPod is p as a Model pod of namespace ns, no policy concerning it.
@@ -143,6 +146,12 @@ func TestTraffic(t *testing.T) {
 			return m
 		}(), nil, []probe{allow(p4, a(p2, portA)), allow(p1, a(p4, portA)), allow(p4, a6(p3, portA)), deny(p3, a(p2, portA))}},
 	}
+	// The keys whose counters count the denied probes of a step.
+	denied := map[string][]Denied{
+		"default deny egress: pods, the node, the outside; the node still reaches the pod": {{Tier: TierNetworkPolicy, Policy: "ns/egress", Direction: "egress"}},
+		"admin Deny before an allowing NetworkPolicy":                                      {{Tier: TierAdmin, Policy: "block-p1", Direction: "ingress"}},
+		"baseline decides for a pod no NetworkPolicy isolates":                             {{Tier: TierBaseline, Policy: "base", Direction: "ingress"}},
+	}
 	for i, step := range steps {
 		t.Run(step.name, func(t *testing.T) {
 			st, err := tb.Sync(step.model)
@@ -157,6 +166,17 @@ func TestTraffic(t *testing.T) {
 				step.setup(t)
 			}
 			check(t, step.probes)
+			for _, want := range denied[step.name] {
+				poll.Until(t, 5*time.Second, fmt.Sprintf("denied packets counted under %+v", want), func() bool {
+					got, err := tb.Denied()
+					if err != nil {
+						t.Fatal(err)
+					}
+					return slices.ContainsFunc(got, func(d Denied) bool {
+						return d.Packets > 0 && d.Tier == want.Tier && d.Policy == want.Policy && d.Direction == want.Direction
+					})
+				})
+			}
 		})
 	}
 }
