@@ -1,0 +1,224 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/podnet/podnet/internal/cniconf"
+	"github.com/podnet/podnet/internal/cniruntime"
+	"github.com/podnet/podnet/internal/policy/gate"
+	"github.com/podnet/podnet/internal/testing/poll"
+	"github.com/podnet/podnet/internal/testing/sandbox"
+)
+
+// gateList is the cluster conflist the agent writes with network policy
+// on: the podnet plugin alone, its policyGate the socket sock.
+func gateList(t testing.TB, dataDir, sock string) *libcni.NetworkConfigList {
+	t.Helper()
+	b, err := cniconf.Cluster{Subnets: clusterSubnets, MTU: 1500, IPAMDir: dataDir, PolicyGate: sock}.Conflist()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		t.Fatalf("gate conflist: %v\n%s", err, b)
+	}
+	return l
+}
+
+// kubeRT is the runtime configuration of pod as containerd gives it for
+// a Kubernetes pod: CNI_ARGS name the pod.
+func kubeRT(pod *sandbox.Pod, namespace, name, uid string) *libcni.RuntimeConf {
+	rt := pod.RT(nil)
+	rt.Args = [][2]string{
+		{"IgnoreUnknown", "1"},
+		{"K8S_POD_NAMESPACE", namespace},
+		{"K8S_POD_NAME", name},
+		{"K8S_POD_INFRA_CONTAINER_ID", pod.ContainerID},
+		{"K8S_POD_UID", uid},
+	}
+	return rt
+}
+
+// fakeAgent is the agent's side of the gate: it records the pods it is
+// told, with whether the host already routed their addresses then, and
+// answers refuse (nil: accepts).
+type fakeAgent struct {
+	host   *sandbox.Sandbox
+	mu     sync.Mutex
+	refuse error
+	told   []gate.Pod
+	routed []bool
+}
+
+func (a *fakeAgent) handle(_ context.Context, p gate.Pod) error {
+	routes, err := sandbox.Routes(a.host.Host.NS)
+	routed := err == nil
+	for _, ip := range p.IPs {
+		routed = routed && sandbox.HasRoute(routes, netip.PrefixFrom(ip, ip.BitLen()).String(), "")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.told = append(a.told, p)
+	a.routed = append(a.routed, routed)
+	return a.refuse
+}
+
+// take returns and forgets what the agent was told.
+func (a *fakeAgent) take() ([]gate.Pod, []bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	told, routed := a.told, a.routed
+	a.told, a.routed = nil, nil
+	return told, routed
+}
+
+func (a *fakeAgent) setRefuse(err error) {
+	a.mu.Lock()
+	a.refuse = err
+	a.mu.Unlock()
+}
+
+// TestPolicyGate runs the agent's conflist with a policy gate through
+// libcni against a real gate.Serve: ADD of a Kubernetes pod tells the
+// agent the pod's name, UID and result addresses once the host routes
+// them; the agent's refusal fails ADD with "try again later" (11) and
+// leaves no veth, route or allocation, and the retry succeeds; ADD of a
+// pod not named by CNI_ARGS, and ADD with no agent listening (no socket,
+// a stale one), go on without the gate.
+func TestPolicyGate(t *testing.T) {
+	bin := podnetBin(t)
+	requirePlugins(t, bin, "podnet", "host-local")
+	ctx := ctxFor(t)
+	sb := newSandbox(t, bin)
+	dataDir := sb.DataDir("ipam")
+	sock := filepath.Join(sb.Dir, "policy.sock")
+	list := gateList(t, dataDir, sock)
+	agent := &fakeAgent{host: sb}
+	stopAgent := startGate(t, sock, agent.handle)
+
+	t.Run("pod told after its wiring", func(t *testing.T) {
+		pod := newPod(t, sb)
+		r, err := sb.Add(ctx, list, kubeRT(pod, "shop", "web-0", "uid-1"))
+		if err != nil {
+			t.Fatalf("ADD: %s", cniruntime.Describe(err))
+		}
+		var ips []netip.Addr
+		for _, ipc := range toCurrent(t, r).IPs {
+			ip, _ := netip.AddrFromSlice(ipc.Address.IP)
+			ips = append(ips, ip.Unmap())
+		}
+		want := gate.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", IPs: ips}
+		told, routed := agent.take()
+		if len(told) != 1 || !reflect.DeepEqual(told[0], want) {
+			t.Fatalf("agent told %+v, want %+v", told, want)
+		}
+		if len(ips) != 2 {
+			t.Errorf("pod addresses %v, want one per family", ips)
+		}
+		if !routed[0] {
+			t.Error("the agent was told before the host routed the pod's addresses")
+		}
+	})
+
+	t.Run("agent refuses", func(t *testing.T) {
+		pod := newPod(t, sb)
+		rt := kubeRT(pod, "shop", "web-1", "uid-2")
+		agent.setRefuse(errors.New("policy of shop/web-1 not programmed"))
+		_, err := sb.Add(ctx, list, rt)
+		wantCode(t, "ADD refused by the agent", err, types.ErrTryAgainLater, "network policy of the pod is not in place", "policy of shop/web-1 not programmed")
+		if told, _ := agent.take(); len(told) != 1 || told[0].Name != "web-1" {
+			t.Errorf("agent told %+v, want web-1", told)
+		}
+		verifyFailedAdd(t, sb, pod, dataDir, 1)
+		agent.setRefuse(nil)
+		if _, err := sb.Add(ctx, list, rt); err != nil {
+			t.Fatalf("ADD retried once the agent accepts: %s", cniruntime.Describe(err))
+		}
+		if told, _ := agent.take(); len(told) != 1 || told[0].Name != "web-1" {
+			t.Errorf("agent told %+v on the retry, want web-1", told)
+		}
+	})
+
+	t.Run("not a Kubernetes pod", func(t *testing.T) {
+		if _, err := sb.Add(ctx, list, newPod(t, sb).RT(nil)); err != nil {
+			t.Fatalf("ADD: %s", cniruntime.Describe(err))
+		}
+		if told, _ := agent.take(); len(told) != 0 {
+			t.Errorf("agent told %+v of a pod CNI_ARGS do not name", told)
+		}
+	})
+
+	t.Run("half a pod's name", func(t *testing.T) {
+		pod := newPod(t, sb)
+		rt := pod.RT(nil)
+		rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "shop"}}
+		_, err := sb.Add(ctx, list, rt)
+		wantCode(t, "ADD with K8S_POD_NAMESPACE alone", err, types.ErrInvalidEnvironmentVariables, "K8S_POD_NAME")
+		verifyFailedAdd(t, sb, pod, dataDir, 3)
+	})
+
+	stopAgent()
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T)
+	}{
+		{"no agent: no socket", func(t *testing.T) {
+			if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the gate's socket is still there: %v", err)
+			}
+		}},
+		{"no agent: stale socket", func(t *testing.T) {
+			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.SetUnlinkOnClose(false)
+			l.Close()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.setup(t)
+			start := time.Now()
+			if _, err := sb.Add(ctx, list, kubeRT(newPod(t, sb), "shop", "web-2", "uid-3")); err != nil {
+				t.Fatalf("ADD: %s", cniruntime.Describe(err))
+			}
+			t.Logf("ADD with no agent listening took %v", time.Since(start))
+		})
+	}
+}
+
+// startGate serves the policy gate on sock with handle until the
+// returned stop (or the test's end), once its socket is there.
+func startGate(t *testing.T, sock string, handle func(context.Context, gate.Pod) error) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gate.Serve(ctx, sock, handle) }()
+	poll.Until(t, 10*time.Second, "the policy gate's socket", func() bool {
+		_, err := os.Lstat(sock)
+		return err == nil
+	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("gate.Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
