@@ -367,3 +367,39 @@ func TestNoListener(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkNotify is the gate's round trip when the agent answers at
+// once: what the gate adds to a pod's ADD beyond the agent's own work.
+func BenchmarkNotify(b *testing.B) {
+	dir := b.TempDir()
+	path := filepath.Join(dir, "policy.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- Serve(ctx, path, func(context.Context, Pod) error { return nil }) }()
+	defer func() {
+		cancel()
+		if err := <-errc; err != nil {
+			b.Errorf("Serve: %v", err)
+		}
+	}()
+	poll.Until(b, 5*time.Second, "the gate's socket", func() bool {
+		_, err := os.Lstat(path)
+		return err == nil
+	})
+	b.ResetTimer()
+	for range b.N {
+		if err := notify(path, pod); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkNotifyNoAgent is Notify's cost when nobody listens.
+func BenchmarkNotifyNoAgent(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "policy.sock")
+	for range b.N {
+		if err := notify(path, pod); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
