@@ -57,10 +57,13 @@ const (
 
 // Pod is what the plugin tells the agent of a new pod.
 type Pod struct {
-	Namespace string       `json:"namespace"`
-	Name      string       `json:"name"`
-	UID       string       `json:"uid,omitempty"`
-	IPs       []netip.Addr `json:"ips"`
+	// Namespace and Name name the pod (both required).
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// UID is the pod's metadata.uid, when the runtime gives it.
+	UID string `json:"uid,omitempty"`
+	// IPs are the addresses ADD gave the pod (at least one).
+	IPs []netip.Addr `json:"ips"`
 }
 
 // Validate checks that p names its namespace and itself and has at least
