@@ -55,16 +55,18 @@ func kubeRT(pod *sandbox.Pod, namespace, name, uid string) *libcni.RuntimeConf {
 
 // fakeAgent is the agent's side of the gate: it records the pods it is
 // told, with whether the host already routed their addresses then, and
-// answers refuse (nil: accepts).
+// answers refuse (nil: accepts), or, silent, nothing until the plugin
+// hangs up.
 type fakeAgent struct {
 	host   *sandbox.Sandbox
 	mu     sync.Mutex
 	refuse error
+	silent bool
 	told   []gate.Pod
 	routed []bool
 }
 
-func (a *fakeAgent) handle(_ context.Context, p gate.Pod) error {
+func (a *fakeAgent) handle(ctx context.Context, p gate.Pod) error {
 	routes, err := sandbox.Routes(a.host.Host.NS)
 	routed := err == nil
 	for _, ip := range p.IPs {
@@ -74,6 +76,12 @@ func (a *fakeAgent) handle(_ context.Context, p gate.Pod) error {
 	defer a.mu.Unlock()
 	a.told = append(a.told, p)
 	a.routed = append(a.routed, routed)
+	if a.silent {
+		a.mu.Unlock()
+		<-ctx.Done()
+		a.mu.Lock()
+		return ctx.Err()
+	}
 	return a.refuse
 }
 
@@ -86,9 +94,9 @@ func (a *fakeAgent) take() ([]gate.Pod, []bool) {
 	return told, routed
 }
 
-func (a *fakeAgent) setRefuse(err error) {
+func (a *fakeAgent) set(refuse error, silent bool) {
 	a.mu.Lock()
-	a.refuse = err
+	a.refuse, a.silent = refuse, silent
 	a.mu.Unlock()
 }
 
@@ -96,7 +104,8 @@ func (a *fakeAgent) setRefuse(err error) {
 // libcni against a real gate.Serve: ADD of a Kubernetes pod tells the
 // agent the pod's name, UID and result addresses once the host routes
 // them; the agent's refusal fails ADD with "try again later" (11) and
-// leaves no veth, route or allocation, and the retry succeeds; ADD of a
+// leaves no veth, route or allocation, and the retry succeeds; so does
+// its silence, after the plugin's 10 s; ADD of a
 // pod not named by CNI_ARGS, and ADD with no agent listening (no socket,
 // a stale one), go on without the gate.
 func TestPolicyGate(t *testing.T) {
@@ -137,20 +146,34 @@ func TestPolicyGate(t *testing.T) {
 	t.Run("agent refuses", func(t *testing.T) {
 		pod := newPod(t, sb)
 		rt := kubeRT(pod, "shop", "web-1", "uid-2")
-		agent.setRefuse(errors.New("policy of shop/web-1 not programmed"))
+		agent.set(errors.New("policy of shop/web-1 not programmed"), false)
 		_, err := sb.Add(ctx, list, rt)
 		wantCode(t, "ADD refused by the agent", err, types.ErrTryAgainLater, "network policy of the pod is not in place", "policy of shop/web-1 not programmed")
 		if told, _ := agent.take(); len(told) != 1 || told[0].Name != "web-1" {
 			t.Errorf("agent told %+v, want web-1", told)
 		}
 		verifyFailedAdd(t, sb, pod, dataDir, 1)
-		agent.setRefuse(nil)
+		agent.set(nil, false)
 		if _, err := sb.Add(ctx, list, rt); err != nil {
 			t.Fatalf("ADD retried once the agent accepts: %s", cniruntime.Describe(err))
 		}
 		if told, _ := agent.take(); len(told) != 1 || told[0].Name != "web-1" {
 			t.Errorf("agent told %+v on the retry, want web-1", told)
 		}
+	})
+
+	t.Run("agent silent", func(t *testing.T) {
+		pod := newPod(t, sb)
+		agent.set(nil, true)
+		defer agent.set(nil, false)
+		start := time.Now()
+		_, err := sb.Add(ctx, list, kubeRT(pod, "shop", "web-9", "uid-9"))
+		wantCode(t, "ADD with a silent agent", err, types.ErrTryAgainLater, "network policy of the pod is not in place", "deadline exceeded")
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("ADD with a silent agent took %v, want about 10 s", d)
+		}
+		agent.take()
+		verifyFailedAdd(t, sb, pod, dataDir, 2)
 	})
 
 	t.Run("not a Kubernetes pod", func(t *testing.T) {
