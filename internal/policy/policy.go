@@ -267,13 +267,19 @@ func Build(node string, in Input) (*Model, error) {
 			errs = append(errs, fmt.Errorf("policy %s/%s: %w", np.Namespace, np.Name, err))
 		}
 	}
+	errs = append(errs, b.applyTiers(in.ClusterPolicies, local)...)
 
 	m := &Model{}
 	used := map[string]bool{}
 	for _, lp := range local {
 		pod := Pod{Namespace: lp.namespace, Name: lp.name, IPs: lp.ips, Ingress: lp.ingress.direction(), Egress: lp.egress.direction()}
-		for _, r := range append(slices.Clone(pod.Ingress.Rules), pod.Egress.Rules...) {
-			used[r.Peers], used[r.Endpoints] = true, true
+		for _, d := range []Direction{pod.Ingress, pod.Egress} {
+			for _, r := range d.Rules {
+				used[r.Peers], used[r.Endpoints] = true, true
+			}
+			for _, r := range slices.Concat(d.Admin, d.Baseline) {
+				used[r.Peers], used[r.Endpoints] = true, true
+			}
 		}
 		m.Pods = append(m.Pods, pod)
 	}
@@ -454,7 +460,7 @@ func (b *builder) peer(namespace string, item *networkingv1.NetworkPolicyPeer) (
 	if item.PodSelector == nil && item.NamespaceSelector == nil {
 		return peer{}, errors.New("no ipBlock, podSelector or namespaceSelector")
 	}
-	podSel, nsSel := labels.Everything(), labels.Nothing()
+	var podSel, nsSel labels.Selector
 	if item.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(item.PodSelector)
 		if err != nil {
@@ -469,29 +475,41 @@ func (b *builder) peer(namespace string, item *networkingv1.NetworkPolicyPeer) (
 		}
 		nsSel = s
 	}
+	return b.selectorPeer(namespace, nsSel, podSel), nil
+}
+
+// selectorPeer returns the peer of the pods matching podSel (nil: every
+// pod) in the namespaces matching nsSel, or with nsSel nil in namespace
+// (podSel is then set).
+// Its key depends on what it selects only, so NetworkPolicy and
+// ClusterNetworkPolicy peers selecting alike share it, and its set.
+func (b *builder) selectorPeer(namespace string, nsSel, podSel labels.Selector) peer {
+	if podSel != nil && podSel.Empty() && nsSel != nil {
+		podSel = nil
+	}
 	var p peer
 	switch {
-	case item.NamespaceSelector == nil:
+	case nsSel == nil:
 		p.key = fmt.Sprintf("pods {%s} in namespace %s", podSel, namespace)
-	case item.PodSelector == nil:
+	case podSel == nil:
 		p.key = fmt.Sprintf("pods in namespaces {%s}", nsSel)
 	default:
 		p.key = fmt.Sprintf("pods {%s} in namespaces {%s}", podSel, nsSel)
 	}
 	if cached, ok := b.selected[p.key]; ok {
-		return cached, nil
+		return cached
 	}
 	for _, pp := range b.pods {
 		inNS := pp.namespace == namespace
-		if item.NamespaceSelector != nil {
+		if nsSel != nil {
 			inNS = nsSel.Matches(b.nsLabels[pp.namespace])
 		}
-		if inNS && podSel.Matches(pp.labels) {
+		if inNS && (podSel == nil || podSel.Matches(pp.labels)) {
 			p.pods = append(p.pods, pp)
 		}
 	}
 	b.selected[p.key] = p
-	return p, nil
+	return p
 }
 
 // ipBlockPeer resolves an ipBlock into its address intervals.
@@ -556,9 +574,13 @@ func (b *builder) addrSet(p peer) string {
 }
 
 // endpointSet returns the name of the EndpointSet of the addresses of p's
-// pods with their container port called port of protocol proto.
+// pods with their container port called port of protocol proto (0: of
+// any protocol).
 func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
 	key := fmt.Sprintf("%s port %s/%s", p.key, port, proto)
+	if proto == 0 {
+		key = fmt.Sprintf("%s port %s", p.key, port)
+	}
 	name := setName(key)
 	if _, ok := b.endpoints[name]; ok {
 		return name
@@ -571,11 +593,12 @@ func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
 	for _, pp := range pods {
 		addrs := p.matches(pp)
 		for _, cp := range pp.ports {
-			if cp.Name != port || protocolOf(cp.Protocol) != proto || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
+			cpProto, ok := namedPort(cp, port, proto)
+			if !ok {
 				continue
 			}
 			for _, a := range addrs {
-				s.Endpoints = append(s.Endpoints, Endpoint{Addr: a, Protocol: proto, Port: uint16(cp.ContainerPort)})
+				s.Endpoints = append(s.Endpoints, Endpoint{Addr: a, Protocol: cpProto, Port: uint16(cp.ContainerPort)})
 			}
 		}
 	}
@@ -583,6 +606,14 @@ func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
 	s.Endpoints = slices.Compact(s.Endpoints)
 	b.endpoints[name] = s
 	return name
+}
+
+// namedPort returns the protocol of the container port cp when it is
+// called name and is of proto (0: any), and its number is valid.
+func namedPort(cp corev1.ContainerPort, name string, proto Protocol) (Protocol, bool) {
+	cpProto := protocolOf(cp.Protocol)
+	ok := cp.Name == name && cpProto != 0 && (proto == 0 || cpProto == proto) && cp.ContainerPort >= 1 && cp.ContainerPort <= 65535
+	return cpProto, ok
 }
 
 func compareEndpoints(a, b Endpoint) int {
@@ -595,7 +626,8 @@ func setName(key string) string {
 	return "np-" + hex.EncodeToString(sum[:8])
 }
 
-// policyPort is a parsed NetworkPolicyPort: a range, or a name.
+// policyPort is a parsed port: a range, or a name (of a container port
+// of rng.Protocol, 0 for any protocol).
 type policyPort struct {
 	rng  PortRange
 	name string
@@ -663,8 +695,8 @@ func (b *builder) ingressRules(peers []peer, ports []policyPort, lp *peerPod, an
 			continue
 		}
 		for _, cp := range lp.ports {
-			if cp.Name == p.name && protocolOf(cp.Protocol) == p.rng.Protocol && cp.ContainerPort >= 1 && cp.ContainerPort <= 65535 {
-				rngs = append(rngs, PortRange{Protocol: p.rng.Protocol, From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)})
+			if proto, ok := namedPort(cp, p.name, p.rng.Protocol); ok {
+				rngs = append(rngs, PortRange{Protocol: proto, From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)})
 			}
 		}
 	}
