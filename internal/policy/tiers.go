@@ -29,7 +29,8 @@ import (
 // domainNames) is reported in Build's error, and then in an Accept rule
 // it matches nothing; in a Deny or Pass rule it matches everything (a
 // peer: any address; a protocol: every port) and the rule denies. A rule
-// with no from/to, or an unknown action, fails closed alike.
+// with no from/to fails closed alike; one with an unknown action denies
+// what it matches.
 //
 // Pass in the Baseline tier hands the connection to the default, which
 // accepts it: it is an Accept there. Baseline rules are left out of a
@@ -105,10 +106,13 @@ func ruleName(i int, name string) string {
 	return fmt.Sprintf("%d (%s)", i, name)
 }
 
-// tierRules gives rules policy's action.
+// tierRules gives rules policy's action, their ports merged.
 func tierRules(policy string, action Action, rules []Rule) []TierRule {
 	out := make([]TierRule, len(rules))
 	for i, r := range rules {
+		if len(r.Ports) > 0 {
+			r.Ports = mergePorts(slices.Clone(r.Ports))
+		}
 		out[i] = TierRule{Policy: policy, Action: action, Rule: r}
 	}
 	return out
@@ -162,7 +166,7 @@ func (b *builder) parseTierRule(tier npav1beta1.Tier, action npav1beta1.ClusterN
 			tr.action = Accept
 		}
 	default:
-		tr.action, tr.failed = Deny, true
+		tr.action = Deny
 		errs = append(errs, fmt.Errorf("action %q", action))
 	}
 	if n == 0 {
