@@ -1,10 +1,14 @@
-// Package policy computes what Kubernetes NetworkPolicy v1 allows for the
-// pods of one node, apart from the data plane that enforces it.
+// Package policy computes what Kubernetes NetworkPolicy v1, and the
+// admin and baseline tiers of ClusterNetworkPolicy above and below it,
+// allow for the pods of one node, apart from the data plane that enforces
+// it.
 //
-// Build takes the cluster's NetworkPolicies, Pods and Namespaces and
-// returns a Model: for each local pod and direction, whether the pod is
-// isolated and, when it is, the traffic its policies allow, as rules over
-// named peer sets. The semantics are the API's (k8s.io/api/networking/v1)
+// Build takes the cluster's NetworkPolicies, ClusterNetworkPolicies,
+// Pods, Namespaces and Nodes and returns a Model: for each local pod and
+// direction, the cluster tiers' rules in precedence order, whether the pod
+// is isolated and, when it is, the traffic its policies allow, as rules
+// over named peer sets. The cluster tiers are described in tiers.go; the
+// NetworkPolicy semantics follow. The semantics are the API's (k8s.io/api/networking/v1)
 // as sigs.k8s.io/kube-network-policies implements them:
 //
 //   - a policy selects the pods of its namespace matching its podSelector
@@ -224,14 +228,18 @@ type Input struct {
 	ClusterPolicies []*npav1beta1.ClusterNetworkPolicy
 	Pods            []*corev1.Pod
 	Namespaces      []*corev1.Namespace
+	// Nodes are the cluster's Nodes, whose status.addresses cluster
+	// policies' nodes peers match; nil, unknown: those peers fail closed.
+	Nodes []*corev1.Node
 }
 
 // Build computes the Model of node (the name pods' spec.nodeName holds)
 // from in; a pod whose namespace is missing is taken to have one without
 // labels. A policy whose podSelector is invalid is skipped; a peer or port
 // of a policy that is invalid matches nothing, the pods it selects staying
-// isolated. Either is reported in the error, joined, with the Model of all
-// the rest.
+// isolated. A cluster policy whose tier or subject is invalid is skipped;
+// its invalid or unsupported rule parts fail closed (tiers.go). Each is
+// reported in the error, joined, with the Model of all the rest.
 func Build(node string, in Input) (*Model, error) {
 	policies, pods, namespaces := in.Policies, in.Pods, in.Namespaces
 	b := &builder{
@@ -239,6 +247,7 @@ func Build(node string, in Input) (*Model, error) {
 		addrSets:  map[string]*AddrSet{},
 		endpoints: map[string]*EndpointSet{},
 		selected:  map[string]peer{},
+		nodes:     in.Nodes,
 	}
 	for _, ns := range namespaces {
 		b.nsLabels[ns.Name] = ns.Labels
@@ -351,6 +360,8 @@ type builder struct {
 	// selected are the selector peers resolved, by key: policies with
 	// the same peers match the pods once.
 	selected map[string]peer
+	// nodes are Input.Nodes: nil when unknown.
+	nodes []*corev1.Node
 }
 
 // apply adds np's isolation and rules to the local pods it selects.
@@ -425,8 +436,9 @@ func policyTypes(spec *networkingv1.NetworkPolicySpec) (ingress, egress bool) {
 // addresses.
 type peer struct {
 	key string
-	// ipBlock is true for an ipBlock, whose addresses are ranges; other
-	// peers are the addresses of pods.
+	// ipBlock is true for a peer of address ranges (an ipBlock, a
+	// cluster policy's networks or nodes); other peers are the addresses
+	// of pods.
 	ipBlock bool
 	ranges  []Range
 	pods    []*peerPod

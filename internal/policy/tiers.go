@@ -25,8 +25,8 @@ import (
 //
 // Fail closed, as the API asks of a peer it cannot interpret: a peer or
 // protocol that is invalid (none or several of its fields set, a selector,
-// CIDR or port the API's validation rejects) or unsupported (nodes,
-// domainNames) is reported in Build's error, and then in an Accept rule
+// CIDR or port the API's validation rejects) or unsupported (domainNames;
+// nodes when Input.Nodes is nil) is reported in Build's error, and then in an Accept rule
 // it matches nothing; in a Deny or Pass rule it matches everything (a
 // peer: any address; a protocol: every port) and the rule denies. A rule
 // with no from/to fails closed alike; one with an unknown action denies
@@ -211,20 +211,14 @@ func (b *builder) anyPeer() peer {
 
 // ingressPeer resolves a source peer: exactly one of namespaces and pods.
 func (b *builder) ingressPeer(p *npav1beta1.ClusterNetworkPolicyIngressPeer) (peer, error) {
-	return b.clusterPeer(p.Namespaces, p.Pods, nil, false, false)
+	return b.egressPeer(&npav1beta1.ClusterNetworkPolicyEgressPeer{Namespaces: p.Namespaces, Pods: p.Pods})
 }
 
 // egressPeer resolves a destination peer: exactly one of namespaces, pods,
-// networks; nodes and domainNames are not supported.
+// networks and nodes; domainNames are not supported.
 func (b *builder) egressPeer(p *npav1beta1.ClusterNetworkPolicyEgressPeer) (peer, error) {
-	return b.clusterPeer(p.Namespaces, p.Pods, p.Networks, p.Nodes != nil, len(p.DomainNames) > 0)
-}
-
-// clusterPeer resolves a peer from its fields, exactly one of which must
-// be set.
-func (b *builder) clusterPeer(namespaces *metav1.LabelSelector, pods *npav1beta1.NamespacedPod, networks []npav1beta1.CIDR, nodes, domainNames bool) (peer, error) {
 	set := 0
-	for _, s := range []bool{namespaces != nil, pods != nil, len(networks) > 0, nodes, domainNames} {
+	for _, s := range []bool{p.Namespaces != nil, p.Pods != nil, len(p.Networks) > 0, p.Nodes != nil, len(p.DomainNames) > 0} {
 		if s {
 			set++
 		}
@@ -234,24 +228,24 @@ func (b *builder) clusterPeer(namespaces *metav1.LabelSelector, pods *npav1beta1
 		return peer{}, errors.New("no namespaces, pods, networks, nodes or domainNames: a field this version does not know?")
 	case set > 1:
 		return peer{}, errors.New("more than one of namespaces, pods, networks, nodes and domainNames")
-	case nodes:
-		return peer{}, errors.New("nodes peers are not supported")
-	case domainNames:
+	case len(p.DomainNames) > 0:
 		return peer{}, errors.New("domainNames peers are not supported")
-	case namespaces != nil:
-		nsSel, err := selector(namespaces, "namespaces")
+	case p.Namespaces != nil:
+		nsSel, err := selector(p.Namespaces, "namespaces")
 		if err != nil {
 			return peer{}, err
 		}
 		return b.selectorPeer("", nsSel, nil), nil
-	case pods != nil:
-		nsSel, podSel, err := namespacedPod(pods, "pods")
+	case p.Pods != nil:
+		nsSel, podSel, err := namespacedPod(p.Pods, "pods")
 		if err != nil {
 			return peer{}, err
 		}
 		return b.selectorPeer("", nsSel, podSel), nil
+	case p.Nodes != nil:
+		return b.nodesPeer(p.Nodes)
 	}
-	return networksPeer(networks)
+	return networksPeer(p.Networks)
 }
 
 // selector parses a label selector, what names it in errors.
@@ -272,6 +266,31 @@ func namespacedPod(p *npav1beta1.NamespacedPod, what string) (nsSel, podSel labe
 		return nil, nil, err
 	}
 	return nsSel, podSel, nil
+}
+
+// nodesPeer resolves a node selector into the addresses of the nodes it
+// selects, those of their status.addresses that are IP addresses.
+func (b *builder) nodesPeer(s *metav1.LabelSelector) (peer, error) {
+	if b.nodes == nil {
+		return peer{}, errors.New("nodes peers: the nodes are not known")
+	}
+	sel, err := selector(s, "nodes")
+	if err != nil {
+		return peer{}, err
+	}
+	p := peer{key: fmt.Sprintf("nodes {%s}", sel), ipBlock: true}
+	for _, n := range b.nodes {
+		if !sel.Matches(labels.Set(n.Labels)) {
+			continue
+		}
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				p.ranges = append(p.ranges, Range{From: ip.Unmap(), To: ip.Unmap()})
+			}
+		}
+	}
+	p.ranges = mergeRanges(p.ranges)
+	return p, nil
 }
 
 // networksPeer resolves CIDRs into their addresses; one CIDR is the peer

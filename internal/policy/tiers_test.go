@@ -153,6 +153,7 @@ func TestBuildTiers(t *testing.T) {
 		name     string
 		policies []*networkingv1.NetworkPolicy
 		cnps     []*npav1beta1.ClusterNetworkPolicy
+		nodes    []*corev1.Node
 		want     []string
 	}{{
 		name: "no cluster policy",
@@ -199,6 +200,24 @@ func TestBuildTiers(t *testing.T) {
 		cnps: []*npav1beta1.ClusterNetworkPolicy{cnp("ext", admin, 1, prodWeb,
 			to(deny, cpeers(netCPeer("fd00::/64", "10.0.0.0/24", "10.0.1.0/24", "10.0.0.0/24")), proto("TCP/443")))},
 		want: []string{"prod/web admin out: ext Deny {10.0.0.0-10.0.1.255,fd00::-fd00::ffff:ffff:ffff:ffff} TCP/443"},
+	}, {
+		name: "nodes: their addresses; an invalid selector fails closed",
+		cnps: []*npav1beta1.ClusterNetworkPolicy{cnp("nodes", admin, 1, prodWeb,
+			to(accept, cpeers(npav1beta1.ClusterNetworkPolicyEgressPeer{Nodes: sel("zone", "a")}), proto("TCP/10250")),
+			to(deny, cpeers(npav1beta1.ClusterNetworkPolicyEgressPeer{Nodes: sel()})),
+			to(pass, cpeers(npav1beta1.ClusterNetworkPolicyEgressPeer{Nodes: &metav1.LabelSelector{
+				MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "zone", Operator: "Bogus"}},
+			}})),
+		)},
+		nodes: []*corev1.Node{
+			{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"zone": "a"}}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+				{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}, {Type: corev1.NodeInternalIP, Address: "fd01::1"}, {Type: corev1.NodeHostName, Address: "n1"},
+			}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "n2"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+				{Type: corev1.NodeInternalIP, Address: "192.168.0.2"}, {Type: corev1.NodeExternalIP, Address: "::ffff:203.0.113.2"},
+			}}},
+		},
+		want: []string{"prod/web admin out: nodes Accept {192.168.0.1,fd01::1} TCP/10250; nodes Deny {192.168.0.1-192.168.0.2,203.0.113.2,fd01::1}; nodes Deny *"},
 	}, {
 		name: "ports: numbers, ranges, UDP, SCTP; ingress named ports of any protocol on the subject pod",
 		cnps: []*npav1beta1.ClusterNetworkPolicy{cnp("ports", admin, 1, subjectNS("env", "prod"),
@@ -255,7 +274,7 @@ func TestBuildTiers(t *testing.T) {
 		want: []string{"prod/web admin in: a Deny *"},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, _ := Build(testNode, Input{Policies: tc.policies, ClusterPolicies: tc.cnps, Pods: pods(), Namespaces: namespaces()})
+			m, _ := Build(testNode, Input{Policies: tc.policies, ClusterPolicies: tc.cnps, Pods: pods(), Namespaces: namespaces(), Nodes: tc.nodes})
 			if got := describeTiers(t, m); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got\n\t%s\nwant\n\t%s", strings.Join(got, "\n\t"), strings.Join(tc.want, "\n\t"))
 			}
@@ -315,7 +334,7 @@ func TestBuildTiersInvalid(t *testing.T) {
 		"ingress rule 0: peer 3: pods namespaceSelector:",
 		"egress rule 0: peer 0: networks:",
 		"egress rule 0: peer 1: networks: 10.0.0.1/8 is not a network address (10.0.0.0/8)",
-		"egress rule 0: peer 2: nodes peers are not supported",
+		"egress rule 0: peer 2: nodes peers: the nodes are not known",
 		"egress rule 0: peer 3: domainNames peers are not supported",
 		"egress rule 0: protocol 0: no tcp, udp, sctp or destinationNamedPort",
 		"egress rule 0: protocol 1: more than one of tcp",
