@@ -127,7 +127,9 @@ type Direction struct {
 	// Baseline are the rules of the baseline tier's ClusterNetworkPolicies
 	// selecting the pod, in precedence order: they decide only when no
 	// admin rule did and no NetworkPolicy isolates the pod in this
-	// direction; with none matching, traffic passes.
+	// direction (they are left out when one does); with none matching,
+	// traffic passes. Their actions are Accept and Deny only: a Pass there
+	// hands over to the default, an Accept.
 	Baseline []TierRule
 }
 
