@@ -452,7 +452,7 @@ type peer struct {
 // address. An invalid peer is left out and reported.
 func (b *builder) peers(namespace string, items []networkingv1.NetworkPolicyPeer) ([]peer, []error) {
 	if len(items) == 0 {
-		return []peer{{key: "all pods", pods: b.pods, all: true}}, nil
+		return []peer{b.anyPeer()}, nil
 	}
 	var out []peer
 	var errs []error
@@ -465,6 +465,12 @@ func (b *builder) peers(namespace string, items []networkingv1.NetworkPolicyPeer
 		out = append(out, p)
 	}
 	return out, errs
+}
+
+// anyPeer is the peer of every address: a NetworkPolicy rule's with no
+// from/to, a failed-closed cluster policy rule's.
+func (b *builder) anyPeer() peer {
+	return peer{key: "all pods", pods: b.pods, all: true}
 }
 
 func (b *builder) peer(namespace string, item *networkingv1.NetworkPolicyPeer) (peer, error) {

@@ -204,11 +204,6 @@ func (b *builder) parseTierRule(tier npav1beta1.Tier, action npav1beta1.ClusterN
 	return tr, errs
 }
 
-// anyPeer is the peer of every address.
-func (b *builder) anyPeer() peer {
-	return peer{key: "all pods", pods: b.pods, all: true}
-}
-
 // ingressPeer resolves a source peer: exactly one of namespaces and pods.
 func (b *builder) ingressPeer(p *npav1beta1.ClusterNetworkPolicyIngressPeer) (peer, error) {
 	return b.egressPeer(&npav1beta1.ClusterNetworkPolicyEgressPeer{Namespaces: p.Namespaces, Pods: p.Pods})
