@@ -178,13 +178,19 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 	}
 	defer func() { c.table.Swap(nil).Close() }()
 	c.q.AddAll()
-	errc := make(chan error, 1)
+	gateErr, gateDone := make(chan error, 1), make(chan struct{})
 	if c.cfg.Gate != "" {
-		go func() { errc <- c.serveGate(ctx, inf) }()
+		go func() {
+			defer close(gateDone)
+			gateErr <- c.serveGate(ctx, inf)
+		}()
+	} else {
+		close(gateDone)
 	}
-	err = c.loop(ctx, h, inf, table, self, errc)
+	err = c.loop(ctx, h, inf, table, self, gateErr)
 	cancel()
 	c.failWaiters(errors.New("the network policy controller stopped"))
+	<-gateDone
 	return err
 }
 
@@ -291,7 +297,7 @@ func (c *Controller) sync(inf *caches, table *dataplane.Table) error {
 	}
 	c.log.Log(context.Background(), lvl, "network policy synced", "full", st.Full, "pods", st.Pods, "sets", st.Sets,
 		"elements", st.Elements, "rules", st.Rules, "written", st.Written, "took", now.Sub(start))
-	c.answer(m, inf)
+	c.answer(m, in.Pods)
 	return nil
 }
 
@@ -344,24 +350,33 @@ func (c *Controller) withGated(pods []*corev1.Pod) []*corev1.Pod {
 }
 
 // answer releases the gate requests whose pod m holds with their
-// addresses, and fails those whose Pod object is there but not policed
-// on this node.
-func (c *Controller) answer(m *policy.Model, inf *caches) {
+// addresses, and fails those whose Pod object m was built from (pods)
+// but which m does not police.
+func (c *Controller) answer(m *policy.Model, pods []*corev1.Pod) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.waiters) == 0 {
 		return
 	}
-	pods := make(map[string][]netip.Addr, len(m.Pods))
+	policed := make(map[string][]netip.Addr, len(m.Pods))
 	for _, p := range m.Pods {
-		pods[p.Namespace+"/"+p.Name] = p.IPs
+		policed[p.Namespace+"/"+p.Name] = p.IPs
+	}
+	objects := map[string]*corev1.Pod{}
+	for w := range c.waiters {
+		objects[w.key] = nil
+	}
+	for _, p := range pods {
+		if _, ok := objects[p.Namespace+"/"+p.Name]; ok {
+			objects[p.Namespace+"/"+p.Name] = p
+		}
 	}
 	for w := range c.waiters {
-		ips, ok := pods[w.key]
+		ips, ok := policed[w.key]
 		if len(w.ips) == 0 || ok && !slices.ContainsFunc(w.ips, func(a netip.Addr) bool { return !slices.Contains(ips, a) }) {
 			w.done <- nil
 			delete(c.waiters, w)
-		} else if p := inf.pod(w.key); p != nil && string(p.UID) == w.uid {
+		} else if p := objects[w.key]; p != nil && string(p.UID) == w.uid {
 			w.done <- fmt.Errorf("pod %s is not policed on node %s (node %q, host network %t, phase %s)",
 				w.key, c.env.NodeName, p.Spec.NodeName, p.Spec.HostNetwork, p.Status.Phase)
 			delete(c.waiters, w)
