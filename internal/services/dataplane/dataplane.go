@@ -227,11 +227,8 @@ func (t *Table) chainCount() int {
 
 // releaseGroups gives back the group numbers of a removed service.
 func (t *Table) releaseGroups(p *programmed) {
-	for _, g := range []*group{p.internal, p.external} {
-		if g != nil {
-			t.groups.put(g.idx)
-		}
-	}
+	t.groups.release(p.internal)
+	t.groups.release(p.external)
 }
 
 // equalService tells whether a and b program the same.

@@ -79,7 +79,8 @@ func TestIncremental(t *testing.T) {
 	if _, err := tb.Sync(svcs); err != nil {
 		t.Fatal(err)
 	}
-	other := prefixService + "ns/svc7//TCP/ipv4"
+	// A service with a chain of its own (a node port).
+	other := prefixService + "ns/svc10//TCP/ipv4"
 	before := chainHandles(t, c, other)
 	if len(before) == 0 {
 		t.Fatalf("chain %s has no rules", other)
@@ -95,10 +96,14 @@ func TestIncremental(t *testing.T) {
 		{"endpoints in another order: nothing", func(s *Service) { slices.Reverse(s.Internal) }, 0},
 		{"one endpoint replaced", func(s *Service) { s.Internal[2] = endpoint(1) }, 4},
 		{"one endpoint added", func(s *Service) { s.Internal = append(s.Internal, endpoint(2)) }, 4},
-		{"one endpoint removed", func(s *Service) { s.Internal = slices.Delete(s.Internal, 0, 1) }, 5},
+		// The last slot's endpoint moves to the freed one; the dispatch
+		// element goes to the pick chain of the new count.
+		{"one endpoint removed", func(s *Service) { s.Internal = slices.Delete(s.Internal, 0, 1) }, 6},
 		{"all endpoints removed", func(s *Service) { s.Internal = nil }, 16},
 		{"endpoints back", func(s *Service) { s.Internal = []Endpoint{endpoint(3)} }, 8},
-		{"node port added", func(s *Service) { s.NodePort = 32700 }, 3},
+		// The service gets chains of its own: its endpoint moves from
+		// @service-endpoints to an endpoints map.
+		{"node port added", func(s *Service) { s.NodePort = 32700 }, 7},
 	}
 	for _, step := range steps {
 		t.Run(step.name, func(t *testing.T) {
@@ -251,7 +256,8 @@ func TestListing(t *testing.T) {
 	for _, want := range []string{
 		"chain svc-default/web//TCP/ipv4",
 		"ip daddr . meta l4proto . th dport vmap @service-ips4",
-		"10.96.0.16 . sctp . 80 : goto svc-default/sctp//SCTP/ipv4",
+		"10.96.0.16 . sctp . 80 : goto pick4-1",
+		"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @service-endpoints4",
 		"fd01::10 . tcp . 80 : goto svc-default/web//TCP/ipv6",
 		"update @affinity4",
 		"masquerade fully-random",
