@@ -89,7 +89,8 @@ func BenchmarkColdSync(b *testing.B) {
 }
 
 // BenchmarkServiceAdded adds one service with 5 endpoints to n programmed
-// ones per sync (the bar: flat in n).
+// ones per sync, through Update as the controller does (the bar: flat
+// in n).
 func BenchmarkServiceAdded(b *testing.B) {
 	for _, n := range scales {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
@@ -100,14 +101,14 @@ func BenchmarkServiceAdded(b *testing.B) {
 			}
 			measure(b, func(int) {}, func() (Stats, error) {
 				n++
-				return tb.Sync(all[:n])
+				return tb.Update(all[n-1:n], nil)
 			})
 		})
 	}
 }
 
 // BenchmarkEndpointChanged replaces one endpoint of one of n services per
-// sync.
+// sync, through Update.
 func BenchmarkEndpointChanged(b *testing.B) {
 	for _, n := range scales {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
@@ -116,11 +117,12 @@ func BenchmarkEndpointChanged(b *testing.B) {
 			if _, err := tb.Sync(svcs); err != nil {
 				b.Fatal(err)
 			}
+			var s *Service
 			measure(b, func(i int) {
-				s := &svcs[(i*7919)%n]
+				s = &svcs[(i*7919)%n]
 				s.Internal[2] = Endpoint{netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)}), 8080}
 				s.External = s.Internal
-			}, func() (Stats, error) { return tb.Sync(svcs) })
+			}, func() (Stats, error) { return tb.Update([]Service{*s}, nil) })
 		})
 	}
 }
