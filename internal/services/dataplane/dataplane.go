@@ -481,25 +481,41 @@ func (t *Table) write(b *nft.Batch, full bool, d *diff, h hairpinUpdate) {
 	}
 	for _, fam := range families {
 		s := t.sets[fam.set(setHairpin)]
-		var add, del []nftables.SetElement
-		for _, a := range h.add {
-			if a.Is4() == (fam.f == IPv4) {
-				add = append(add, nftables.SetElement{Key: hairpinKey(a)})
-			}
-		}
-		for _, a := range h.del {
-			if a.Is4() == (fam.f == IPv4) {
-				del = append(del, nftables.SetElement{Key: hairpinKey(a)})
-			}
-		}
-		b.DelElements(s, del)
-		b.AddElements(s, add)
+		b.DelElements(s, hairpinElements(h.del, fam))
+		b.AddElements(s, hairpinElements(h.add, fam))
 	}
 }
 
-// writeElems queues op for the elements, one call per set.
+// hairpinElements returns the hairpin set elements of the addresses of
+// fam.
+func hairpinElements(addrs []netip.Addr, fam family) []nftables.SetElement {
+	n := 0
+	for _, a := range addrs {
+		if a.Is4() == (fam.f == IPv4) {
+			n++
+		}
+	}
+	out := make([]nftables.SetElement, 0, n)
+	for _, a := range addrs {
+		if a.Is4() == (fam.f == IPv4) {
+			out = append(out, nftables.SetElement{Key: hairpinKey(a)})
+		}
+	}
+	return out
+}
+
+// writeElems queues op for the elements, one call per set. The sets'
+// lists are sized up front: a full sync's hundred thousand elements are
+// copied once.
 func (t *Table) writeElems(b *nft.Batch, elems []element, op func(*nft.Batch, nft.Set, []nftables.SetElement)) {
-	bySet := map[string][]nftables.SetElement{}
+	counts := map[string]int{}
+	for _, e := range elems {
+		counts[e.set]++
+	}
+	bySet := make(map[string][]nftables.SetElement, len(counts))
+	for set, n := range counts {
+		bySet[set] = make([]nftables.SetElement, 0, n)
+	}
 	for _, e := range elems {
 		bySet[e.set] = append(bySet[e.set], e.elem)
 	}

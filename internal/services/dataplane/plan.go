@@ -191,7 +191,7 @@ func (g *groups) assign(old *group, eps []Endpoint, numbered bool) *group {
 
 // dedup returns eps without repeated endpoints, in order.
 func dedup(eps []Endpoint) []Endpoint {
-	var out []Endpoint
+	out := make([]Endpoint, 0, len(eps))
 	for _, ep := range eps {
 		if !slices.Contains(out, ep) {
 			out = append(out, ep)
@@ -354,6 +354,7 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 		// No chain: the dispatch goes to the shared pick chain of the
 		// endpoint count, which finds the endpoints under the ClusterIP.
 		g := p.internal
+		p.elems = make([]element, 0, 2+len(g.slots))
 		add(setServiceIPs, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: verdict(expr.VerdictGoto, fam.pickChain(len(g.slots)))})
 		add(setClusterIPs, nftables.SetElement{Key: addrKey(s.ClusterIP)})
 		for slot, ep := range g.slots {
