@@ -266,17 +266,19 @@ func validate(s *Service) error {
 			return err
 		}
 	}
-	for _, a := range append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...) {
+	for _, a := range slices.Concat(s.ExternalIPs, s.LoadBalancerIPs) {
 		if err := inFamily("external IP", a); err != nil {
 			return err
 		}
 	}
-	for _, ep := range append(slices.Clone(s.Internal), s.External...) {
-		if err := inFamily("endpoint", ep.Addr); err != nil {
-			return err
-		}
-		if ep.Port == 0 {
-			return fmt.Errorf("service %s: endpoint %v has port 0", s.ID(), ep.Addr)
+	for _, eps := range [][]Endpoint{s.Internal, s.External} {
+		for _, ep := range eps {
+			if err := inFamily("endpoint", ep.Addr); err != nil {
+				return err
+			}
+			if ep.Port == 0 {
+				return fmt.Errorf("service %s: endpoint %v has port 0", s.ID(), ep.Addr)
+			}
 		}
 	}
 	return nil
