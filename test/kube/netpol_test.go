@@ -102,6 +102,10 @@ func (p *npPod) String() string { return p.short + "/" + p.name }
 // namespace is the pod's API namespace.
 func (p *npPod) namespace() string { return npNamespace(p.short) }
 
+// podName is the pod's API name: unique across the namespaces, as runPods
+// wants (its label npPodLabel is its name in the namespace).
+func (p *npPod) podName() string { return p.short + "-" + p.name }
+
 // accepted records a TCP connection from source.
 func (p *npPod) accepted(source string) {
 	p.mu.Lock()
@@ -203,7 +207,7 @@ func newNPEnv(t *testing.T, ctx context.Context, c *cluster) *npEnv {
 			}
 			e.pods = append(e.pods, p)
 			specs = append(specs, podSpec{
-				name: pn, namespace: name, node: p.node, step: "network-policy",
+				name: p.podName(), namespace: name, node: p.node, step: "network-policy",
 				labels: map[string]string{npPodLabel: pn},
 				ports: []corev1.ContainerPort{
 					{Name: servePort, ContainerPort: int32(p.serve), Protocol: corev1.ProtocolTCP},
@@ -213,12 +217,8 @@ func newNPEnv(t *testing.T, ctx context.Context, c *cluster) *npEnv {
 		}
 	}
 	pods := c.runPods(t, ctx, specs...)
-	byKey := map[string]*corev1.Pod{}
-	for _, p := range pods {
-		byKey[p.Namespace+"/"+p.Name] = p
-	}
 	for _, p := range e.pods {
-		kp := byKey[p.namespace()+"/"+p.name]
+		kp := pods[p.podName()]
 		if kp == nil {
 			t.Fatalf("pod %s not running", p)
 		}
@@ -342,7 +342,9 @@ func (e *npEnv) converge(ctx context.Context, truth reach) error {
 	var got npMatrix
 	start := time.Now()
 	rounds := 0
-	err := poll(ctx, convergeWait, "the matrix", func(ctx context.Context) error {
+	// Each round runs under ctx, not poll's deadline: a round cut short
+	// would show probes failing for want of time.
+	err := poll(ctx, convergeWait, "the matrix", func(context.Context) error {
 		rounds++
 		got = e.observe(ctx)
 		if n := len(e.diff(want, got)); n > 0 {
@@ -461,7 +463,7 @@ func (e *npEnv) label(ctx context.Context, p *npPod, key, value string) error {
 	if err != nil {
 		return err
 	}
-	_, err = e.c.client.CoreV1().Pods(p.namespace()).Patch(ctx, p.name, types.MergePatchType, patch, metav1.PatchOptions{})
+	_, err = e.c.client.CoreV1().Pods(p.namespace()).Patch(ctx, p.podName(), types.MergePatchType, patch, metav1.PatchOptions{})
 	if err != nil {
 		return fmt.Errorf("label %s %s=%q: %w", p, key, value, err)
 	}
@@ -722,8 +724,9 @@ func testNPLabelChanges(t *testing.T, ctx context.Context, e *npEnv) {
 
 // testNPEstablished: a policy acts on new connections; a TCP connection
 // established while it was allowed lives on when a policy denying it is
-// added (conntrack passes its packets: podnet's documented behaviour,
-// docs/kubernetes.md), and when the policy is removed.
+// added, and when the policy is removed (NetworkPolicy leaves existing
+// connections to the implementation; podnet's data plane accepts ct state
+// established,related before any policy: docs/networkpolicy.md).
 func testNPEstablished(t *testing.T, ctx context.Context, e *npEnv) {
 	server, client := e.pod("x/a"), e.pod("y/a")
 	holdEcho(t, server.ns, holdPort)
@@ -817,9 +820,10 @@ func lineRoundTrip(conn net.Conn, msg string) error {
 }
 
 // testNPFromNodes: a pod that NetworkPolicy isolates for ingress is still
-// reached from its own node (kubelet's probes; a hostNetwork pod has the
-// node's network namespace, so this is also a hostNetwork pod's traffic),
-// not from the other nodes, which are addresses like any other.
+// reached from its own node (kubelet's probes: the node's own traffic is
+// never evaluated; a hostNetwork pod has the node's network namespace, so
+// this is also a hostNetwork pod's traffic), not from the other nodes,
+// which are addresses like any other (docs/networkpolicy.md).
 func testNPFromNodes(t *testing.T, ctx context.Context, e *npEnv) {
 	nodeReaches := func(node string, p *npPod) error {
 		return probe(ctx, e.c.nodeNS(node), p, tcp80)
@@ -937,7 +941,7 @@ func testNPService(t *testing.T, ctx context.Context, e *npEnv) {
 	check := func(what string, want func(*npPod) bool) {
 		t.Helper()
 		var got map[string]bool
-		err := poll(ctx, programWait, "the ClusterIP "+addr+" "+what, func(ctx context.Context) error {
+		err := poll(ctx, programWait, "the ClusterIP "+addr+" "+what, func(context.Context) error {
 			got = viaService(ctx)
 			var wrong []string
 			for _, p := range clients {

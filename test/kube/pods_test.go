@@ -86,8 +86,8 @@ func (s podSpec) pod() *corev1.Pod {
 }
 
 // runPods creates the pods and waits until each runs with an IP; they
-// are deleted when t ends. The pods are returned by name (unique across
-// the specs' namespaces).
+// are deleted when t ends. The pods are returned by name (names must be unique
+// across the specs' namespaces).
 func (c *cluster) runPods(t *testing.T, ctx context.Context, specs ...podSpec) map[string]*corev1.Pod {
 	t.Helper()
 	names := map[string][]string{} // by namespace
