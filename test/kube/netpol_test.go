@@ -69,8 +69,12 @@ var (
 // call 80 "serve", b calls 81 so.
 const servePort = "serve"
 
-// holdPort is where x/a keeps long-lived TCP connections (a line echo).
-const holdPort = 9000
+// holdPort is where a pod keeps long-lived TCP connections (a line echo),
+// each closed by the server after holdIdle without a line.
+const (
+	holdPort = 9000
+	holdIdle = 5 * time.Minute
+)
 
 // Waits of the policy checks.
 const (
@@ -702,6 +706,7 @@ func testNPLabelChanges(t *testing.T, ctx context.Context, e *npEnv) {
 	e.apply(t, ctx, netpol("x", "guarded", networkingv1.NetworkPolicySpec{PodSelector: *matchLabels(guard, "on"),
 		Ingress: from(networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{}, PodSelector: matchLabels(role, "client")})}))
 	truth := func(from, to *npPod, _ npPort) bool { return !guarded[to.String()] || clients[from.String()] }
+	var held net.Conn
 	for _, step := range []struct {
 		pod, key, value string
 	}{
@@ -719,7 +724,36 @@ func testNPLabelChanges(t *testing.T, ctx context.Context, e *npEnv) {
 		set := map[string]map[string]bool{guard: guarded, role: clients}[step.key]
 		set[step.pod] = step.value != ""
 		e.expect(t, ctx, fmt.Sprintf("after %s %s=%q", step.pod, step.key, step.value), truth)
+		switch {
+		case step.pod == "y/b" && step.value != "":
+			// y/b, now a client, opens a connection to x/a that lasts.
+			held = e.hold(t, ctx, e.pod("y/b"), e.pod("x/a"))
+		case step.pod == "y/b" && held != nil:
+			// y/b is no client any more: new connections are denied (the
+			// matrix), the one it opened lives on.
+			if err := lineRoundTrip(held, "y/b no client any more"); err != nil {
+				t.Errorf("y/b → x/a, established while y/b was a client, once it is not: %v", err)
+			}
+		}
 	}
+}
+
+// hold opens a TCP connection from one matrix pod to another's holdPort,
+// where a line echo serves until t ends, and checks a first exchange; the
+// connection is closed when t ends.
+func (e *npEnv) hold(t *testing.T, ctx context.Context, client, server *npPod) net.Conn {
+	t.Helper()
+	holdEcho(t, server.ns, holdPort)
+	addr := net.JoinHostPort(server.ip.String(), fmt.Sprint(holdPort))
+	conn, err := client.ns.DialContext(ctx, &net.Dialer{Timeout: askTimeout}, "tcp", addr)
+	if err != nil {
+		t.Fatalf("%s → %s: %v", client, addr, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if err := lineRoundTrip(conn, "hello"); err != nil {
+		t.Fatalf("%s → %s: %v", client, addr, err)
+	}
+	return conn
 }
 
 // testNPEstablished: a policy acts on new connections; a TCP connection
@@ -729,20 +763,14 @@ func testNPLabelChanges(t *testing.T, ctx context.Context, e *npEnv) {
 // established,related before any policy: docs/networkpolicy.md).
 func testNPEstablished(t *testing.T, ctx context.Context, e *npEnv) {
 	server, client := e.pod("x/a"), e.pod("y/a")
-	holdEcho(t, server.ns, holdPort)
+	conn := e.hold(t, ctx, client, server)
 	addr := net.JoinHostPort(server.ip.String(), fmt.Sprint(holdPort))
-	conn, err := client.ns.DialContext(ctx, &net.Dialer{Timeout: askTimeout}, "tcp", addr)
-	if err != nil {
-		t.Fatalf("%s → %s: %v", client, addr, err)
-	}
-	defer conn.Close()
 	exchange := func(what string) {
 		t.Helper()
 		if err := lineRoundTrip(conn, what); err != nil {
 			t.Errorf("the connection %s → %s established before, %s: %v", client, addr, what, err)
 		}
 	}
-	exchange("no policy")
 	deny := netpol("x", "deny-ingress", networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{}, PolicyTypes: ingressOnly})
 	e.apply(t, ctx, deny)
 	e.expect(t, ctx, "x denies ingress", func(_, to *npPod, _ npPort) bool { return to.short != "x" })
@@ -784,7 +812,7 @@ func holdEcho(t *testing.T, ns *netns.NS, port int) {
 				defer c.Close()
 				buf := make([]byte, 256)
 				for {
-					_ = c.SetReadDeadline(time.Now().Add(convergeWait * 3))
+					_ = c.SetReadDeadline(time.Now().Add(holdIdle))
 					n, err := c.Read(buf)
 					if err != nil {
 						return
