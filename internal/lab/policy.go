@@ -106,8 +106,18 @@ func (l *Lab) PolicyDemo(ctx context.Context, out io.Writer) error {
 			return errors.Join(fmt.Errorf("create NetworkPolicy %s: %w", np.Name, err), undo())
 		}
 	}
-	fmt.Fprintf(out, "NetworkPolicy in %s: %s (every pod isolated for ingress), %s (ingress from pods labelled %s=%s: %d of %d pods)\n",
-		PodsNamespace, denyPolicy, allowPolicy, clientLabel, clientValue, len(clients), len(pods))
+	var names, clientNames []string
+	for _, p := range pods {
+		names = append(names, p.Name)
+	}
+	prefix := commonPrefix(names)
+	for _, p := range pods {
+		if clients[p.Name] {
+			clientNames = append(clientNames, strings.TrimPrefix(p.Name, prefix))
+		}
+	}
+	fmt.Fprintf(out, "NetworkPolicy in %s: %s (every pod isolated for ingress), %s (ingress from pods labelled %s=%s: %s)\n",
+		PodsNamespace, denyPolicy, allowPolicy, clientLabel, clientValue, strings.Join(clientNames, ", "))
 	allowed := func(p Probe) bool { return p.From == p.To || p.To == Outside || clients[p.From] }
 	r, err := l.checkUntil(ctx, pods, allowed)
 	if err != nil {
