@@ -31,11 +31,15 @@ type probe struct {
 }
 
 // Reachability is tried by TCP connects started every attemptEvery, each
-// given up after attemptTimeout (far below the 1 s of a SYN's first
-// retransmission: an attempt sees the policy of its one SYN).
+// given up after attemptTimeout (below the 1 s of a SYN's first
+// retransmission: an attempt sees the policy of its one SYN). A connect
+// that succeeds is proof of an allowing policy; one that fails may also
+// have been starved on a loaded machine, so denial is a run of
+// deniedRun failed attempts in a row.
 const (
 	attemptEvery   = 10 * time.Millisecond
-	attemptTimeout = 100 * time.Millisecond
+	attemptTimeout = 500 * time.Millisecond
+	deniedRun      = 5
 )
 
 // errNotSeen is a reachability change not seen before its deadline.
@@ -139,15 +143,19 @@ func reach(ctx context.Context, from *netns.NS, to netip.AddrPort) bool {
 }
 
 // firstOutcome starts connects from → to every attemptEvery until one
-// gets want (connected: true, refused or timed out: false) and returns
-// when the first attempt in start order that got it began, after t0;
-// errNotSeen when none did by t0+timeout.
+// gets want (connected: true; refused or timed out, deniedRun in a row:
+// false) and returns when the first attempt in start order that got it
+// began, after t0; errNotSeen when none did by t0+timeout.
 func firstOutcome(ctx context.Context, p pair, want bool, t0 time.Time, timeout time.Duration) (time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	need := 1
+	if !want {
+		need = deniedRun
+	}
 	// Attempts in flight are at most attemptTimeout/attemptEvery + 1: the
 	// buffer takes the results of those still running on return.
-	results := make(chan attempt, 4*int(attemptTimeout/attemptEvery))
+	results := make(chan attempt, 2*int(attemptTimeout/attemptEvery))
 	var done []*attempt
 	launch := func() {
 		i, at := len(done), time.Now()
@@ -158,7 +166,7 @@ func firstOutcome(ctx context.Context, p pair, want bool, t0 time.Time, timeout 
 	defer tick.Stop()
 	deadline := time.NewTimer(time.Until(t0.Add(timeout)))
 	defer deadline.Stop()
-	found, expired := -1, false
+	expired := false
 	launch()
 	for {
 		select {
@@ -167,40 +175,50 @@ func firstOutcome(ctx context.Context, p pair, want bool, t0 time.Time, timeout 
 		case <-deadline.C:
 			expired = true
 		case <-tick.C:
-			if found < 0 && !expired {
+			if !expired {
 				launch()
 			}
 		case r := <-results:
 			done[r.i] = &r
-			if r.ok && (found < 0 || r.i < found) {
-				found = r.i
-			}
 		}
-		if found >= 0 && settled(done[:found]) {
-			return done[found].at.Sub(t0), nil
-		}
-		if found < 0 && expired && settled(done) {
+		i, decided := firstRun(done, need)
+		switch {
+		case i >= 0:
+			return done[i].at.Sub(t0), nil
+		case expired && decided:
 			return 0, fmt.Errorf("%s → %s %s after %s: %w", p.from.name, p.to.name, outcome(want), timeout, errNotSeen)
 		}
 	}
 }
 
-// attempt is one connect attempt's: the i-th started, at at, got the
-// outcome wanted or not.
+// attempt is one connect attempt's result: the i-th started, at at, got
+// the outcome wanted or not.
 type attempt struct {
 	i  int
 	at time.Time
 	ok bool
 }
 
-// settled reports whether every attempt of rs has its result.
-func settled(rs []*attempt) bool {
-	for _, r := range rs {
-		if r == nil {
-			return false
+// firstRun is the index of the first of the first need attempts in a row
+// (in start order) that got the outcome wanted, -1 when there is none
+// yet; decided is false while an attempt without its result may still
+// start or complete such a run.
+func firstRun(done []*attempt, need int) (first int, decided bool) {
+	run := 0
+	for j, r := range done {
+		switch {
+		case r == nil:
+			return -1, false
+		case r.ok:
+			run++
+			if run == need {
+				return j - need + 1, true
+			}
+		default:
+			run = 0
 		}
 	}
-	return true
+	return -1, true
 }
 
 func outcome(connects bool) string {

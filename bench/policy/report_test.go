@@ -93,3 +93,38 @@ func TestParseScales(t *testing.T) {
 		}
 	}
 }
+
+func TestFirstRun(t *testing.T) {
+	// A pattern is the attempts in start order: y got the outcome
+	// wanted, n did not, . has no result yet.
+	attempts := func(pattern string) []*attempt {
+		var out []*attempt
+		for i, c := range pattern {
+			if c == '.' {
+				out = append(out, nil)
+				continue
+			}
+			out = append(out, &attempt{i: i, ok: c == 'y'})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		pattern string
+		need    int
+		first   int
+		decided bool
+	}{
+		{"", 1, -1, true},
+		{"nny", 1, 2, true},
+		{"n.y", 1, -1, false},
+		{"yyyy", 5, -1, true},
+		{"nyyyyyn", 5, 1, true},
+		{"yynyyyyy.", 5, 3, true},
+		{"yynyy.yyy", 5, -1, false},
+	} {
+		first, decided := firstRun(attempts(tc.pattern), tc.need)
+		if first != tc.first || decided != tc.decided {
+			t.Errorf("firstRun(%q, %d) = %d, %v; want %d, %v", tc.pattern, tc.need, first, decided, tc.first, tc.decided)
+		}
+	}
+}
