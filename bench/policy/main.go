@@ -40,10 +40,10 @@
 //
 // TCP throughput (-streams runs of -stream) and connection rate
 // (-connects connects one after the other) between the probe pods of
-// the first two nodes are taken with no policy in the cluster (before
-// any, and again after all are deleted) and with the largest scale's
-// policies plus "isolate" and one allowing the pair, so the pair's
-// traffic is evaluated by a policed chain.
+// the first two nodes are taken in -rounds rounds, each with the largest
+// scale's policies plus "isolate", "peers" and one allowing the pair (so
+// the pair's traffic is evaluated by a policed chain), then with no
+// policy in the cluster (all deleted).
 //
 // The issue asks for sigs.k8s.io/kube-network-policies side by side; it
 // cannot enforce on a kernel without nftables' queue statement (see
@@ -85,6 +85,7 @@ type options struct {
 	peerTrials     int
 	connects       int
 	streams        int
+	rounds         int
 	streamFor      time.Duration
 	enforceTimeout time.Duration
 	isolateTimeout time.Duration
@@ -104,7 +105,8 @@ func main() {
 	flag.IntVar(&o.trials, "trials", 20, "policies created (and deleted) per scale, timed to enforced on every node")
 	flag.IntVar(&o.peerTrials, "peer-trials", 10, "peer pods created per scale, timed to their address in every node's sets")
 	flag.IntVar(&o.connects, "connects", 2000, "TCP connects per connection-rate run")
-	flag.IntVar(&o.streams, "streams", 3, "throughput runs per traffic measurement")
+	flag.IntVar(&o.streams, "streams", 2, "throughput runs per traffic measurement")
+	flag.IntVar(&o.rounds, "rounds", 3, "traffic rounds, each with the policies and with none")
 	flag.DurationVar(&o.streamFor, "stream", 3*time.Second, "length of a throughput run")
 	flag.DurationVar(&o.enforceTimeout, "enforce-timeout", 10*time.Second, "longest wait for a policy change on every node (then counted as not seen)")
 	flag.DurationVar(&o.isolateTimeout, "isolate-timeout", time.Minute, "longest wait for the probe pods' isolation (not seen: no enforcement, its trials are skipped)")
@@ -153,8 +155,8 @@ func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: creates network namespaces and runs Kubernetes nodes")
 	}
-	if o.nodes < 2 || o.trials < 1 || o.peerTrials < 1 || o.connects < 1 || o.streams < 1 || o.pods < 0 {
-		return errors.New("needs -nodes ≥ 2, -trials, -peer-trials, -connects, -streams ≥ 1 and -pods ≥ 0")
+	if o.nodes < 2 || o.trials < 1 || o.peerTrials < 1 || o.connects < 1 || o.streams < 1 || o.rounds < 1 || o.pods < 0 {
+		return errors.New("needs -nodes ≥ 2, -trials, -peer-trials, -connects, -streams, -rounds ≥ 1 and -pods ≥ 0")
 	}
 	b := &bench{o: o, start: time.Now()}
 	bins, err := benchlab.Binaries(lab.Binaries{Agent: o.agentBin, CNI: o.cniBin, CLI: o.cliBin})
@@ -177,7 +179,7 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	b.res = &result{Machine: benchdoc.ThisMachine(), LoadStart: benchdoc.LoadAverage(), UpTook: time.Since(b.start).Round(time.Second),
-		Scales: o.scales, Trials: o.trials, PeerTrials: o.peerTrials, Connects: o.connects, Streams: o.streams, StreamFor: o.streamFor,
+		Scales: o.scales, Trials: o.trials, PeerTrials: o.peerTrials, Connects: o.connects, Streams: o.streams, Rounds: o.rounds, StreamFor: o.streamFor,
 		EnforceTimeout: o.enforceTimeout, Peer: peerEvidence()}
 	if err := b.setup(ctx); err != nil {
 		return err
@@ -224,14 +226,8 @@ func (b *bench) setup(ctx context.Context) error {
 	return nil
 }
 
-// measure runs the traffic with no policy, the scales, then the traffic
-// with the largest scale's policies and again with none.
+// measure runs the scales, then the traffic rounds.
 func (b *bench) measure(ctx context.Context) error {
-	tr, err := b.traffic(ctx, "no policy in the cluster (before)", 0, false)
-	if err != nil {
-		return err
-	}
-	b.res.Traffic = append(b.res.Traffic, tr)
 	if err := b.isolate(ctx); err != nil {
 		return err
 	}
@@ -247,46 +243,63 @@ func (b *bench) measure(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := b.api.createPolicy(ctx, allowProbesPolicy("allow-pair")); err != nil {
+	if err := b.trafficRounds(ctx); err != nil {
 		return err
 	}
+	return b.publish(true)
+}
+
+// trafficRounds measures the traffic with the largest scale's policies
+// (plus isolate, peers and one allowing the pair) and with no policy in
+// the cluster, alternating for -rounds rounds: the machine's load drifts.
+func (b *bench) trafficRounds(ctx context.Context) error {
 	enforced := b.res.Isolation == ""
-	if enforced {
-		if _, _, err := onEveryNode(ctx, pairs(b.probes[:2])[:1], true, time.Now(), b.o.enforceTimeout); err != nil {
-			return fmt.Errorf("the pair allowed: %w", err)
+	with := &trafficRun{Label: "policies in the cluster, the pair's allowed", Policies: b.policies + 3, Enforced: enforced}
+	none := &trafficRun{Label: "no policy in the cluster"}
+	b.res.Traffic = []*trafficRun{none, with}
+	for round := range b.o.rounds {
+		if round > 0 {
+			t := time.Now()
+			if err := b.api.growBackground(ctx, 0, b.policies); err != nil {
+				return err
+			}
+			if err := b.probePolicies(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "round %d: %d policies back in %s\n", round+1, with.Policies, time.Since(t).Round(time.Millisecond))
 		}
-	}
-	tr, err = b.traffic(ctx, "policies in the cluster, the pair's allowed", b.policies+3, enforced)
-	if err != nil {
-		return err
-	}
-	b.res.Traffic = append(b.res.Traffic, tr)
-	if err := b.api.deleteAllPolicies(ctx); err != nil {
-		return err
-	}
-	if enforced {
-		// Unisolated again: the pair connects (it did before) and the
-		// agents settle.
+		if err := b.api.createPolicy(ctx, allowProbesPolicy("allow-pair")); err != nil {
+			return err
+		}
 		if err := b.idle(ctx); err != nil {
 			return err
 		}
+		if enforced {
+			if _, _, err := onEveryNode(ctx, pairs(b.probes[:2])[1:], true, time.Now(), b.o.enforceTimeout); err != nil {
+				return fmt.Errorf("the pair allowed: %w", err)
+			}
+		}
+		if err := b.traffic(ctx, with); err != nil {
+			return err
+		}
+		if err := b.api.deleteAllPolicies(ctx); err != nil {
+			return err
+		}
+		if err := b.idle(ctx); err != nil {
+			return err
+		}
+		if err := b.traffic(ctx, none); err != nil {
+			return err
+		}
 	}
-	tr, err = b.traffic(ctx, "no policy in the cluster (after)", 0, false)
-	if err != nil {
-		return err
-	}
-	b.res.Traffic = append(b.res.Traffic, tr)
-	return b.publish(true)
+	return nil
 }
 
 // isolate creates the policies about the probe pods ("isolate",
 // "peers") and waits for the isolation on every node; not seen, the
 // enforcement trials are skipped and the report says why.
 func (b *bench) isolate(ctx context.Context) error {
-	if err := b.api.createPolicy(ctx, isolatePolicy()); err != nil {
-		return err
-	}
-	if err := b.api.createPolicy(ctx, peersPolicy()); err != nil {
+	if err := b.probePolicies(ctx); err != nil {
 		return err
 	}
 	took, _, err := onEveryNode(ctx, pairs(b.probes), false, time.Now(), b.o.isolateTimeout)
@@ -301,6 +314,14 @@ func (b *bench) isolate(ctx context.Context) error {
 	}
 	fmt.Fprintf(os.Stderr, "probe pods isolated on every node %s after the policy's creation\n", took.Round(time.Millisecond))
 	return nil
+}
+
+// probePolicies creates the policies "isolate" and "peers".
+func (b *bench) probePolicies(ctx context.Context) error {
+	if err := b.api.createPolicy(ctx, isolatePolicy()); err != nil {
+		return err
+	}
+	return b.api.createPolicy(ctx, peersPolicy())
 }
 
 // scale grows the background policies to n and measures.

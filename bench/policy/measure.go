@@ -71,27 +71,27 @@ func (b *bench) inEveryNodeSet(ctx context.Context, ip netip.Addr, t0 time.Time)
 	}
 }
 
-// traffic measures throughput and connection rate from the first node's
-// probe pod to the second's.
-func (b *bench) traffic(ctx context.Context, label string, policies int, enforced bool) (*trafficRun, error) {
+// traffic adds to t a measurement of throughput and connection rate
+// from the first node's probe pod to the second's.
+func (b *bench) traffic(ctx context.Context, t *trafficRun) error {
 	from, to := b.probes[0], b.probes[1]
-	t := &trafficRun{Label: label, Policies: policies, Enforced: enforced}
 	for range b.o.streams {
 		g, err := benchnet.Stream(ctx, from.ns, to.server(), b.o.streamFor)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", label, err)
+			return fmt.Errorf("%s: %w", t.Label, err)
 		}
 		t.Gbps = append(t.Gbps, g)
 	}
 	start := time.Now()
 	times, err := benchnet.ConnectTimes(ctx, from.ns, to.server(), b.o.connects)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", label, err)
+		return fmt.Errorf("%s: %w", t.Label, err)
 	}
-	t.PerSecond = float64(len(times)) / time.Since(start).Seconds()
-	t.ConnectP50, t.ConnectP99 = benchdoc.Percentile(times, .5), benchdoc.Percentile(times, .99)
+	t.PerSecond = append(t.PerSecond, float64(len(times))/time.Since(start).Seconds())
+	t.connects = append(t.connects, times...)
+	t.ConnectP50, t.ConnectP99 = benchdoc.Percentile(t.connects, .5), benchdoc.Percentile(t.connects, .99)
 	fmt.Fprintln(os.Stderr, t.summary())
-	return t, nil
+	return nil
 }
 
 // agentUsage is what a node's agent used.

@@ -28,6 +28,7 @@ type result struct {
 	PeerTrials     int           `json:"peerTrials"`
 	Connects       int           `json:"connects"`
 	Streams        int           `json:"streams"`
+	Rounds         int           `json:"rounds"`
 	StreamFor      time.Duration `json:"stream"`
 	EnforceTimeout time.Duration `json:"enforceTimeout"`
 	// Isolation is empty when the probe pods' isolation was enforced,
@@ -75,11 +76,13 @@ type trafficRun struct {
 	Policies int    `json:"policies"`
 	// Enforced: the pair's traffic was evaluated by its policy chain (the
 	// isolation was seen enforced).
-	Enforced   bool          `json:"enforced"`
-	Gbps       []float64     `json:"gbps"`
-	PerSecond  float64       `json:"connectsPerSecond"`
-	ConnectP50 time.Duration `json:"connectP50"`
-	ConnectP99 time.Duration `json:"connectP99"`
+	Enforced bool      `json:"enforced"`
+	Gbps     []float64 `json:"gbps"`
+	// PerSecond is each round's connection rate.
+	PerSecond  []float64       `json:"connectsPerSecond"`
+	connects   []time.Duration // every round's
+	ConnectP50 time.Duration   `json:"connectP50"`
+	ConnectP99 time.Duration   `json:"connectP99"`
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
@@ -100,7 +103,8 @@ func (r *scaleRun) summary() string {
 }
 
 func (t *trafficRun) summary() string {
-	return fmt.Sprintf("traffic, %s: %.2f Gbit/s (median of %d), %.0f connects/s, connect p50 %s", t.Label, benchdoc.Median(t.Gbps), len(t.Gbps), t.PerSecond, us(t.ConnectP50))
+	return fmt.Sprintf("traffic, %s: %.2f Gbit/s (median of %d), %.0f connects/s (median of %d), connect p50 %s",
+		t.Label, benchdoc.Median(t.Gbps), len(t.Gbps), benchdoc.Median(t.PerSecond), len(t.PerSecond), us(t.ConnectP50))
 }
 
 // usage is the agents' CPU and memory in one cell.
@@ -112,32 +116,20 @@ func usage(as []agentUsage, wall time.Duration) string {
 	return strings.Join(parts, "; ")
 }
 
-// baseline is the traffic with no policy: every such run's throughput
-// samples and the mean of their connection rates.
-func (res *result) baseline() (gbps []float64, perSecond float64, ok bool) {
-	n := 0
+// traffic is the traffic with no policy and with the policies, nil
+// when not measured.
+func (res *result) traffic() (none, with *trafficRun) {
 	for _, t := range res.Traffic {
+		if len(t.Gbps) == 0 {
+			continue
+		}
 		if t.Policies == 0 {
-			gbps = append(gbps, t.Gbps...)
-			perSecond += t.PerSecond
-			n++
+			none = t
+		} else {
+			with = t
 		}
 	}
-	if n == 0 {
-		return nil, 0, false
-	}
-	return gbps, perSecond / float64(n), true
-}
-
-// policed is the traffic with the policies in the cluster, nil when not
-// measured.
-func (res *result) policed() *trafficRun {
-	for _, t := range res.Traffic {
-		if t.Policies > 0 {
-			return t
-		}
-	}
-	return nil
+	return none, with
 }
 
 // bars are the issue's bars with their verdicts.
@@ -159,21 +151,20 @@ func (res *result) bars() []string {
 		p99 := benchdoc.Percentile(at.Enforce, .99)
 		out = append(out, fmt.Sprintf("enforcement p99 < 1 s at %d policies: %s (×%.2f of the bar) — %s", target, ms(p99), p99.Seconds(), benchdoc.Verdict(p99 < time.Second)))
 	}
-	none, rate, ok := res.baseline()
-	with := res.policed()
-	if !ok || with == nil {
+	none, with := res.traffic()
+	if none == nil || with == nil {
 		return append(out, "throughput and connection rate with policies: not measured")
 	}
 	caveat := ""
 	if !with.Enforced {
 		caveat = " (the pair's traffic was not policed: no enforcement seen)"
 	}
-	tr := benchdoc.Median(with.Gbps) / benchdoc.Median(none)
+	wg, ng := benchdoc.Median(with.Gbps), benchdoc.Median(none.Gbps)
 	out = append(out, fmt.Sprintf("throughput with %d policies ≥ 95 %% of none: %.2f vs %.2f Gbit/s, %.1f %% — %s%s",
-		with.Policies, benchdoc.Median(with.Gbps), benchdoc.Median(none), 100*tr, benchdoc.Verdict(tr >= .95), caveat))
-	cr := with.PerSecond / rate
+		with.Policies, wg, ng, 100*wg/ng, benchdoc.Verdict(wg >= .95*ng), caveat))
+	wr, nr := benchdoc.Median(with.PerSecond), benchdoc.Median(none.PerSecond)
 	out = append(out, fmt.Sprintf("connection rate with %d policies ≥ 90 %% of none: %.0f vs %.0f connects/s, %.1f %% — %s%s",
-		with.Policies, with.PerSecond, rate, 100*cr, benchdoc.Verdict(cr >= .90), caveat))
+		with.Policies, wr, nr, 100*wr/nr, benchdoc.Verdict(wr >= .90*nr), caveat))
 	return out
 }
 
@@ -194,14 +185,14 @@ func (res *result) tables() (scales, traffic [][]string) {
 		scales = append(scales, []string{fmt.Sprint(r.Policies), fmt.Sprintf("%s (%s)", ms(r.Created), ms(r.Idle)),
 			p50p99(r.Enforce), p50p99(r.Revoke), p50p99(r.Peer), usage(r.Agents, r.Wall)})
 	}
-	traffic = append(traffic, []string{"cluster", "TCP throughput, median Gbit/s (runs)", "connects/s", "connect p50 / p99"})
+	traffic = append(traffic, []string{"cluster", "TCP throughput, median Gbit/s (runs)", "connects/s, median (rounds)", "connect p50 / p99"})
 	for _, t := range res.Traffic {
 		label := t.Label
 		if t.Policies > 0 {
 			label = fmt.Sprintf("%d %s", t.Policies, t.Label)
 		}
 		traffic = append(traffic, []string{label, fmt.Sprintf("%.2f (%d)", benchdoc.Median(t.Gbps), len(t.Gbps)),
-			fmt.Sprintf("%.0f", t.PerSecond), us(t.ConnectP50) + " / " + us(t.ConnectP99)})
+			fmt.Sprintf("%.0f (%d)", benchdoc.Median(t.PerSecond), len(t.PerSecond)), us(t.ConnectP50) + " / " + us(t.ConnectP99)})
 	}
 	return scales, traffic
 }
@@ -237,8 +228,9 @@ func (res *result) method() []string {
 		fmt.Sprintf("Peer pod created → its peers' sets updated: per trial an API-only pod that policy %s/peers (selecting the probe pods, so every node needs the set) admits is created, "+
 			"its status with its address written at once; every node's kernel is polled every 10 ms through netlink until the address is in a set of the %s table.", probeNamespace, policyTable),
 		fmt.Sprintf("Traffic between %s and %s (different nodes): %d TCP streams of %s (Go, in-process both ends), then %d TCP connects one after the other (connection rate); "+
-			"with no policy in the cluster (before any, and after all are deleted), and with the largest scale's policies plus %s/isolate and one allowing the pair, "+
-			"so the pair's new connections are evaluated by a policed chain.", res.probeName(0), res.probeName(1), res.Streams, res.StreamFor, res.Connects, probeNamespace),
+			"%d rounds, each with the largest scale's policies plus %s/isolate, %s/peers and one allowing the pair (so the pair's new connections are evaluated by a policed chain), "+
+			"then with no policy in the cluster (all deleted, the agents idle again).",
+			res.probeName(0), res.probeName(1), res.Streams, res.StreamFor, res.Connects, res.Rounds, probeNamespace, probeNamespace),
 		"Agent CPU and memory: each agent's /metrics (process_cpu_seconds_total, process_resident_memory_bytes) before and after a scale's steps.",
 		fmt.Sprintf("No peer column: the issue asks for %s side by side, but it queues the first packet of every policed connection to userspace with nftables' "+
 			"queue statement, which needs %s; this kernel: `%s`. Run on it, it fails: %s", res.Peer.Name, peerKconfig, res.Peer.Kernel, res.Peer.Observed),

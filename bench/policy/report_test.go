@@ -10,9 +10,8 @@ import (
 func TestBars(t *testing.T) {
 	traffic := func(gbpsWith, rateWith float64, enforced bool) []*trafficRun {
 		return []*trafficRun{
-			{Label: "none before", Gbps: []float64{10, 10, 10}, PerSecond: 1000},
-			{Label: "with", Policies: 1003, Gbps: []float64{gbpsWith}, PerSecond: rateWith, Enforced: enforced},
-			{Label: "none after", Gbps: []float64{10}, PerSecond: 1000},
+			{Label: "none", Gbps: []float64{10, 10, 11, 9}, PerSecond: []float64{1000, 1100, 900}},
+			{Label: "with", Policies: 1003, Gbps: []float64{gbpsWith}, PerSecond: []float64{rateWith}, Enforced: enforced},
 		}
 	}
 	ms := func(v ...int) []time.Duration {
