@@ -202,6 +202,9 @@ func (b *bench) setup(ctx context.Context) error {
 		return fmt.Errorf("client: %w", err)
 	}
 	b.api = &apiObjects{c: c}
+	if b.res.NetworkPolicy, err = b.api.networkPolicySetting(ctx); err != nil {
+		return err
+	}
 	if err := b.api.createNamespaces(ctx); err != nil {
 		return err
 	}

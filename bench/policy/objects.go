@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
 
 	"github.com/podnet/podnet/internal/kube"
 )
@@ -101,6 +102,25 @@ type apiObjects struct {
 type virtualNode struct {
 	Name    string       `json:"name"`
 	PodCIDR netip.Prefix `json:"podCIDR"`
+}
+
+// networkPolicySetting is the network-policy key of the agents'
+// configuration in podnet's ConfigMap (deploy/podnet.yaml), "absent"
+// when it has none.
+func (a *apiObjects) networkPolicySetting(ctx context.Context) (string, error) {
+	cm, err := a.c.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, "podnet-config", metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("podnet's configuration: %w", err)
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(cm.Data["config.yaml"]), &cfg); err != nil {
+		return "", fmt.Errorf("podnet's configuration: config.yaml: %w", err)
+	}
+	v, ok := cfg["network-policy"]
+	if !ok {
+		return "absent", nil
+	}
+	return fmt.Sprint(v), nil
 }
 
 // createNamespaces creates the probe, peer and API-only pods'

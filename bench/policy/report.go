@@ -14,6 +14,8 @@ type result struct {
 	LoadEnd   string           `json:"loadAverageEnd"`
 	// UpTook is the lab's start (control plane, nodes, podnet).
 	UpTook time.Duration `json:"labUp"`
+	// NetworkPolicy is the network-policy setting of podnet's ConfigMap.
+	NetworkPolicy string `json:"networkPolicySetting"`
 	// Probes are the real pods, one a node.
 	Probes []probeInfo `json:"probes"`
 	// APIPods are the API-only pods on the Virtual nodes, created (with
@@ -210,8 +212,8 @@ func (res *result) method() []string {
 	}
 	return []string{
 		fmt.Sprintf("Real: a Kubernetes lab (`lab --kubernetes`, v1.32.3) of %d nodes, each a network namespace running containerd, kubelet and podnet's agent "+
-			"from deploy/podnet.yaml (network-policy on), up in %s; on each node one probe pod (busybox, run by kubelet, attached by podnet's CNI plugin): %s. "+
-			"The benchmark serves TCP and opens connections inside the probe pods' network namespaces.", len(res.Probes), res.UpTook, strings.Join(probes, ", ")),
+			"from deploy/podnet.yaml (its ConfigMap's `network-policy`: %s), up in %s; on each node one probe pod (busybox, run by kubelet, attached by podnet's CNI plugin): %s. "+
+			"The benchmark serves TCP and opens connections inside the probe pods' network namespaces.", len(res.Probes), res.NetworkPolicy, res.UpTook, strings.Join(probes, ", ")),
 		fmt.Sprintf("API objects only: %d pods in %d namespaces (%d app labels, a named container port) bound to %d virtual nodes — Node objects with no kubelet, "+
 			"tainted NoSchedule and NoExecute, never Ready, no podnet peer: %s — their status (Running, Ready, podIP from the virtual node's own podCIDR, "+
 			"allocated by kube-controller-manager) written through the status subresource; created in %s. The peer pods of the set trials are such pods too. "+
