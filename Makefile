@@ -106,8 +106,9 @@ test: deps build
 	PODNET_CNI_BIN=$(CURDIR)/$(BIN)/podnet-cni PODNET_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 30m $(TEST_FLAGS) ./...
 
 # The performance report, docs/performance.md and its JSON beside it: each
-# benchmark rewrites its own section (needs root; ~50 min on 2 cores).
-bench: bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services
+# benchmark rewrites its own section (needs root; ~50 min on 2 cores,
+# plus bench-services' hour and bench-policy's ~15 min).
+bench: bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services bench-policy
 
 # CNI ADD and DEL latency (bridge, ptp, the full chain, the cluster
 # conflist), the 100- and 50-pod bursts and the plugin footprint, podnet vs
