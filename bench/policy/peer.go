@@ -16,9 +16,14 @@ import (
 const (
 	peerName    = "sigs.k8s.io/kube-network-policies v0.8.0"
 	peerKconfig = "CONFIG_NFT_QUEUE"
-	// peerObserved is what v0.8.0, built from the Go module proxy, logged
-	// when run against a real API server on this machine's kernel.
-	peerObserved = knpObservedError
+	// peerObserved is what v0.8.0 did on this machine's kernel (built from
+	// the Go module proxy in a throwaway directory, run on 2026-12-03 in a
+	// node namespace of a bench/policy lab with a service account of its
+	// API server, -disable-nri).
+	peerObserved = "its first sync logs `\"syncing nftables rules\" error=<conn.Receive: netlink receive: no such file or directory ...>` " +
+		"and leaves no table in the node (the kernel refuses the whole transaction); in a throwaway namespace nft itself fails the same way on " +
+		"`add rule inet t c ip saddr 10.0.0.1 queue num 100` (\"Error: Could not process rule: No such file or directory\", the `queue` statement underlined) " +
+		"while the same rule with `counter` is accepted."
 )
 
 // peerInfo says why the peer's column is missing.
@@ -60,6 +65,3 @@ func kconfig(path, name string) string {
 	}
 	return fmt.Sprintf("# %s absent from %s (not set)", name, path)
 }
-
-// knpObservedError is filled from the run recorded in docs/performance.md.
-const knpObservedError = ""
