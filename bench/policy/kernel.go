@@ -9,17 +9,18 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/policy/dataplane"
 )
 
-// policyTable is the inet table of podnet's policy data plane
-// (internal/policy/dataplane's TableName).
-const policyTable = "podnet-policy"
+// policyTable is the inet table of podnet's policy data plane.
+const policyTable = dataplane.TableName
 
 // inPeerSet reports whether ip is a member of one of the sets (not maps)
 // of the policy table in the namespace ns: a plain address set, an
 // interval set holding it in one of its ranges, or a concatenation whose
 // first field is the address (peer . protocol . port). A namespace with
-// no policy table holds no peer.
+// no policy table holds no peer. (The table's set of the node's own pod
+// CIDRs holds no API-only pod: those have the virtual nodes' podCIDRs.)
 func inPeerSet(ns *netns.NS, ip netip.Addr) (bool, error) {
 	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
 	if err != nil {
