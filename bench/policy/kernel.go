@@ -15,12 +15,17 @@ import (
 // policyTable is the inet table of podnet's policy data plane.
 const policyTable = dataplane.TableName
 
+// podCIDRsSet begins the name of the table's sets of the node's own pod
+// subnets (internal/policy/dataplane's layout, one set per family): not
+// peers. TestInPeerSetDataplane fails should the name change.
+const podCIDRsSet = "pod-cidrs"
+
 // inPeerSet reports whether ip is a member of one of the sets (not maps)
 // of the policy table in the namespace ns: a plain address set, an
 // interval set holding it in one of its ranges, or a concatenation whose
-// first field is the address (peer . protocol . port). A namespace with
-// no policy table holds no peer. (The table's set of the node's own pod
-// CIDRs holds no API-only pod: those have the virtual nodes' podCIDRs.)
+// first field is the address (peer . protocol . port), leaving out the
+// sets of the node's own pod subnets. A namespace with no policy table
+// holds no peer.
 func inPeerSet(ns *netns.NS, ip netip.Addr) (bool, error) {
 	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
 	if err != nil {
@@ -41,7 +46,7 @@ func inPeerSet(ns *netns.NS, ip netip.Addr) (bool, error) {
 	}
 	want := ip.AsSlice()
 	for _, s := range sets {
-		if s.IsMap || !strings.HasPrefix(s.KeyType.Name, addrType(ip)) {
+		if s.IsMap || strings.HasPrefix(s.Name, podCIDRsSet) || !strings.HasPrefix(s.KeyType.Name, addrType(ip)) {
 			continue
 		}
 		els, err := c.GetSetElements(s)

@@ -8,6 +8,8 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/policy"
+	"github.com/podnet/podnet/internal/policy/dataplane"
 	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
@@ -78,6 +80,49 @@ func TestInPeerSet(t *testing.T) {
 		{"fd00::2", false},
 	} {
 		got, err := inPeerSet(ns.NS, netip.MustParseAddr(tc.ip))
+		if err != nil || got != tc.want {
+			t.Errorf("inPeerSet(%s) = %v, %v; want %v", tc.ip, got, err, tc.want)
+		}
+	}
+}
+
+// TestInPeerSetDataplane looks peers up in a table that podnet's policy
+// data plane wrote from a model: an address set (ranges) and an endpoint
+// set (a named port's peers).
+func TestInPeerSetDataplane(t *testing.T) {
+	ns := nfttest.NS(t, "bpol-dp")
+	tbl, err := dataplane.New(dataplane.Config{NetNSFd: ns.Fd(), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tbl.Close()
+	a := netip.MustParseAddr
+	m := &policy.Model{
+		Pods: []policy.Pod{{Namespace: "bench-policy", Name: "probe-0", IPs: []netip.Addr{a("10.244.0.2")},
+			Ingress: policy.Direction{Isolated: true, Policies: []string{"bench-policy/peers"}, Rules: []policy.Rule{
+				{Peers: "peers", Ports: []policy.PortRange{{Protocol: policy.TCP, From: peerPort, To: peerPort}}},
+				{Endpoints: "named"},
+			}}}},
+		AddrSets: []policy.AddrSet{{Name: "peers", Key: "pods {role=peer} in namespace bench-peers",
+			Ranges: []policy.Range{{From: a("10.244.2.102"), To: a("10.244.2.102")}, {From: a("10.244.2.110"), To: a("10.244.2.120")}}}},
+		EndpointSets: []policy.EndpointSet{{Name: "named", Key: "pods {app=a-1} port http",
+			Endpoints: []policy.Endpoint{{Addr: a("10.244.3.7"), Protocol: policy.TCP, Port: 80}}}},
+	}
+	if _, err := tbl.Sync(m); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	for _, tc := range []struct {
+		ip   string
+		want bool
+	}{
+		{"10.244.2.102", true},
+		{"10.244.2.115", true},
+		{"10.244.2.121", false},
+		{"10.244.3.7", true},
+		{"10.244.0.2", false}, // the local pod: a verdict map's key
+		{"10.244.0.9", false}, // in the node's pod CIDRs, no peer
+	} {
+		got, err := inPeerSet(ns.NS, a(tc.ip))
 		if err != nil || got != tc.want {
 			t.Errorf("inPeerSet(%s) = %v, %v; want %v", tc.ip, got, err, tc.want)
 		}
