@@ -107,7 +107,7 @@ test: deps build
 
 # The performance report, docs/performance.md and its JSON beside it: each
 # benchmark rewrites its own section (needs root; ~50 min on 2 cores,
-# plus bench-services' hour and bench-policy's ~15 min).
+# plus bench-services' hour and bench-policy's ~5 min).
 bench: bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services bench-policy
 
 # CNI ADD and DEL latency (bridge, ptp, the full chain, the cluster
@@ -171,7 +171,8 @@ bench-services: build
 # node's sets at POLICY_SCALES NetworkPolicies, throughput and connection
 # rate with none and with the largest scale's, agent CPU and memory;
 # writes its section of docs/performance.md and
-# docs/performance-policy.json after every scale (needs root).
+# docs/performance-policy.json after every scale (needs root; ~5 min on 2
+# cores, the lab's start included).
 bench-policy: deps build
 	$(GO) run ./bench/policy -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -cli-bin $(BIN)/podnet \
 		-nodes $(POLICY_NODES) -pods $(POLICY_PODS) -scales $(POLICY_SCALES) -trials $(POLICY_TRIALS) \

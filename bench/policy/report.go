@@ -223,10 +223,11 @@ func (res *result) method() []string {
 			"(every third from every namespace, every fifth on the named port), every fourth isolating egress too (to an ipBlock with an except). " +
 			"After they are created, the run waits until every agent used < 5 % of a core over a second.",
 		fmt.Sprintf("Policy created → enforced, by real traffic: the probe pods are isolated for ingress (policy %s/isolate); per trial a policy allowing the probe pods "+
-			"to reach each other is created, and from each node's neighbour TCP connects to that node's probe pod start every 10 ms, each given 100 ms "+
-			"(one SYN: far below its first retransmission); the time is the create call → the start of the first connect that succeeded, on the slowest node. "+
-			"The policy is then deleted and denied-again is timed the same way (the first connect that failed). Bounded by %s, then counted as not seen.",
-			probeNamespace, res.EnforceTimeout),
+			"to reach each other is created, and from each node's neighbour TCP connects to that node's probe pod start every %s, each given %s "+
+			"(one SYN: below its first retransmission); the time is the create call → the start of the first connect that succeeded, on the slowest node. "+
+			"The policy is then deleted and denied-again is timed the same way, from the first of %d failed connects in a row (on a loaded machine a lone timeout may be a starved connect). "+
+			"Bounded by %s, then counted as not seen.",
+			probeNamespace, attemptEvery, attemptTimeout, deniedRun, res.EnforceTimeout),
 		fmt.Sprintf("Peer pod created → its peers' sets updated: per trial an API-only pod that policy %s/peers (selecting the probe pods, so every node needs the set) admits is created, "+
 			"its status with its address written at once; every node's kernel is polled every 10 ms through netlink until the address is in a set of the %s table.", probeNamespace, policyTable),
 		fmt.Sprintf("Traffic between %s and %s (different nodes): %d TCP streams of %s (Go, in-process both ends), then %d TCP connects one after the other (connection rate); "+
