@@ -106,7 +106,7 @@ func main() {
 	flag.IntVar(&o.peerTrials, "peer-trials", 10, "peer pods created per scale, timed to their address in every node's sets")
 	flag.IntVar(&o.connects, "connects", 2000, "TCP connects per connection-rate run")
 	flag.IntVar(&o.streams, "streams", 2, "throughput runs per traffic measurement")
-	flag.IntVar(&o.rounds, "rounds", 3, "traffic rounds, each with the policies and with none")
+	flag.IntVar(&o.rounds, "rounds", 6, "traffic rounds, each with the policies and with none")
 	flag.DurationVar(&o.streamFor, "stream", 3*time.Second, "length of a throughput run")
 	flag.DurationVar(&o.enforceTimeout, "enforce-timeout", 10*time.Second, "longest wait for a policy change on every node (then counted as not seen)")
 	flag.DurationVar(&o.isolateTimeout, "isolate-timeout", time.Minute, "longest wait for the probe pods' isolation (not seen: no enforcement, its trials are skipped)")
