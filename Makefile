@@ -46,10 +46,18 @@ CONF_FLAGS  ?=
 SERVICES_SCALES ?= 10,1000,5000,10000
 SERVICES_TRIALS ?= 20
 SERVICES_FLAGS  ?=
+# bench-policy: NetworkPolicies in the cluster per scale, API-only pods,
+# policies created (timed to enforced) per scale, real lab nodes; extra
+# flags in POLICY_FLAGS.
+POLICY_SCALES ?= 10,100,1000
+POLICY_PODS   ?= 1000
+POLICY_TRIALS ?= 20
+POLICY_NODES  ?= 2
+POLICY_FLAGS  ?=
 # test: go test flags (e.g. TEST_FLAGS='-run TestLifecycle -v').
 TEST_FLAGS  ?=
 
-.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services conformance clean
+.PHONY: build image deps test demo demo-kube bench bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services bench-policy conformance clean
 
 # The plugin binary, and in bin/cni/ the plugins as a CNI bin dir (one hard
 # link per plugin type, ready to copy to /opt/cni/bin); the node agent and
@@ -98,8 +106,9 @@ test: deps build
 	PODNET_CNI_BIN=$(CURDIR)/$(BIN)/podnet-cni PODNET_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 30m $(TEST_FLAGS) ./...
 
 # The performance report, docs/performance.md and its JSON beside it: each
-# benchmark rewrites its own section (needs root; ~50 min on 2 cores).
-bench: bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services
+# benchmark rewrites its own section (needs root; ~50 min on 2 cores,
+# plus bench-services' hour and bench-policy's ~5 min).
+bench: bench-cni bench-dataplane bench-agent bench-chaos bench-podstart bench-services bench-policy
 
 # CNI ADD and DEL latency (bridge, ptp, the full chain, the cluster
 # conflist), the 100- and 50-pod bursts and the plugin footprint, podnet vs
@@ -155,6 +164,19 @@ bench-services: build
 	$(GO) build -o $(BIN)/bench-services-proxy ./bench/services/proxy
 	$(GO) run ./bench/services -proxy-bin $(BIN)/bench-services-proxy -scales $(SERVICES_SCALES) -trials $(SERVICES_TRIALS) \
 		-md docs/performance.md -json docs/performance-services.json $(SERVICES_FLAGS)
+
+# NetworkPolicy on a Kubernetes lab of POLICY_NODES real nodes (a probe
+# pod each) and POLICY_PODS API-only pods on virtual nodes: policy created
+# → enforced on every node (real traffic) and peer pod created → in every
+# node's sets at POLICY_SCALES NetworkPolicies, throughput and connection
+# rate with none and with the largest scale's, agent CPU and memory;
+# writes its section of docs/performance.md and
+# docs/performance-policy.json after every scale (needs root; ~5 min on 2
+# cores, the lab's start included).
+bench-policy: deps build
+	$(GO) run ./bench/policy -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -cli-bin $(BIN)/podnet \
+		-nodes $(POLICY_NODES) -pods $(POLICY_PODS) -scales $(POLICY_SCALES) -trials $(POLICY_TRIALS) \
+		-md docs/performance.md -json docs/performance-policy.json $(POLICY_FLAGS)
 
 # The upstream Kubernetes e2e tests for Services ([sig-network] Services:
 # every [Conformance] case and the rest needing no cloud provider) on a

@@ -54,6 +54,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/bench/internal/benchnet"
 )
 
 type options struct {
@@ -209,7 +210,7 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, b.api.deleteNode(context.WithoutCancel(ctx), nd.name)) }()
-	ln, err := serveEndpoint(nd.endpoint.NS)
+	ln, err := benchnet.Serve(nd.endpoint.NS, targetPort)
 	if err != nil {
 		return nil, err
 	}
@@ -255,10 +256,10 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 	// Connect latency, through svc-0's ClusterIP and direct.
 	svc0 := netip.AddrPortFrom(want[0], servicePort)
 	direct := netip.AddrPortFrom(realEndpoints[0], targetPort)
-	if r.Connect, err = connectTimes(ctx, nd.client.NS, svc0, b.o.connects); err != nil {
+	if r.Connect, err = benchnet.ConnectTimes(ctx, nd.client.NS, svc0, b.o.connects); err != nil {
 		return nil, err
 	}
-	if r.ConnectDirect, err = connectTimes(ctx, nd.client.NS, direct, b.o.connects); err != nil {
+	if r.ConnectDirect, err = benchnet.ConnectTimes(ctx, nd.client.NS, direct, b.o.connects); err != nil {
 		return nil, err
 	}
 
@@ -345,7 +346,7 @@ func (b *bench) traffic(ctx context.Context, nd *node, svc, direct netip.AddrPor
 			addr netip.AddrPort
 			to   *[]float64
 		}{{svc, &t.ClusterIPGbps}, {direct, &t.DirectGbps}} {
-			g, err := stream(ctx, nd.client.NS, s.addr, b.o.streamFor)
+			g, err := benchnet.Stream(ctx, nd.client.NS, s.addr, b.o.streamFor)
 			if err != nil {
 				return nil, err
 			}
@@ -353,10 +354,10 @@ func (b *bench) traffic(ctx context.Context, nd *node, svc, direct netip.AddrPor
 		}
 	}
 	var err error
-	if t.RRClusterIP, err = roundTrips(ctx, nd.client.NS, svc, 5000); err != nil {
+	if t.RRClusterIP, err = benchnet.RoundTrips(ctx, nd.client.NS, svc, 5000); err != nil {
 		return nil, err
 	}
-	if t.RRDirect, err = roundTrips(ctx, nd.client.NS, direct, 5000); err != nil {
+	if t.RRDirect, err = benchnet.RoundTrips(ctx, nd.client.NS, direct, 5000); err != nil {
 		return nil, err
 	}
 	return t, nil

@@ -1,4 +1,8 @@
-package main
+// Package benchnet is the TCP traffic the benchmarks time between
+// network namespaces: a server that sinks, echoes or just accepts, and
+// clients for connect latency, throughput and request/response, each run
+// on a thread inside the client's namespace.
+package benchnet
 
 import (
 	"context"
@@ -13,23 +17,25 @@ import (
 	"github.com/podnet/podnet/internal/netns"
 )
 
-// Modes of a connection to the endpoint server, its first byte.
+// Modes of a connection to Serve's server, its first byte.
 const (
 	modeSink = 's' // the client streams, the server discards
 	modeEcho = 'r' // one byte each way per exchange
 )
 
-// serveEndpoint listens on targetPort in the endpoint namespace (all of
-// svc-0's endpoint addresses) until the listener is closed.
-func serveEndpoint(ns *netns.NS) (net.Listener, error) {
+// Serve listens on port on every IPv4 address of the namespace ns until
+// the listener is closed: a connection's first byte chooses what it gets
+// (Stream's sink, RoundTrips' echo); one closed without a byte is just
+// accepted (ConnectTimes).
+func Serve(ns *netns.NS, port int) (net.Listener, error) {
 	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp4", ":"+strconv.Itoa(targetPort))
+		ln, err = net.Listen("tcp4", ":"+strconv.Itoa(port))
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("endpoint listener: %w", err)
+		return nil, fmt.Errorf("listener on port %d: %w", port, err)
 	}
 	go func() {
 		for {
@@ -64,9 +70,9 @@ func handle(c net.Conn) {
 	}
 }
 
-// connectTimes times n TCP connects to addr from the client namespace,
+// ConnectTimes times n TCP connects to addr from the client namespace,
 // one after the other (each closed at once), on a thread inside it.
-func connectTimes(ctx context.Context, client *netns.NS, addr netip.AddrPort, n int) ([]time.Duration, error) {
+func ConnectTimes(ctx context.Context, client *netns.NS, addr netip.AddrPort, n int) ([]time.Duration, error) {
 	var out []time.Duration
 	d := &net.Dialer{Timeout: 3 * time.Second}
 	err := client.Do(func() error {
@@ -85,9 +91,9 @@ func connectTimes(ctx context.Context, client *netns.NS, addr netip.AddrPort, n 
 	return out, err
 }
 
-// stream sends to addr from the client namespace for d and returns the
+// Stream sends to addr from the client namespace for d and returns the
 // rate in Gbit/s.
-func stream(ctx context.Context, client *netns.NS, addr netip.AddrPort, d time.Duration) (float64, error) {
+func Stream(ctx context.Context, client *netns.NS, addr netip.AddrPort, d time.Duration) (float64, error) {
 	c, err := client.DialContext(ctx, &net.Dialer{Timeout: 3 * time.Second}, "tcp4", addr.String())
 	if err != nil {
 		return 0, fmt.Errorf("connect %s: %w", addr, err)
@@ -109,8 +115,8 @@ func stream(ctx context.Context, client *netns.NS, addr netip.AddrPort, d time.D
 	return float64(sent) * 8 / time.Since(start).Seconds() / 1e9, nil
 }
 
-// roundTrips times n one-byte exchanges over one connection to addr.
-func roundTrips(ctx context.Context, client *netns.NS, addr netip.AddrPort, n int) ([]time.Duration, error) {
+// RoundTrips times n one-byte exchanges over one connection to addr.
+func RoundTrips(ctx context.Context, client *netns.NS, addr netip.AddrPort, n int) ([]time.Duration, error) {
 	c, err := client.DialContext(ctx, &net.Dialer{Timeout: 3 * time.Second}, "tcp4", addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", addr, err)
