@@ -36,9 +36,9 @@ func main() {
 		cfg                           conformance.Config
 		suite, proxy, md, js, workDir string
 		focus, skip                   string
-		report                 string
-		render                 bool
-		bins                   lab.Binaries
+		report                        string
+		render                        bool
+		bins                          lab.Binaries
 	)
 	flag.StringVar(&suite, "suite", string(conformance.Services), "the tests: services, netpol (the e2e suites) or cnp (network-policy-api)")
 	flag.StringVar(&proxy, "proxy", string(conformance.KubeProxy), "the cluster's service proxy: kube-proxy or podnet")
