@@ -69,6 +69,38 @@ var suiteTitles = map[Suite]string{
 	ClusterNetworkPolicy: "ClusterNetworkPolicy: the network-policy-api conformance suite",
 }
 
+// suiteAbout says, under a suite's title, how to run it, what it selects
+// and skips, and why.
+var suiteAbout = map[Suite]string{
+	Services: "`make conformance SUITE=services PROXY=kube-proxy|podnet`. The cases of\n" +
+		"`[sig-network] Services` (k8s.io/kubernetes/test/e2e/network), 2 e2e\n" +
+		"processes; skipped: those needing a cloud provider (LoadBalancer, ESIPP),\n" +
+		"a cluster of their own ([Serial], [Disruptive]), long or flaky ones, and\n" +
+		"feature-gated ones ([Feature:...]).\n",
+	NetworkPolicy: "`make conformance SUITE=netpol PROXY=podnet`. Every case of\n" +
+		"`[sig-network] Netpol` (k8s.io/kubernetes/test/e2e/network/netpol: the\n" +
+		"`[Feature:NetworkPolicy]` cases over TCP, UDP and, tagged\n" +
+		"`[Feature:SCTPConnectivity]`, SCTP, and the `Netpol API` cases; Kubernetes\n" +
+		"v1.32 has no legacy NetworkPolicy suite any more). Each case builds pods\n" +
+		"a, b, c in three namespaces (agnhost serving TCP and UDP on 80 and 81) and\n" +
+		"probes the full matrix (`agnhost connect`) against the expected one.\n" +
+		"Skipped: the SCTP ones when the kernel has no SCTP (probed by the runner;\n" +
+		"this machine's kernel lacks CONFIG_IP_SCTP).\n",
+	ClusterNetworkPolicy: "`make conformance SUITE=cnp PROXY=podnet`. The conformance suite of\n" +
+		"sigs.k8s.io/network-policy-api v0.3.0 (its conformance/ package): the\n" +
+		"profile ClusterNetworkPolicy with its standard (core) features, the\n" +
+		"admin and baseline tiers; the experimental ones (named ports, node\n" +
+		"peers) are not claimed, so the suite skips their cases. Its test binary\n" +
+		"is built from internal/kube/cnp (the suite's own dependencies, apart from\n" +
+		"podnet's), which runs the suite as upstream's TestConformanceProfiles\n" +
+		"does and writes its ConformanceReport; the runner installs the\n" +
+		"standard-channel CRD of that release unless podnet's manifest did, runs\n" +
+		"the binary under `go tool test2json` and reads both. Without SCTP in the\n" +
+		"kernel the base pods' SCTP servers are left out (they cannot listen, so\n" +
+		"the pods would never be ready and every case fail) and the cases probing\n" +
+		"SCTP (the SCTP and PortRange ones of both tiers) are skipped.\n",
+}
+
 // Markdown is docs/conformance.md: per suite, how its runs were made,
 // their totals, and every case with its outcome in each run, side by
 // side.
@@ -82,9 +114,9 @@ control plane, containerd, kubelet per node, podnet from deploy/podnet.yaml)
 with CoreDNS as the cluster DNS; the suites (` + "`e2e.test`" + ` and the
 network-policy-api conformance test binary), agnhost and CoreDNS built from
 the Go module proxy; the test images built locally under their upstream
-references. One section per suite, each run of a proxy beside the other's;
-every case the suite selects is listed, with why it did not pass. What each
-suite selects and skips, and why: docs/conformance-suites.md.
+references. One section per suite, saying what it selects and skips and
+why, each run of a proxy beside the other's; every case the suite selects
+is listed, with why it did not pass.
 
 `)
 	if len(rs.Runs) == 0 {
@@ -102,7 +134,7 @@ suite selects and skips, and why: docs/conformance-suites.md.
 
 // writeSuite writes the section of one suite's runs.
 func writeSuite(b *strings.Builder, suite Suite, runs []*RunResult) {
-	fmt.Fprintf(b, "## %s\n\n", suiteTitles[suite])
+	fmt.Fprintf(b, "## %s\n\n%s\n", suiteTitles[suite], suiteAbout[suite])
 	b.WriteString("| proxy | date (UTC) | Kubernetes | nodes | parallel | time | passed | failed | skipped |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range runs {
 		pass, fail, skip := r.Counts()
