@@ -136,7 +136,7 @@ type cnpStatus struct {
 }
 
 // cnpSCTPSkip is why a case the suite skipped (-sctp=false) did not run.
-const cnpSCTPSkip = "left out by the runner: this kernel has no SCTP (CONFIG_IP_SCTP is not set) and the case probes SCTP ports (internal/kube/cnp -sctp=false)"
+const cnpSCTPSkip = "left out by the runner: the case tests SCTP and this kernel has none (CONFIG_IP_SCTP is not set; internal/kube/cnp -sctp=false)"
 
 // ParseCNPReport reads a ClusterNetworkPolicy run: the test events at
 // events (every case, its outcome and why) and the ConformanceReport at
@@ -209,7 +209,7 @@ func ParseCNPReport(events, report string, cfg Config) (*RunResult, error) {
 	res := &RunResult{Suite: ClusterNetworkPolicy, Proxy: cfg.Proxy, Kubernetes: kube.Version, Date: started.UTC().Truncate(time.Second),
 		Focus: "profile " + cnpProfile + ", standard features", Took: (time.Duration(topElapsed) * time.Second).String()}
 	if !cfg.SCTP {
-		res.Skip = "the cases probing SCTP (no SCTP in this kernel)"
+		res.Skip = "the SCTP cases (no SCTP in this kernel)"
 	}
 	rep, rerr := readCNPReport(report)
 	skipped := map[string]bool{}
@@ -292,35 +292,56 @@ var (
 	testifyMore  = regexp.MustCompile(`^\s*\t\s+\t(.*)$`)
 )
 
-// failure is a failed test's reason from its output: testify's "Error"
-// and "Messages" fields where there are, else the first line a test
-// logged with its file:line prefix (t.Fatalf, t.Errorf) that is not
-// progress.
+// failure is a failed test's reason from its output, on its first
+// failure: the step (subtest) that failed, the last line logged before it
+// (with its file:line prefix: t.Logf, t.Errorf) and testify's "Error" and
+// "Messages" fields; with a note when SCTP probes failed for want of SCTP
+// in the kernel.
 func failure(output []string) string {
 	lines := strings.Split(strings.Join(output, ""), "\n")
-	var parts []string
-	collecting := false
+	var step, logged string
+	var fields []string
+	collecting, done := false, false
 	for _, line := range lines {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "--- FAIL: "); ok && step == "" {
+			name, _, _ := strings.Cut(rest, " (")
+			if parts := strings.SplitN(name, "/", 3); len(parts) == 3 {
+				step = strings.ReplaceAll(parts[2], "_", " ")
+			}
+			done = true
+			continue
+		}
+		if done {
+			continue
+		}
 		if m := testifyMore.FindStringSubmatch(line); m != nil && collecting {
-			parts[len(parts)-1] += " " + strings.TrimSpace(m[1])
+			fields[len(fields)-1] += " " + strings.TrimSpace(m[1])
 		} else if m := testifyField.FindStringSubmatch(line); m != nil {
 			collecting = m[1] == "Error" || m[1] == "Messages"
 			if collecting {
-				parts = append(parts, strings.TrimSpace(m[2]))
+				fields = append(fields, strings.TrimSpace(m[2]))
 			}
+		} else if msg := loggedMessage(line); msg != "" && !progressLine.MatchString(msg) && len(fields) == 0 {
+			logged = msg
+			collecting = false
 		} else {
 			collecting = false
 		}
 	}
-	if len(parts) > 0 {
-		return reason(strings.Join(parts, ": "))
-	}
-	for _, line := range lines {
-		if msg := loggedMessage(line); msg != "" && !progressLine.MatchString(msg) {
-			return reason(msg)
+	var parts []string
+	for _, p := range []string{step, logged, strings.Join(fields, ": ")} {
+		if p != "" {
+			parts = append(parts, p)
 		}
 	}
-	return "failed (no message)"
+	if len(parts) == 0 {
+		return "failed (no message)"
+	}
+	r := strings.Join(parts, ": ")
+	if out := strings.Join(output, ""); strings.Contains(out, "--protocol=sctp") && strings.Contains(out, "protocol not supported") {
+		r = "[SCTP probes fail: no SCTP in this kernel] " + r
+	}
+	return reason(r)
 }
 
 // progressLine matches what the suite logs as it goes, not why a case

@@ -44,6 +44,7 @@ func TestParseCNPReport(t *testing.T) {
 		{Action: "output", Test: top + "/CNPAdminTierEgressTCP/Should_support_an_'allow-egress'_policy", Output: "        \t            \tstill\n"},
 		{Action: "output", Test: top + "/CNPAdminTierEgressTCP/Should_support_an_'allow-egress'_policy", Output: "        \tTest:       \tTestClusterNetworkPolicy/CNPAdminTierEgressTCP\n"},
 		{Action: "output", Test: top + "/CNPAdminTierEgressTCP/Should_support_an_'allow-egress'_policy", Output: "        \tMessages:   \tconnection from harry-potter-0 to cedric-diggory-1 should be denied\n"},
+		{Action: "output", Test: top + "/CNPAdminTierEgressTCP/Should_support_an_'allow-egress'_policy", Output: "--- FAIL: TestClusterNetworkPolicy/CNPAdminTierEgressTCP/Should_support_an_'allow-egress'_policy (12.30s)\n"},
 		{Action: "fail", Test: top + "/CNPAdminTierEgressTCP/Should_support_an_'allow-egress'_policy", Elapsed: 12.3},
 		{Action: "fail", Test: top + "/CNPAdminTierEgressTCP", Elapsed: 12.34},
 		{Action: "run", Test: top + "/CNPAdminTierEgressNamedPort"},
@@ -89,7 +90,7 @@ profiles:
 		t.Fatal(err)
 	}
 	want := []Case{
-		{Name: "CNPAdminTierEgressTCP", State: Failed, Seconds: 12.3, Reason: "Should be false still: connection from harry-potter-0 to cedric-diggory-1 should be denied"},
+		{Name: "CNPAdminTierEgressTCP", State: Failed, Seconds: 12.3, Reason: "Should support an 'allow-egress' policy: Should be false still: connection from harry-potter-0 to cedric-diggory-1 should be denied"},
 		{Name: "CNPAdminTierEgressNamedPort", State: Skipped, Reason: "Skipping CNPAdminTierEgressNamedPort: suite does not support ClusterNetworkPolicyNamedPorts"},
 		{Name: "CNPAdminTierEgressSCTP", State: Skipped, Reason: cnpSCTPSkip},
 		{Name: "CNPAdminTierGress", State: Passed, Seconds: 40},
@@ -160,6 +161,22 @@ func TestFailure(t *testing.T) {
 	}{
 		{"testify", []string{"    x.go:1: \n", "        \tError:      \tboom\n", "        \tTest:       \tT\n"}, "boom"},
 		{"logged", []string{"    suite.go:250: Applying base/x.yaml\n", "    x_test.go:9: kubeconfig: no such file\n"}, "kubeconfig: no such file"},
+		{"step", []string{
+			"=== RUN   TestClusterNetworkPolicy/C/Should_deny\n",
+			"    helper.go:71: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.244.0.10:80]\n",
+			"    helper.go:71: Expected connection to fail from a/b to 10.244.0.10, but instead it successfully connected.\n",
+			"    helper.go:70: \n",
+			"        \tError Trace:\thelper.go:70\n",
+			"        \t            \t\t\t\tx.go:50\n",
+			"        \tError:      \tCondition never satisfied\n",
+			"        \tTest:       \tTestClusterNetworkPolicy/C/Should_deny\n",
+			"--- FAIL: TestClusterNetworkPolicy/C/Should_deny (10.04s)\n",
+			"    helper.go:71: a later step's message\n",
+		}, "Should deny: Expected connection to fail from a/b to 10.244.0.10, but instead it successfully connected.: Condition never satisfied"},
+		{"sctp", []string{
+			"    helper.go:71: FAILED Command was [/agnhost connect --timeout=3s --protocol=sctp 10.244.0.10:9003]\n",
+			"    helper.go:71: Expected connection to succeed from a/b to 10.244.0.10, but instead it miserably failed. stderr: OTHER: protocol not supported\n",
+		}, "[SCTP probes fail: no SCTP in this kernel] Expected connection to succeed from a/b to 10.244.0.10, but instead it miserably failed. stderr: OTHER: protocol not supported"},
 		{"nothing", []string{"--- FAIL: T (0.00s)\n"}, "failed (no message)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -97,8 +97,10 @@ var suiteAbout = map[Suite]string{
 		"standard-channel CRD of that release unless podnet's manifest did, runs\n" +
 		"the binary under `go tool test2json` and reads both. Without SCTP in the\n" +
 		"kernel the base pods' SCTP servers are left out (they cannot listen, so\n" +
-		"the pods would never be ready and every case fail) and the cases probing\n" +
-		"SCTP (the SCTP and PortRange ones of both tiers) are skipped.\n",
+		"the pods would never be ready and every case fail) and the SCTP cases of\n" +
+		"both tiers are skipped; the cases mixing SCTP probes into their TCP and\n" +
+		"UDP checks (InlineCIDRPeers, Gress, PortRange, AdminTierIngressTCP) run,\n" +
+		"and a failure of theirs on an SCTP probe says so.\n",
 }
 
 // Markdown is docs/conformance.md: per suite, how its runs were made,
