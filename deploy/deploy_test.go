@@ -52,6 +52,8 @@ type objects struct {
 	pbinding  *admissionv1.ValidatingAdmissionPolicyBinding
 	config    *corev1.ConfigMap
 	daemonSet *appsv1.DaemonSet
+	// crds are the CustomResourceDefinition documents, as written.
+	crds []string
 }
 
 // decode decodes every document of manifest; each kind may appear once.
@@ -86,6 +88,9 @@ func decode(t *testing.T, manifest []byte) objects {
 		case "apps/v1 DaemonSet":
 			o.daemonSet = new(appsv1.DaemonSet)
 			dst = o.daemonSet
+		case "apiextensions.k8s.io/v1 CustomResourceDefinition":
+			o.crds = append(o.crds, doc)
+			continue
 		default:
 			t.Fatalf("unexpected object %s %s:\n%s", tm.APIVersion, tm.Kind, doc)
 		}
@@ -293,6 +298,43 @@ func TestManifest(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestManifestCRD checks that the manifest opens with the
+// ClusterNetworkPolicy CRD of the network-policy-api release the module
+// requires, its standard channel's, verbatim, and that the cleanup leaves
+// it out.
+func TestManifestCRD(t *testing.T) {
+	const module = "sigs.k8s.io/network-policy-api"
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Version}} {{.Dir}}", module).Output()
+	if err != nil {
+		t.Fatalf("go list -m %s: %v", module, err)
+	}
+	version, dir, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+	want, err := os.ReadFile(filepath.Join(dir, "config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := documents(Manifest)
+	o := decode(t, Manifest)
+	if len(o.crds) != 1 || docs[0] != o.crds[0] {
+		t.Fatalf("%d CRDs, want 1 as the first document", len(o.crds))
+	}
+	var lines []string
+	for _, l := range strings.SplitAfter(o.crds[0], "\n") {
+		if len(lines) > 0 || !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	if got := strings.Join(lines, ""); got != string(want) {
+		t.Errorf("the CRD is not %s %s's standard one verbatim", module, version)
+	}
+	if !strings.Contains(o.crds[0], module+" "+version) {
+		t.Errorf("the CRD's comment does not say it is %s %s's", module, version)
+	}
+	if c := decode(t, CleanupManifest); len(c.crds) != 0 {
+		t.Error("the cleanup holds the CRD: applying it would bring it back")
+	}
 }
 
 func TestCleanupManifest(t *testing.T) {

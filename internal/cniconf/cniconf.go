@@ -43,6 +43,10 @@ type Cluster struct {
 	// that one plugin (one process per pod ADD). podnet declares only the
 	// capabilities its chain does not hand to portmap or bandwidth.
 	Chain []string
+	// PolicyGate is the agent's policy gate socket, which the podnet
+	// plugin tells each new pod's addresses ("policyGate"); "" leaves the
+	// field out (network policy off).
+	PolicyGate string
 
 	// Type is the interface plugin (default "podnet"); another type with
 	// the same fields (the reference "ptp") gives the closest reference
@@ -80,6 +84,9 @@ func (c Cluster) Conflist() ([]byte, error) {
 		"ipam": map[string]any{"type": "host-local", "ranges": ranges, "dataDir": c.IPAMDir},
 	}
 	if typ == "podnet" {
+		if c.PolicyGate != "" {
+			first["policyGate"] = c.PolicyGate
+		}
 		caps := map[string]bool{}
 		if !slices.Contains(c.Chain, "portmap") {
 			caps["portMappings"] = true

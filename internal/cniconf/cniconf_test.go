@@ -3,6 +3,7 @@ package cniconf
 import (
 	"encoding/json"
 	"maps"
+	"reflect"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
@@ -83,6 +84,88 @@ func TestConflist(t *testing.T) {
 				if !p.Network.Capabilities[want] {
 					t.Errorf("%s lacks the %s capability: %s", p.Network.Type, want, p.Bytes)
 				}
+			}
+		})
+	}
+}
+
+// agentDefaults is the conflist of the agent's defaults on a dual-stack
+// node, as it was before the policy gate: without a gate it must stay
+// byte for byte the same, so that upgrading the agent rewrites no node's
+// conflist.
+const agentDefaults = `{
+  "cniVersion": "1.0.0",
+  "cniVersions": [
+    "1.0.0",
+    "1.1.0"
+  ],
+  "name": "podnet",
+  "plugins": [
+    {
+      "capabilities": {
+        "bandwidth": true,
+        "portMappings": true
+      },
+      "ipam": {
+        "dataDir": "/run/podnet/ipam",
+        "ranges": [
+          [
+            {
+              "subnet": "10.244.3.0/24"
+            }
+          ],
+          [
+            {
+              "subnet": "fd00:10:244:3::/64"
+            }
+          ]
+        ],
+        "type": "host-local"
+      },
+      "mtu": 1450,
+      "type": "podnet"
+    }
+  ]
+}`
+
+// TestPolicyGate: the gate socket is the podnet plugin's policyGate field
+// when set and absent otherwise, the conflist otherwise unchanged.
+func TestPolicyGate(t *testing.T) {
+	c := Cluster{Subnets: []string{"10.244.3.0/24", "fd00:10:244:3::/64"}, MTU: 1450, IPAMDir: "/run/podnet/ipam"}
+	for _, tc := range []struct {
+		name, gate string
+	}{
+		{"no gate", ""},
+		{"gate", "/run/podnet/policy.sock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.PolicyGate = tc.gate
+			b, err := c.Conflist()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var list struct {
+				Plugins []map[string]any `json:"plugins"`
+			}
+			if err := json.Unmarshal(b, &list); err != nil {
+				t.Fatal(err)
+			}
+			got, ok := list.Plugins[0]["policyGate"]
+			if tc.gate == "" && ok || tc.gate != "" && got != tc.gate {
+				t.Errorf("policyGate = %v (present %v), want %q", got, ok, tc.gate)
+			}
+			if tc.gate == "" && string(b) != agentDefaults {
+				t.Errorf("conflist without a gate changed:\n%s\nwant\n%s", b, agentDefaults)
+			}
+			delete(list.Plugins[0], "policyGate")
+			var want struct {
+				Plugins []map[string]any `json:"plugins"`
+			}
+			if err := json.Unmarshal([]byte(agentDefaults), &want); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(list, want) {
+				t.Errorf("conflist differs beyond policyGate:\n%s", b)
 			}
 		})
 	}

@@ -157,7 +157,28 @@ type CommonArgs struct {
 // ParseArgs parses CNI_ARGS; a malformed string or unknown key without
 // IgnoreUnknown is an invalid-environment error (4).
 func ParseArgs(s string) (*CommonArgs, error) {
-	a := &CommonArgs{}
+	return parseArgs[CommonArgs](s)
+}
+
+// PodArgs are CommonArgs with the keys a Kubernetes runtime (kubelet
+// through containerd or CRI-O) adds to name the pod; they are empty when
+// the runtime is not Kubernetes.
+type PodArgs struct {
+	CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString
+	K8S_POD_NAME               types.UnmarshallableString
+	K8S_POD_UID                types.UnmarshallableString
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString
+}
+
+// ParsePodArgs parses CNI_ARGS with the Kubernetes pod's keys, as
+// ParseArgs does.
+func ParsePodArgs(s string) (*PodArgs, error) {
+	return parseArgs[PodArgs](s)
+}
+
+func parseArgs[T any](s string) (*T, error) {
+	a := new(T)
 	if err := types.LoadArgs(s, a); err != nil {
 		return nil, NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
 	}

@@ -361,3 +361,36 @@ func (c *Conn) send(b *Batch) error {
 		}
 	}
 }
+
+// DelSet queues the removal of s with its elements; no rule may refer to
+// it.
+func (b *Batch) DelSet(s Set) {
+	b.add(unix.NFT_MSG_DELSET, 0, s.Table.Family, []netlink.Attribute{
+		{Type: unix.NFTA_SET_TABLE, Data: cstring(s.Table.Name)},
+		{Type: unix.NFTA_SET_NAME, Data: cstring(s.Name)},
+	})
+}
+
+// AddCounter queues the creation of the named counter name of table t
+// (nft's "counter name"), unless it exists: an existing counter keeps
+// its values.
+func (b *Batch) AddCounter(t *nftables.Table, name string) {
+	b.add(unix.NFT_MSG_NEWOBJ, netlink.Create, t.Family, []netlink.Attribute{
+		{Type: unix.NFTA_OBJ_TABLE, Data: cstring(t.Name)},
+		{Type: unix.NFTA_OBJ_NAME, Data: cstring(name)},
+		{Type: unix.NFTA_OBJ_TYPE, Data: be32(unix.NFT_OBJECT_COUNTER)},
+		b.nested(unix.NFTA_OBJ_DATA,
+			netlink.Attribute{Type: unix.NFTA_COUNTER_BYTES, Data: make([]byte, 8)},
+			netlink.Attribute{Type: unix.NFTA_COUNTER_PACKETS, Data: make([]byte, 8)}),
+	})
+}
+
+// DelCounter queues the removal of the named counter name of table t; no
+// rule may refer to it.
+func (b *Batch) DelCounter(t *nftables.Table, name string) {
+	b.add(unix.NFT_MSG_DELOBJ, 0, t.Family, []netlink.Attribute{
+		{Type: unix.NFTA_OBJ_TABLE, Data: cstring(t.Name)},
+		{Type: unix.NFTA_OBJ_NAME, Data: cstring(name)},
+		{Type: unix.NFTA_OBJ_TYPE, Data: be32(unix.NFT_OBJECT_COUNTER)},
+	})
+}

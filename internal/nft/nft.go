@@ -23,6 +23,9 @@
 //     Conn.SyncSet adds only the missing and deletes only the stale
 //     elements in one transaction (the diff is the pure Diff), and
 //     Conn.AddElements and Conn.DeleteElements change single elements.
+//   - Named counters (nft's "counter name"): Batch.AddCounter and
+//     Batch.DelCounter, read by Conn.Counters; for the policy data
+//     plane's per-policy deny counts.
 //   - Large transactions (Batch, Conn.Send): tens of thousands of
 //     chains, rules and elements in one batch encoded here, with one
 //     acknowledgement for the whole batch where Transact reads one (and a
@@ -32,7 +35,7 @@
 // per-attachment rules: masquerade, MAC spoof check, portmap, firewall)
 // and egress (the node agent's egress masquerade). A later controller
 // (services, policy) owns a table of its own on the same core: its chains
-// through Transact, its sets and verdict maps through Set.
+// through Transact or a Batch, its sets and verdict maps through Set.
 //
 // # Transactions and concurrency
 //

@@ -1,10 +1,14 @@
-// Package policy computes what Kubernetes NetworkPolicy v1 allows for the
-// pods of one node, apart from the data plane that enforces it.
+// Package policy computes what Kubernetes NetworkPolicy v1, and the
+// admin and baseline tiers of ClusterNetworkPolicy above and below it,
+// allow for the pods of one node, apart from the data plane that enforces
+// it.
 //
-// Build takes the cluster's NetworkPolicies, Pods and Namespaces and
-// returns a Model: for each local pod and direction, whether the pod is
-// isolated and, when it is, the traffic its policies allow, as rules over
-// named peer sets. The semantics are the API's (k8s.io/api/networking/v1)
+// Build takes the cluster's NetworkPolicies, ClusterNetworkPolicies,
+// Pods, Namespaces and Nodes and returns a Model: for each local pod and
+// direction, the cluster tiers' rules in precedence order, whether the pod
+// is isolated and, when it is, the traffic its policies allow, as rules
+// over named peer sets. The cluster tiers are described in tiers.go; the
+// NetworkPolicy semantics follow. The semantics are the API's (k8s.io/api/networking/v1)
 // as sigs.k8s.io/kube-network-policies implements them:
 //
 //   - a policy selects the pods of its namespace matching its podSelector
@@ -123,7 +127,9 @@ type Direction struct {
 	// Baseline are the rules of the baseline tier's ClusterNetworkPolicies
 	// selecting the pod, in precedence order: they decide only when no
 	// admin rule did and no NetworkPolicy isolates the pod in this
-	// direction; with none matching, traffic passes.
+	// direction (they are left out when one does); with none matching,
+	// traffic passes. Their actions are Accept and Deny only: a Pass there
+	// hands over to the default, an Accept.
 	Baseline []TierRule
 }
 
@@ -224,14 +230,18 @@ type Input struct {
 	ClusterPolicies []*npav1beta1.ClusterNetworkPolicy
 	Pods            []*corev1.Pod
 	Namespaces      []*corev1.Namespace
+	// Nodes are the cluster's Nodes, whose status.addresses cluster
+	// policies' nodes peers match; nil, unknown: those peers fail closed.
+	Nodes []*corev1.Node
 }
 
 // Build computes the Model of node (the name pods' spec.nodeName holds)
 // from in; a pod whose namespace is missing is taken to have one without
 // labels. A policy whose podSelector is invalid is skipped; a peer or port
 // of a policy that is invalid matches nothing, the pods it selects staying
-// isolated. Either is reported in the error, joined, with the Model of all
-// the rest.
+// isolated. A cluster policy whose tier or subject is invalid is skipped;
+// its invalid or unsupported rule parts fail closed (tiers.go). Each is
+// reported in the error, joined, with the Model of all the rest.
 func Build(node string, in Input) (*Model, error) {
 	policies, pods, namespaces := in.Policies, in.Pods, in.Namespaces
 	b := &builder{
@@ -239,6 +249,7 @@ func Build(node string, in Input) (*Model, error) {
 		addrSets:  map[string]*AddrSet{},
 		endpoints: map[string]*EndpointSet{},
 		selected:  map[string]peer{},
+		nodes:     in.Nodes,
 	}
 	for _, ns := range namespaces {
 		b.nsLabels[ns.Name] = ns.Labels
@@ -267,13 +278,19 @@ func Build(node string, in Input) (*Model, error) {
 			errs = append(errs, fmt.Errorf("policy %s/%s: %w", np.Namespace, np.Name, err))
 		}
 	}
+	errs = append(errs, b.applyTiers(in.ClusterPolicies, local)...)
 
 	m := &Model{}
 	used := map[string]bool{}
 	for _, lp := range local {
 		pod := Pod{Namespace: lp.namespace, Name: lp.name, IPs: lp.ips, Ingress: lp.ingress.direction(), Egress: lp.egress.direction()}
-		for _, r := range append(slices.Clone(pod.Ingress.Rules), pod.Egress.Rules...) {
-			used[r.Peers], used[r.Endpoints] = true, true
+		for _, d := range []Direction{pod.Ingress, pod.Egress} {
+			for _, r := range d.Rules {
+				used[r.Peers], used[r.Endpoints] = true, true
+			}
+			for _, r := range slices.Concat(d.Admin, d.Baseline) {
+				used[r.Peers], used[r.Endpoints] = true, true
+			}
 		}
 		m.Pods = append(m.Pods, pod)
 	}
@@ -345,6 +362,8 @@ type builder struct {
 	// selected are the selector peers resolved, by key: policies with
 	// the same peers match the pods once.
 	selected map[string]peer
+	// nodes are Input.Nodes: nil when unknown.
+	nodes []*corev1.Node
 }
 
 // apply adds np's isolation and rules to the local pods it selects.
@@ -419,8 +438,9 @@ func policyTypes(spec *networkingv1.NetworkPolicySpec) (ingress, egress bool) {
 // addresses.
 type peer struct {
 	key string
-	// ipBlock is true for an ipBlock, whose addresses are ranges; other
-	// peers are the addresses of pods.
+	// ipBlock is true for a peer of address ranges (an ipBlock, a
+	// cluster policy's networks or nodes); other peers are the addresses
+	// of pods.
 	ipBlock bool
 	ranges  []Range
 	pods    []*peerPod
@@ -432,7 +452,7 @@ type peer struct {
 // address. An invalid peer is left out and reported.
 func (b *builder) peers(namespace string, items []networkingv1.NetworkPolicyPeer) ([]peer, []error) {
 	if len(items) == 0 {
-		return []peer{{key: "all pods", pods: b.pods, all: true}}, nil
+		return []peer{b.anyPeer()}, nil
 	}
 	var out []peer
 	var errs []error
@@ -447,6 +467,12 @@ func (b *builder) peers(namespace string, items []networkingv1.NetworkPolicyPeer
 	return out, errs
 }
 
+// anyPeer is the peer of every address: a NetworkPolicy rule's with no
+// from/to, a failed-closed cluster policy rule's.
+func (b *builder) anyPeer() peer {
+	return peer{key: "all pods", pods: b.pods, all: true}
+}
+
 func (b *builder) peer(namespace string, item *networkingv1.NetworkPolicyPeer) (peer, error) {
 	if item.IPBlock != nil {
 		return ipBlockPeer(item.IPBlock)
@@ -454,7 +480,7 @@ func (b *builder) peer(namespace string, item *networkingv1.NetworkPolicyPeer) (
 	if item.PodSelector == nil && item.NamespaceSelector == nil {
 		return peer{}, errors.New("no ipBlock, podSelector or namespaceSelector")
 	}
-	podSel, nsSel := labels.Everything(), labels.Nothing()
+	var podSel, nsSel labels.Selector
 	if item.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(item.PodSelector)
 		if err != nil {
@@ -469,29 +495,41 @@ func (b *builder) peer(namespace string, item *networkingv1.NetworkPolicyPeer) (
 		}
 		nsSel = s
 	}
+	return b.selectorPeer(namespace, nsSel, podSel), nil
+}
+
+// selectorPeer returns the peer of the pods matching podSel (nil: every
+// pod) in the namespaces matching nsSel, or with nsSel nil in namespace
+// (podSel is then set).
+// Its key depends on what it selects only, so NetworkPolicy and
+// ClusterNetworkPolicy peers selecting alike share it, and its set.
+func (b *builder) selectorPeer(namespace string, nsSel, podSel labels.Selector) peer {
+	if podSel != nil && podSel.Empty() && nsSel != nil {
+		podSel = nil
+	}
 	var p peer
 	switch {
-	case item.NamespaceSelector == nil:
+	case nsSel == nil:
 		p.key = fmt.Sprintf("pods {%s} in namespace %s", podSel, namespace)
-	case item.PodSelector == nil:
+	case podSel == nil:
 		p.key = fmt.Sprintf("pods in namespaces {%s}", nsSel)
 	default:
 		p.key = fmt.Sprintf("pods {%s} in namespaces {%s}", podSel, nsSel)
 	}
 	if cached, ok := b.selected[p.key]; ok {
-		return cached, nil
+		return cached
 	}
 	for _, pp := range b.pods {
 		inNS := pp.namespace == namespace
-		if item.NamespaceSelector != nil {
+		if nsSel != nil {
 			inNS = nsSel.Matches(b.nsLabels[pp.namespace])
 		}
-		if inNS && podSel.Matches(pp.labels) {
+		if inNS && (podSel == nil || podSel.Matches(pp.labels)) {
 			p.pods = append(p.pods, pp)
 		}
 	}
 	b.selected[p.key] = p
-	return p, nil
+	return p
 }
 
 // ipBlockPeer resolves an ipBlock into its address intervals.
@@ -556,9 +594,13 @@ func (b *builder) addrSet(p peer) string {
 }
 
 // endpointSet returns the name of the EndpointSet of the addresses of p's
-// pods with their container port called port of protocol proto.
+// pods with their container port called port of protocol proto (0: of
+// any protocol).
 func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
 	key := fmt.Sprintf("%s port %s/%s", p.key, port, proto)
+	if proto == 0 {
+		key = fmt.Sprintf("%s port %s", p.key, port)
+	}
 	name := setName(key)
 	if _, ok := b.endpoints[name]; ok {
 		return name
@@ -571,11 +613,12 @@ func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
 	for _, pp := range pods {
 		addrs := p.matches(pp)
 		for _, cp := range pp.ports {
-			if cp.Name != port || protocolOf(cp.Protocol) != proto || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
+			cpProto, ok := namedPort(cp, port, proto)
+			if !ok {
 				continue
 			}
 			for _, a := range addrs {
-				s.Endpoints = append(s.Endpoints, Endpoint{Addr: a, Protocol: proto, Port: uint16(cp.ContainerPort)})
+				s.Endpoints = append(s.Endpoints, Endpoint{Addr: a, Protocol: cpProto, Port: uint16(cp.ContainerPort)})
 			}
 		}
 	}
@@ -583,6 +626,14 @@ func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
 	s.Endpoints = slices.Compact(s.Endpoints)
 	b.endpoints[name] = s
 	return name
+}
+
+// namedPort returns the protocol of the container port cp when it is
+// called name and is of proto (0: any), and its number is valid.
+func namedPort(cp corev1.ContainerPort, name string, proto Protocol) (Protocol, bool) {
+	cpProto := protocolOf(cp.Protocol)
+	ok := cp.Name == name && cpProto != 0 && (proto == 0 || cpProto == proto) && cp.ContainerPort >= 1 && cp.ContainerPort <= 65535
+	return cpProto, ok
 }
 
 func compareEndpoints(a, b Endpoint) int {
@@ -595,7 +646,8 @@ func setName(key string) string {
 	return "np-" + hex.EncodeToString(sum[:8])
 }
 
-// policyPort is a parsed NetworkPolicyPort: a range, or a name.
+// policyPort is a parsed port: a range, or a name (of a container port
+// of rng.Protocol, 0 for any protocol).
 type policyPort struct {
 	rng  PortRange
 	name string
@@ -663,8 +715,8 @@ func (b *builder) ingressRules(peers []peer, ports []policyPort, lp *peerPod, an
 			continue
 		}
 		for _, cp := range lp.ports {
-			if cp.Name == p.name && protocolOf(cp.Protocol) == p.rng.Protocol && cp.ContainerPort >= 1 && cp.ContainerPort <= 65535 {
-				rngs = append(rngs, PortRange{Protocol: p.rng.Protocol, From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)})
+			if proto, ok := namedPort(cp, p.name, p.rng.Protocol); ok {
+				rngs = append(rngs, PortRange{Protocol: proto, From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)})
 			}
 		}
 	}

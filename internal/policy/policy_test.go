@@ -139,17 +139,7 @@ func peers(p ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer
 // any, {} none) and ports, or its endpoints, "deny" for no rule.
 func describe(t *testing.T, m *Model) []string {
 	t.Helper()
-	addrs := map[string]AddrSet{}
-	for _, s := range m.AddrSets {
-		if s.Name != setName(s.Key) {
-			t.Errorf("set %s: name is not the hash of its key %q", s.Name, s.Key)
-		}
-		addrs[s.Name] = s
-	}
-	eps := map[string]EndpointSet{}
-	for _, s := range m.EndpointSets {
-		eps[s.Name] = s
-	}
+	addrs, eps := modelSets(t, m)
 	var out []string
 	for _, p := range m.Pods {
 		for _, d := range []struct {
@@ -170,6 +160,26 @@ func describe(t *testing.T, m *Model) []string {
 		}
 	}
 	return out
+}
+
+// modelSets returns m's sets by name, checking their names.
+func modelSets(t *testing.T, m *Model) (map[string]AddrSet, map[string]EndpointSet) {
+	t.Helper()
+	addrs := map[string]AddrSet{}
+	for _, s := range m.AddrSets {
+		if s.Name != setName(s.Key) {
+			t.Errorf("set %s: name is not the hash of its key %q", s.Name, s.Key)
+		}
+		addrs[s.Name] = s
+	}
+	eps := map[string]EndpointSet{}
+	for _, s := range m.EndpointSets {
+		if s.Name != setName(s.Key) {
+			t.Errorf("set %s: name is not the hash of its key %q", s.Name, s.Key)
+		}
+		eps[s.Name] = s
+	}
+	return addrs, eps
 }
 
 func describeRule(t *testing.T, r Rule, addrs map[string]AddrSet, eps map[string]EndpointSet) string {

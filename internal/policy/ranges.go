@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+
+	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Range is an interval of addresses of one family, both ends included.
@@ -106,8 +108,30 @@ func mergePorts(ports []PortRange) []PortRange {
 // accumulator gathers one direction of a pod over the policies selecting
 // it.
 type accumulator struct {
-	policies []string
-	rules    []Rule
+	policies        []string
+	rules           []Rule
+	admin, baseline []TierRule
+}
+
+// addTier adds the rules of a cluster policy of tier, after those of the
+// policies taking precedence over it.
+func (a *accumulator) addTier(tier npav1beta1.Tier, rules []TierRule) {
+	if tier == npav1beta1.AdminTier {
+		a.admin = append(a.admin, rules...)
+	} else {
+		a.baseline = append(a.baseline, rules...)
+	}
+}
+
+// reachable returns rules up to the first that matches all traffic: the
+// rest never decide.
+func reachable(rules []TierRule) []TierRule {
+	for i, r := range rules {
+		if r.Peers == "" && r.Endpoints == "" && r.Ports == nil {
+			return rules[:i+1]
+		}
+	}
+	return rules
 }
 
 // isolate records that policy isolates the pod in this direction.
@@ -120,15 +144,19 @@ func (a *accumulator) add(rules []Rule) {
 	a.rules = append(a.rules, rules...)
 }
 
-// direction returns the Direction gathered: rules of the same peers merged
-// (every port when one of them has no ports), the rule allowing
-// everything alone when there is one; address rules first, by set name,
-// then endpoint rules, by set name.
+// direction returns the Direction gathered: the cluster tiers' rules in
+// precedence order up to the first matching all traffic, no baseline
+// rules when NetworkPolicy isolates; NetworkPolicy rules of the same
+// peers merged (every port when one of them has no ports), the rule
+// allowing everything alone when there is one; address rules first, by
+// set name, then endpoint rules, by set name.
 func (a *accumulator) direction() Direction {
+	d := Direction{Admin: reachable(a.admin)}
 	if len(a.policies) == 0 {
-		return Direction{}
+		d.Baseline = reachable(a.baseline)
+		return d
 	}
-	d := Direction{Isolated: true, Policies: slices.Clone(a.policies)}
+	d.Isolated, d.Policies = true, slices.Clone(a.policies)
 	slices.Sort(d.Policies)
 	type peers struct{ addrs, endpoints string }
 	merged := map[peers]*Rule{}

@@ -51,3 +51,30 @@ func TestProductDoesNotDependOnHarness(t *testing.T) {
 func inHarness(pkg string) bool {
 	return pkg == harness || strings.HasPrefix(pkg, harness+"/")
 }
+
+// TestPluginIsLight fails when the podnet-cni binary — one process per
+// pod ADD, on the pod's start path — depends on a Kubernetes package
+// (client-go, apimachinery, the network-policy API): what it shares with
+// the agent (such as the policy gate) must stay on the standard library
+// and the CNI, netlink and nftables libraries.
+func TestPluginIsLight(t *testing.T) {
+	root, err := sandbox.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sandbox.GoTool(), "list", "-deps", "./cmd/podnet-cni")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) == 0 {
+		t.Fatal("go list found no dependency of podnet-cni")
+	}
+	for _, d := range deps {
+		if strings.HasPrefix(d, "k8s.io/") || strings.HasPrefix(d, "sigs.k8s.io/") {
+			t.Errorf("podnet-cni depends on %s", d)
+		}
+	}
+}

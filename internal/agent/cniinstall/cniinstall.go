@@ -33,6 +33,9 @@ type Config struct {
 	// Chain lists the plugins chained after podnet in the conflist
 	// (usually none: podnet honours portMappings and bandwidth itself).
 	Chain []string
+	// PolicyGate is the agent's policy gate socket, written in the
+	// conflist for the podnet plugin ("": network policy off, no field).
+	PolicyGate string
 }
 
 // Controller is the CNI install controller.
@@ -104,7 +107,7 @@ func (c *Controller) writeConflist(self cluster.Node, mtu int) error {
 			subnets = append(subnets, s.String())
 		}
 	}
-	data, err := cniconf.Cluster{Subnets: subnets, MTU: mtu, IPAMDir: c.cfg.IPAMDir, Chain: c.cfg.Chain}.Conflist()
+	data, err := cniconf.Cluster{Subnets: subnets, MTU: mtu, IPAMDir: c.cfg.IPAMDir, Chain: c.cfg.Chain, PolicyGate: c.cfg.PolicyGate}.Conflist()
 	if err != nil {
 		return fmt.Errorf("CNI configuration: %w", err)
 	}

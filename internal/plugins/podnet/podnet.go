@@ -13,12 +13,22 @@
 // traffic shaped by token buckets on the host end of its veth (ingress)
 // and on the attachment's ifb (egress). DEL, GC and CHECK cover them by
 // the attachment's identity, as they cover the veth.
+//
+// When the configuration names a policy gate (the node agent's socket,
+// written when network policy is on), ADD of a Kubernetes pod ends by
+// telling the agent the pod's addresses and waiting until its network
+// policy is in the kernel (see internal/policy/gate); an error of the
+// agent fails ADD with "try again later" (11), undoing it.
 package podnet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"path/filepath"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -30,7 +40,11 @@ import (
 	"github.com/podnet/podnet/internal/link"
 	"github.com/podnet/podnet/internal/plugins/bandwidth"
 	"github.com/podnet/podnet/internal/plugins/portmap"
+	"github.com/podnet/podnet/internal/policy/gate"
 )
+
+// gateTimeout bounds ADD's wait for the agent's answer on the policy gate.
+const gateTimeout = 10 * time.Second
 
 // The gateways every pod routes through. The host end of each pod's veth
 // holds them (the same addresses on every host veth, as the reference ptp
@@ -58,6 +72,9 @@ type Conf struct {
 	cniplugin.NetConf
 	// MTU of the pod's interface; the agent sets it to the fabric's MTU.
 	MTU int `json:"mtu"`
+	// PolicyGate is the agent's policy gate socket ("": no gate), told
+	// each Kubernetes pod's addresses before ADD returns.
+	PolicyGate string `json:"policyGate,omitempty"`
 	// Options are the portmap plugin's fields (snat, markMasqBit, …),
 	// applied to the mappings of the portMappings capability.
 	portmap.Options
@@ -82,6 +99,9 @@ func decode(data []byte) (*Conf, error) {
 	}
 	if c.MTU < 0 || (c.MTU > 0 && c.MTU < 68) || c.MTU > 65535 {
 		return nil, cniplugin.Invalid("invalid mtu %d", c.MTU)
+	}
+	if c.PolicyGate != "" && !filepath.IsAbs(c.PolicyGate) {
+		return nil, cniplugin.Invalid("policyGate %q is not an absolute path", c.PolicyGate)
 	}
 	return c, nil
 }
@@ -129,7 +149,61 @@ func add(args *skel.CmdArgs) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return attach.AddRouted(args, &c.NetConf, attach.Routing{MTU: c.MTU, Shape: routed, OnLink: gatewayOnLink, After: c.capabilities})
+	var pod *gate.Pod
+	if c.PolicyGate != "" {
+		if pod, err = podOf(args.Args); err != nil {
+			return nil, err
+		}
+	}
+	return attach.AddRouted(args, &c.NetConf, attach.Routing{MTU: c.MTU, Shape: routed, OnLink: gatewayOnLink,
+		After: func(s *attach.Session, host netlink.Link, res *current.Result) error {
+			if err := c.capabilities(s, host, res); err != nil {
+				return err
+			}
+			return c.notify(pod, res)
+		}})
+}
+
+// podOf is the Kubernetes pod CNI_ARGS name, or nil when they name none
+// (the runtime is not Kubernetes); a namespace without a name or the
+// reverse is an invalid-environment error (4).
+func podOf(cniArgs string) (*gate.Pod, error) {
+	a, err := cniplugin.ParsePodArgs(cniArgs)
+	if err != nil {
+		return nil, err
+	}
+	if a.K8S_POD_NAMESPACE == "" && a.K8S_POD_NAME == "" {
+		return nil, nil
+	}
+	if a.K8S_POD_NAMESPACE == "" || a.K8S_POD_NAME == "" {
+		return nil, cniplugin.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS",
+			fmt.Sprintf("K8S_POD_NAMESPACE %q and K8S_POD_NAME %q: a pod needs both", a.K8S_POD_NAMESPACE, a.K8S_POD_NAME))
+	}
+	return &gate.Pod{Namespace: string(a.K8S_POD_NAMESPACE), Name: string(a.K8S_POD_NAME), UID: string(a.K8S_POD_UID)}, nil
+}
+
+// notify tells the agent on the policy gate the pod's addresses and waits
+// until its policy is in place; with no gate or no pod it does nothing.
+// The agent's refusal or silence is "try again later": the runtime
+// retries ADD, which the session undoes meanwhile.
+func (c *Conf) notify(pod *gate.Pod, res *current.Result) error {
+	if pod == nil {
+		return nil
+	}
+	p := *pod
+	for _, ipc := range res.IPs {
+		ip, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if !ok {
+			return fmt.Errorf("pod address %s is not an IP address", ipc.Address.IP)
+		}
+		p.IPs = append(p.IPs, ip.Unmap())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), gateTimeout)
+	defer cancel()
+	if err := gate.Notify(ctx, c.PolicyGate, p); err != nil {
+		return cniplugin.Wrap(types.ErrTryAgainLater, "network policy of the pod is not in place", err)
+	}
+	return nil
 }
 
 // capabilities forwards the pod's host ports and shapes its traffic, in

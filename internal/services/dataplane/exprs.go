@@ -1,13 +1,14 @@
 package dataplane
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/nft/exprs"
 )
 
 // Registers. Concatenated keys are loaded into consecutive 32-bit
@@ -62,19 +63,8 @@ func familyOf(f Family) *family {
 // words is the number of 32-bit registers an address takes.
 func (fam *family) words() uint32 { return fam.addrLen / 4 }
 
-func native32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
-
-func cmpEq(reg uint32, data []byte) *expr.Cmp {
-	return &expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: data}
-}
-
 // matchFamily is "meta nfproto ipv4|ipv6".
-func (fam *family) matchFamily() []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		cmpEq(1, []byte{fam.nfproto}),
-	}
-}
+func (fam *family) matchFamily() []expr.Any { return exprs.NFProto(fam.nfproto) }
 
 func (fam *family) saddr(reg uint32) expr.Any {
 	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: fam.saddrOff, Len: fam.addrLen}
@@ -84,18 +74,9 @@ func (fam *family) daddr(reg uint32) expr.Any {
 	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: fam.daddrOff, Len: fam.addrLen}
 }
 
-// protoPort loads "meta l4proto . th dport" into reg and the register
-// after it.
-func protoPort(reg uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
-		&expr.Payload{DestRegister: reg + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
-}
-
 // addrProtoPort loads "ip daddr . meta l4proto . th dport" from reg0.
 func (fam *family) addrProtoPort() []expr.Any {
-	return append([]expr.Any{fam.daddr(reg0)}, protoPort(reg0+fam.words())...)
+	return append([]expr.Any{fam.daddr(reg0)}, exprs.ProtoPort(reg0+fam.words())...)
 }
 
 // notLoopbackDst is "ip daddr != 127.0.0.0/8" ("ip6 daddr != ::1").
@@ -118,38 +99,13 @@ func netipMask(p netip.Prefix) []byte {
 	return b
 }
 
-func lookup(set string, sreg uint32, invert bool) *expr.Lookup {
-	return &expr.Lookup{SourceRegister: sreg, SetName: set, Invert: invert}
-}
-
-func lookupTo(set string, sreg, dreg uint32) *expr.Lookup {
-	return &expr.Lookup{SourceRegister: sreg, DestRegister: dreg, IsDestRegSet: true, SetName: set}
-}
-
-// fibLocal is "fib saddr type local" (or daddr).
-func fibLocal(saddr bool) []expr.Any {
-	return []expr.Any{
-		&expr.Fib{Register: 1, FlagSADDR: saddr, FlagDADDR: !saddr, ResultADDRTYPE: true},
-		cmpEq(1, native32(unix.RTN_LOCAL)),
-	}
-}
-
-// ctBits is "ct <key> & bits != 0".
-func ctBits(key expr.CtKey, bits uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Register: 1, Key: key},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(bits), Xor: native32(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(0)},
-	}
-}
-
-func ctStateNew() []expr.Any { return ctBits(expr.CtKeySTATE, expr.CtStateBitNEW) }
+func ctStateNew() []expr.Any { return exprs.CtBits(expr.CtKeySTATE, expr.CtStateBitNEW) }
 
 // setMark is "meta mark set meta mark | MasqueradeMark".
 func setMark() []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^MasqueradeMark), Xor: native32(MasqueradeMark)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: exprs.Native32(^MasqueradeMark), Xor: exprs.Native32(MasqueradeMark)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 	}
 }
@@ -159,16 +115,12 @@ func setMark() []expr.Any {
 func takeMark() []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(MasqueradeMark), Xor: native32(0)},
-		cmpEq(1, native32(MasqueradeMark)),
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: exprs.Native32(MasqueradeMark), Xor: exprs.Native32(0)},
+		exprs.CmpEq(1, exprs.Native32(MasqueradeMark)),
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^MasqueradeMark), Xor: native32(0)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: exprs.Native32(^MasqueradeMark), Xor: exprs.Native32(0)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 	}
-}
-
-func jump(kind expr.VerdictKind, chain string) *expr.Verdict {
-	return &expr.Verdict{Kind: kind, Chain: chain}
 }
 
 // dnat is "dnat to" the address . port in regEP.
@@ -188,24 +140,24 @@ func (fam *family) dnat() *expr.NAT {
 // services with affinity only). The set holds no map data: the nft tool
 // cannot show a map lookup whose key comes from another map.
 func (fam *family) group(idx uint32, n int, affinity time.Duration) [][]expr.Any {
-	id := native32(idx)
+	id := exprs.Native32(idx)
 	remember := func(op uint32) []expr.Any {
 		return []expr.Any{
 			fam.saddr(regSlot + 1),
 			&expr.Dynset{SrcRegKey: regGroup, SetName: fam.set(setAffinity), Operation: op, Timeout: affinity},
 		}
 	}
-	toEndpoint := []expr.Any{lookupTo(fam.endpointsMap(idx), regGroup, regEP), fam.dnat()}
+	toEndpoint := []expr.Any{exprs.LookupTo(fam.endpointsMap(idx), regGroup, regEP), fam.dnat()}
 	var rules [][]expr.Any
 	if affinity > 0 {
 		for slot := range n {
-			rules = append(rules, concat(
+			rules = append(rules, exprs.Concat(
 				fam.matchFamily(),
 				[]expr.Any{
 					&expr.Immediate{Register: regGroup, Data: id},
-					&expr.Immediate{Register: regSlot, Data: native32(uint32(slot))},
+					&expr.Immediate{Register: regSlot, Data: exprs.Native32(uint32(slot))},
 					fam.saddr(regSlot + 1),
-					lookup(fam.set(setAffinity), regGroup, false),
+					exprs.Lookup(fam.set(setAffinity), regGroup, false),
 				},
 				remember(unix.NFT_DYNSET_OP_UPDATE),
 				toEndpoint,
@@ -214,20 +166,12 @@ func (fam *family) group(idx uint32, n int, affinity time.Duration) [][]expr.Any
 	}
 	pick := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		cmpEq(1, []byte{fam.nfproto}),
+		exprs.CmpEq(1, []byte{fam.nfproto}),
 		&expr.Immediate{Register: regGroup, Data: id},
 		&expr.Numgen{Register: regSlot, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
 	}
 	if affinity > 0 {
 		pick = append(pick, remember(unix.NFT_DYNSET_OP_ADD)...)
 	}
-	return append(rules, concat(pick, toEndpoint))
-}
-
-func concat(parts ...[]expr.Any) []expr.Any {
-	var out []expr.Any
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
+	return append(rules, exprs.Concat(pick, toEndpoint))
 }

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/nft/exprs"
 )
 
 // The table's sets and maps, per family (the name ends in 4 or 6).
@@ -143,14 +144,16 @@ type skeleton struct {
 func newSkeleton(cfg *Config) (*skeleton, error) {
 	sk := &skeleton{rules: map[string][][]expr.Any{}, elems: map[string][]nftables.SetElement{}}
 	sk.chains = append(append(sk.chains, baseChains...), regularChain(chainServices), regularChain(chainReject))
-	add := func(chain string, rule ...[]expr.Any) { sk.rules[chain] = append(sk.rules[chain], concat(rule...)) }
+	add := func(chain string, rule ...[]expr.Any) {
+		sk.rules[chain] = append(sk.rules[chain], exprs.Concat(rule...))
+	}
 
-	toServices := []expr.Any{jump(expr.VerdictJump, chainServices)}
+	toServices := []expr.Any{exprs.Verdict(expr.VerdictJump, chainServices)}
 	add(chainNATPrerouting, toServices)
 	add(chainNATOutput, toServices)
 	add(chainNATPostroute, takeMark(), []expr.Any{&expr.Masq{FullyRandom: true}})
 	add(chainReject,
-		[]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq(1, []byte{unix.IPPROTO_TCP}), &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
+		[]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, exprs.CmpEq(1, []byte{unix.IPPROTO_TCP}), &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
 	add(chainReject, []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})
 
 	for i := range families {
@@ -169,19 +172,19 @@ func newSkeleton(cfg *Config) (*skeleton, error) {
 
 		// Node port traffic: to a local address (not loopback), within
 		// the node port addresses when they are given.
-		nodeAddr := concat(fibLocal(false), fam.notLoopbackDst())
+		nodeAddr := exprs.Concat(exprs.FibLocal(false), fam.notLoopbackDst())
 		if len(cfg.NodePortAddresses) > 0 {
-			nodeAddr = append(nodeAddr, fam.daddr(1), lookup(fam.set(setNodePortIPs), 1, false))
+			nodeAddr = append(nodeAddr, fam.daddr(1), exprs.Lookup(fam.set(setNodePortIPs), 1, false))
 		}
 		vmap := func(set string, nodePort bool) []expr.Any {
 			if nodePort {
-				return concat(nodeAddr, protoPort(reg0), []expr.Any{lookupTo(fam.set(set), reg0, regV)})
+				return exprs.Concat(nodeAddr, exprs.ProtoPort(reg0), []expr.Any{exprs.LookupTo(fam.set(set), reg0, regV)})
 			}
-			return concat(fam.addrProtoPort(), []expr.Any{lookupTo(fam.set(set), reg0, regV)})
+			return exprs.Concat(fam.addrProtoPort(), []expr.Any{exprs.LookupTo(fam.set(set), reg0, regV)})
 		}
 		if len(cidrs) > 0 {
-			add(chainServices, fam.matchFamily(), []expr.Any{fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, true)},
-				fam.addrProtoPort(), []expr.Any{lookup(fam.set(setClusterIPs), reg0, false)}, setMark())
+			add(chainServices, fam.matchFamily(), []expr.Any{fam.saddr(1), exprs.Lookup(fam.set(setClusterCIDRs), 1, true)},
+				fam.addrProtoPort(), []expr.Any{exprs.Lookup(fam.set(setClusterIPs), reg0, false)}, setMark())
 		}
 		add(chainServices, fam.matchFamily(), vmap(setServiceIPs, false))
 		add(chainServices, fam.matchFamily(), vmap(setNodePorts, true))
@@ -193,8 +196,8 @@ func newSkeleton(cfg *Config) (*skeleton, error) {
 		}
 		add(chainFilterInput, ctStateNew(), fam.matchFamily(), vmap(setNoEndpointNodePorts, true))
 		// Hairpin: an endpoint reaching itself through its service.
-		add(chainNATPostroute, fam.matchFamily(), ctBits(expr.CtKeySTATUS, ctStatusDNAT),
-			[]expr.Any{fam.saddr(reg0), fam.daddr(reg0 + fam.words()), lookup(fam.set(setHairpin), reg0, false), &expr.Masq{FullyRandom: true}})
+		add(chainNATPostroute, fam.matchFamily(), exprs.CtBits(expr.CtKeySTATUS, ctStatusDNAT),
+			[]expr.Any{fam.saddr(reg0), fam.daddr(reg0 + fam.words()), exprs.Lookup(fam.set(setHairpin), reg0, false), &expr.Masq{FullyRandom: true}})
 	}
 	return sk, nil
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/nft/exprs"
 )
 
 // group is a list of endpoints one chain picks from: each endpoint has a
@@ -46,16 +48,16 @@ func (p *chainPlan) rules() [][]expr.Any {
 	switch {
 	case p.toSvc == "":
 	case p.local:
-		toSvc := []expr.Any{jump(expr.VerdictGoto, p.toSvc)}
+		toSvc := []expr.Any{exprs.Verdict(expr.VerdictGoto, p.toSvc)}
 		if p.cidrs {
-			rules = append(rules, concat(fam.matchFamily(), []expr.Any{fam.saddr(1), lookup(fam.set(setClusterCIDRs), 1, false)}, toSvc))
+			rules = append(rules, exprs.Concat(fam.matchFamily(), []expr.Any{fam.saddr(1), exprs.Lookup(fam.set(setClusterCIDRs), 1, false)}, toSvc))
 		}
-		rules = append(rules, concat(fibLocal(true), setMark()), concat(fibLocal(true), toSvc))
+		rules = append(rules, exprs.Concat(exprs.FibLocal(true), setMark()), exprs.Concat(exprs.FibLocal(true), toSvc))
 	case p.masq:
 		rules = append(rules, setMark())
 	}
 	if p.jumpSvc {
-		return append(rules, []expr.Any{jump(expr.VerdictGoto, p.toSvc)})
+		return append(rules, []expr.Any{exprs.Verdict(expr.VerdictGoto, p.toSvc)})
 	}
 	if p.n > 0 {
 		rules = append(rules, fam.group(p.group, p.n, p.affinity)...)
@@ -318,7 +320,7 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 			written = append(written, g)
 			for slot, ep := range g.slots {
 				p.elems = append(p.elems, element{fam.endpointsMap(g.idx), nftables.SetElement{
-					Key: append(native32(g.idx), native32(uint32(slot))...),
+					Key: append(exprs.Native32(g.idx), exprs.Native32(uint32(slot))...),
 					Val: append(ep.Addr.AsSlice(), port4(ep.Port)...),
 				}})
 			}
