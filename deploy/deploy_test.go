@@ -224,6 +224,9 @@ func TestManifest(t *testing.T) {
 		if cfg["service-proxy"] != true {
 			t.Errorf("service-proxy %v, want true: the agent is the nodes' service proxy", cfg["service-proxy"])
 		}
+		if cfg["network-policy"] != true {
+			t.Errorf("network-policy %v, want true: the agent enforces NetworkPolicy", cfg["network-policy"])
+		}
 		for _, a := range []string{"--config=/etc/podnet/config.yaml", "--node-name=$(NODE_NAME)", "--node-ip=$(NODE_IP)"} {
 			if !slices.Contains(c.Args, a) {
 				t.Errorf("args %q lack %s", c.Args, a)

@@ -75,6 +75,7 @@ func TestRefusedBeforeStart(t *testing.T) {
 		{[]string{"--datastore", "embedded", "--etcd-client-url", "http://192.0.2.1:2379"}, "http://192.0.2.1:2379 is plaintext"},
 		{[]string{"--datastore", "etcd", "--etcd-endpoints", "https://192.0.2.1:2379", "--join-token", "not-a-token"}, "not a podnet join token"},
 		{[]string{"--service-proxy"}, "--service-proxy needs --datastore=kubernetes"},
+		{[]string{"--network-policy"}, "--network-policy needs --datastore=kubernetes"},
 		{[]string{"--datastore", "kubernetes", "--service-proxy", "--nodeport-addresses", "10.0.0.0/33"}, "--nodeport-addresses"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	npaclientset "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/podnet/podnet/internal/agent/cniinstall"
 	"github.com/podnet/podnet/internal/agent/controller"
@@ -24,6 +26,7 @@ import (
 	"github.com/podnet/podnet/internal/atomicfile"
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/datastore"
+	"github.com/podnet/podnet/internal/policy/enforce"
 	"github.com/podnet/podnet/internal/services"
 )
 
@@ -192,8 +195,11 @@ func (a *Agent) addControllers(m *controller.Manager, env controller.Env, store 
 	m.Add(services.New(env, kubeClient(store), services.Config{
 		Enabled: a.cfg.ServiceProxy, NodePortAddresses: a.cfg.NodePortAddresses, HealthAddr: a.cfg.ServiceProxyHealthAddr,
 	}))
+	m.Add(enforce.New(env, kubeClient(store), a.policyClient(store), enforce.Config{
+		Enabled: a.cfg.NetworkPolicy, Gate: a.policyGate(), LogGroup: a.cfg.NetworkPolicyLogGroup,
+	}))
 	m.Add(cniinstall.New(env, cniinstall.Config{
-		Binary: a.cfg.CNIBinary, BinDir: a.cfg.CNIBinDir, ConfDir: a.cfg.CNIConfDir, IPAMDir: a.cfg.IPAMDir, Chain: a.cfg.Chain,
+		Binary: a.cfg.CNIBinary, BinDir: a.cfg.CNIBinDir, ConfDir: a.cfg.CNIConfDir, IPAMDir: a.cfg.IPAMDir, Chain: a.cfg.Chain, PolicyGate: a.policyGate(),
 	}))
 	m.Add(podcount.New(env))
 }
@@ -205,6 +211,34 @@ func kubeClient(store datastore.Store) kubernetes.Interface {
 		return s.Clientset()
 	}
 	return nil
+}
+
+// policyClient is the network-policy-api client (ClusterNetworkPolicies)
+// of a kubernetes datastore, with its credentials and from its network
+// namespace; nil for another datastore or none, or when it cannot be made
+// (logged: network policy then goes without the cluster tiers).
+func (a *Agent) policyClient(store datastore.Store) npaclientset.Interface {
+	s, ok := store.(interface{ RESTConfig() *rest.Config })
+	if !ok {
+		return nil
+	}
+	rc := s.RESTConfig()
+	// CRDs speak JSON, not protobuf.
+	rc.ContentType, rc.AcceptContentTypes = "application/json", ""
+	c, err := npaclientset.NewForConfig(rc)
+	if err != nil {
+		a.log.Error("no client of the ClusterNetworkPolicies: network policy goes without the cluster tiers", "err", err)
+		return nil
+	}
+	return c
+}
+
+// policyGate is the pod gate's socket, "" while network policy is off.
+func (a *Agent) policyGate() string {
+	if !a.cfg.NetworkPolicy {
+		return ""
+	}
+	return a.cfg.NetworkPolicyGate
 }
 
 // clusterCfgUnderlay refuses a cluster whose pod networks overlap the

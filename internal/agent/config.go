@@ -3,8 +3,9 @@
 // node's controllers (internal/agent/controller): membership (the node's
 // pod subnets), routes (the fabric to every other node), egress (the
 // masquerade of traffic leaving the cluster), service-proxy (the Services,
-// in kubernetes mode: internal/services), cni-install (the plugins and
-// their configuration) and pod-count; it serves their health, status and
+// in kubernetes mode: internal/services), network-policy (NetworkPolicy
+// and the cluster tiers, in kubernetes mode: internal/policy/enforce),
+// cni-install (the plugins and their configuration) and pod-count; it serves their health, status and
 // metrics. Each controller converges the kernel to the desired state at
 // start and on every change, so a restart changes nothing that works.
 package agent
@@ -18,6 +19,7 @@ import (
 
 	"github.com/podnet/podnet/internal/cluster"
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/policy/gate"
 	"github.com/podnet/podnet/internal/services"
 )
 
@@ -101,6 +103,16 @@ type Config struct {
 	// and /livez for load balancers ("" = off), as kube-proxy's
 	// --healthz-bind-address.
 	ServiceProxyHealthAddr string
+	// NetworkPolicy enforces NetworkPolicy and the ClusterNetworkPolicy
+	// tiers on the node's pods (package policy/enforce; --datastore
+	// kubernetes only).
+	NetworkPolicy bool
+	// NetworkPolicyLogGroup is the nflog group denied packets are logged
+	// to (rate-limited); 0 logs none.
+	NetworkPolicyLogGroup uint16
+	// NetworkPolicyGate is the unix socket through which the CNI plugin's
+	// ADD waits for a new pod's policy to be in the kernel ("" = none).
+	NetworkPolicyGate string
 	// Listen is the address of /healthz, /readyz, /status and /metrics
 	// ("" = off); loopback by default, since /status tells the node's
 	// addresses, subnets and peers to whoever asks.
@@ -128,6 +140,7 @@ func Defaults() Config {
 		IPAMDir:                "/run/podnet/ipam",
 		Egress:                 true,
 		ServiceProxyHealthAddr: services.DefaultHealthAddr,
+		NetworkPolicyGate:      gate.DefaultSocket,
 		Listen:                 "127.0.0.1:9099",
 		Resync:                 30 * time.Second,
 	}
@@ -157,6 +170,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ServiceProxy && c.Datastore != "kubernetes" {
 		errs = append(errs, errors.New("--service-proxy needs --datastore=kubernetes: it follows the Services and EndpointSlices of the Kubernetes API"))
+	}
+	if c.NetworkPolicy && c.Datastore != "kubernetes" {
+		errs = append(errs, errors.New("--network-policy needs --datastore=kubernetes: it follows the NetworkPolicies, Pods and Namespaces of the Kubernetes API"))
 	}
 	for _, p := range c.NodePortAddresses {
 		if !p.IsValid() {

@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/podnet/podnet/internal/agent/controller"
+	"github.com/podnet/podnet/internal/coalesce"
 	"github.com/podnet/podnet/internal/services/dataplane"
 )
 
@@ -65,7 +66,7 @@ type Controller struct {
 	log    *slog.Logger
 	m      *metrics
 
-	q      *queue
+	q      *coalesce.Queue
 	health *proxyHealth
 }
 
@@ -76,7 +77,7 @@ func New(env controller.Env, client kubernetes.Interface, cfg Config) *Controlle
 	if cfg.MinSyncInterval <= 0 {
 		cfg.MinSyncInterval = DefaultMinSyncInterval
 	}
-	q := newQueue()
+	q := coalesce.New()
 	c := &Controller{
 		env: env, client: client, cfg: cfg, log: env.Log.With("controller", "service-proxy"),
 		m: newMetrics(env.Metrics), q: q,
@@ -126,7 +127,7 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 		defer srv.close()
 	}
 	h.NotReady("waiting for the Services, EndpointSlices and Node caches")
-	c.q.addAll()
+	c.q.AddAll()
 	inf := c.newCaches()
 	inf.start(ctx)
 	defer inf.shutdown()
@@ -158,9 +159,9 @@ func (c *Controller) loop(ctx context.Context, h *controller.Health, inf *caches
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-c.q.wake:
+		case <-c.q.Wake():
 		case <-resync.C:
-			c.q.addAll()
+			c.q.AddAll()
 		case <-retry:
 		}
 		// Coalesce: at most one sync per MinSyncInterval.
@@ -173,15 +174,15 @@ func (c *Controller) loop(ctx context.Context, h *controller.Health, inf *caches
 			case <-t.C:
 			}
 		}
-		b := c.q.take()
-		if !b.all && len(b.keys) == 0 {
+		b := c.q.Take()
+		if b.Empty() {
 			continue
 		}
 		last = time.Now()
 		err := c.sync(b, inf, results, table, hc)
 		retry = nil
 		if err != nil {
-			c.q.putBack(b)
+			c.q.PutBack(b)
 			c.m.errors.Inc()
 			c.log.Error("service proxy sync failed; retrying", "err", err, "in", backoff)
 			h.NotReady("sync failed: %v", err)
@@ -200,11 +201,11 @@ func (c *Controller) loop(ctx context.Context, h *controller.Health, inf *caches
 
 // sync updates results with the Services of b and converges the kernel
 // and the health check servers to them.
-func (c *Controller) sync(b batch, inf *caches, results map[string]Result, table *dataplane.Table, hc *healthChecks) error {
+func (c *Controller) sync(b coalesce.Batch, inf *caches, results map[string]Result, table *dataplane.Table, hc *healthChecks) error {
 	start := time.Now()
 	node := inf.node(c.env.NodeName)
-	keys := b.keys
-	if b.all {
+	keys := b.Keys
+	if b.All {
 		keys = map[string]bool{}
 		for k := range results {
 			keys[k] = true
@@ -376,14 +377,14 @@ func (c *Controller) newCaches() *caches {
 		return nil, nil
 	}})
 	_, _ = inf.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { c.q.add(objectKey(obj)) },
-		UpdateFunc: func(_, obj any) { c.q.add(objectKey(obj)) },
-		DeleteFunc: func(obj any) { c.q.add(objectKey(obj)) },
+		AddFunc:    func(obj any) { c.q.Add(objectKey(obj)) },
+		UpdateFunc: func(_, obj any) { c.q.Add(objectKey(obj)) },
+		DeleteFunc: func(obj any) { c.q.Add(objectKey(obj)) },
 	})
 	_, _ = inf.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { c.q.add(sliceService(obj)) },
-		UpdateFunc: func(old, obj any) { c.q.add(sliceService(old), sliceService(obj)) },
-		DeleteFunc: func(obj any) { c.q.add(sliceService(obj)) },
+		AddFunc:    func(obj any) { c.q.Add(sliceService(obj)) },
+		UpdateFunc: func(old, obj any) { c.q.Add(sliceService(old), sliceService(obj)) },
+		DeleteFunc: func(obj any) { c.q.Add(sliceService(obj)) },
 	})
 	_, _ = inf.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.nodeChanged(nil, obj) },
@@ -402,7 +403,7 @@ func (c *Controller) nodeChanged(old, obj any) {
 	eligible := n.DeletionTimestamp == nil && !slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == ToBeDeletedTaint })
 	c.health.eligible.Store(eligible)
 	if o, ok := old.(*corev1.Node); !ok || o.Labels[corev1.LabelTopologyZone] != n.Labels[corev1.LabelTopologyZone] {
-		c.q.addAll()
+		c.q.AddAll()
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"reflect"
 	"strconv"
 	"syscall"
@@ -34,68 +33,22 @@ import (
 	"github.com/podnet/podnet/internal/testing/poll"
 )
 
-// The addresses of the test's two namespaces, linked by a veth pair: the
-// control plane's and the node's.
-var (
-	cpIP   = net.IPv4(192, 0, 2, 1)
-	nodeIP = net.IPv4(192, 0, 2, 2)
-)
-
-// testCluster is a real control plane in a throwaway namespace and a
-// node namespace that reaches it, both removed when the test ends; its
-// agent user is bound to exactly kubeapi.Rules(), so the test also proves
-// them enough for the service proxy.
+// testCluster is a kubetest.NodeCluster whose agent user is bound to
+// exactly kubeapi.Rules(), so the test also proves them enough for the
+// service proxy.
 type testCluster struct {
 	node       *netns.Temp
 	admin      kubernetes.Interface
 	kubeconfig string
 }
 
+// nodeIP is the node namespace's address.
+var nodeIP = kubetest.NodeIP
+
 func startCluster(t *testing.T) *testCluster {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: runs a control plane in a network namespace")
-	}
-	cpNS, err := netns.NewTemp("svccp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cpNS.Remove() })
-	node, err := netns.NewTemp("svcnode")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { node.Remove() })
-	h, err := netlink.NewHandleAt(node.Handle())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Flags: net.FlagUp}, PeerName: "eth0", PeerNamespace: netlink.NsFd(cpNS.Fd())}
-	if err := h.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.AddrAdd(veth, &netlink.Addr{IPNet: &net.IPNet{IP: nodeIP, Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
-	hcp, err := netlink.NewHandleAt(cpNS.Handle())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hcp.Close()
-	peer, err := hcp.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := hcp.AddrAdd(peer, &netlink.Addr{IPNet: &net.IPNet{IP: cpIP, Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := hcp.LinkSetUp(peer); err != nil {
-		t.Fatal(err)
-	}
-	cp, admin := kubetest.ControlPlane(t, cpNS.Path(), cpIP)
-	kubeconfig := kubetest.User(t, cp, "podnet-agent", kubeapi.Rules())
-	return &testCluster{node: node, admin: admin, kubeconfig: kubeconfig}
+	nc := kubetest.StartNodeCluster(t, "svc", kubeapi.Rules())
+	return &testCluster{node: nc.Node, admin: nc.Admin, kubeconfig: nc.Kubeconfig}
 }
 
 // waitFor polls cond until it holds, failing the test after 60 s.

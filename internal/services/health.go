@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/podnet/podnet/internal/coalesce"
 	"github.com/podnet/podnet/internal/netns"
 )
 
@@ -35,7 +36,7 @@ const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
 // proxyHealth is the proxy's health: fed by the sync loop and the Node
 // informer, read by the health servers.
 type proxyHealth struct {
-	q        *queue
+	q        *coalesce.Queue
 	timeout  time.Duration
 	lastSync atomic.Int64 // unix nanoseconds of the last successful sync
 	eligible atomic.Bool  // the node is not being deleted
@@ -48,7 +49,7 @@ func (p *proxyHealth) healthy(now time.Time) (bool, time.Time) {
 	if ns := p.lastSync.Load(); ns != 0 {
 		last = time.Unix(0, ns)
 	}
-	return p.q.pending(now) < p.timeout, last
+	return p.q.Pending(now) < p.timeout, last
 }
 
 // handler serves /healthz and /livez, with kube-proxy's JSON bodies.

@@ -54,8 +54,11 @@ func New(env controller.Env, cfg Config) *Controller {
 func (c *Controller) Name() string { return "cni-install" }
 
 // Run installs the plugins, then writes the conflist once the node has
-// its subnets and pod MTU, and again whenever they change; every resync
-// period it checks both (a deleted or replaced file is put back).
+// its subnets and pod MTU and its network policy is settled (enforced in
+// the kernel, or off: env.Policy), and again whenever they change; every
+// resync period it checks both (a deleted or replaced file is put back).
+// Writing the conflist is what lets the kubelet start pods: none gets a
+// network before the policy table exists.
 func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 	h.NotReady("installing the plugins")
 	if err := c.installPlugins(); err != nil {
@@ -66,8 +69,11 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 	for {
 		self, haveSelf, selfChanged := c.env.Self.Load()
 		mtu, haveMTU, mtuChanged := c.env.PodMTU.Load()
+		_, havePolicy, policyChanged := c.env.Policy.Load()
 		if !haveSelf || !haveMTU {
 			h.NotReady("waiting for the node's subnets and pod MTU")
+		} else if !havePolicy {
+			h.NotReady("waiting for the network policy's first sync")
 		} else if err := c.writeConflist(self, mtu); err != nil {
 			h.NotReady("%v", err)
 			c.log.Error("writing the CNI configuration failed", "err", err)
@@ -79,6 +85,7 @@ func (c *Controller) Run(ctx context.Context, h *controller.Health) error {
 			return nil
 		case <-selfChanged:
 		case <-mtuChanged:
+		case <-policyChanged:
 		case <-resync.C:
 			if err := c.installPlugins(); err != nil {
 				return err

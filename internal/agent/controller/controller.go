@@ -88,11 +88,20 @@ type Env struct {
 	Local *Var[fabric.Local]
 	// PodMTU is the MTU of the node's pod interfaces.
 	PodMTU *Var[int]
+	// Policy is set by the network policy controller once the node's
+	// policy is enforced (true: its table had its first sync) or off
+	// (false: a left-over table removed). The CNI configuration is
+	// written only then, so no pod gets a network before its policy can
+	// be in the kernel.
+	Policy *Var[bool]
 }
 
 // NewEnv returns an Env with empty Vars.
 func NewEnv() Env {
-	return Env{Self: NewVar[cluster.Node](), Peers: NewVar[[]cluster.Node](), Local: NewVar[fabric.Local](), PodMTU: NewVar[int]()}
+	return Env{
+		Self: NewVar[cluster.Node](), Peers: NewVar[[]cluster.Node](), Local: NewVar[fabric.Local](), PodMTU: NewVar[int](),
+		Policy: NewVar[bool](),
+	}
 }
 
 // NetNSFd is the file descriptor of the node's namespace, 0 for the

@@ -23,8 +23,10 @@
 // than the grace period, and everything resumes when the API answers again.
 //
 // The agent's credentials need exactly Rules: get, list and watch on nodes,
-// patch on nodes/status, and get, list and watch on services and
-// endpointslices for the service proxy (see docs/agent-datastore.md).
+// patch on nodes/status, get, list and watch on services and
+// endpointslices for the service proxy, and on networkpolicies, pods,
+// namespaces and clusternetworkpolicies for network policy (see
+// docs/agent-datastore.md).
 package kubeapi
 
 import (
@@ -87,19 +89,24 @@ type Config struct {
 // read and follow the Nodes, patch a Node's status (its annotations and
 // its NetworkUnavailable condition go through nodes/status), and, for the
 // service proxy (package services), read and follow the Services and
-// EndpointSlices.
+// EndpointSlices, and for network policy (package policy/enforce), the
+// NetworkPolicies, Pods, Namespaces and ClusterNetworkPolicies.
 func Rules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"policy.networking.k8s.io"}, Resources: []string{"clusternetworkpolicies"}, Verbs: []string{"get", "list", "watch"}},
 	}
 }
 
 // Store is a connection to the Kubernetes API.
 type Store struct {
 	cfg    Config
+	rc     *rest.Config
 	client kubernetes.Interface
 	log    *slog.Logger
 
@@ -135,7 +142,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	s := &Store{cfg: cfg, client: client, log: cfg.Log,
+	s := &Store{cfg: cfg, rc: rc, client: client, log: cfg.Log,
 		refusedRecords: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podnet_agent_node_records_refused_total", Help: "Node objects refused as peers because of malformed podnet annotations or podCIDRs.",
 		}),
@@ -214,6 +221,11 @@ func (s *Store) EnsureClusterConfig(_ context.Context, want cluster.Config) (clu
 // from Config.NetNS, with the store's credentials), for the agent's
 // other users of the API: the service proxy's informers.
 func (s *Store) Clientset() kubernetes.Interface { return s.client }
+
+// RESTConfig is a copy of the client configuration behind Clientset,
+// for the agent's clients of other API groups (the ClusterNetworkPolicy
+// CRD's).
+func (s *Store) RESTConfig() *rest.Config { return rest.CopyConfig(s.rc) }
 
 // Close stops the Node informer, if it runs; it is the Store's last call.
 func (s *Store) Close() error {

@@ -1,4 +1,4 @@
-package services
+package coalesce
 
 import (
 	"reflect"
@@ -10,40 +10,40 @@ import (
 // failed batch put back is retried with the next one, keeping the age of
 // its oldest change.
 func TestQueue(t *testing.T) {
-	q := newQueue()
-	if p := q.pending(time.Now()); p != 0 {
+	q := New()
+	if p := q.Pending(time.Now()); p != 0 {
 		t.Fatalf("pending of an empty queue: %s", p)
 	}
-	q.add("ns/a", "", "ns/b")
-	q.add("ns/a")
+	q.Add("ns/a", "", "ns/b")
+	q.Add("ns/a")
 	select {
-	case <-q.wake:
+	case <-q.Wake():
 	default:
 		t.Fatal("no wake")
 	}
 	select {
-	case <-q.wake:
+	case <-q.Wake():
 		t.Fatal("woken twice for one burst")
 	default:
 	}
-	b := q.take()
-	if want := map[string]bool{"ns/a": true, "ns/b": true}; !reflect.DeepEqual(b.keys, want) || b.all || b.since.IsZero() {
+	b := q.Take()
+	if want := map[string]bool{"ns/a": true, "ns/b": true}; !reflect.DeepEqual(b.Keys, want) || b.All || b.Since.IsZero() {
 		t.Fatalf("batch %+v, want keys %v", b, want)
 	}
-	if p := q.pending(time.Now()); p != 0 {
+	if p := q.Pending(time.Now()); p != 0 {
 		t.Fatalf("pending after take: %s", p)
 	}
-	q.addAll()
-	q.putBack(b)
-	b2 := q.take()
-	if !b2.all || !b2.keys["ns/a"] || !b2.since.Equal(b.since) {
+	q.AddAll()
+	q.PutBack(b)
+	b2 := q.Take()
+	if !b2.All || !b2.Keys["ns/a"] || !b2.Since.Equal(b.Since) {
 		t.Fatalf("batch with the failed one put back: %+v", b2)
 	}
-	if p := q.pending(b.since.Add(time.Second)); p != 0 {
+	if p := q.Pending(b.Since.Add(time.Second)); p != 0 {
 		t.Fatalf("pending after take: %s", p)
 	}
-	q.putBack(b2)
-	if p := q.pending(b.since.Add(time.Second)); p != time.Second {
+	q.PutBack(b2)
+	if p := q.Pending(b.Since.Add(time.Second)); p != time.Second {
 		t.Fatalf("pending of a failed batch: %s, want its age", p)
 	}
 }
