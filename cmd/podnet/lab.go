@@ -150,7 +150,7 @@ func newLabDemo(f *labFlags) *cobra.Command {
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Build a lab, check every pod against every pod, tear it down; the exit code tells",
+		Short: "Build a lab, check every pod against every pod (Kubernetes mode: then under a NetworkPolicy), tear it down; the exit code tells",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) (err error) {
 			ctx, cancel := signalContext(cmd)
@@ -170,7 +170,10 @@ func newLabDemo(f *labFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return check(ctx, out, l)
+			if err := check(ctx, out, l); err != nil || !l.Spec.Kubernetes {
+				return err
+			}
+			return l.PolicyDemo(ctx, out)
 		},
 	}
 	specFlags(cmd, &s, &bins)

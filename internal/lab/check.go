@@ -52,7 +52,17 @@ type Report struct {
 	// each pod to its ClusterIP, the outside host to its NodePort on every
 	// node's address.
 	Services []Probe
+	// Allowed, when set, tells which probes a network policy lets through
+	// (nil: all): a probe it denies must fail, and its cell shows "deny"
+	// ("LEAK" if it got through).
+	Allowed func(Probe) bool
 }
+
+// allowed tells whether p should get through.
+func (r *Report) allowed(p Probe) bool { return r.Allowed == nil || r.Allowed(p) }
+
+// wrong tells whether p's outcome is not the expected one.
+func (r *Report) wrong(p Probe) bool { return p.OK() != r.allowed(p) }
 
 // Destinations of the Service probes (Probe.To).
 const (
@@ -64,12 +74,13 @@ const (
 // programs endpoints a moment after the API lists them.
 const serviceWait = 15 * time.Second
 
-// Failures counts the failed probes.
+// Failures counts the probes that failed, or that got through where
+// Allowed denies them.
 func (r *Report) Failures() int {
 	n := 0
 	for _, ps := range [][]Probe{r.Probes, r.Outside, r.Services} {
 		for _, p := range ps {
-			if !p.OK() {
+			if r.wrong(p) {
 				n++
 			}
 		}
@@ -105,6 +116,11 @@ func (l *Lab) Check(ctx context.Context) (*Report, error) {
 // pods from KubePods: in Kubernetes mode they must be the Deployment's,
 // which the Service's probes reach).
 func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
+	return l.checkPods(ctx, pods, l.Spec.Kubernetes)
+}
+
+// checkPods is CheckPods, with the probes of the lab's Service or not.
+func (l *Lab) checkPods(ctx context.Context, pods []*Pod, services bool) (*Report, error) {
 	nodeIP := map[string][]string{}
 	for _, n := range l.Nodes {
 		nodeIP[n.Name] = []string{n.IP, n.IP6}
@@ -163,7 +179,7 @@ func (l *Lab) CheckPods(ctx context.Context, pods []*Pod) (*Report, error) {
 			r.Outside = append(r.Outside, Probe{From: src.Name, To: Outside, Proto: "tcp", Addr: ip})
 		}
 	}
-	if l.Spec.Kubernetes {
+	if services {
 		var err error
 		if r.Services, err = l.serviceProbes(ctx, pods); err != nil {
 			return nil, err
@@ -420,10 +436,17 @@ func (r *Report) Print(w io.Writer) {
 		if len(ps) == 0 {
 			return "-"
 		}
+		denied := !r.allowed(ps[0]) // a policy allows or denies a pair
 		for _, p := range ps {
-			if !p.OK() {
+			switch {
+			case denied && p.OK():
+				return "LEAK"
+			case !denied && !p.OK():
 				return "FAIL"
 			}
+		}
+		if denied {
+			return "deny"
 		}
 		return "ok"
 	}
@@ -452,16 +475,22 @@ func (r *Report) Print(w io.Writer) {
 	}
 	for _, ps := range [][]Probe{r.Probes, r.Outside, r.Services} {
 		for _, p := range ps {
-			if !p.OK() {
+			switch {
+			case r.wrong(p) && p.OK():
+				fmt.Fprintf(w, "  LEAK %s → %s %s %s: got through, the policy denies it\n", p.From, p.To, p.Proto, p.Addr)
+			case r.wrong(p):
 				fmt.Fprintf(w, "  FAIL %s → %s %s %s: %s\n", p.From, p.To, p.Proto, p.Addr, p.Err)
 			}
 		}
 	}
-	pairs, okPairs := 0, 0
+	pairs, okPairs, deniedPairs := 0, 0, 0
 	for _, ps := range cell {
 		pairs++
-		if mark(ps) == "ok" {
+		switch mark(ps) {
+		case "ok":
 			okPairs++
+		case "deny":
+			deniedPairs++
 		}
 	}
 	outOK := 0
@@ -470,8 +499,12 @@ func (r *Report) Print(w io.Writer) {
 			outOK++
 		}
 	}
-	fmt.Fprintf(w, "%d/%d pod pairs reach each other over ICMP and TCP (%d probes; a pair is ok only if every receiver saw the sender's pod IP: no NAT); %d/%d pods reach the outside masqueraded as their node",
-		okPairs, pairs, len(r.Probes), outOK, len(outside))
+	fmt.Fprintf(w, "%d/%d pod pairs reach each other over ICMP and TCP (%d probes; a pair is ok only if every receiver saw the sender's pod IP: no NAT)",
+		okPairs, pairs, len(r.Probes))
+	if r.Allowed != nil {
+		fmt.Fprintf(w, ", %d/%d denied by policy as it should be", deniedPairs, pairs)
+	}
+	fmt.Fprintf(w, "; %d/%d pods reach the outside masqueraded as their node", outOK, len(outside))
 	if len(r.Services) > 0 {
 		ok := map[string]int{}
 		total := map[string]int{}

@@ -268,6 +268,57 @@ func TestReportPrintServices(t *testing.T) {
 	}
 }
 
+// TestReportPrintPolicy checks the matrix under a policy (Allowed): a
+// denied pair that fails shows "deny" and is no failure, one that got
+// through shows "LEAK", an allowed one that failed "FAIL".
+func TestReportPrintPolicy(t *testing.T) {
+	pods := []string{"default/lab-7c9-aaaaa", "default/lab-7c9-bbbbb", "default/lab-7c9-ccccc"}
+	r := &Report{Pods: pods, Allowed: func(p Probe) bool { return p.From == p.To || p.From == pods[0] || p.To == Outside }}
+	for _, from := range pods {
+		for _, to := range pods {
+			for _, proto := range []string{"icmp", "tcp"} {
+				p := Probe{From: from, To: to, Proto: proto, Addr: "10.244.0.2"}
+				switch {
+				case from == pods[1] && to == pods[2]: // denied and dropped
+					p.Err = "i/o timeout"
+				case from == pods[0] && to == pods[1] && proto == "tcp": // allowed but failed
+					p.Err = "connection refused"
+				}
+				// pods[2] → pods[0] and → pods[1]: denied, yet got through.
+				r.Probes = append(r.Probes, p)
+			}
+		}
+		r.Outside = append(r.Outside, Probe{From: from, To: Outside, Proto: "tcp", Addr: OutsideIP.String()})
+	}
+	// pods[1] → pods[0]: denied, and dropped.
+	for i := range r.Probes {
+		if r.Probes[i].From == pods[1] && r.Probes[i].To == pods[0] {
+			r.Probes[i].Err = "no echo reply"
+		}
+	}
+	var b strings.Builder
+	r.Print(&b)
+	lines := strings.Split(b.String(), "\n")
+	want := []string{
+		"pods default/lab-7c9-…",
+		"from\\to   aaaaa   bbbbb   ccccc   outside",
+		"aaaaa     ok      FAIL    ok      ok",
+		"bbbbb     deny    ok      deny    ok",
+		"ccccc     LEAK    LEAK    ok      ok",
+	}
+	if len(lines) < len(want) || !reflect.DeepEqual(lines[:len(want)], want) {
+		t.Fatalf("matrix:\n%s\nwant it to start with:\n%s", b.String(), strings.Join(want, "\n"))
+	}
+	if got, want := r.Failures(), 1+4; got != want {
+		t.Errorf("%d failures, want %d (1 FAIL probe, 4 LEAK probes)", got, want)
+	}
+	for _, s := range []string{"  FAIL default/lab-7c9-aaaaa → default/lab-7c9-bbbbb tcp", "  LEAK default/lab-7c9-ccccc → default/lab-7c9-aaaaa icmp", "2/9 denied by policy as it should be"} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("no %q in:\n%s", s, b.String())
+		}
+	}
+}
+
 func TestCommonPrefix(t *testing.T) {
 	for _, tc := range []struct {
 		names []string

@@ -247,39 +247,81 @@ func (b *Batch) DelElements(s Set, elems []nftables.SetElement) {
 }
 
 func (b *Batch) elements(msg uint16, flags netlink.HeaderFlags, s Set, elems []nftables.SetElement) {
+	var list attrs
 	for _, chunk := range chunks(elems) {
-		list := make([]netlink.Attribute, len(chunk))
-		for i, e := range chunk {
-			list[i] = b.nested(unix.NFTA_LIST_ELEM, b.elementAttrs(e)...)
+		list = list[:0]
+		for _, e := range chunk {
+			list.element(e)
 		}
 		b.add(msg, flags, s.Table.Family, []netlink.Attribute{
 			{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstring(s.Table.Name)},
 			{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstring(s.Name)},
-			b.nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, list...),
+			{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: list},
 		})
 	}
 }
 
-// elementAttrs encodes one set element.
-func (b *Batch) elementAttrs(e nftables.SetElement) []netlink.Attribute {
-	attrs := []netlink.Attribute{b.nested(unix.NFTA_SET_ELEM_KEY, netlink.Attribute{Type: unix.NFTA_DATA_VALUE, Data: e.Key})}
+// attrs is netlink attributes encoded as they are appended, a nested
+// one opened and closed around its contents: a list of a hundred
+// elements is one buffer, not an allocation per attribute. A chunk's
+// message stays far below an attribute's 64 KiB.
+type attrs []byte
+
+// put appends the attribute typ holding data.
+func (a *attrs) put(typ uint16, data []byte) {
+	n := 4 + len(data)
+	*a = binary.NativeEndian.AppendUint16(*a, uint16(n))
+	*a = binary.NativeEndian.AppendUint16(*a, typ)
+	*a = append(*a, data...)
+	for ; n%4 != 0; n++ {
+		*a = append(*a, 0)
+	}
+}
+
+// open starts the nested attribute typ; close(the offset it returns)
+// ends it.
+func (a *attrs) open(typ uint16) int {
+	off := len(*a)
+	*a = binary.NativeEndian.AppendUint16(*a, 0)
+	*a = binary.NativeEndian.AppendUint16(*a, unix.NLA_F_NESTED|typ)
+	return off
+}
+
+func (a *attrs) close(off int) {
+	binary.NativeEndian.PutUint16((*a)[off:], uint16(len(*a)-off))
+}
+
+// element appends one set element, an NFTA_LIST_ELEM.
+func (a *attrs) element(e nftables.SetElement) {
+	el := a.open(unix.NFTA_LIST_ELEM)
+	a.value(unix.NFTA_SET_ELEM_KEY, e.Key)
 	if len(e.KeyEnd) > 0 {
-		attrs = append(attrs, b.nested(nftables.NFTA_SET_ELEM_KEY_END, netlink.Attribute{Type: unix.NFTA_DATA_VALUE, Data: e.KeyEnd}))
+		a.value(nftables.NFTA_SET_ELEM_KEY_END, e.KeyEnd)
 	}
 	if e.IntervalEnd {
-		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_FLAGS, Data: be32(unix.NFT_SET_ELEM_INTERVAL_END)})
+		a.put(unix.NFTA_SET_ELEM_FLAGS, be32(unix.NFT_SET_ELEM_INTERVAL_END))
 	}
 	switch {
 	case e.VerdictData != nil:
-		v := []netlink.Attribute{{Type: unix.NFTA_VERDICT_CODE, Data: be32(uint32(e.VerdictData.Kind))}}
+		data := a.open(unix.NFTA_SET_ELEM_DATA)
+		v := a.open(unix.NFTA_DATA_VERDICT)
+		a.put(unix.NFTA_VERDICT_CODE, be32(uint32(e.VerdictData.Kind)))
 		if e.VerdictData.Chain != "" {
-			v = append(v, netlink.Attribute{Type: unix.NFTA_VERDICT_CHAIN, Data: cstring(e.VerdictData.Chain)})
+			a.put(unix.NFTA_VERDICT_CHAIN, cstring(e.VerdictData.Chain))
 		}
-		attrs = append(attrs, b.nested(unix.NFTA_SET_ELEM_DATA, b.nested(unix.NFTA_DATA_VERDICT, v...)))
+		a.close(v)
+		a.close(data)
 	case len(e.Val) > 0:
-		attrs = append(attrs, b.nested(unix.NFTA_SET_ELEM_DATA, netlink.Attribute{Type: unix.NFTA_DATA_VALUE, Data: e.Val}))
+		a.value(unix.NFTA_SET_ELEM_DATA, e.Val)
 	}
-	return attrs
+	a.close(el)
+}
+
+// value appends the nested attribute typ holding an NFTA_DATA_VALUE.
+func (a *attrs) value(typ uint16, data []byte) {
+	off := a.open(typ)
+	a.put(unix.NFTA_DATA_VALUE, data)
+	a.close(off)
 }
 
 // Send sends the batch as one transaction: the kernel applies all of it

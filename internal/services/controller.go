@@ -151,10 +151,12 @@ func (c *Controller) loop(ctx context.Context, h *controller.Health, inf *caches
 	resync := time.NewTicker(c.env.Resync)
 	defer resync.Stop()
 	results := map[string]Result{}
+	checks := map[string]healthCheck{}
 	var last time.Time
 	var retry <-chan time.Time
 	backoff := time.Second
 	synced := false
+	full := true // the table needs every service: the first sync, and after a failure
 	for {
 		select {
 		case <-ctx.Done():
@@ -179,8 +181,9 @@ func (c *Controller) loop(ctx context.Context, h *controller.Health, inf *caches
 			continue
 		}
 		last = time.Now()
-		err := c.sync(b, inf, results, table, hc)
+		err := c.sync(b, inf, state{results, checks, full}, table, hc)
 		retry = nil
+		full = err != nil
 		if err != nil {
 			c.q.PutBack(b)
 			c.m.errors.Inc()
@@ -199,42 +202,64 @@ func (c *Controller) loop(ctx context.Context, h *controller.Health, inf *caches
 	}
 }
 
-// sync updates results with the Services of b and converges the kernel
-// and the health check servers to them.
-func (c *Controller) sync(b coalesce.Batch, inf *caches, results map[string]Result, table *dataplane.Table, hc *healthChecks) error {
+// state is what the sync loop keeps across syncs: every proxied
+// Service's Result and health check, and whether the table needs all of
+// them (a full sync).
+type state struct {
+	results map[string]Result
+	checks  map[string]healthCheck
+	full    bool
+}
+
+// sync updates the state with the Services of b and converges the kernel
+// and the health check servers to it: the table gets only the changed
+// Services' ports, or every Service's when st.full.
+func (c *Controller) sync(b coalesce.Batch, inf *caches, s state, table *dataplane.Table, hc *healthChecks) error {
 	start := time.Now()
 	node := inf.node(c.env.NodeName)
 	keys := b.Keys
 	if b.All {
 		keys = map[string]bool{}
-		for k := range results {
+		for k := range s.results {
 			keys[k] = true
 		}
 		for _, k := range inf.services.GetStore().ListKeys() {
 			keys[k] = true
 		}
 	}
+	var changed []dataplane.Service
+	var removed []string
 	for key := range keys {
 		r, ok, err := inf.build(key, node)
 		if err != nil {
 			return err
 		}
+		old := s.results[key]
 		if ok {
-			results[key] = r
+			s.results[key] = r
 		} else {
-			delete(results, key)
+			delete(s.results, key)
+		}
+		changed = append(changed, r.Ports...)
+		removed = append(removed, gone(old.Ports, r.Ports)...)
+		if r.HealthCheckNodePort != 0 {
+			s.checks[key] = healthCheck{Port: r.HealthCheckNodePort, LocalEndpoints: r.LocalReady}
+		} else {
+			delete(s.checks, key)
 		}
 		c.m.service(key, r, ok && len(r.Ports) > 0)
 	}
-	var want []dataplane.Service
-	checks := map[string]healthCheck{}
-	for key, r := range results {
-		want = append(want, r.Ports...)
-		if r.HealthCheckNodePort != 0 {
-			checks[key] = healthCheck{Port: r.HealthCheckNodePort, LocalEndpoints: r.LocalReady}
+	var st dataplane.Stats
+	var err error
+	if s.full {
+		var want []dataplane.Service
+		for _, r := range s.results {
+			want = append(want, r.Ports...)
 		}
+		st, err = table.Sync(want)
+	} else {
+		st, err = table.Update(changed, removed)
 	}
-	st, err := table.Sync(want)
 	if err != nil {
 		return fmt.Errorf("service table: %w", err)
 	}
@@ -247,12 +272,24 @@ func (c *Controller) sync(b coalesce.Batch, inf *caches, results map[string]Resu
 	}
 	c.log.Log(context.Background(), lvl, "services synced", "full", st.Full, "services", st.Services, "endpoints", st.Endpoints,
 		"written", st.Written, "conntrack-flushed", st.ConntrackFlushed, "took", now.Sub(start))
-	if err := hc.sync(checks); err != nil {
+	if err := hc.sync(s.checks); err != nil {
 		// A health check port taken by another program: reported, and
 		// tried again at the next sync; the traffic is programmed.
 		c.log.Error("health check node ports", "err", err)
 	}
 	return nil
+}
+
+// gone returns the IDs of the ports of old that are not in ports.
+func gone(old, ports []dataplane.Service) []string {
+	var out []string
+	for i := range old {
+		id := old[i].ID()
+		if !slices.ContainsFunc(ports, func(p dataplane.Service) bool { return p.ID() == id }) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // clusterCIDRs are the cluster's pod networks.

@@ -27,6 +27,7 @@ func TestKubernetes(t *testing.T) {
 		{"Bandwidth", 2 * time.Minute, testBandwidth},
 		{"Services", 2 * time.Minute, testServices},
 		{"ServiceProxy", 12 * time.Minute, testServiceProxy},
+		{"NetworkPolicy", 8 * time.Minute, testNetworkPolicy},
 		{"Churn", 6 * time.Minute, testChurn},
 		{"AgentRestart", 2 * time.Minute, testAgentRestart},
 		{"APIServerOutage", 3 * time.Minute, testAPIServerOutage},

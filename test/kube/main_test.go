@@ -5,9 +5,10 @@
 // which check, through the API and in the nodes' kernels: the nodes and
 // the pod network (with the lab Service's ClusterIP and NodePort),
 // podCIDRs and podnet's Node status, hostPort and bandwidth through
-// kubelet, Services, pod churn leaving nothing behind, faults (an agent
-// restarted, a node deleted, the API server stopped) and, last, the
-// documented uninstall.
+// kubelet, Services, NetworkPolicy and ClusterNetworkPolicy (a
+// reachability matrix, netpol_test.go), pod churn leaving nothing behind,
+// faults (an agent restarted, a node deleted, the API server stopped)
+// and, last, the documented uninstall.
 //
 // The service proxy's checks (ServiceProxy, services_test.go) hold of
 // any proxy with kube-proxy's semantics and look only at real traffic:

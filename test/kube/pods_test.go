@@ -27,6 +27,8 @@ const podTimeout = 3 * time.Minute
 // podSpec is a busybox pod of the tests.
 type podSpec struct {
 	name string
+	// namespace is the pod's; empty is testNamespace.
+	namespace string
 	// node pins the pod (spec.nodeName); empty leaves it to the scheduler.
 	node        string
 	step        string // testLabel's value
@@ -36,6 +38,17 @@ type podSpec struct {
 	// lingering pods ignore SIGTERM: deleted, they stay terminating (their
 	// network with them) for lingerGrace, until kubelet kills them.
 	lingering bool
+	// script, when set, is the shell script the container runs instead of
+	// waiting (it exits at once on SIGTERM all the same).
+	script string
+}
+
+// ns is the pod's namespace.
+func (s podSpec) ns() string {
+	if s.namespace == "" {
+		return testNamespace
+	}
+	return s.namespace
 }
 
 // lingerGrace is the termination grace period of lingering pods.
@@ -51,12 +64,15 @@ func (s podSpec) pod() *corev1.Pod {
 	}
 	grace := int64(1)
 	command := []string{"sh", "-c", "trap 'exit 0' TERM; sleep 1000000 & wait"}
-	if s.lingering {
+	switch {
+	case s.lingering:
 		grace = lingerGrace
 		command = []string{"sh", "-c", "sleep 1000000 & wait"}
+	case s.script != "":
+		command = []string{"sh", "-c", "trap 'exit 0' TERM; " + s.script}
 	}
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: testNamespace, Labels: labels, Annotations: s.annotations},
+		ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: s.ns(), Labels: labels, Annotations: s.annotations},
 		Spec: corev1.PodSpec{
 			NodeName:                      s.node,
 			TerminationGracePeriodSeconds: &grace,
@@ -70,30 +86,39 @@ func (s podSpec) pod() *corev1.Pod {
 }
 
 // runPods creates the pods and waits until each runs with an IP; they
-// are deleted when t ends.
+// are deleted when t ends. The pods are returned by name (names must be unique
+// across the specs' namespaces).
 func (c *cluster) runPods(t *testing.T, ctx context.Context, specs ...podSpec) map[string]*corev1.Pod {
 	t.Helper()
+	names := map[string][]string{} // by namespace
+	var order []string
+	for _, s := range specs {
+		if names[s.ns()] == nil {
+			order = append(order, s.ns())
+		}
+		names[s.ns()] = append(names[s.ns()], s.name)
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), podTimeout)
 		defer cancel()
-		var names []string
-		for _, s := range specs {
-			names = append(names, s.name)
-		}
-		if err := c.deletePods(ctx, names...); err != nil {
-			t.Error(err)
+		for _, ns := range order {
+			if err := c.deletePodsIn(ctx, ns, names[ns]...); err != nil {
+				t.Error(err)
+			}
 		}
 	})
 	if err := c.createPods(ctx, specs...); err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, s := range specs {
-		names = append(names, s.name)
-	}
-	pods, err := c.waitRunning(ctx, names...)
-	if err != nil {
-		t.Fatal(err)
+	pods := map[string]*corev1.Pod{}
+	for _, ns := range order {
+		got, err := c.waitRunningIn(ctx, ns, names[ns]...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for n, p := range got {
+			pods[n] = p
+		}
 	}
 	return pods
 }
@@ -101,8 +126,8 @@ func (c *cluster) runPods(t *testing.T, ctx context.Context, specs ...podSpec) m
 // createPods creates the pods in the API.
 func (c *cluster) createPods(ctx context.Context, specs ...podSpec) error {
 	for _, s := range specs {
-		if _, err := c.client.CoreV1().Pods(testNamespace).Create(ctx, s.pod(), metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create pod %s: %w", s.name, err)
+		if _, err := c.client.CoreV1().Pods(s.ns()).Create(ctx, s.pod(), metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create pod %s/%s: %w", s.ns(), s.name, err)
 		}
 	}
 	return nil
@@ -111,13 +136,18 @@ func (c *cluster) createPods(ctx context.Context, specs ...podSpec) error {
 // waitRunning waits until the named pods of testNamespace run with an
 // IP, and returns them by name.
 func (c *cluster) waitRunning(ctx context.Context, names ...string) (map[string]*corev1.Pod, error) {
+	return c.waitRunningIn(ctx, testNamespace, names...)
+}
+
+// waitRunningIn is waitRunning in namespace.
+func (c *cluster) waitRunningIn(ctx context.Context, namespace string, names ...string) (map[string]*corev1.Pod, error) {
 	want := map[string]bool{}
 	for _, n := range names {
 		want[n] = true
 	}
 	var got map[string]*corev1.Pod
-	err := poll(ctx, podTimeout, fmt.Sprintf("%d pods running", len(names)), func(ctx context.Context) error {
-		list, err := c.client.CoreV1().Pods(testNamespace).List(ctx, metav1.ListOptions{})
+	err := poll(ctx, podTimeout, fmt.Sprintf("%d pods of %s running", len(names), namespace), func(ctx context.Context) error {
+		list, err := c.client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return err
 		}
@@ -171,16 +201,21 @@ func first(s []string, n int) []string {
 // deletePods deletes the named pods of testNamespace and waits until the
 // API has none of them (kubelet confirmed they stopped).
 func (c *cluster) deletePods(ctx context.Context, names ...string) error {
+	return c.deletePodsIn(ctx, testNamespace, names...)
+}
+
+// deletePodsIn is deletePods in namespace.
+func (c *cluster) deletePodsIn(ctx context.Context, namespace string, names ...string) error {
 	for _, n := range names {
-		err := c.client.CoreV1().Pods(testNamespace).Delete(ctx, n, metav1.DeleteOptions{})
+		err := c.client.CoreV1().Pods(namespace).Delete(ctx, n, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete pod %s: %w", n, err)
+			return fmt.Errorf("delete pod %s/%s: %w", namespace, n, err)
 		}
 	}
-	return poll(ctx, podTimeout, fmt.Sprintf("%d pods deleted", len(names)), func(ctx context.Context) error {
+	return poll(ctx, podTimeout, fmt.Sprintf("%d pods of %s deleted", len(names), namespace), func(ctx context.Context) error {
 		var left []string
 		for _, n := range names {
-			_, err := c.client.CoreV1().Pods(testNamespace).Get(ctx, n, metav1.GetOptions{})
+			_, err := c.client.CoreV1().Pods(namespace).Get(ctx, n, metav1.GetOptions{})
 			switch {
 			case apierrors.IsNotFound(err):
 			case err != nil:

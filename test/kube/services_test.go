@@ -162,22 +162,28 @@ func parseReply(s string) (reply, error) {
 // inside ns with name and the source address seen, until the test ends.
 func serveName(t *testing.T, ns *netns.NS, name string) {
 	t.Helper()
-	var (
-		ln net.Listener
-		pc net.PacketConn
-	)
+	serveTCP(t, ns, name, backendPort, nil)
+	serveUDP(t, ns, name, backendPort)
+	if haveSCTP() {
+		serveSCTP(t, ns, name)
+	}
+}
+
+// serveTCP answers every TCP connection to port inside ns with name and
+// the source address seen, until the test ends; seen, if not nil, is
+// told each source address first.
+func serveTCP(t *testing.T, ns *netns.NS, name string, port int, seen func(source string)) {
+	t.Helper()
+	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
-		if ln, err = net.Listen("tcp", fmt.Sprintf(":%d", backendPort)); err != nil {
-			return err
-		}
-		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", backendPort))
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
 		return err
 	})
 	if err != nil {
-		t.Fatalf("serve in %s: %v", name, err)
+		t.Fatalf("serve TCP %d in %s: %v", port, name, err)
 	}
-	t.Cleanup(func() { ln.Close(); pc.Close() })
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -185,10 +191,29 @@ func serveName(t *testing.T, ns *netns.NS, name string) {
 				return
 			}
 			host, _, _ := net.SplitHostPort(conn.RemoteAddr().String())
+			if seen != nil {
+				seen(host)
+			}
 			fmt.Fprintf(conn, "%s %s\n", name, host)
 			conn.Close()
 		}
 	}()
+}
+
+// serveUDP answers every UDP datagram to port inside ns with name and
+// the source address seen, until the test ends.
+func serveUDP(t *testing.T, ns *netns.NS, name string, port int) {
+	t.Helper()
+	var pc net.PacketConn
+	err := ns.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("serve UDP %d in %s: %v", port, name, err)
+	}
+	t.Cleanup(func() { pc.Close() })
 	go func() {
 		buf := make([]byte, 1500)
 		for {
@@ -200,9 +225,6 @@ func serveName(t *testing.T, ns *netns.NS, name string) {
 			_, _ = pc.WriteTo([]byte(name+" "+host), from)
 		}
 	}()
-	if haveSCTP() {
-		serveSCTP(t, ns, name)
-	}
 }
 
 // ask makes one exchange from ns with the service at addr over proto

@@ -410,8 +410,9 @@ func (c *Controller) serveGate(ctx context.Context, inf *caches) error {
 
 // admit handles a gate request: it records the pod's addresses, so the
 // Model has them before the kubelet writes the pod's status, and returns
-// once a sync holding the pod with them is in the kernel. The Pod object
-// must reach the informer within podWait, the sync within gateWait.
+// once a sync holding the pod with them is in the kernel, within
+// gateWait. A pod whose object does not reach the informer within podWait
+// is admitted unpoliced: the table's fail-closed drop holds its traffic.
 func (c *Controller) admit(ctx context.Context, inf *caches, p gate.Pod) error {
 	if p.Namespace == "" || p.Name == "" || p.UID == "" {
 		return fmt.Errorf("policy gate: pod %s/%s (uid %q): namespace, name and uid are required", p.Namespace, p.Name, p.UID)
@@ -438,18 +439,33 @@ func (c *Controller) admit(ctx context.Context, inf *caches, p gate.Pod) error {
 		pod := inf.pod(key)
 		return pod != nil && string(pod.UID) == p.UID
 	})
+	unseen := errors.Is(err, errUnseen)
 	c.mu.Lock()
 	delete(c.waiters, w)
-	if err != nil && c.gated[key].uid == p.UID {
+	if err != nil && !unseen && c.gated[key].uid == p.UID {
 		delete(c.gated, key)
 	}
 	c.mu.Unlock()
+	if unseen {
+		// Without its Pod object (the API server unreachable, the informer
+		// behind) the agent cannot know the pod's policy, but it need not:
+		// the table drops every address of the node's pod subnets that is
+		// no known pod's, so the pod passes nothing until the object
+		// arrives with the addresses kept here. Failing ADD instead would
+		// stop the node from starting pods while the API server is away.
+		c.log.Warn("the gate admits a pod the agent has not seen: its traffic is dropped until its Pod object arrives",
+			"pod", key, "uid", p.UID, "waited", podWait)
+		return nil
+	}
 	if err != nil {
 		c.m.gateErrors.Inc()
 		return fmt.Errorf("policy of pod %s: %w", key, err)
 	}
 	return nil
 }
+
+// errUnseen is a gate request's pod not reaching the informer in time.
+var errUnseen = errors.New("the Pod did not reach the agent's cache")
 
 // wait returns the answer to w, or an error when ctx ends first or the
 // pod is not in the cache (seen) after podWait.
@@ -462,7 +478,7 @@ func (w *waiter) wait(ctx context.Context, seen func() bool) error {
 			return err
 		case <-noPod.C:
 			if !seen() {
-				return fmt.Errorf("the Pod (uid %s) did not reach the agent's cache within %s", w.uid, podWait)
+				return fmt.Errorf("%w (uid %s) within %s", errUnseen, w.uid, podWait)
 			}
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for the policy sync: %w", ctx.Err())

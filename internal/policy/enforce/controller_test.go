@@ -228,10 +228,15 @@ func TestController(t *testing.T) {
 		if !slices.Contains(k.setsHolding(ip), "ingress4") || !slices.Contains(k.setsHolding(ip), "egress4") {
 			t.Fatalf("Notify returned before the verdict maps hold %s: %v", ip, k.setsHolding(ip))
 		}
-		// A pod the agent never hears of in time is refused.
-		err = gate.Notify(nctx, sock, gate.Pod{Namespace: "a", Name: "ghost", UID: "no-such-uid", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.6")}})
-		if err == nil {
-			t.Error("Notify of a pod with no Pod object succeeded")
+		// A pod the agent never hears of in time (the API server away) is
+		// admitted, but stays out of the verdict maps: the fail-closed
+		// drop holds its traffic until its Pod object arrives.
+		ghost := netip.MustParseAddr("10.244.1.6")
+		if err := gate.Notify(nctx, sock, gate.Pod{Namespace: "a", Name: "ghost", UID: "no-such-uid", IPs: []netip.Addr{ghost}}); err != nil {
+			t.Errorf("Notify of a pod with no Pod object: %v", err)
+		}
+		if held := k.setsHolding(ghost); slices.Contains(held, "ingress4") || slices.Contains(held, "egress4") {
+			t.Errorf("a pod with no Pod object is in the verdict maps: %v", held)
 		}
 		// Bad input is refused, clearly.
 		if err := gate.Notify(nctx, sock, gate.Pod{Name: "x"}); err == nil {

@@ -49,44 +49,39 @@ func (s staleUDP) MatchConntrackFlow(f *netlink.ConntrackFlow) bool {
 	return !ok || !eps[netip.AddrPortFrom(src.Unmap(), f.Reverse.SrcPort)]
 }
 
-// udpSweepNeeded tells whether a sync from old to next must sweep the UDP
+// udpSweepNeeded tells whether a sync with changes must sweep the UDP
 // conntrack entries.
-func udpSweepNeeded(full bool, old, next map[string]*programmed) bool {
-	for id, n := range next {
-		if n.svc.Protocol != UDP {
-			continue
-		}
-		if full {
-			return true
-		}
-		o := old[id]
-		if o == nil || o == n {
-			if o == nil && n.endpointCount() > 0 {
+func udpSweepNeeded(full bool, changes []change) bool {
+	for _, c := range changes {
+		o, n := c.old, c.new
+		switch {
+		case n == nil:
+			if o.svc.Protocol == UDP && o.endpointCount() > 0 {
 				return true
 			}
-			continue
-		}
-		if o.endpointCount() == 0 && n.endpointCount() > 0 {
+		case n.svc.Protocol != UDP:
+		case full:
 			return true
-		}
-		for _, ep := range o.endpoints() {
-			if !n.hasEndpoint(ep) {
+		case o == nil || o.endpointCount() == 0:
+			if n.endpointCount() > 0 {
 				return true
 			}
-		}
-	}
-	for id, o := range old {
-		if next[id] == nil && o.svc.Protocol == UDP && o.endpointCount() > 0 {
-			return true
+		default:
+			for _, ep := range o.endpoints() {
+				if !n.hasEndpoint(ep) {
+					return true
+				}
+			}
 		}
 	}
 	return false
 }
 
-// flushConntrack sweeps the stale UDP entries when the sync calls for it,
-// in both families, and returns how many it deleted.
-func (t *Table) flushConntrack(full bool, old, next map[string]*programmed) (int, error) {
-	if !udpSweepNeeded(full, old, next) {
+// flushConntrack sweeps the stale UDP entries when the sync's changes
+// (applied to t.services) call for it, in both families, and returns how
+// many it deleted.
+func (t *Table) flushConntrack(full bool, changes []change) (int, error) {
+	if !udpSweepNeeded(full, changes) {
 		return 0, nil
 	}
 	filters := map[netlink.InetFamily]staleUDP{}
@@ -101,7 +96,7 @@ func (t *Table) flushConntrack(full bool, old, next map[string]*programmed) (int
 		}
 		return filters[fam]
 	}
-	for _, p := range next {
+	for _, p := range t.services {
 		s := &p.svc
 		if s.Protocol != UDP {
 			continue
@@ -125,9 +120,12 @@ func (t *Table) flushConntrack(full bool, old, next map[string]*programmed) (int
 		}
 	}
 	// Removed services: their entries lead nowhere any more.
-	for id, o := range old {
-		s := &o.svc
-		if next[id] != nil || s.Protocol != UDP || !s.ClusterIP.IsValid() {
+	for _, c := range changes {
+		if c.new != nil {
+			continue
+		}
+		s := &c.old.svc
+		if s.Protocol != UDP || !s.ClusterIP.IsValid() {
 			continue
 		}
 		f := filter(s)

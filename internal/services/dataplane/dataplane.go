@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -64,9 +65,10 @@ type Table struct {
 	// The state the kernel holds after the last successful Sync; synced
 	// is false until a full sync succeeded (again, after a failure).
 	synced   bool
-	services map[string]*programmed
+	services map[string]*programmed // by ID
 	groups   groups
 	hairpin  map[netip.Addr]int // endpoint address: services using it
+	chains   int                // of the services
 	rules    int                // of the service chains
 	elems    int                // of the services
 	eps      int
@@ -129,78 +131,125 @@ func Cleanup(netnsFd int) error {
 
 // Sync converges the kernel to services, the node's complete desired set,
 // in one nftables transaction. The first Sync of a Table (and the one
-// after a failed Sync) rewrites the whole table atomically, so traffic
+// after a failed sync) rewrites the whole table atomically, so traffic
 // keeps flowing across an agent restart; later ones write only what
 // changed. It then flushes the stale UDP conntrack entries of removed
 // endpoints, and those of services that had none.
 func (t *Table) Sync(services []Service) (Stats, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	want, err := byServiceID(services)
+	if err != nil {
+		return Stats{}, err
+	}
+	full := !t.synced
+	if full {
+		t.services, t.groups, t.hairpin = map[string]*programmed{}, groups{}, map[netip.Addr]int{}
+		t.chains, t.rules, t.elems, t.eps = 0, 0, 0, 0
+	}
+	var removed []string
+	for id := range t.services {
+		if want[id] == nil {
+			removed = append(removed, id)
+		}
+	}
+	return t.apply(full, want, removed)
+}
+
+// Update is Sync told only what changed since the last sync: services
+// holds the services added or changed (unchanged ones may be among
+// them), removed the IDs of those gone; the others stay as programmed.
+// Its cost grows with the change, not with the services programmed. It
+// needs a table in sync: before the first Sync, and after a failed sync,
+// it fails and Sync must come first.
+func (t *Table) Update(services []Service, removed []string) (Stats, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.synced {
+		return Stats{}, errors.New("service proxy: the table is not in sync: a full Sync must come first")
+	}
+	want, err := byServiceID(services)
+	if err != nil {
+		return Stats{}, err
+	}
+	for _, id := range removed {
+		if want[id] != nil {
+			return Stats{}, fmt.Errorf("service %s both changed and removed", id)
+		}
+	}
+	return t.apply(false, want, removed)
+}
+
+// byServiceID validates services and indexes them by ID.
+func byServiceID(services []Service) (map[string]*Service, error) {
 	want := make(map[string]*Service, len(services))
 	for i := range services {
 		s := &services[i]
 		if err := validate(s); err != nil {
-			return Stats{}, err
+			return nil, err
 		}
 		if want[s.ID()] != nil {
-			return Stats{}, fmt.Errorf("service %s given twice", s.ID())
+			return nil, fmt.Errorf("service %s given twice", s.ID())
 		}
 		want[s.ID()] = s
 	}
+	return want, nil
+}
 
-	full := !t.synced
-	old := t.services
-	if full {
-		old = nil
-		t.groups = groups{}
-	}
-	next := make(map[string]*programmed, len(want))
-	var changed [][2]*programmed // old, new
+// apply writes the services of want that differ from what the table
+// holds and removes those of removed, in one transaction; a full one
+// rewrites the table (its state reset by the caller). The table's state
+// follows on success; after a failure the next sync must be full.
+func (t *Table) apply(full bool, want map[string]*Service, removed []string) (Stats, error) {
+	var changes []change
 	elems := 0
 	for id, s := range want {
-		o := old[id]
+		o := t.services[id]
 		if o != nil && equalService(&o.svc, s) {
-			next[id] = o
 			continue
 		}
 		p := t.render(s, o)
-		next[id] = p
-		changed = append(changed, [2]*programmed{o, p})
+		changes = append(changes, change{id, o, p})
 		elems += len(p.elems)
+	}
+	for _, id := range removed {
+		if o := t.services[id]; o != nil {
+			t.releaseGroups(o)
+			changes = append(changes, change{id, o, nil})
+		}
 	}
 	// A full sync adds every element: room for them up front.
 	d := diff{addElems: make([]element, 0, elems)}
-	for _, c := range changed {
-		d.service(c[0], c[1])
+	for _, c := range changes {
+		d.service(c.old, c.new)
 	}
-	for id, o := range old {
-		if want[id] == nil {
-			t.releaseGroups(o)
-			d.service(o, nil)
-		}
-	}
-	hairpin := t.hairpinCounts(full, &d)
+	hairpin := t.hairpinCounts(&d)
 
 	var b nft.Batch
 	t.write(&b, full, &d, hairpin)
 	if err := t.conn.Send(&b); err != nil {
 		t.synced = false
-		return Stats{}, fmt.Errorf("service proxy: sync %d services: %w", len(services), err)
+		return Stats{}, fmt.Errorf("service proxy: sync %d changed services: %w", len(changes), err)
 	}
-	t.synced, t.services = true, next
+	t.synced = true
+	for _, c := range changes {
+		if c.new == nil {
+			delete(t.services, c.id)
+		} else {
+			t.services[c.id] = c.new
+		}
+	}
 	t.hairpin = hairpin.counts
+	t.chains += d.chains
 	t.rules += d.rules
 	t.elems += d.elems
 	t.eps += d.eps
-	if full {
-		t.rules, t.elems, t.eps = d.rules, d.elems, d.eps
-	}
 
 	st := Stats{
 		Full:      full,
-		Services:  len(next),
+		Services:  len(t.services),
 		Endpoints: t.eps,
-		Chains:    len(t.skeleton.chains) + t.chainCount(),
+		Chains:    len(t.skeleton.chains) + t.chains,
 		Elements:  t.skeleton.elemCount() + t.elems + len(t.hairpin),
 		Rules:     t.skeleton.ruleCount() + t.rules,
 		Written:   d.written + hairpin.written,
@@ -208,7 +257,7 @@ func (t *Table) Sync(services []Service) (Stats, error) {
 	if full {
 		st.Written += len(t.skeleton.sets) + len(t.skeleton.chains) + t.skeleton.elemCount()
 	}
-	n, err := t.flushConntrack(full, old, next)
+	n, err := t.flushConntrack(full, changes)
 	st.ConntrackFlushed = n
 	if err != nil {
 		return st, fmt.Errorf("service proxy: %w", err)
@@ -216,22 +265,17 @@ func (t *Table) Sync(services []Service) (Stats, error) {
 	return st, nil
 }
 
-// chainCount is the number of service chains programmed.
-func (t *Table) chainCount() int {
-	n := 0
-	for _, p := range t.services {
-		n += len(p.chains)
-	}
-	return n
+// change is one service's change: old or new is nil for a service added
+// or removed.
+type change struct {
+	id       string
+	old, new *programmed
 }
 
 // releaseGroups gives back the group numbers of a removed service.
 func (t *Table) releaseGroups(p *programmed) {
-	for _, g := range []*group{p.internal, p.external} {
-		if g != nil {
-			t.groups.put(g.idx)
-		}
-	}
+	t.groups.release(p.internal)
+	t.groups.release(p.external)
 }
 
 // equalService tells whether a and b program the same.
@@ -250,7 +294,7 @@ type diff struct {
 	addElems, delElems                  []element
 	changes                             []addrChange
 	written                             int
-	rules, elems, eps                   int // changes of the totals
+	chains, rules, elems, eps           int // changes of the totals
 }
 
 // addrChange is the endpoint addresses a service stopped and started
@@ -299,6 +343,7 @@ func (d *diff) service(old, p *programmed) {
 		switch {
 		case oc == nil:
 			d.addChains = append(d.addChains, chainWrite{nc.name, rules})
+			d.chains++
 		case oc.plan != nc.plan:
 			d.rewriteChains = append(d.rewriteChains, chainWrite{nc.name, rules})
 			d.rules -= oc.rules
@@ -311,6 +356,7 @@ func (d *diff) service(old, p *programmed) {
 	for _, oc := range oldChains {
 		if findChain(newChains, oc.name) == nil {
 			d.delChains = append(d.delChains, chainWrite{name: oc.name})
+			d.chains--
 			d.rules -= oc.rules
 			d.written++
 		}
@@ -380,11 +426,8 @@ type hairpinUpdate struct {
 // changes: one element per endpoint address in use. It updates the
 // table's counts in place: after a failed sync they are rebuilt by the
 // full sync that follows.
-func (t *Table) hairpinCounts(full bool, d *diff) hairpinUpdate {
+func (t *Table) hairpinCounts(d *diff) hairpinUpdate {
 	h := hairpinUpdate{counts: t.hairpin}
-	if full || h.counts == nil {
-		h.counts = map[netip.Addr]int{}
-	}
 	for _, c := range d.changes {
 		for _, a := range c.removed {
 			if h.counts[a]--; h.counts[a] == 0 {
@@ -438,25 +481,41 @@ func (t *Table) write(b *nft.Batch, full bool, d *diff, h hairpinUpdate) {
 	}
 	for _, fam := range families {
 		s := t.sets[fam.set(setHairpin)]
-		var add, del []nftables.SetElement
-		for _, a := range h.add {
-			if a.Is4() == (fam.f == IPv4) {
-				add = append(add, nftables.SetElement{Key: hairpinKey(a)})
-			}
-		}
-		for _, a := range h.del {
-			if a.Is4() == (fam.f == IPv4) {
-				del = append(del, nftables.SetElement{Key: hairpinKey(a)})
-			}
-		}
-		b.DelElements(s, del)
-		b.AddElements(s, add)
+		b.DelElements(s, hairpinElements(h.del, fam))
+		b.AddElements(s, hairpinElements(h.add, fam))
 	}
 }
 
-// writeElems queues op for the elements, one call per set.
+// hairpinElements returns the hairpin set elements of the addresses of
+// fam.
+func hairpinElements(addrs []netip.Addr, fam family) []nftables.SetElement {
+	n := 0
+	for _, a := range addrs {
+		if a.Is4() == (fam.f == IPv4) {
+			n++
+		}
+	}
+	out := make([]nftables.SetElement, 0, n)
+	for _, a := range addrs {
+		if a.Is4() == (fam.f == IPv4) {
+			out = append(out, nftables.SetElement{Key: hairpinKey(a)})
+		}
+	}
+	return out
+}
+
+// writeElems queues op for the elements, one call per set. The sets'
+// lists are sized up front: a full sync's hundred thousand elements are
+// copied once.
 func (t *Table) writeElems(b *nft.Batch, elems []element, op func(*nft.Batch, nft.Set, []nftables.SetElement)) {
-	bySet := map[string][]nftables.SetElement{}
+	counts := map[string]int{}
+	for _, e := range elems {
+		counts[e.set]++
+	}
+	bySet := make(map[string][]nftables.SetElement, len(counts))
+	for set, n := range counts {
+		bySet[set] = make([]nftables.SetElement, 0, n)
+	}
 	for _, e := range elems {
 		bySet[e.set] = append(bySet[e.set], e.elem)
 	}

@@ -175,3 +175,15 @@ func (fam *family) group(idx uint32, n int, affinity time.Duration) [][]expr.Any
 	}
 	return append(rules, exprs.Concat(pick, toEndpoint))
 }
+
+// pick is the rule of the pick chain of n endpoints: DNAT to the
+// endpoint in slot "numgen random mod n" of the service the packet is
+// addressed to ("ip daddr . meta l4proto . th dport . numgen random mod n"
+// in @service-endpoints).
+func (fam *family) pick(n int) []expr.Any {
+	return exprs.Concat(fam.matchFamily(), fam.addrProtoPort(), []expr.Any{
+		&expr.Numgen{Register: reg0 + fam.words() + 2, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+		exprs.LookupTo(fam.set(setServiceEndpoints), reg0, regEP),
+		fam.dnat(),
+	})
+}

@@ -40,6 +40,10 @@ const (
 	// take n² checks.
 	setEndpoints = "endpoints"
 	endpointMaps = 64
+	// setServiceEndpoints maps ClusterIP . proto . port . slot to an
+	// endpoint's address . port for the services without a chain of
+	// their own (see plainService): the pick chains read it.
+	setServiceEndpoints = "service-endpoints"
 	// affinityEntries bounds the affinity set (the kernel's default for
 	// a dynamic set is 65535): pinned clients of all services together.
 	affinityEntries = 1 << 20
@@ -62,7 +66,15 @@ const (
 	chainNATPostroute  = "nat-postrouting"
 	chainServices      = "services"
 	chainReject        = "reject-chain"
+	// prefixPick names the pick chains, pick4-<n> and pick6-<n> for n
+	// in 1..maxPick: the chain picks one of n endpoints of the
+	// service the packet is addressed to from @service-endpoints.
+	prefixPick = "pick"
 )
+
+// maxPick is the largest endpoint count a service without a chain of
+// its own may have: one shared pick chain per count and family.
+const maxPick = 32
 
 // Service chain names: the service's internal traffic (its ClusterIP, and
 // external traffic short-circuited as internal) and its external traffic
@@ -97,6 +109,7 @@ func (fam *family) sets() []nft.Set {
 		{Table: table, Name: fam.set(setNodePortIPs), Key: []nftables.SetDatatype{a}, Interval: true},
 		{Table: table, Name: fam.set(setAffinity), Key: []nftables.SetDatatype{mark, mark, a}, Dynamic: true, Timeout: true, Size: affinityEntries},
 		{Table: table, Name: fam.set(setHairpin), Key: []nftables.SetDatatype{a, a}},
+		{Table: table, Name: fam.set(setServiceEndpoints), Key: []nftables.SetDatatype{a, proto, port, mark}, Data: ep},
 	}
 	for i := range uint32(endpointMaps) {
 		sets = append(sets, nft.Set{Table: table, Name: fam.endpointsMap(i), Key: []nftables.SetDatatype{mark, mark}, Data: ep})
@@ -108,6 +121,9 @@ func (fam *family) sets() []nft.Set {
 func (fam *family) endpointsMap(idx uint32) string {
 	return fmt.Sprintf("%s-%d", fam.set(setEndpoints), idx%endpointMaps)
 }
+
+// pickChain is the name of the family's pick chain of n endpoints.
+func (fam *family) pickChain(n int) string { return fmt.Sprintf("%s%s-%d", prefixPick, fam.suffix, n) }
 
 func regularChain(name string) *nftables.Chain {
 	return &nftables.Chain{Name: name, Table: table}
@@ -195,6 +211,11 @@ func newSkeleton(cfg *Config) (*skeleton, error) {
 			add(ch, ctStateNew(), fam.matchFamily(), vmap(setNoEndpoints, false))
 		}
 		add(chainFilterInput, ctStateNew(), fam.matchFamily(), vmap(setNoEndpointNodePorts, true))
+		for n := 1; n <= maxPick; n++ {
+			name := fam.pickChain(n)
+			sk.chains = append(sk.chains, regularChain(name))
+			add(name, fam.pick(n))
+		}
 		// Hairpin: an endpoint reaching itself through its service.
 		add(chainNATPostroute, fam.matchFamily(), exprs.CtBits(expr.CtKeySTATUS, ctStatusDNAT),
 			[]expr.Any{fam.saddr(reg0), fam.daddr(reg0 + fam.words()), exprs.Lookup(fam.set(setHairpin), reg0, false), &expr.Masq{FullyRandom: true}})

@@ -15,9 +15,10 @@ import (
 )
 
 // group is a list of endpoints one chain picks from: each endpoint has a
-// slot (0..n-1) under the group's number in the endpoints map. Slots are
-// kept across syncs, so that one endpoint added or removed changes one
-// or two elements.
+// slot (0..n-1) under the group's number in the endpoints map (a plain
+// service's group has no number, 0: its slots are under its ClusterIP
+// . proto . port in @service-endpoints). Slots are kept across syncs,
+// so that one endpoint added or removed changes one or two elements.
 type group struct {
 	idx   uint32
 	slots []Endpoint
@@ -138,10 +139,19 @@ func (g *groups) get() uint32 {
 
 func (g *groups) put(idx uint32) { g.free = append(g.free, idx) }
 
-// assign returns the group for eps, reusing old's number and keeping the
-// slots of the endpoints it still has: the endpoints beyond the new
-// count and the new ones fill the free slots.
-func (g *groups) assign(old *group, eps []Endpoint) *group {
+// release gives back the number of gr, if it has one.
+func (g *groups) release(gr *group) {
+	if gr != nil && gr.idx != 0 {
+		g.put(gr.idx)
+	}
+}
+
+// assign returns the group for eps, keeping the slots of the endpoints
+// old still has: the endpoints beyond the new count and the new ones
+// fill the free slots. A numbered group (one read through the
+// endpoints maps) keeps old's number or gets one; an unnumbered one (a
+// plain service's, keyed by its ClusterIP) gives old's number back.
+func (g *groups) assign(old *group, eps []Endpoint, numbered bool) *group {
 	eps = dedup(eps)
 	if len(eps) == 0 {
 		return nil
@@ -160,8 +170,13 @@ func (g *groups) assign(old *group, eps []Endpoint) *group {
 				ng.slots[slot], filled[slot], placed[ep] = ep, true, true
 			}
 		}
-	} else {
+	}
+	switch {
+	case numbered && ng.idx == 0:
 		ng.idx = g.get()
+	case !numbered && ng.idx != 0:
+		g.put(ng.idx)
+		ng.idx = 0
 	}
 	next := 0
 	for _, ep := range eps {
@@ -178,7 +193,7 @@ func (g *groups) assign(old *group, eps []Endpoint) *group {
 
 // dedup returns eps without repeated endpoints, in order.
 func dedup(eps []Endpoint) []Endpoint {
-	var out []Endpoint
+	out := make([]Endpoint, 0, len(eps))
 	for _, ep := range eps {
 		if !slices.Contains(out, ep) {
 			out = append(out, ep)
@@ -253,17 +268,19 @@ func validate(s *Service) error {
 			return err
 		}
 	}
-	for _, a := range append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...) {
+	for _, a := range slices.Concat(s.ExternalIPs, s.LoadBalancerIPs) {
 		if err := inFamily("external IP", a); err != nil {
 			return err
 		}
 	}
-	for _, ep := range append(slices.Clone(s.Internal), s.External...) {
-		if err := inFamily("endpoint", ep.Addr); err != nil {
-			return err
-		}
-		if ep.Port == 0 {
-			return fmt.Errorf("service %s: endpoint %v has port 0", s.ID(), ep.Addr)
+	for _, eps := range [][]Endpoint{s.Internal, s.External} {
+		for _, ep := range eps {
+			if err := inFamily("endpoint", ep.Addr); err != nil {
+				return err
+			}
+			if ep.Port == 0 {
+				return fmt.Errorf("service %s: endpoint %v has port 0", s.ID(), ep.Addr)
+			}
 		}
 	}
 	return nil
@@ -278,16 +295,26 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	if old != nil {
 		oldInt, oldExt = old.internal, old.external
 	}
-	p.internal = t.groups.assign(oldInt, s.Internal)
+	// The external addresses, each once and apart from the ClusterIP:
+	// one element per key.
+	var external []netip.Addr
+	for _, a := range append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...) {
+		if a != s.ClusterIP && !slices.Contains(external, a) {
+			external = append(external, a)
+		}
+	}
+	externallyReachable := s.NodePort != 0 || len(external) > 0
+	plain := plainService(s, externallyReachable)
+	p.internal = t.groups.assign(oldInt, s.Internal, !plain)
 	same := sameSet(s.Internal, s.External)
 	if !same {
-		p.external = t.groups.assign(oldExt, s.External)
+		p.external = t.groups.assign(oldExt, s.External, true)
 	}
-	if oldExt != nil && p.external == nil {
-		t.groups.put(oldExt.idx)
+	if p.external == nil {
+		t.groups.release(oldExt)
 	}
-	if oldInt != nil && p.internal == nil {
-		t.groups.put(oldInt.idx)
+	if p.internal == nil {
+		t.groups.release(oldInt)
 	}
 
 	add := func(set string, e nftables.SetElement) {
@@ -321,23 +348,27 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 			for slot, ep := range g.slots {
 				p.elems = append(p.elems, element{fam.endpointsMap(g.idx), nftables.SetElement{
 					Key: append(exprs.Native32(g.idx), exprs.Native32(uint32(slot))...),
-					Val: append(ep.Addr.AsSlice(), port4(ep.Port)...),
+					Val: endpointValue(ep),
 				}})
 			}
 		}
 	}
 
+	if plain {
+		// No chain: the dispatch goes to the shared pick chain of the
+		// endpoint count, which finds the endpoints under the ClusterIP.
+		g := p.internal
+		p.elems = make([]element, 0, 2+len(g.slots))
+		add(setServiceIPs, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: verdict(expr.VerdictGoto, fam.pickChain(len(g.slots)))})
+		add(setClusterIPs, nftables.SetElement{Key: addrKey(s.ClusterIP)})
+		for slot, ep := range g.slots {
+			add(setServiceEndpoints, nftables.SetElement{Key: append(addrKey(s.ClusterIP), exprs.Native32(uint32(slot))...), Val: endpointValue(ep)})
+		}
+		return p
+	}
+
 	// The service chain serves the ClusterIP, and external traffic
 	// short-circuited under externalTrafficPolicy Local.
-	// The external addresses, each once and apart from the ClusterIP:
-	// one element per key.
-	var external []netip.Addr
-	for _, a := range append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...) {
-		if a != s.ClusterIP && !slices.Contains(external, a) {
-			external = append(external, a)
-		}
-	}
-	externallyReachable := s.NodePort != 0 || len(external) > 0
 	if hasInternal || (hasExternal && s.ExternalLocal) {
 		cp := chainPlan{family: s.Family, cidrs: cidrs}
 		groupPlan(&cp, p.internal)
@@ -388,6 +419,18 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	}
 	return p
 }
+
+// plainService tells whether s needs no chain of its own: a ClusterIP
+// with 1 to maxPick internal endpoints, without affinity and not
+// reachable from outside. Most services are; each costs the kernel
+// elements only, no chain and no rule.
+func plainService(s *Service, externallyReachable bool) bool {
+	n := len(dedup(s.Internal))
+	return s.ClusterIP.IsValid() && s.Affinity == 0 && !externallyReachable && n > 0 && n <= maxPick
+}
+
+// endpointValue is an endpoints map's value of ep: address . port.
+func endpointValue(ep Endpoint) []byte { return append(ep.Addr.AsSlice(), port4(ep.Port)...) }
 
 // hairpinKey is the hairpin set's key of an endpoint address.
 func hairpinKey(a netip.Addr) []byte { return append(a.AsSlice(), a.AsSlice()...) }

@@ -79,7 +79,8 @@ func TestIncremental(t *testing.T) {
 	if _, err := tb.Sync(svcs); err != nil {
 		t.Fatal(err)
 	}
-	other := prefixService + "ns/svc7//TCP/ipv4"
+	// A service with a chain of its own (a node port).
+	other := prefixService + "ns/svc10//TCP/ipv4"
 	before := chainHandles(t, c, other)
 	if len(before) == 0 {
 		t.Fatalf("chain %s has no rules", other)
@@ -95,10 +96,14 @@ func TestIncremental(t *testing.T) {
 		{"endpoints in another order: nothing", func(s *Service) { slices.Reverse(s.Internal) }, 0},
 		{"one endpoint replaced", func(s *Service) { s.Internal[2] = endpoint(1) }, 4},
 		{"one endpoint added", func(s *Service) { s.Internal = append(s.Internal, endpoint(2)) }, 4},
-		{"one endpoint removed", func(s *Service) { s.Internal = slices.Delete(s.Internal, 0, 1) }, 5},
+		// The last slot's endpoint moves to the freed one; the dispatch
+		// element goes to the pick chain of the new count.
+		{"one endpoint removed", func(s *Service) { s.Internal = slices.Delete(s.Internal, 0, 1) }, 6},
 		{"all endpoints removed", func(s *Service) { s.Internal = nil }, 16},
 		{"endpoints back", func(s *Service) { s.Internal = []Endpoint{endpoint(3)} }, 8},
-		{"node port added", func(s *Service) { s.NodePort = 32700 }, 3},
+		// The service gets chains of its own: its endpoint moves from
+		// @service-endpoints to an endpoints map.
+		{"node port added", func(s *Service) { s.NodePort = 32700 }, 7},
 	}
 	for _, step := range steps {
 		t.Run(step.name, func(t *testing.T) {
@@ -251,7 +256,8 @@ func TestListing(t *testing.T) {
 	for _, want := range []string{
 		"chain svc-default/web//TCP/ipv4",
 		"ip daddr . meta l4proto . th dport vmap @service-ips4",
-		"10.96.0.16 . sctp . 80 : goto svc-default/sctp//SCTP/ipv4",
+		"10.96.0.16 . sctp . 80 : goto pick4-1",
+		"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @service-endpoints4",
 		"fd01::10 . tcp . 80 : goto svc-default/web//TCP/ipv6",
 		"update @affinity4",
 		"masquerade fully-random",
@@ -353,4 +359,102 @@ func cpuTime(t *testing.T, kernel bool) time.Duration {
 		return time.Duration(ru.Stime.Nano())
 	}
 	return time.Duration(ru.Utime.Nano())
+}
+
+// TestUpdate checks that Update, told only the changes, leaves the
+// kernel as a Sync of the whole desired set does.
+func TestUpdate(t *testing.T) {
+	ns := nfttest.NS(t, "dpupd")
+	tb, err := New(Config{NetNSFd: ns.Fd(), ClusterCIDRs: clusterCIDRs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
+	c, err := nft.New(ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ref := nfttest.NS(t, "dpupdref")
+	rt, err := New(Config{NetNSFd: ref.Fd(), ClusterCIDRs: clusterCIDRs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { rt.Close() }()
+
+	if _, err := tb.Update(nil, nil); err == nil {
+		t.Error("Update before the first Sync succeeded")
+	}
+	svcs := manyServices(300, 5)
+	if _, err := tb.Sync(svcs[:200]); err != nil {
+		t.Fatal(err)
+	}
+	in := map[int]bool{} // the services programmed
+	for i := range 200 {
+		in[i] = true
+	}
+	endpoint := func(k byte) Endpoint { return Endpoint{netip.AddrFrom4([4]byte{10, 245, 0, k}), 8080} }
+	id := func(i int) string { return svcs[i].ID() }
+	for _, step := range []struct {
+		name    string
+		change  func() // of svcs
+		changed []int  // indexes into svcs
+		removed []int
+	}{
+		{"services added", func() {}, []int{200, 201, 210}, nil},
+		{"endpoint replaced, unchanged service given", func() { svcs[5].Internal[1] = endpoint(1) }, []int{5, 6}, nil},
+		{"endpoints grow past the pick chains", func() {
+			for k := range maxPick {
+				svcs[7].Internal = append(svcs[7].Internal, endpoint(byte(10+k)))
+			}
+		}, []int{7}, nil},
+		{"affinity added", func() { svcs[8].Affinity = time.Minute }, []int{8}, nil},
+		{"services removed", func() {}, nil, []int{3, 100, 210}},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			step.change()
+			var changed []Service
+			var removed []string
+			for _, i := range step.changed {
+				svcs[i].External = svcs[i].Internal
+				changed = append(changed, svcs[i])
+				in[i] = true
+			}
+			for _, i := range step.removed {
+				removed = append(removed, id(i))
+				delete(in, i)
+			}
+			st, err := tb.Update(changed, removed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Full {
+				t.Error("Update was full")
+			}
+			checkKernel(t, tb, c, st)
+			var want []Service
+			for i := range svcs {
+				if in[i] {
+					want = append(want, svcs[i])
+				}
+			}
+			rst, err := rt.Sync(want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.Full, st.Written, rst.Full, rst.Written = false, 0, false, 0
+			if st != rst {
+				t.Errorf("after Update %+v, a Sync of the same services %+v", st, rst)
+			}
+			// A new table in the reference namespace: its next Sync is
+			// full, so it shows the whole desired set from scratch.
+			rt.Close()
+			if rt, err = New(Config{NetNSFd: ref.Fd(), ClusterCIDRs: clusterCIDRs}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if _, err := tb.Update(svcs[:1], []string{id(0)}); err == nil {
+		t.Error("a service both changed and removed was accepted")
+	}
 }

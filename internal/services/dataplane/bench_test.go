@@ -1,0 +1,132 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/internal/testing/nfttest"
+)
+
+// The data plane's share of issue 13's bars, in a throwaway namespace:
+// go test -run '^$' -bench . -benchtime 20x ./internal/services/dataplane
+// Besides the wall time, each reports the process's CPU time in user
+// space (user-ms/op, the garbage collector's included) and in the kernel
+// (sys-ms/op: the nftables transaction is applied there), steadier
+// figures on a loaded machine, and the objects written.
+
+// scales are the numbers of services the benchmarks run at.
+var scales = []int{1000, 5000, 10000}
+
+// benchTable returns a table in a throwaway namespace.
+func benchTable(b *testing.B) *Table {
+	b.Helper()
+	ns := nfttest.NS(b, "dpbench")
+	tb, err := New(Config{NetNSFd: ns.Fd(), ClusterCIDRs: clusterCIDRs})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tb.Close() })
+	return tb
+}
+
+// cpuTimes is the CPU time the process spent in user space and in the
+// kernel so far.
+func cpuTimes(b *testing.B) (user, sys time.Duration) {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+}
+
+// measure runs sync b.N times, setup untimed before each, and reports
+// the CPU times and the objects written per sync.
+func measure(b *testing.B, setup func(i int), sync func() (Stats, error)) {
+	b.Helper()
+	var user, sys time.Duration
+	written := 0
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		setup(i)
+		u0, s0 := cpuTimes(b)
+		b.StartTimer()
+		st, err := sync()
+		b.StopTimer()
+		if err != nil {
+			b.Fatal(err)
+		}
+		u1, s1 := cpuTimes(b)
+		user, sys = user+u1-u0, sys+s1-s0
+		written += st.Written
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(user.Microseconds())/1e3/float64(b.N), "user-ms/op")
+	b.ReportMetric(float64(sys.Microseconds())/1e3/float64(b.N), "sys-ms/op")
+	b.ReportMetric(float64(written)/float64(b.N), "written/op")
+}
+
+// BenchmarkColdSync programs 10,000 services × 5 endpoints into an empty
+// namespace (the bar: < 1 s).
+func BenchmarkColdSync(b *testing.B) {
+	ns := nfttest.NS(b, "dpcold")
+	svcs := manyServices(10000, 5)
+	var tb *Table
+	measure(b, func(int) {
+		if tb != nil {
+			tb.Close()
+		}
+		if err := Cleanup(ns.Fd()); err != nil {
+			b.Fatal(err)
+		}
+		var err error
+		if tb, err = New(Config{NetNSFd: ns.Fd(), ClusterCIDRs: clusterCIDRs}); err != nil {
+			b.Fatal(err)
+		}
+	}, func() (Stats, error) { return tb.Sync(svcs) })
+	tb.Close()
+}
+
+// BenchmarkServiceAdded adds one service with 5 endpoints to n programmed
+// ones per sync, through Update as the controller does (the bar: flat
+// in n).
+func BenchmarkServiceAdded(b *testing.B) {
+	for _, n := range scales {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			tb := benchTable(b)
+			all := manyServices(n+b.N, 5)
+			if _, err := tb.Sync(all[:n]); err != nil {
+				b.Fatal(err)
+			}
+			measure(b, func(int) {}, func() (Stats, error) {
+				n++
+				return tb.Update(all[n-1:n], nil)
+			})
+		})
+	}
+}
+
+// BenchmarkEndpointChanged replaces one endpoint of one of n services per
+// sync, through Update.
+func BenchmarkEndpointChanged(b *testing.B) {
+	for _, n := range scales {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			tb := benchTable(b)
+			svcs := manyServices(n, 5)
+			if _, err := tb.Sync(svcs); err != nil {
+				b.Fatal(err)
+			}
+			var s *Service
+			measure(b, func(i int) {
+				s = &svcs[(i*7919)%n]
+				s.Internal[2] = Endpoint{netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)}), 8080}
+				s.External = s.Internal
+			}, func() (Stats, error) { return tb.Update([]Service{*s}, nil) })
+		})
+	}
+}
