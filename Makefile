@@ -37,8 +37,10 @@ CHAOS_FLAGS ?=
 PODSTART_PODS   ?= 30
 PODSTART_ROUNDS ?= 3
 PODSTART_FLAGS  ?=
-# conformance: the cluster's service proxy (kube-proxy or podnet) and
-# extra flags for go run ./test/conformance.
+# conformance: the suite (services, netpol: the Kubernetes e2e cases;
+# cnp: the network-policy-api conformance suite), the cluster's service
+# proxy (kube-proxy or podnet) and extra flags for go run ./test/conformance.
+SUITE       ?= services
 PROXY       ?= kube-proxy
 CONF_FLAGS  ?=
 # bench-services: Services (× 5 endpoints) per scale, updates timed per
@@ -178,16 +180,19 @@ bench-policy: deps build
 		-nodes $(POLICY_NODES) -pods $(POLICY_PODS) -scales $(POLICY_SCALES) -trials $(POLICY_TRIALS) \
 		-md docs/performance.md -json docs/performance-policy.json $(POLICY_FLAGS)
 
-# The upstream Kubernetes e2e tests for Services ([sig-network] Services:
-# every [Conformance] case and the rest needing no cloud provider) on a
-# 3-node Kubernetes lab with PROXY as its service proxy, CoreDNS as its
-# DNS; e2e.test, ginkgo, agnhost and CoreDNS built from the Go module
-# proxy (cached like the Kubernetes binaries). Writes docs/conformance.md
-# and docs/conformance.json, keeping the other proxy's run beside this
-# one (needs root; docs/conformance.md).
+# An upstream conformance suite on a 3-node Kubernetes lab with PROXY as
+# its service proxy, CoreDNS as its DNS: SUITE=services, the Kubernetes e2e
+# tests for Services ([sig-network] Services: every [Conformance] case and
+# the rest needing no cloud provider); SUITE=netpol, its NetworkPolicy
+# tests ([sig-network] Netpol); SUITE=cnp, the network-policy-api
+# conformance suite (profile ClusterNetworkPolicy). e2e.test, ginkgo,
+# agnhost, CoreDNS and the cnp test binary built from the Go module proxy
+# (cached like the Kubernetes binaries). Writes docs/conformance.md and
+# docs/conformance.json, keeping the other runs beside this one (needs
+# root; docs/conformance.md).
 conformance: deps build
 	$(GO) run ./test/conformance -agent-bin $(BIN)/podnet-agent -cni-bin $(BIN)/podnet-cni -cli-bin $(BIN)/podnet \
-		-proxy $(PROXY) -md docs/conformance.md -json docs/conformance.json $(CONF_FLAGS)
+		-suite $(SUITE) -proxy $(PROXY) -md docs/conformance.md -json docs/conformance.json $(CONF_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -18,15 +18,18 @@ import (
 	"github.com/podnet/podnet/internal/kube"
 )
 
-// The images the Services tests run, under the references the e2e suite
-// of kube.Version asks for (k8s.io/kubernetes/test/utils/image), built
-// here because there is no registry to pull them from; and the cluster
-// DNS's.
+// The images the suites run, under the references the e2e suite of
+// kube.Version asks for (k8s.io/kubernetes/test/utils/image) and the
+// network-policy-api conformance suite's manifests name, built here
+// because there is no registry to pull them from; and the cluster DNS's.
 const (
 	// AgnhostImage is agnhost (kube.ConformanceBinaries.Agnhost) as
-	// /agnhost, its entrypoint, with busybox's applets, curl and
+	// /agnhost, its entrypoint, with busybox's applets, bash, curl and
 	// OpenBSD's nc: the commands the tests exec in its pods.
 	AgnhostImage = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+	// AgnhostCNPImage is the same image under the tag the
+	// network-policy-api suite's pods run (`/bin/bash -c "/agnhost ..."`).
+	AgnhostCNPImage = "registry.k8s.io/e2e-test-images/agnhost:2.45"
 	// BusyboxImage is busybox with all its applets.
 	BusyboxImage = "registry.k8s.io/e2e-test-images/busybox:1.36.1-1"
 	// CoreDNSImage is CoreDNS (kube.ConformanceBinaries.CoreDNS) as
@@ -39,9 +42,11 @@ const (
 // busybox's applets of the same names: the tests run `curl ...`,
 // `wget -q -O - ...` (busybox's wget segfaults on these machines) and
 // `echo ... | nc -v -u -w 2 host port` (busybox's nc has no -v, -u) in
-// agnhost pods; and /bin/sh is dash, because Debian's static busybox
-// shell runs its own applets before any program on PATH.
+// agnhost pods; /bin/sh is dash, because Debian's static busybox shell
+// runs its own applets before any program on PATH; the network-policy-api
+// suite's pods start with /bin/bash (busybox has none).
 var hostPrograms = map[string]string{
+	"/bin/bash":     "/bin/bash",
 	"/usr/bin/curl": "/usr/bin/curl",
 	"/usr/bin/wget": "/usr/bin/wget",
 	"/usr/bin/nc":   "/bin/nc.openbsd",
@@ -51,8 +56,8 @@ var hostPrograms = map[string]string{
 // imagePath is the images' PATH.
 const imagePath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// Images writes the archives of AgnhostImage, BusyboxImage and
-// CoreDNSImage into dir and returns their paths, for
+// Images writes the archives of AgnhostImage (with AgnhostCNPImage),
+// BusyboxImage and CoreDNSImage into dir and returns their paths, for
 // kube.Node.ImportImages.
 func Images(ctx context.Context, dir string, bins kube.ConformanceBinaries) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -86,16 +91,19 @@ func Images(ctx context.Context, dir string, bins kube.ConformanceBinaries) ([]s
 	if err != nil {
 		return nil, err
 	}
-	specs := map[string]image.Spec{
-		"agnhost.tar": {Ref: AgnhostImage, Files: dedupe(agnhostFiles), Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"}, Env: []string{imagePath}},
-		"busybox.tar": {Ref: BusyboxImage, Files: append(busybox, image.File{Path: "/tmp", Mode: fs.ModeDir | 0o1777}), Cmd: []string{"sh"}, Env: []string{imagePath}},
-		"coredns.tar": {Ref: CoreDNSImage, Files: []image.File{coredns}, Entrypoint: []string{"/coredns"}},
+	agnhostSpec := image.Spec{Ref: AgnhostImage, Files: dedupe(agnhostFiles), Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"}, Env: []string{imagePath}}
+	agnhostCNP := agnhostSpec
+	agnhostCNP.Ref = AgnhostCNPImage
+	specs := map[string][]image.Spec{
+		"agnhost.tar": {agnhostSpec, agnhostCNP},
+		"busybox.tar": {{Ref: BusyboxImage, Files: append(busybox, image.File{Path: "/tmp", Mode: fs.ModeDir | 0o1777}), Cmd: []string{"sh"}, Env: []string{imagePath}}},
+		"coredns.tar": {{Ref: CoreDNSImage, Files: []image.File{coredns}, Entrypoint: []string{"/coredns"}}},
 	}
 	var paths []string
 	for _, file := range slices.Sorted(maps.Keys(specs)) {
 		p := filepath.Join(dir, file)
-		if err := image.Write(p, specs[file]); err != nil {
-			return nil, fmt.Errorf("conformance image %s: %w", specs[file].Ref, err)
+		if err := image.Write(p, specs[file]...); err != nil {
+			return nil, fmt.Errorf("conformance image %s: %w", specs[file][0].Ref, err)
 		}
 		paths = append(paths, p)
 	}

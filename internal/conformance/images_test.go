@@ -104,7 +104,7 @@ func TestImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"agnhost.tar": AgnhostImage, "busybox.tar": BusyboxImage, "coredns.tar": CoreDNSImage}
+	want := map[string][]string{"agnhost.tar": {AgnhostImage, AgnhostCNPImage}, "busybox.tar": {BusyboxImage}, "coredns.tar": {CoreDNSImage}}
 	if len(archives) != len(want) {
 		t.Fatalf("archives %v, want %d", archives, len(want))
 	}
@@ -113,8 +113,12 @@ func TestImages(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", a, err)
 		}
-		if len(m) != 1 || len(m[0].RepoTags) != 1 || m[0].RepoTags[0] != want[filepath.Base(a)] {
-			t.Errorf("%s holds %+v, want %s", a, m, want[filepath.Base(a)])
+		var tags []string
+		for _, d := range m {
+			tags = append(tags, d.RepoTags...)
+		}
+		if !slices.Equal(tags, want[filepath.Base(a)]) {
+			t.Errorf("%s holds %v, want %v", a, tags, want[filepath.Base(a)])
 		}
 	}
 	if _, err := Images(context.Background(), filepath.Join(dir, "images"), kube.ConformanceBinaries{Agnhost: "/nonexistent"}); err == nil {

@@ -20,6 +20,9 @@ type Results struct {
 
 // RunResult is one run's outcome.
 type RunResult struct {
+	// Suite is the tests run; empty in results written before there were
+	// several: Services.
+	Suite      Suite     `json:"suite,omitempty"`
 	Proxy      Proxy     `json:"proxy"`
 	Date       time.Time `json:"date"`
 	Kubernetes string    `json:"kubernetes"`
@@ -28,6 +31,9 @@ type RunResult struct {
 	Focus      string    `json:"focus"`
 	Skip       string    `json:"skip"`
 	Took       string    `json:"took"`
+	// Summary are lines on the run as a whole from the suite's own
+	// report (ClusterNetworkPolicy: the profile's result).
+	Summary []string `json:"summary,omitempty"`
 	// Cases are the suite's cases the focus selects, in the suite's
 	// order, each with its outcome.
 	Cases []Case `json:"cases"`
@@ -110,7 +116,7 @@ func ParseReport(path string, cfg Config) (*RunResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &RunResult{Proxy: cfg.Proxy, Kubernetes: kube.Version, Focus: cfg.Focus, Skip: cfg.Skip}
+	res := &RunResult{Suite: cfg.Suite, Proxy: cfg.Proxy, Kubernetes: kube.Version, Focus: cfg.Focus, Skip: cfg.Skip}
 	for _, s := range suites {
 		if res.Date.IsZero() || s.StartTime.Before(res.Date) {
 			res.Date = s.StartTime.UTC().Truncate(time.Second)
@@ -190,7 +196,11 @@ func splitAlternatives(re string) ([]*regexp.Regexp, error) {
 func skipReason(text string, rules []*regexp.Regexp, state string) string {
 	for _, r := range rules {
 		if r.MatchString(text) {
-			return "excluded by the skip rule `" + r.String() + "`"
+			why := "excluded by the skip rule `" + r.String() + "`"
+			if s, ok := skipWhy[r.String()]; ok {
+				why += ": " + s
+			}
+			return why
 		}
 	}
 	if state == "pending" {

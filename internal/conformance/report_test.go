@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ func TestParseReport(t *testing.T) {
 		{containers: svc, leaf: "should never run ", state: "skipped"},
 		{containers: []string{"[sig-apps] Deployment"}, leaf: "deployment should delete old replica sets [Conformance]", state: "skipped"},
 	})
-	cfg := Config{Proxy: KubeProxy, Focus: DefaultFocus, Skip: DefaultSkip}
+	cfg := Config{Proxy: KubeProxy, Focus: ServicesFocus, Skip: ServicesSkip}
 	res, err := ParseReport(path, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -99,11 +100,11 @@ func TestParseReportErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, path, focus, skip, want string
 	}{
-		{"missing", filepath.Join(dir, "none.json"), DefaultFocus, DefaultSkip, "no such file"},
-		{"not JSON", garbage, DefaultFocus, DefaultSkip, "garbage.json"},
-		{"no case", other, DefaultFocus, DefaultSkip, "no case matches"},
-		{"bad focus", other, "(", DefaultSkip, "focus"},
-		{"bad skip", other, DefaultFocus, "a|(", "skip"},
+		{"missing", filepath.Join(dir, "none.json"), ServicesFocus, ServicesSkip, "no such file"},
+		{"not JSON", garbage, ServicesFocus, ServicesSkip, "garbage.json"},
+		{"no case", other, ServicesFocus, ServicesSkip, "no case matches"},
+		{"bad focus", other, "(", ServicesSkip, "focus"},
+		{"bad skip", other, ServicesFocus, "a|(", "skip"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseReport(tc.path, Config{Proxy: KubeProxy, Focus: tc.focus, Skip: tc.skip})
@@ -153,33 +154,44 @@ func TestSplitAlternatives(t *testing.T) {
 }
 
 func TestResultsMarkdown(t *testing.T) {
-	kp := &RunResult{Proxy: KubeProxy, Date: time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC), Kubernetes: "v1.32.3", Nodes: 2, Procs: 2, Took: "20m0s",
-		Focus: DefaultFocus, Skip: DefaultSkip, Cases: []Case{
+	kp := &RunResult{Suite: Services, Proxy: KubeProxy, Date: time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC), Kubernetes: "v1.32.3", Nodes: 2, Procs: 2, Took: "20m0s",
+		Focus: ServicesFocus, Skip: ServicesSkip, Cases: []Case{
 			{Name: "A [Conformance]", Conformance: true, State: Passed, Seconds: 12},
 			{Name: "B | pipe", State: Skipped, Reason: "excluded by the skip rule `LoadBalancer`"},
 		}}
-	pn := &RunResult{Proxy: Podnet, Kubernetes: "v1.32.3", Cases: []Case{
+	pn := &RunResult{Suite: Services, Proxy: Podnet, Kubernetes: "v1.32.3", Cases: []Case{
 		{Name: "A [Conformance]", Conformance: true, State: Failed, Reason: "failed: no endpoints"},
 		{Name: "C", State: Passed, Seconds: 3},
 	}}
+	cnp := &RunResult{Suite: ClusterNetworkPolicy, Proxy: Podnet, Kubernetes: "v1.32.3", Focus: "profile ClusterNetworkPolicy", Summary: []string{"profile ClusterNetworkPolicy, standard: failure"}, Cases: []Case{
+		{Name: "CNPAdminTierGress", State: Passed, Seconds: 40},
+	}}
 	var rs Results
+	rs.Add(cnp)
 	rs.Add(pn)
 	rs.Add(kp)
-	rs.Add(kp) // a second run of a proxy replaces the first
-	if len(rs.Runs) != 2 || rs.Runs[0].Proxy != KubeProxy || rs.Runs[1].Proxy != Podnet {
+	rs.Add(kp) // a second run of a suite with a proxy replaces the first
+	if len(rs.Runs) != 3 || rs.Runs[0].Proxy != KubeProxy || rs.Runs[1].Proxy != Podnet || rs.Runs[2] != cnp {
 		t.Fatalf("runs %+v", rs.Runs)
 	}
 	md := rs.Markdown()
 	for _, want := range []string{
+		"## Services: `[sig-network] Services`",
 		"| kube-proxy | 2026-12-03 04:00 | v1.32.3 | 2 | 2 | 20m0s | 1 | 0 | 1 |",
 		"| case | C | kube-proxy | podnet |",
 		"| A [Conformance] | C | pass (12 s) | **FAIL**: failed: no endpoints |",
 		"| B \\| pipe |  | skip: excluded by the skip rule `LoadBalancer` | — |",
 		"| C |  | — | pass (3 s) |",
+		"## ClusterNetworkPolicy: the network-policy-api conformance suite",
+		"  - profile ClusterNetworkPolicy, standard: failure\n",
+		"| case | podnet |\n|---|---|\n| CNPAdminTierGress | pass (40 s) |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
+	}
+	if strings.Index(md, "## Services") > strings.Index(md, "## ClusterNetworkPolicy") || strings.Contains(md, "## NetworkPolicy") {
+		t.Errorf("sections out of order or empty ones:\n%s", md)
 	}
 
 	path := filepath.Join(t.TempDir(), "conformance.json")
@@ -206,10 +218,23 @@ func TestResultsMarkdown(t *testing.T) {
 	if _, err := LoadResults(path); err == nil || !strings.Contains(err.Error(), "ipvs") {
 		t.Errorf("results with an unknown proxy: %v", err)
 	}
+	if err := os.WriteFile(path, []byte(`{"runs":[{"suite":"dns","proxy":"podnet"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadResults(path); err == nil || !strings.Contains(err.Error(), "dns") {
+		t.Errorf("results with an unknown suite: %v", err)
+	}
+	// Results written before there were suites are Services runs.
+	if err := os.WriteFile(path, []byte(`{"runs":[{"proxy":"podnet"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if old, err := LoadResults(path); err != nil || old.Runs[0].Suite != Services {
+		t.Errorf("results without suite: %+v, %v", old, err)
+	}
 }
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{Proxy: KubeProxy, Nodes: 2, Procs: 2, Focus: DefaultFocus, Skip: DefaultSkip, Timeout: time.Hour, Dir: "/tmp/x"}
+	good := Config{Suite: Services, Proxy: KubeProxy, Nodes: 2, Procs: 2, Focus: ServicesFocus, Skip: ServicesSkip, Timeout: time.Hour, Dir: "/tmp/x"}
 	if err := good.validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -219,6 +244,8 @@ func TestConfigValidate(t *testing.T) {
 		want   string
 	}{
 		{"proxy", func(c *Config) { c.Proxy = "ipvs" }, "unknown proxy"},
+		{"suite", func(c *Config) { c.Suite = "dns" }, "unknown suite"},
+		{"cnp focus", func(c *Config) { c.Suite = ClusterNetworkPolicy }, "no focus or skip"},
 		{"nodes", func(c *Config) { c.Nodes = 1 }, "2 or more nodes"},
 		{"procs", func(c *Config) { c.Procs = 0 }, "processes"},
 		{"timeout", func(c *Config) { c.Timeout = 0 }, "timeout"},
@@ -232,5 +259,37 @@ func TestConfigValidate(t *testing.T) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestDefaultSelection(t *testing.T) {
+	for _, tc := range []struct {
+		suite             Suite
+		sctp              bool
+		focus, skip, name string
+	}{
+		{Services, false, ServicesFocus, ServicesSkip, "[sig-network] Services should serve a basic endpoint from pods [Conformance]"},
+		{NetworkPolicy, true, NetpolFocus, "", "[sig-network] Netpol NetworkPolicy between server and client should support a 'default-deny-ingress' policy [Feature:NetworkPolicy]"},
+		{NetworkPolicy, false, NetpolFocus, SkipNoSCTP, "[sig-network] Netpol API should support creating NetworkPolicy API operations"},
+		{ClusterNetworkPolicy, false, "", "", ""},
+	} {
+		focus, skip := tc.suite.DefaultSelection(tc.sctp)
+		if focus != tc.focus || skip != tc.skip {
+			t.Errorf("%s (sctp %v): %q, %q, want %q, %q", tc.suite, tc.sctp, focus, skip, tc.focus, tc.skip)
+		}
+		if focus != "" && !regexp.MustCompile(focus).MatchString(tc.name) {
+			t.Errorf("%s: focus %q misses %q", tc.suite, focus, tc.name)
+		}
+	}
+	sctp := "[sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should support a 'default-deny-ingress' policy [Feature:NetworkPolicy]"
+	rules, err := splitAlternatives(SkipNoSCTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := skipReason(sctp, rules, "skipped"); !strings.Contains(got, "no SCTP") {
+		t.Errorf("SCTP case's skip reason %q", got)
+	}
+	if _, err := ParseSuite("dns"); err == nil {
+		t.Error("unknown suite: no error")
 	}
 }

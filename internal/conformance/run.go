@@ -1,10 +1,12 @@
-// Package conformance runs the upstream Kubernetes end-to-end tests for
-// Services (`[sig-network] Services`: every [Conformance] case and the
-// rest that needs no cloud provider, is not disruptive and not slow)
-// against a Kubernetes lab (internal/lab), with the cluster's DNS
-// (CoreDNS) and the test images built here, and turns their report into
+// Package conformance runs upstream conformance suites against a
+// Kubernetes lab (internal/lab), with the cluster's DNS (CoreDNS) and the
+// test images built here, and turns their reports into
 // docs/conformance.md: every case with pass, fail or skip and why, one
-// column per service proxy run.
+// column per service proxy run. The suites: the Kubernetes end-to-end
+// tests for Services (`[sig-network] Services`: every [Conformance] case
+// and the rest that needs no cloud provider, is not disruptive and not
+// slow) and for NetworkPolicy (`[sig-network] Netpol`), and the
+// network-policy-api conformance suite (profile ClusterNetworkPolicy).
 package conformance
 
 import (
@@ -18,9 +20,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/lab"
@@ -47,29 +52,102 @@ func ParseProxy(s string) (Proxy, error) {
 	return "", fmt.Errorf("unknown proxy %q (kube-proxy or podnet)", s)
 }
 
-// The default selection: the Services suite without what needs a cloud
-// provider (LoadBalancer, ESIPP), disrupts the cluster, must run alone
-// or takes long, and without feature-gated cases. No [Conformance] case
-// of the suite matches Skip (the report lists any that did).
+// Suite is the tests a run runs.
+type Suite string
+
+// The suites.
 const (
-	DefaultFocus = `\[sig-network\] Services`
-	DefaultSkip  = `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Flaky\]|LoadBalancer|ESIPP|\[Feature:`
+	// Services is the e2e suite's `[sig-network] Services`.
+	Services Suite = "services"
+	// NetworkPolicy is the e2e suite's `[sig-network] Netpol`: every
+	// NetworkPolicy case (k8s.io/kubernetes/test/e2e/network/netpol).
+	NetworkPolicy Suite = "netpol"
+	// ClusterNetworkPolicy is the conformance suite of
+	// sigs.k8s.io/network-policy-api (internal/kube/cnp): the profile
+	// ClusterNetworkPolicy, its standard (core) features.
+	ClusterNetworkPolicy Suite = "cnp"
 )
+
+// suiteOrder is the order of the suites' sections.
+var suiteOrder = []Suite{Services, NetworkPolicy, ClusterNetworkPolicy}
+
+// ParseSuite checks a suite's name.
+func ParseSuite(s string) (Suite, error) {
+	if slices.Contains(suiteOrder, Suite(s)) {
+		return Suite(s), nil
+	}
+	return "", fmt.Errorf("unknown suite %q (services, netpol or cnp)", s)
+}
+
+// e2e tells whether the suite is cases of the Kubernetes e2e suite
+// (selected with ginkgo's focus and skip).
+func (s Suite) e2e() bool { return s != ClusterNetworkPolicy }
+
+// The e2e suites' default selections. Services: without what needs a
+// cloud provider (LoadBalancer, ESIPP), disrupts the cluster, must run
+// alone or takes long, and without feature-gated cases; no [Conformance]
+// case of the suite matches the skip (the report lists any that did).
+// NetworkPolicy: every case ([Feature:NetworkPolicy] and the API cases),
+// those needing SCTP skipped on a kernel without it (SkipNoSCTP).
+const (
+	ServicesFocus = `\[sig-network\] Services`
+	ServicesSkip  = `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Flaky\]|LoadBalancer|ESIPP|\[Feature:`
+	NetpolFocus   = `\[sig-network\] Netpol`
+	// SkipNoSCTP selects the e2e cases that need SCTP connectivity.
+	SkipNoSCTP = `\[Feature:SCTPConnectivity\]`
+)
+
+// DefaultSelection is the suite's default focus and skip (none for
+// ClusterNetworkPolicy, whose cases are its profile's); sctp says whether
+// the kernel has SCTP.
+func (s Suite) DefaultSelection(sctp bool) (focus, skip string) {
+	switch s {
+	case Services:
+		return ServicesFocus, ServicesSkip
+	case NetworkPolicy:
+		if !sctp {
+			skip = SkipNoSCTP
+		}
+		return NetpolFocus, skip
+	}
+	return "", ""
+}
+
+// skipWhy explains skip rules beyond their text, in the report.
+var skipWhy = map[string]string{
+	SkipNoSCTP: "this kernel has no SCTP (CONFIG_IP_SCTP is not set)",
+}
+
+// KernelSCTP tells whether this kernel has SCTP: whether an SCTP socket
+// can be made (which loads the module where it is one).
+func KernelSCTP() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
 
 // Config is one run.
 type Config struct {
+	Suite Suite
 	Proxy Proxy
 	// Nodes is the lab's node count (≥ 2: several cases need endpoints on
 	// two nodes).
 	Nodes int
 	// Procs is how many e2e processes run cases in parallel.
 	Procs int
-	// Focus and Skip select the cases (ginkgo regular expressions on a
-	// case's full text).
+	// Focus and Skip select an e2e suite's cases (ginkgo regular
+	// expressions on a case's full text).
 	Focus, Skip string
+	// SCTP says the lab's kernel has SCTP: without it the
+	// ClusterNetworkPolicy suite leaves out its SCTP servers and cases.
+	SCTP bool
 	// Timeout bounds the e2e run.
 	Timeout time.Duration
-	// Dir keeps the run's files: images/, e2e.log, report.json.
+	// Dir keeps the run's files: images/, e2e.log, report.json (e2e
+	// suites) or cnp.json and cnp-report.yaml (ClusterNetworkPolicy).
 	Dir string
 	// LabBins are podnet's programs for the lab (its image).
 	LabBins lab.Binaries
@@ -82,8 +160,14 @@ type Config struct {
 
 // validate checks the configuration.
 func (c Config) validate() error {
+	if _, err := ParseSuite(string(c.Suite)); err != nil {
+		return err
+	}
 	if _, err := ParseProxy(string(c.Proxy)); err != nil {
 		return err
+	}
+	if !c.Suite.e2e() && (c.Focus != "" || c.Skip != "") {
+		return fmt.Errorf("suite %s runs its profile's cases: no focus or skip", c.Suite)
 	}
 	switch {
 	case c.Nodes < 2:
@@ -107,7 +191,7 @@ func (c Config) validate() error {
 var corednsManifest []byte
 
 // Run brings up a Kubernetes lab with cfg.Proxy, deploys the cluster DNS
-// and the test images, runs the selected e2e cases and returns their
+// and the test images, runs the suite's selected cases and returns their
 // results; the lab is taken down after (unless cfg.Keep). A run whose
 // cases fail is no error: the results say so.
 func Run(ctx context.Context, cfg Config) (result *RunResult, err error) {
@@ -130,6 +214,13 @@ func Run(ctx context.Context, cfg Config) (result *RunResult, err error) {
 		return nil, err
 	}
 	progress("e2e.test, ginkgo, agnhost and coredns ready")
+	var cnp kube.CNPConformance
+	if cfg.Suite == ClusterNetworkPolicy {
+		if cnp, err = kube.BuildCNPConformance(ctx, kube.BuildConfig{Out: out}); err != nil {
+			return nil, err
+		}
+		progress("network-policy-api conformance suite ready")
+	}
 	images, err := Images(ctx, filepath.Join(cfg.Dir, "images"), bins)
 	if err != nil {
 		return nil, err
@@ -170,13 +261,30 @@ func Run(ctx context.Context, cfg Config) (result *RunResult, err error) {
 		return nil, fmt.Errorf("conformance: cluster DNS: %w", err)
 	}
 	progress("cluster DNS (CoreDNS) serving at %s", lab.ClusterDNS)
-	report := filepath.Join(cfg.Dir, "report.json")
-	_ = os.Remove(report)
-	runErr := runE2E(ctx, cfg, l, bins, report, out)
-	progress("e2e run ended: %v", runErr)
-	res, perr := ParseReport(report, cfg)
-	if perr != nil {
-		return nil, errors.Join(runErr, perr)
+	var res *RunResult
+	if cfg.Suite.e2e() {
+		report := filepath.Join(cfg.Dir, "report.json")
+		_ = os.Remove(report)
+		runErr := runE2E(ctx, cfg, l, bins, report, out)
+		progress("e2e run ended: %v", runErr)
+		var perr error
+		if res, perr = ParseReport(report, cfg); perr != nil {
+			return nil, errors.Join(runErr, perr)
+		}
+	} else {
+		if err := ensureCRD(ctx, l, cnp.CRD, progress); err != nil {
+			return nil, err
+		}
+		events, report := filepath.Join(cfg.Dir, CNPEventsFile), filepath.Join(cfg.Dir, CNPReportFile)
+		for _, f := range []string{events, report} {
+			_ = os.Remove(f)
+		}
+		runErr := runCNP(ctx, cfg, l, cnp, events, report, out)
+		progress("network-policy-api conformance run ended: %v", runErr)
+		var perr error
+		if res, perr = ParseCNPReport(events, report, cfg); perr != nil {
+			return nil, errors.Join(runErr, perr)
+		}
 	}
 	res.Nodes = cfg.Nodes
 	res.Procs = cfg.Procs
@@ -197,38 +305,47 @@ func labSpec(cfg Config) lab.Spec {
 // runE2E runs the selected cases with ginkgo (cfg.Procs processes of
 // e2e.test) inside the lab's control plane namespace, which reaches the
 // API server and every node's address (NodePort cases connect from the
-// test process to the nodes); the JSON report goes to report.
+// test process to the nodes); the JSON report goes to report, the output
+// to e2e.log and out.
 func runE2E(ctx context.Context, cfg Config, l *lab.Lab, bins kube.ConformanceBinaries, report string, out io.Writer) error {
 	cp, err := l.ControlPlane()
 	if err != nil {
 		return err
 	}
-	ns, err := netns.OpenNamed(l.Kube.NS)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
 	logFile, err := os.Create(filepath.Join(cfg.Dir, "e2e.log"))
 	if err != nil {
 		return fmt.Errorf("conformance: %w", err)
 	}
 	defer logFile.Close()
+	return runInControlPlane(ctx, cfg, l, io.MultiWriter(out, logFile), bins.Ginkgo,
+		ginkgoArgs(cfg, bins, cp.AdminKubeconfig(), l.Kube.Bins.Kubectl, report)...)
+}
+
+// runInControlPlane runs prog with args in cfg.Dir inside the lab's
+// control plane namespace, its output going to stdout, bounded by
+// cfg.Timeout and five minutes more. Ended (interrupt, timeout), prog and
+// the processes it started are killed together: the lab goes down after,
+// with everything they made.
+func runInControlPlane(ctx context.Context, cfg Config, l *lab.Lab, stdout io.Writer, prog string, args ...string) error {
+	ns, err := netns.OpenNamed(l.Kube.NS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout+5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.Ginkgo, ginkgoArgs(cfg, bins, cp.AdminKubeconfig(), l.Kube.Bins.Kubectl, report)...)
+	cmd := exec.CommandContext(ctx, prog, args...)
 	cmd.Dir = cfg.Dir
-	cmd.Stdout = io.MultiWriter(out, logFile)
-	cmd.Stderr = cmd.Stdout
-	// Ended (interrupt, timeout), ginkgo and its e2e processes are killed
-	// together: the lab goes down after, with everything they made.
+	cmd.Stdout = stdout
+	cmd.Stderr = stdout
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	if err := ns.Do(cmd.Start); err != nil {
-		return fmt.Errorf("conformance: ginkgo: %w", err)
+		return fmt.Errorf("conformance: %s: %w", filepath.Base(prog), err)
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("conformance: ginkgo: %w", err)
+		return fmt.Errorf("conformance: %s: %w", filepath.Base(prog), err)
 	}
 	return nil
 }

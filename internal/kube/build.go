@@ -31,13 +31,22 @@ const DefaultCacheDir = "/var/cache/podnet/kube"
 // repoModule is the main module's path: Build finds the repository by it.
 const repoModule = "github.com/podnet/podnet"
 
-// The modules of the repository Build and BuildConformance build from:
-// the Kubernetes components (and the upstream e2e suite) and CoreDNS,
-// apart because CoreDNS's dependencies are newer than Kubernetes'.
+// The modules of the repository Build, BuildConformance and
+// BuildCNPConformance build from: the Kubernetes components (and the
+// upstream e2e suite), CoreDNS and the network-policy-api conformance
+// suite, each apart because its dependencies are newer than Kubernetes'.
 const (
 	componentsDir = "internal/kube/components"
 	corednsDir    = "internal/kube/coredns"
+	cnpDir        = "internal/kube/cnp"
 )
+
+// npaModule is the module of the network-policy-api release the cnp
+// module pins: its CRDs are installed from it.
+const npaModule = "sigs.k8s.io/network-policy-api"
+
+// cnpCRD is the standard channel's ClusterNetworkPolicy CRD in npaModule.
+const cnpCRD = "config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml"
 
 // Binaries are absolute paths of the built components.
 type Binaries struct {
@@ -51,6 +60,14 @@ type Binaries struct {
 // cluster's DNS).
 type ConformanceBinaries struct {
 	E2E, Ginkgo, Agnhost, CoreDNS string
+}
+
+// CNPConformance is the network-policy-api conformance suite's test
+// binary (internal/kube/cnp built with go test -c) and the standard
+// channel's ClusterNetworkPolicy CRD of the same release, both absolute
+// paths.
+type CNPConformance struct {
+	Test, CRD string
 }
 
 // BuildConfig says where Build finds the repository and keeps the
@@ -103,6 +120,9 @@ var (
 	}}
 	corednsSet = buildSet{name: "coredns", module: corednsDir, targets: []buildTarget{
 		{file: "coredns", pkg: repoModule + "/" + corednsDir},
+	}}
+	cnpSet = buildSet{name: "cnp", module: cnpDir, targets: []buildTarget{
+		{file: "cnp.test", pkg: repoModule + "/" + cnpDir, test: true},
 	}}
 )
 
@@ -172,6 +192,35 @@ func BuildConformance(ctx context.Context, cfg BuildConfig) (ConformanceBinaries
 		Agnhost: filepath.Join(e2e, "agnhost"),
 		CoreDNS: filepath.Join(dns, "coredns"),
 	}, nil
+}
+
+// BuildCNPConformance returns the network-policy-api conformance suite's
+// test binary, built and cached as Build does its binaries, and the CRD
+// its release defines (from the Go module cache, where the build put the
+// module).
+func BuildCNPConformance(ctx context.Context, cfg BuildConfig) (CNPConformance, error) {
+	dir, err := cnpSet.build(ctx, cfg)
+	if err != nil {
+		return CNPConformance{}, err
+	}
+	root := cfg.RepoDir
+	if root == "" {
+		if root, err = findRepo(); err != nil {
+			return CNPConformance{}, err
+		}
+	}
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", npaModule)
+	cmd.Dir = filepath.Join(root, cnpDir)
+	cmd.Env = buildEnv()
+	out, err := cmd.Output()
+	if err != nil {
+		return CNPConformance{}, fmt.Errorf("kube build: locating %s: %w", npaModule, err)
+	}
+	crd := filepath.Join(strings.TrimSpace(string(out)), cnpCRD)
+	if _, err := os.Stat(crd); err != nil {
+		return CNPConformance{}, fmt.Errorf("kube build: %s CRD: %w", npaModule, err)
+	}
+	return CNPConformance{Test: filepath.Join(dir, "cnp.test"), CRD: crd}, nil
 }
 
 // binariesIn names the cluster's binaries in dir.
