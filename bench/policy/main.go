@@ -65,9 +65,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -126,17 +123,9 @@ func main() {
 	})
 }
 
+// parseScales parses -scales.
 func parseScales(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 0 || n > 100000 {
-			return nil, fmt.Errorf("-scales: %q is not a number of NetworkPolicies in 0…100000", f)
-		}
-		out = append(out, n)
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	return benchdoc.ParseScales(s, "NetworkPolicies", 0, 100000)
 }
 
 // bench is one run's shared state.

@@ -49,7 +49,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -93,18 +92,8 @@ func main() {
 	})
 }
 
-func parseScales(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 50000 {
-			return nil, fmt.Errorf("-scales: %q is not a number of Services in 1…50000", f)
-		}
-		out = append(out, n)
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
-}
+// parseScales parses -scales.
+func parseScales(s string) ([]int, error) { return benchdoc.ParseScales(s, "Services", 1, 50000) }
 
 // bench is one run's shared state.
 type bench struct {
