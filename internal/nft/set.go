@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/netip"
 	"sort"
 	"sync/atomic"
 
@@ -504,6 +505,27 @@ func (c *Conn) Elements(s Set) ([]nftables.SetElement, error) {
 		return err
 	})
 	return elems, err
+}
+
+// FamilyPrefixElements returns PrefixElements of the prefixes of one
+// family (IPv4 when v4; IPv4-mapped IPv6 prefixes count as neither), none
+// when there are none; an invalid prefix is an error.
+func FamilyPrefixElements(prefixes []netip.Prefix, v4 bool) ([]nftables.SetElement, error) {
+	var nets []*net.IPNet
+	for _, p := range prefixes {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("invalid prefix %v", p)
+		}
+		if p.Addr().Is4() != v4 || p.Addr().Is4In6() {
+			continue
+		}
+		p = p.Masked()
+		nets = append(nets, &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())})
+	}
+	if len(nets) == 0 {
+		return nil, nil
+	}
+	return PrefixElements(nets)
 }
 
 // PrefixElements returns the elements of an interval set of addresses

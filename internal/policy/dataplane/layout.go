@@ -4,8 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
-	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -91,7 +89,7 @@ func fixedSets(cfg *Config) (map[string]*setState, error) {
 			s := nft.Set{Table: table, Name: m + fam.suffix, Key: []nftables.SetDatatype{fam.addrType}, Data: nftables.TypeVerdict}
 			sets[s.Name] = &setState{set: s}
 		}
-		cidrs, err := prefixElements(cfg.PodCIDRs, fam)
+		cidrs, err := nft.FamilyPrefixElements(cfg.PodCIDRs, fam.addrLen == 4)
 		if err != nil {
 			return nil, fmt.Errorf("pod CIDRs: %w", err)
 		}
@@ -99,26 +97,6 @@ func fixedSets(cfg *Config) (map[string]*setState, error) {
 		sets[s.Name] = &setState{set: s, elems: cidrs}
 	}
 	return sets, nil
-}
-
-// prefixElements returns the interval set elements of the prefixes of
-// fam.
-func prefixElements(prefixes []netip.Prefix, fam *family) ([]nftables.SetElement, error) {
-	var nets []*net.IPNet
-	for _, p := range prefixes {
-		if !p.IsValid() {
-			return nil, fmt.Errorf("invalid prefix %v", p)
-		}
-		if p.Addr().Is4() != (fam.addrLen == 4) {
-			continue
-		}
-		p = p.Masked()
-		nets = append(nets, &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())})
-	}
-	if len(nets) == 0 {
-		return nil, nil
-	}
-	return nft.PrefixElements(nets)
 }
 
 // fixedRules are the rules of the fixed chains, by chain.

@@ -2,8 +2,6 @@ package dataplane
 
 import (
 	"fmt"
-	"net"
-	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -175,12 +173,12 @@ func newSkeleton(cfg *Config) (*skeleton, error) {
 	for i := range families {
 		fam := &families[i]
 		sk.sets = append(sk.sets, fam.sets()...)
-		cidrs, err := elementsOf(cfg.ClusterCIDRs, fam)
+		cidrs, err := nft.FamilyPrefixElements(cfg.ClusterCIDRs, fam.f == IPv4)
 		if err != nil {
 			return nil, fmt.Errorf("cluster CIDRs: %w", err)
 		}
 		sk.elems[fam.set(setClusterCIDRs)] = cidrs
-		npa, err := elementsOf(cfg.NodePortAddresses, fam)
+		npa, err := nft.FamilyPrefixElements(cfg.NodePortAddresses, fam.f == IPv4)
 		if err != nil {
 			return nil, fmt.Errorf("node port addresses: %w", err)
 		}
@@ -221,25 +219,6 @@ func newSkeleton(cfg *Config) (*skeleton, error) {
 			[]expr.Any{fam.saddr(reg0), fam.daddr(reg0 + fam.words()), exprs.Lookup(fam.set(setHairpin), reg0, false), &expr.Masq{FullyRandom: true}})
 	}
 	return sk, nil
-}
-
-// elementsOf returns the interval set elements of the prefixes of fam.
-func elementsOf(prefixes []netip.Prefix, fam *family) ([]nftables.SetElement, error) {
-	var nets []*net.IPNet
-	for _, p := range prefixes {
-		if !p.IsValid() {
-			return nil, fmt.Errorf("invalid prefix %v", p)
-		}
-		if p.Addr().Is4() != (fam.f == IPv4) || p.Addr().Is4In6() {
-			continue
-		}
-		p = p.Masked()
-		nets = append(nets, &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())})
-	}
-	if len(nets) == 0 {
-		return nil, nil
-	}
-	return nft.PrefixElements(nets)
 }
 
 // ruleCount is the number of the skeleton's rules.
