@@ -420,15 +420,3 @@ func (b *bench) publish(final bool) error {
 	}
 	return b.o.out.Publish("bench/policy", markdown(b.res), b.res)
 }
-
-// pause waits d, or until ctx ends.
-func pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/bench/internal/benchlab"
 	"github.com/podnet/podnet/bench/internal/benchnet"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
@@ -65,7 +66,7 @@ func (b *bench) inEveryNodeSet(ctx context.Context, ip netip.Addr, t0 time.Time)
 			}
 			return 0, fmt.Errorf("in no set of %s on %v after %s: %w", policyTable, missing, b.o.enforceTimeout, errNotSeen)
 		}
-		if err := pause(ctx, pollEvery); err != nil {
+		if err := benchlab.Pause(ctx, pollEvery); err != nil {
 			return 0, err
 		}
 	}
@@ -139,7 +140,7 @@ func (b *bench) idle(ctx context.Context) error {
 		return err
 	}
 	for {
-		if err := pause(ctx, idleWindow); err != nil {
+		if err := benchlab.Pause(ctx, idleWindow); err != nil {
 			return err
 		}
 		cur, err := agentUsages(ctx, b.l)

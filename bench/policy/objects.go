@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
+	"github.com/podnet/podnet/bench/internal/benchlab"
 	"github.com/podnet/podnet/internal/kube"
 )
 
@@ -187,7 +188,7 @@ func waitPodCIDR(ctx context.Context, c kubernetes.Interface, name string) (neti
 		if time.Now().After(deadline) {
 			return netip.Prefix{}, fmt.Errorf("node %s: no podCIDR from kube-controller-manager after a minute (last error: %v)", name, err)
 		}
-		if err := pause(ctx, 100*time.Millisecond); err != nil {
+		if err := benchlab.Pause(ctx, 100*time.Millisecond); err != nil {
 			return netip.Prefix{}, err
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/podnet/podnet/bench/internal/benchlab"
 	"github.com/podnet/podnet/bench/internal/benchnet"
 	"github.com/podnet/podnet/internal/kube"
 	"github.com/podnet/podnet/internal/lab"
@@ -88,7 +89,7 @@ func startProbes(ctx context.Context, l *lab.Lab, c kubernetes.Interface, timeou
 			if time.Now().After(deadline) {
 				return probes, fmt.Errorf("probe pod %s on %s not running after %s (phase %s)", name, n.Name, timeout, kp.Status.Phase)
 			}
-			if err := pause(ctx, 250*time.Millisecond); err != nil {
+			if err := benchlab.Pause(ctx, 250*time.Millisecond); err != nil {
 				return probes, err
 			}
 		}

@@ -53,6 +53,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bench/internal/benchdoc"
+	"github.com/podnet/podnet/bench/internal/benchlab"
 	"github.com/podnet/podnet/bench/internal/benchnet"
 )
 
@@ -269,7 +270,7 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 			return nil, err
 		}
 		added = append(added, name)
-		if err := pause(ctx, b.o.gap); err != nil {
+		if err := benchlab.Pause(ctx, b.o.gap); err != nil {
 			return nil, err
 		}
 		t0 := time.Now()
@@ -294,7 +295,7 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 		eps := slices.Clone(endpointsOf(svc))
 		fresh := netip.AddrFrom4([4]byte{10, 245, byte(k), byte(i + 1)})
 		eps[len(eps)-1] = fresh
-		if err := pause(ctx, b.o.gap); err != nil {
+		if err := benchlab.Pause(ctx, b.o.gap); err != nil {
 			return nil, err
 		}
 		t0 := time.Now()
@@ -373,20 +374,8 @@ func poll(ctx context.Context, p *process, timeout time.Duration, cond func() (b
 		if at.After(deadline) {
 			return time.Time{}, fmt.Errorf("not in the kernel after %s (last error: %v); the proxy's log ends:\n%s", timeout, last, tail(p.logPath))
 		}
-		if err := pause(ctx, 10*time.Millisecond); err != nil {
+		if err := benchlab.Pause(ctx, 10*time.Millisecond); err != nil {
 			return time.Time{}, err
 		}
-	}
-}
-
-// pause waits d, or until ctx ends.
-func pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
