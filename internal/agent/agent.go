@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	npaclientset "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
@@ -93,6 +94,7 @@ func (a *Agent) run(ctx context.Context, n *node) error {
 // released (every other node drops its routes at once instead of after the
 // grace period), the fabric, the egress rules, the service table and the
 // CNI configuration are removed. Pods left on the node lose their cross-node connectivity.
+// A node whose Node was deleted from the Kubernetes API leaves all the same.
 func (a *Agent) Leave(ctx context.Context) error {
 	n, err := a.start(ctx, false)
 	if err != nil {
@@ -101,7 +103,14 @@ func (a *Agent) Leave(ctx context.Context) error {
 	if n.store != nil {
 		defer n.store.Close()
 	}
-	err = errors.Join(n.storeErr, n.manager.Cleanup(ctx))
+	storeErr := n.storeErr
+	if apierrors.IsNotFound(storeErr) {
+		// The node's Node was deleted from the API: every other node has
+		// dropped its routes already, and there is nothing to release.
+		a.log.Warn("the node's Node does not exist: nothing to release in the Kubernetes API", "err", storeErr)
+		storeErr = nil
+	}
+	err = errors.Join(storeErr, n.manager.Cleanup(ctx))
 	// Out of the cluster for good: the node may join another one.
 	if rerr := os.Remove(a.clusterFile()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		err = errors.Join(err, rerr)

@@ -181,4 +181,13 @@ func TestKubernetesDatastore(t *testing.T) {
 	if err := a3.Leave(ctx); err != nil {
 		t.Fatalf("leave while waiting for podCIDRs: %v", err)
 	}
+
+	// A node whose Node was deleted (kubectl delete node) leaves too: its
+	// own state goes, and there is nothing left to release in the API.
+	if err := nodes.Delete(ctx, "n3", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a3.Leave(ctx); err != nil {
+		t.Fatalf("leave with the Node deleted: %v", err)
+	}
 }

@@ -141,8 +141,28 @@ func (c *cluster) dumpLogs(t *testing.T) {
 			t.Logf("%s log of %s:\n%s", comp, name, kube.Tail(b, 15))
 		}
 	}
-	out, err := c.lab.Kubectl(context.Background(), nil, "-n", "kube-system", "logs", "-l", "app.kubernetes.io/name=podnet", "--prefix", "--tail=15")
-	t.Logf("podnet agents' logs (%v):\n%s", err, out)
+	c.logPods(t, context.Background(), "app.kubernetes.io/name=podnet", 15)
+}
+
+// logPods logs the tail of the logs of each kube-system pod the selector
+// picks, one by one: a pod whose node is gone from the API (its logs
+// unreachable) does not hide the others'.
+func (c *cluster) logPods(t *testing.T, ctx context.Context, selector string, tail int64) {
+	pods, err := c.client.CoreV1().Pods(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Logf("pods %s: %v", selector, err)
+		return
+	}
+	for _, p := range pods.Items {
+		for _, ctr := range p.Spec.Containers {
+			b, err := c.client.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: ctr.Name, TailLines: &tail}).DoRaw(ctx)
+			if err != nil {
+				t.Logf("logs of %s/%s on %s: %v", p.Name, ctr.Name, p.Spec.NodeName, err)
+				continue
+			}
+			t.Logf("logs of %s/%s on %s:\n%s", p.Name, ctr.Name, p.Spec.NodeName, strings.TrimSpace(string(b)))
+		}
+	}
 }
 
 // assertGone checks that nothing of the lab is left: no namespace, no

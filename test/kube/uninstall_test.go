@@ -41,29 +41,25 @@ func testUninstall(t *testing.T, ctx context.Context, c *cluster) {
 	if err := sameConfig(live, deploy.CleanupManifest); err != nil {
 		t.Fatalf("the cleanup must run with the cluster's configuration (docs/kubernetes.md): %v", err)
 	}
-	start := time.Now()
-	for _, cmd := range []struct {
-		stdin []byte
-		args  []string
-	}{
-		{deploy.Manifest, []string{"delete", "-f", "-"}},
-		{deploy.CleanupManifest, []string{"apply", "-f", "-"}},
-		{nil, []string{"-n", "kube-system", "rollout", "status", "daemonset/podnet-cleanup", "--timeout=2m"}},
-		// What each node's leave did, and how often it ran.
-		{nil, []string{"-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/component=cleanup", "-o", "wide"}},
-		{nil, []string{"-n", "kube-system", "logs", "-l", "app.kubernetes.io/component=cleanup", "--prefix", "--tail=20"}},
-		{deploy.CleanupManifest, []string{"delete", "-f", "-"}},
-	} {
+	kubectl := func(manifest []byte, args ...string) {
 		var stdin io.Reader
-		if cmd.stdin != nil {
-			stdin = bytes.NewReader(cmd.stdin)
+		if manifest != nil {
+			stdin = bytes.NewReader(manifest)
 		}
-		out, err := c.lab.Kubectl(ctx, stdin, cmd.args...)
+		out, err := c.lab.Kubectl(ctx, stdin, args...)
 		if err != nil {
-			t.Fatalf("kubectl %s: %v\n%s", strings.Join(cmd.args, " "), err, out)
+			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-		t.Logf("kubectl %s:\n%s", strings.Join(cmd.args, " "), strings.TrimSpace(string(out)))
+		t.Logf("kubectl %s:\n%s", strings.Join(args, " "), strings.TrimSpace(string(out)))
 	}
+	start := time.Now()
+	kubectl(deploy.Manifest, "delete", "-f", "-")
+	kubectl(deploy.CleanupManifest, "apply", "-f", "-")
+	kubectl(nil, "-n", "kube-system", "rollout", "status", "daemonset/podnet-cleanup", "--timeout=2m")
+	// What each node's leave did, and how often it ran.
+	kubectl(nil, "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/component=cleanup", "-o", "wide")
+	c.logPods(t, ctx, "app.kubernetes.io/component=cleanup", 20)
+	kubectl(deploy.CleanupManifest, "delete", "-f", "-")
 	t.Logf("uninstalled in %s", time.Since(start).Round(time.Millisecond))
 
 	nodes, err := c.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
