@@ -163,7 +163,7 @@ func command() *cobra.Command {
 	f.StringSliceVar(&nodePortAddresses, "nodeport-addresses", nil, "--service-proxy: CIDRs whose local addresses serve NodePorts and health check node ports (default: the node's underlay addresses; 0.0.0.0/0,::/0: every local address)")
 	f.StringVar(&cfg.ServiceProxyHealthAddr, "service-proxy-health-addr", cfg.ServiceProxyHealthAddr, "--service-proxy: address of the proxy's /healthz and /livez for load balancers, as kube-proxy's --healthz-bind-address (empty: off)")
 	f.BoolVar(&cfg.NetworkPolicy, "network-policy", cfg.NetworkPolicy, "enforce NetworkPolicy and the ClusterNetworkPolicy admin and baseline tiers on the node's pods in nftables (--datastore=kubernetes)")
-	f.Uint16Var(&cfg.NetworkPolicyLogGroup, "network-policy-log-group", cfg.NetworkPolicyLogGroup, "--network-policy: nflog group denied packets are logged to, rate-limited, prefixed with the policy (0: not logged)")
+	f.Uint16Var(&cfg.NetworkPolicyLogGroup, "network-policy-log-group", cfg.NetworkPolicyLogGroup, "--network-policy: nflog group denied packets are logged to, rate-limited, prefixed with the tier, direction and policy (0: not logged)")
 	f.StringVar(&cfg.NetworkPolicyGate, "network-policy-gate", cfg.NetworkPolicyGate, "--network-policy: unix socket through which the CNI plugin's ADD waits for a new pod's policy to be in the kernel (empty: off)")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of /healthz, /readyz, /status and /metrics (empty: off); loopback by default, widen it (e.g. <node IP>:9099) only where scrapers need it")
 	f.DurationVar(&cfg.Resync, "resync", cfg.Resync, "period of the full reconcile behind the event-driven one")

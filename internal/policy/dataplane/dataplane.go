@@ -55,8 +55,8 @@
 // pods by name: pods coming and going change elements, not rules.
 //
 // A deny chain (deny/TIER/DIRECTION/POLICY) logs to the nflog group
-// Config.LogGroup, when set, at most 10 packets a second, prefixed with
-// the tier and the policy; counts in the named counter of the same name;
+// Config.LogGroup, when set, at most 10 packets a second, prefixed
+// "TIER DIRECTION POLICY"; counts in the named counter of the same name;
 // and drops. Denied reads the counters.
 //
 // # Syncs
@@ -113,7 +113,7 @@ type Config struct {
 	// traffic before its policy is in the kernel.
 	PodCIDRs []netip.Prefix
 	// LogGroup is the nflog group denied packets are logged to
-	// (rate-limited, prefixed with the tier and policy); 0: not logged.
+	// (rate-limited, prefixed "TIER DIRECTION POLICY"); 0: not logged.
 	LogGroup uint16
 }
 

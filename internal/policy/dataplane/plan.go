@@ -378,24 +378,32 @@ func (r *ruleSpec) exprs() []expr.Any {
 	return append(out, exprs.Verdict(r.verdict, r.chain))
 }
 
-// denyRules are the rules of a deny chain: log (rate-limited) when the
-// configuration asks for it, count and drop.
+// denyRules are the rules of a deny chain: log (rate-limited, prefixed
+// with logPrefix(k)) when the configuration asks for it, count and drop.
 func (cfg *Config) denyRules(name string, k Denied) [][]expr.Any {
 	var rules [][]expr.Any
 	if cfg.LogGroup != 0 {
-		prefix := k.Tier + " " + k.Policy
-		if len(prefix) > maxLogPrefix {
-			prefix = prefix[:maxLogPrefix]
-		}
 		rules = append(rules, []expr.Any{
 			&expr.Limit{Type: expr.LimitTypePkts, Rate: logRate, Unit: expr.LimitTimeSecond, Burst: logBurst},
-			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: cfg.LogGroup, Data: []byte(prefix)},
+			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: cfg.LogGroup, Data: []byte(logPrefix(k))},
 		})
 	}
 	return append(rules, []expr.Any{
 		&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: name},
 		exprs.Verdict(expr.VerdictDrop, ""),
 	})
+}
+
+// logPrefix is the prefix of the packets k denies in the log: "TIER
+// DIRECTION POLICY" (the deny chain's key: the same policy may deny in
+// both directions, and a pod-to-pod packet crosses the source's egress
+// and the destination's ingress), cut to the kernel's length.
+func logPrefix(k Denied) string {
+	prefix := k.Tier + " " + k.Direction + " " + k.Policy
+	if len(prefix) > maxLogPrefix {
+		prefix = prefix[:maxLogPrefix]
+	}
+	return prefix
 }
 
 // Logging of denied packets: at most logRate a second per deny chain,

@@ -271,7 +271,7 @@ func TestListing(t *testing.T) {
 		"ip daddr . meta l4proto . th dport @eps-ep4 goto dispatch-ingress",
 		"10.244.0.0 . sctp . 7000",
 		"ip daddr @set1-4 goto egress/big/pod0/np",
-		`limit rate 10/second log prefix "networkpolicy big/policy1" group 7`,
+		`limit rate 10/second log prefix "networkpolicy ingress big/policy1" group 7`,
 		`counter name "deny/networkpolicy/ingress/big/policy1" drop`,
 	} {
 		if !strings.Contains(out, want) {
