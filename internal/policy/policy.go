@@ -50,6 +50,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 
@@ -245,11 +246,12 @@ type Input struct {
 func Build(node string, in Input) (*Model, error) {
 	policies, pods, namespaces := in.Policies, in.Pods, in.Namespaces
 	b := &builder{
-		nsLabels:  map[string]labels.Set{},
-		addrSets:  map[string]*AddrSet{},
-		endpoints: map[string]*EndpointSet{},
-		selected:  map[string]peer{},
-		nodes:     in.Nodes,
+		nsLabels:    map[string]labels.Set{},
+		addrSets:    map[string]*AddrSet{},
+		endpoints:   map[string]*EndpointSet{},
+		selected:    map[string]peer{},
+		byNamespace: map[string][]*peerPod{},
+		nodes:       in.Nodes,
 	}
 	for _, ns := range namespaces {
 		b.nsLabels[ns.Name] = ns.Labels
@@ -266,6 +268,12 @@ func Build(node string, in Input) (*Model, error) {
 		}
 	}
 	slices.SortFunc(b.pods, comparePods)
+	for _, pp := range b.pods {
+		if _, ok := b.byNamespace[pp.namespace]; !ok {
+			b.namespaces = append(b.namespaces, pp.namespace)
+		}
+		b.byNamespace[pp.namespace] = append(b.byNamespace[pp.namespace], pp)
+	}
 	slices.SortFunc(local, func(a, b *localPod) int { return comparePods(a.peerPod, b.peerPod) })
 
 	sorted := slices.Clone(policies)
@@ -314,7 +322,8 @@ type peerPod struct {
 	namespace, name string
 	labels          labels.Set
 	ips             []netip.Addr
-	ports           []corev1.ContainerPort
+	// containers are the pod's, for their named ports.
+	containers []corev1.Container
 }
 
 // localPod is a pod of the node with its directions being built.
@@ -342,11 +351,7 @@ func newPeerPod(p *corev1.Pod) (*peerPod, bool) {
 		return nil, false
 	}
 	slices.SortFunc(ips, netip.Addr.Compare)
-	pp := &peerPod{namespace: p.Namespace, name: p.Name, labels: p.Labels, ips: ips}
-	for _, c := range p.Spec.Containers {
-		pp.ports = append(pp.ports, c.Ports...)
-	}
-	return pp, true
+	return &peerPod{namespace: p.Namespace, name: p.Name, labels: p.Labels, ips: ips, containers: p.Spec.Containers}, true
 }
 
 func comparePods(a, b *peerPod) int {
@@ -355,10 +360,15 @@ func comparePods(a, b *peerPod) int {
 
 // builder holds what Build computes once for all policies.
 type builder struct {
-	nsLabels  map[string]labels.Set
-	pods      []*peerPod
-	addrSets  map[string]*AddrSet
-	endpoints map[string]*EndpointSet
+	nsLabels map[string]labels.Set
+	// pods are the peer pods, sorted; byNamespace the same by namespace,
+	// the namespaces (of pods) sorted: a selector peer looks at the
+	// pods of the namespaces it selects only.
+	pods        []*peerPod
+	byNamespace map[string][]*peerPod
+	namespaces  []string
+	addrSets    map[string]*AddrSet
+	endpoints   map[string]*EndpointSet
 	// selected are the selector peers resolved, by key: policies with
 	// the same peers match the pods once.
 	selected map[string]peer
@@ -519,13 +529,20 @@ func (b *builder) selectorPeer(namespace string, nsSel, podSel labels.Selector) 
 	if cached, ok := b.selected[p.key]; ok {
 		return cached
 	}
-	for _, pp := range b.pods {
-		inNS := pp.namespace == namespace
-		if nsSel != nil {
-			inNS = nsSel.Matches(b.nsLabels[pp.namespace])
+	add := func(ns string) {
+		for _, pp := range b.byNamespace[ns] {
+			if podSel == nil || podSel.Matches(pp.labels) {
+				p.pods = append(p.pods, pp)
+			}
 		}
-		if inNS && (podSel == nil || podSel.Matches(pp.labels)) {
-			p.pods = append(p.pods, pp)
+	}
+	if nsSel == nil {
+		add(namespace)
+	} else {
+		for _, ns := range b.namespaces {
+			if nsSel.Matches(b.nsLabels[ns]) {
+				add(ns)
+			}
 		}
 	}
 	b.selected[p.key] = p
@@ -580,7 +597,11 @@ func (b *builder) addrSet(p peer) string {
 	if _, ok := b.addrSets[name]; !ok {
 		s := &AddrSet{Name: name, Key: p.key, Ranges: p.ranges}
 		if !p.ipBlock {
-			var rs []Range
+			n := 0
+			for _, pp := range p.pods {
+				n += len(pp.ips)
+			}
+			rs := slices.Grow([]Range(nil), n) // nil for no pods, as before any append
 			for _, pp := range p.pods {
 				for _, a := range pp.ips {
 					rs = append(rs, Range{From: a, To: a})
@@ -612,13 +633,9 @@ func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
 	}
 	for _, pp := range pods {
 		addrs := p.matches(pp)
-		for _, cp := range pp.ports {
-			cpProto, ok := namedPort(cp, port, proto)
-			if !ok {
-				continue
-			}
+		for cpProto, number := range pp.namedPorts(port, proto) {
 			for _, a := range addrs {
-				s.Endpoints = append(s.Endpoints, Endpoint{Addr: a, Protocol: cpProto, Port: uint16(cp.ContainerPort)})
+				s.Endpoints = append(s.Endpoints, Endpoint{Addr: a, Protocol: cpProto, Port: number})
 			}
 		}
 	}
@@ -628,12 +645,20 @@ func (b *builder) endpointSet(p peer, port string, proto Protocol) string {
 	return name
 }
 
-// namedPort returns the protocol of the container port cp when it is
-// called name and is of proto (0: any), and its number is valid.
-func namedPort(cp corev1.ContainerPort, name string, proto Protocol) (Protocol, bool) {
-	cpProto := protocolOf(cp.Protocol)
-	ok := cp.Name == name && cpProto != 0 && (proto == 0 || cpProto == proto) && cp.ContainerPort >= 1 && cp.ContainerPort <= 65535
-	return cpProto, ok
+// namedPorts yields the protocol and number of each of pp's container
+// ports called name, of proto (0: any), whose number is valid.
+func (pp *peerPod) namedPorts(name string, proto Protocol) iter.Seq2[Protocol, uint16] {
+	return func(yield func(Protocol, uint16) bool) {
+		for _, c := range pp.containers {
+			for _, cp := range c.Ports {
+				cpProto := protocolOf(cp.Protocol)
+				ok := cp.Name == name && cpProto != 0 && (proto == 0 || cpProto == proto) && cp.ContainerPort >= 1 && cp.ContainerPort <= 65535
+				if ok && !yield(cpProto, uint16(cp.ContainerPort)) {
+					return
+				}
+			}
+		}
+	}
 }
 
 func compareEndpoints(a, b Endpoint) int {
@@ -714,10 +739,8 @@ func (b *builder) ingressRules(peers []peer, ports []policyPort, lp *peerPod, an
 			rngs = append(rngs, p.rng)
 			continue
 		}
-		for _, cp := range lp.ports {
-			if proto, ok := namedPort(cp, p.name, p.rng.Protocol); ok {
-				rngs = append(rngs, PortRange{Protocol: proto, From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)})
-			}
+		for proto, number := range lp.namedPorts(p.name, p.rng.Protocol) {
+			rngs = append(rngs, PortRange{Protocol: proto, From: number, To: number})
 		}
 	}
 	if !anyPort && len(rngs) == 0 {

@@ -549,33 +549,3 @@ func TestRanges(t *testing.T) {
 		t.Errorf("merged ports %v, want %v", ports, want)
 	}
 }
-
-// BenchmarkBuild builds a node's model from 1,000 policies over 1,000
-// pods on 10 nodes, in 10 namespaces.
-func BenchmarkBuild(b *testing.B) {
-	var nss []*corev1.Namespace
-	for i := range 10 {
-		nss = append(nss, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("ns", i), Labels: map[string]string{"team": fmt.Sprint(i % 3)}}})
-	}
-	var ps []*corev1.Pod
-	for i := range 1000 {
-		ps = append(ps, pod(fmt.Sprintf("ns%d/p%d", i%10, i), fmt.Sprint("n", i%10), fmt.Sprint("a", i%50),
-			[]string{fmt.Sprintf("10.%d.%d.%d", i%10, i/256, i%256)}, fmt.Sprintf("http/TCP/%d", 8000+i%5)))
-	}
-	var nps []*networkingv1.NetworkPolicy
-	for i := range 1000 {
-		nps = append(nps, policy(fmt.Sprintf("ns%d/np%d", i%10, i), networkingv1.NetworkPolicySpec{
-			PodSelector: *sel("app", fmt.Sprint("a", i%50)),
-			Ingress: []networkingv1.NetworkPolicyIngressRule{
-				ingress(peers(podPeer("app", fmt.Sprint("a", (i+1)%50))), port("", 80, 0)),
-				ingress(peers(nsPeer("team", fmt.Sprint(i%3))), port("", "http", 0)),
-			},
-			Egress: []networkingv1.NetworkPolicyEgressRule{egress(peers(nsPeer("team", fmt.Sprint(i%3))), port("", "http", 0))},
-		}))
-	}
-	for b.Loop() {
-		if _, err := Build("n0", Input{Policies: nps, Pods: ps, Namespaces: nss}); err != nil {
-			b.Fatal(err)
-		}
-	}
-}

@@ -55,10 +55,11 @@ func subtract(r Range, except []netip.Prefix) []Range {
 	return out
 }
 
-// mergeRanges sorts rs and merges those that overlap or touch.
+// mergeRanges sorts rs and merges those that overlap or touch, in place:
+// the result shares rs's array.
 func mergeRanges(rs []Range) []Range {
 	slices.SortFunc(rs, func(a, b Range) int { return cmp.Or(a.From.Compare(b.From), a.To.Compare(b.To)) })
-	var out []Range
+	out := rs[:0]
 	for _, r := range rs {
 		if n := len(out); n > 0 {
 			last := &out[n-1]

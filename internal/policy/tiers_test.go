@@ -406,36 +406,3 @@ func TestActionString(t *testing.T) {
 		}
 	}
 }
-
-// BenchmarkBuildTiers builds a node's model from 100 cluster policies,
-// half admin, half baseline, over 1,000 pods on 10 nodes in 10
-// namespaces.
-func BenchmarkBuildTiers(b *testing.B) {
-	var nss []*corev1.Namespace
-	for i := range 10 {
-		nss = append(nss, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("ns", i), Labels: map[string]string{"team": fmt.Sprint(i % 3)}}})
-	}
-	var ps []*corev1.Pod
-	for i := range 1000 {
-		ps = append(ps, pod(fmt.Sprintf("ns%d/p%d", i%10, i), fmt.Sprint("n", i%10), fmt.Sprint("a", i%50),
-			[]string{fmt.Sprintf("10.%d.%d.%d", i%10, i/256, i%256)}, fmt.Sprintf("http/TCP/%d", 8000+i%5)))
-	}
-	var cnps []*npav1beta1.ClusterNetworkPolicy
-	for i := range 100 {
-		tier := admin
-		if i%2 == 1 {
-			tier = baseline
-		}
-		cnps = append(cnps, cnp(fmt.Sprint("cnp", i), tier, int32(i%10), subjectNS("team", fmt.Sprint(i%3)),
-			from(accept, cpeers(podsCPeer(nil, kv("app", fmt.Sprint("a", i%50)))), proto("TCP/80"), proto("http")),
-			from(deny, cpeers(nsCPeer("team", fmt.Sprint((i+1)%3)))),
-			to(pass, cpeers(podsCPeer(kv("team", fmt.Sprint(i%3)), nil)), proto("http")),
-			to(deny, cpeers(netCPeer("192.168.0.0/16", "172.16.0.0/12")), proto("UDP/53")),
-		))
-	}
-	for b.Loop() {
-		if _, err := Build("n0", Input{ClusterPolicies: cnps, Pods: ps, Namespaces: nss}); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
