@@ -139,9 +139,29 @@ type Service struct {
 	// Internal are the endpoints of traffic to the ClusterIP (the
 	// cluster's, or the node's own under internalTrafficPolicy Local),
 	// External those of external traffic (the same as Internal unless
-	// ExternalLocal). A Service with none in a set rejects that traffic
-	// (ICMP unreachable, TCP reset) instead of dropping it silently.
-	Internal, External []Endpoint
+	// ExternalLocal), Cluster every usable endpoint of the cluster
+	// (kube-proxy's cluster endpoints). Under ExternalLocal, external
+	// traffic from the cluster's pods and from the node itself goes to
+	// Cluster (kube-proxy's short-circuit: no traffic policy applies to
+	// it). A Service with no endpoint in any of the three rejects its
+	// traffic (ICMP unreachable, TCP reset); one with endpoints drops
+	// the traffic whose own set is empty (a traffic policy Local without
+	// a local endpoint), as kube-proxy does.
+	Internal, External, Cluster []Endpoint
+
+	// SourceRanges are spec.loadBalancerSourceRanges in Family: new
+	// connections to a LoadBalancerIPs address from a source outside
+	// them are dropped (before DNAT: from outside, from the node's pods
+	// and from the node itself); empty: any source. NodePorts and
+	// ExternalIPs are not restricted, as with kube-proxy.
+	SourceRanges []netip.Prefix
+}
+
+// hasEndpoints tells whether s has a usable endpoint anywhere in the
+// cluster (kube-proxy's hasEndpoints): without, its traffic is rejected
+// rather than dropped.
+func (s *Service) hasEndpoints() bool {
+	return len(s.Internal) > 0 || len(s.External) > 0 || len(s.Cluster) > 0
 }
 
 // ID identifies a Service: "namespace/name:port/protocol/family".

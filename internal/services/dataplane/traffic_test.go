@@ -41,9 +41,9 @@ func labServices(l *lab) []Service {
 	web6 := svc("web", TCP, "fd01::10", 80, tcp6(p[0], p[1]), tcp6(p[0], p[1]))
 	web6.NodePort = 30080
 	local := svc("local", TCP, "10.96.0.11", 80, tcp4(p[0], p[1]), tcp4(p[1]))
-	local.NodePort, local.ExternalLocal = 30081, true
+	local.NodePort, local.ExternalLocal, local.Cluster = 30081, true, local.Internal
 	localNone := svc("local-none", TCP, "10.96.0.17", 80, tcp4(p[0]), nil)
-	localNone.NodePort, localNone.ExternalLocal = 30082, true
+	localNone.NodePort, localNone.ExternalLocal, localNone.Cluster = 30082, true, localNone.Internal
 	aff := svc("sticky", TCP, "10.96.0.12", 80, tcp4(p[0], p[1], p[2]), tcp4(p[0], p[1], p[2]))
 	aff.Affinity = time.Hour
 	empty := svc("empty", TCP, "10.96.0.13", 80, nil, nil)
