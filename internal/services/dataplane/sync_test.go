@@ -166,7 +166,13 @@ func checkKernel(t *testing.T, tb *Table, c *nft.Conn, st Stats) {
 		t.Errorf("kernel has %d rules, Stats %d", len(rules), st.Rules)
 	}
 	elems := 0
-	for _, s := range tb.skeleton.sets {
+	sets := slices.Clone(tb.skeleton.sets)
+	for _, ch := range chains {
+		if strings.HasPrefix(ch, prefixFirewall) {
+			sets = append(sets, sourcesSet(ch))
+		}
+	}
+	for _, s := range sets {
 		if s.Name == (&families[0]).set(setAffinity) || s.Name == (&families[1]).set(setAffinity) {
 			continue
 		}
