@@ -43,19 +43,34 @@
 //     . client, updated with the timeout on every new connection) and a
 //     new client is added there. A service whose endpoint count or
 //     features change moves between the two layouts in one sync.
-//   - A service reachable from outside (node port, external or
-//     load-balancer IPs) has an ext-… chain: under
+//   - A service with endpoints reachable from outside (node port,
+//     external or load-balancer IPs) has an ext-… chain: under
 //     externalTrafficPolicy Cluster it marks for masquerade and goes to
 //     the service chain (or picks among its own external endpoints);
-//     under Local, traffic from the cluster CIDRs goes to the service
-//     chain, traffic from the node itself is marked and goes there too,
-//     and the rest picks a local (External) endpoint, keeping its source.
+//     under Local, traffic from the cluster CIDRs goes to the cluster's
+//     endpoints (Cluster: the service chain when they are the internal
+//     ones, else a chain cluster-… of their own, as kube-proxy's
+//     short-circuit ignores internalTrafficPolicy), traffic from the
+//     node itself is marked and goes there too, and the rest picks a
+//     local (External) endpoint, keeping its source.
 //   - filter-input, filter-forward and filter-output (priority dstnat-10,
 //     new connections) look the untranslated destination up in
 //     @no-endpoint-services and @no-endpoint-nodeports: services without
-//     endpoints go to reject-chain (TCP reset, ICMP port unreachable);
-//     externalTrafficPolicy Local without local endpoints drops external
-//     traffic.
+//     any endpoint go to reject-chain (TCP reset, ICMP port unreachable);
+//     a traffic policy Local without a local endpoint (but endpoints
+//     elsewhere) drops: the ClusterIP under internalTrafficPolicy Local,
+//     the external addresses under externalTrafficPolicy Local (what
+//     the ext-… chain did not short-circuit), as kube-proxy.
+//   - loadBalancerSourceRanges: filter-prerouting and filter-output
+//     (priority dstnat-10, before DNAT, new connections) look "ip daddr
+//     . meta l4proto . th dport" up in the verdict map @firewall-ips,
+//     which holds the load-balancer IPs of the services with ranges and
+//     goes to the service's firewall-… chain: "ip saddr !=
+//     @sources-<the service> drop", an interval set of the ranges per
+//     service (a change of ranges writes its elements only). Traffic
+//     from outside and from the node's pods is checked in prerouting,
+//     the node's own in output; node ports and external IPs are not
+//     restricted, as with kube-proxy.
 //   - nat-postrouting (srcnat) masquerades (fully random) the packets
 //     carrying MasqueradeMark, clearing it, and the DNATed connections of
 //     an endpoint to itself (hairpin: "ip saddr . ip daddr @hairpin").
