@@ -217,6 +217,7 @@ type state struct {
 func (c *Controller) sync(b coalesce.Batch, inf *caches, s state, table *dataplane.Table, hc *healthChecks) error {
 	start := time.Now()
 	node := inf.node(c.env.NodeName)
+	node.IPs = c.nodeIPs()
 	keys := b.Keys
 	if b.All {
 		keys = map[string]bool{}
@@ -237,6 +238,10 @@ func (c *Controller) sync(b coalesce.Batch, inf *caches, s state, table *datapla
 		old := s.results[key]
 		if ok {
 			s.results[key] = r
+			if len(r.IgnoredSourceRanges) > 0 && !slices.Equal(r.IgnoredSourceRanges, old.IgnoredSourceRanges) {
+				// Once per change, not per sync, as the Service is.
+				c.log.Warn("invalid loadBalancerSourceRanges ignored", "service", key, "ranges", r.IgnoredSourceRanges)
+			}
 		} else {
 			delete(s.results, key)
 		}
@@ -310,10 +315,18 @@ func (c *Controller) nodePortAddresses() []netip.Prefix {
 		return c.cfg.NodePortAddresses
 	}
 	var out []netip.Prefix
+	for _, a := range c.nodeIPs() {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
+}
+
+// nodeIPs are the node's underlay addresses, its primary ones.
+func (c *Controller) nodeIPs() []netip.Addr {
+	var out []netip.Addr
 	for _, ip := range []net.IP{c.env.Underlay.IP, c.env.Underlay.IP6} {
 		if a, ok := netip.AddrFromSlice(ip); ok && ip != nil {
-			a = a.Unmap()
-			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			out = append(out, a.Unmap())
 		}
 	}
 	return out

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"reflect"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -238,6 +240,32 @@ func TestController(t *testing.T) {
 		})
 	}
 	checkHealth(http.StatusOK, 1)
+
+	// loadBalancerSourceRanges reach the kernel, and a change of the
+	// ranges alone too; a range holding the node's address allows the
+	// load-balancer IP as a source.
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.7"}}
+	if svc, err = svcs.UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ ranges, want []string }{
+		{[]string{"203.0.113.0/24"}, []string{"elements = { 203.0.113.0/24 }"}},
+		{[]string{"192.0.2.0/24"}, []string{"elements = { 192.0.2.0/24, 198.51.100.7 }"}},
+	} {
+		svc.Spec.LoadBalancerSourceRanges = tt.ranges
+		if svc, err = svcs.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("the source ranges %v programmed", tt.ranges), func() bool {
+			out := nfttest.Ruleset(t, tc.node)
+			for _, w := range append(tt.want, "198.51.100.7 . tcp . 80 : goto firewall-default/web/http/TCP/ipv4") {
+				if !strings.Contains(out, w) {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	// default/kubernetes and default/web, not default/other.
 	if n, _ := p.metric(t, "podnet_services_programmed", map[string]string{"kind": "services"}); n != 2 {
 		t.Errorf("services programmed: %v, want 2", n)

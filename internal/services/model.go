@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	netutils "k8s.io/utils/net"
 
 	"github.com/podnet/podnet/internal/services/dataplane"
 )
@@ -28,6 +30,11 @@ type Node struct {
 	// Zone is the node's topology.kubernetes.io/zone label ("" for none):
 	// topology hints are followed only when it is set.
 	Zone string
+	// IPs are the node's primary addresses (kube-proxy's node IPs, one
+	// per family): when a loadBalancerSourceRanges range holds one, the
+	// Service's load-balancer IPs are allowed sources too (a node
+	// reaching a load-balancer IP it holds itself), as kube-proxy.
+	IPs []netip.Addr
 }
 
 // Result is what one Service is on a node.
@@ -44,6 +51,9 @@ type Result struct {
 	// Endpoints is the number of distinct endpoint addresses this node
 	// sends the Service's traffic to.
 	Endpoints int
+	// IgnoredSourceRanges are the spec.loadBalancerSourceRanges entries
+	// that are not CIDRs: skipped, as kube-proxy does.
+	IgnoredSourceRanges []string
 }
 
 // Build resolves one Service and its EndpointSlices (those labelled with
@@ -60,7 +70,12 @@ type Result struct {
 //     terminating ones; topology hints restrict them to the node's zone
 //     when every ready endpoint has hints and one is for that zone;
 //   - internalTrafficPolicy Local sends cluster IP traffic to the node's
-//     own endpoints only, externalTrafficPolicy Local external traffic.
+//     own endpoints only, externalTrafficPolicy Local external traffic;
+//     without a local endpoint that traffic is dropped, unless the
+//     Service has no endpoint at all (rejected);
+//   - spec.loadBalancerSourceRanges of each family restrict the sources
+//     of that family's load-balancer IPs; entries that are not CIDRs
+//     are skipped (IgnoredSourceRanges).
 func Build(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node) Result {
 	if skip(svc) {
 		return Result{}
@@ -72,6 +87,8 @@ func Build(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node
 		r.HealthCheckNodePort = uint16(svc.Spec.HealthCheckNodePort)
 	}
 	r.LocalReady = localReady(sorted, node.Name)
+	var ranges map[dataplane.Family][]netip.Prefix
+	ranges, r.IgnoredSourceRanges = sourceRanges(svc.Spec.LoadBalancerSourceRanges)
 	reached := map[netip.Addr]bool{}
 	for _, ip := range clusterIPs(svc) {
 		fam := familyOf(ip)
@@ -80,7 +97,12 @@ func Build(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node
 			if !ok {
 				continue
 			}
-			for _, eps := range [][]dataplane.Endpoint{p.Internal, p.External} {
+			p.SourceRanges = allowedSources(ranges[fam], p.LoadBalancerIPs, node.IPs)
+			used := [][]dataplane.Endpoint{p.Internal, p.External}
+			if p.ExternalLocal && (p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0) {
+				used = append(used, p.Cluster) // the short-circuit's
+			}
+			for _, eps := range used {
 				for _, ep := range eps {
 					reached[ep.Addr] = true
 				}
@@ -191,7 +213,7 @@ func buildPort(svc *corev1.Service, sp *corev1.ServicePort, clusterIP netip.Addr
 	accessible := s.NodePort != 0 || len(s.ExternalIPs) > 0 || len(s.LoadBalancerIPs) > 0
 	eps := endpointsOf(epSlices, sp, fam, node.Name)
 	cluster, local := categorize(eps, internalPolicyLocal(svc), s.ExternalLocal, accessible, node.Zone)
-	s.Internal = cluster
+	s.Internal, s.Cluster = cluster, cluster
 	if internalPolicyLocal(svc) {
 		s.Internal = local
 	}
@@ -202,6 +224,56 @@ func buildPort(svc *corev1.Service, sp *corev1.ServicePort, clusterIP netip.Addr
 		}
 	}
 	return s, true
+}
+
+// sourceRanges parses spec.loadBalancerSourceRanges as kube-proxy does
+// (spaces trimmed, IPv4 octets with leading zeros read as decimal), by
+// family; the entries that are not CIDRs are returned apart (empty ones
+// are ignored silently).
+func sourceRanges(ss []string) (map[dataplane.Family][]netip.Prefix, []string) {
+	var ranges map[dataplane.Family][]netip.Prefix
+	var ignored []string
+	for _, s := range ss {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		_, n, err := netutils.ParseCIDRSloppy(s)
+		p, ok := netip.Prefix{}, false
+		if err == nil {
+			p, ok = prefixOf(n)
+		}
+		if !ok || !p.IsValid() {
+			ignored = append(ignored, s)
+			continue
+		}
+		if ranges == nil {
+			ranges = map[dataplane.Family][]netip.Prefix{}
+		}
+		fam := familyOf(p.Addr())
+		if !slices.Contains(ranges[fam], p) {
+			ranges[fam] = append(ranges[fam], p)
+		}
+	}
+	return ranges, ignored
+}
+
+// allowedSources are the sources allowed to reach the load-balancer
+// IPs lbIPs: the ranges, and lbIPs themselves when a range holds one of
+// the node's addresses (kube-proxy's rule for load balancers whose IP is
+// a local address of the node: its own connections come from that IP).
+// None without load-balancer IPs or ranges.
+func allowedSources(ranges []netip.Prefix, lbIPs, nodeIPs []netip.Addr) []netip.Prefix {
+	if len(ranges) == 0 || len(lbIPs) == 0 {
+		return nil
+	}
+	out := slices.Clone(ranges)
+	if slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return slices.ContainsFunc(nodeIPs, p.Contains) }) {
+		for _, a := range lbIPs {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
 }
 
 // loadBalancerIPs are the Service's load-balancer ingress IPs in fam,
@@ -295,16 +367,16 @@ func newEndpoint(e *discoveryv1.Endpoint, port uint16, fam dataplane.Family, nod
 
 // categorize is kube-proxy's CategorizeEndpoints: the endpoints of
 // cluster-wide traffic (topology applied, falling back to serving and
-// terminating ones) and of node-local traffic (ready local ones, else
-// serving and terminating local ones). Each is computed only when a
-// traffic policy uses it.
+// terminating ones; also when no traffic policy uses them: whether
+// there are any decides between dropping and rejecting, kube-proxy's
+// hasEndpoints) and of node-local traffic (ready local ones, else
+// serving and terminating local ones), computed only when a traffic
+// policy uses it.
 func categorize(eps []endpoint, internalLocal, externalLocal, accessible bool, zone string) (cluster, local []dataplane.Endpoint) {
-	if !internalLocal || accessible {
-		topo := canUseTopology(eps, zone)
-		cluster = pick(eps, func(ep endpoint) bool { return ep.ready && (!topo || slices.Contains(ep.zones, zone)) })
-		if len(cluster) == 0 {
-			cluster = pick(eps, func(ep endpoint) bool { return ep.serving && ep.terminating })
-		}
+	topo := canUseTopology(eps, zone)
+	cluster = pick(eps, func(ep endpoint) bool { return ep.ready && (!topo || slices.Contains(ep.zones, zone)) })
+	if len(cluster) == 0 {
+		cluster = pick(eps, func(ep endpoint) bool { return ep.serving && ep.terminating })
 	}
 	if internalLocal || externalLocal && accessible {
 		local = pick(eps, func(ep endpoint) bool { return ep.local && ep.ready })

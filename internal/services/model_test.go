@@ -104,7 +104,9 @@ func ips(ss ...string) []netip.Addr {
 }
 
 // web is the dataplane service of ns/web's port http/TCP in v4 at
-// 10.96.0.10:80, changed by the mutators.
+// 10.96.0.10:80, changed by the mutators. Its Cluster endpoints are the
+// Internal ones (internalTrafficPolicy Cluster) unless a mutator sets
+// them.
 func web(mutate ...func(*dataplane.Service)) dataplane.Service {
 	s := dataplane.Service{
 		Namespace: "ns", Name: "web", PortName: "http", Protocol: dataplane.TCP, Family: dataplane.IPv4,
@@ -112,6 +114,9 @@ func web(mutate ...func(*dataplane.Service)) dataplane.Service {
 	}
 	for _, m := range mutate {
 		m(&s)
+	}
+	if s.Cluster == nil {
+		s.Cluster = s.Internal
 	}
 	return s
 }
@@ -232,7 +237,30 @@ func TestBuild(t *testing.T) {
 			slices: []*discoveryv1.EndpointSlice{three},
 			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
 				s.Internal = eps(8080, "10.244.1.2")
+				s.Cluster = eps(8080, "10.244.1.2", "10.244.2.2", "10.244.3.2")
 			})}, Endpoints: 1, LocalReady: 1},
+		},
+		{
+			name: "internalTrafficPolicy Local, endpoints only on other nodes: none internal (dropped), the cluster's known",
+			svc:  svc(v4, http80, func(s *corev1.Service) { s.Spec.InternalTrafficPolicy = &itpLocal }),
+			slices: []*discoveryv1.EndpointSlice{slice("web-1", discoveryv1.AddressTypeIPv4, http8080,
+				ep("10.244.2.2", "n2"), ep("10.244.3.2", "n3"))},
+			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
+				s.Cluster = eps(8080, "10.244.2.2", "10.244.3.2")
+			})}},
+		},
+		{
+			name: "both policies Local, NodePort, endpoints only on other nodes: external traffic dropped, the short-circuit to the cluster's",
+			svc: svc(v4, http80, nodePort, func(s *corev1.Service) {
+				s.Spec.InternalTrafficPolicy = &itpLocal
+				s.Spec.ExternalTrafficPolicy = etpLocal
+			}),
+			slices: []*discoveryv1.EndpointSlice{slice("web-1", discoveryv1.AddressTypeIPv4, http8080,
+				ep("10.244.2.2", "n2"), ep("10.244.3.2", "n3"))},
+			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
+				s.NodePort, s.ExternalLocal = 30080, true
+				s.Cluster = eps(8080, "10.244.2.2", "10.244.3.2")
+			})}, Endpoints: 2},
 		},
 		{
 			name: "internalTrafficPolicy Local, no local ready endpoint: the local serving terminating one",
@@ -241,6 +269,7 @@ func TestBuild(t *testing.T) {
 				ep("10.244.1.2", "n1", "notready", "serving", "terminating"), ep("10.244.2.2", "n2"))},
 			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
 				s.Internal = eps(8080, "10.244.1.2")
+				s.Cluster = eps(8080, "10.244.2.2")
 			})}, Endpoints: 1},
 		},
 		{
@@ -377,5 +406,73 @@ func BenchmarkBuild(b *testing.B) {
 		if r := Build(s, []*discoveryv1.EndpointSlice{sl}, node); len(r.Ports) != 1 {
 			b.Fatalf("%d ports", len(r.Ports))
 		}
+	}
+}
+
+func TestBuildSourceRanges(t *testing.T) {
+	pfx := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	lb := func(ranges []string, ingress ...string) *corev1.Service {
+		return svc([]string{"10.96.0.10", "fd00:96::10"}, http80, func(s *corev1.Service) {
+			s.Spec.Type = corev1.ServiceTypeLoadBalancer
+			s.Spec.Ports[0].NodePort = 30080
+			s.Spec.LoadBalancerSourceRanges = ranges
+			for _, ip := range ingress {
+				s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: ip})
+			}
+		})
+	}
+	node := Node{Name: "n1", IPs: ips("192.168.1.5", "fd50::5")}
+	for _, tc := range []struct {
+		name       string
+		svc        *corev1.Service
+		want4      []netip.Prefix
+		want6      []netip.Prefix
+		wantIgnore []string
+	}{
+		{
+			name:  "per family; spaces trimmed, leading zeros decimal, host bits cleared, duplicates once",
+			svc:   lb([]string{" 10.0.0.0/8", "010.1.0.0/16", "2001:db8::1/32", "10.0.0.0/8"}, "198.51.100.1", "2001:db8:100::1"),
+			want4: pfx("10.0.0.0/8", "10.1.0.0/16"), want6: pfx("2001:db8::/32"),
+		},
+		{
+			name:  "malformed entries skipped, empty ones silently",
+			svc:   lb([]string{"bogus", "10.0.0.0/33", "", "10.2.0.0/16", "10.3.0.0"}, "198.51.100.1", "2001:db8:100::1"),
+			want4: pfx("10.2.0.0/16"), wantIgnore: []string{"bogus", "10.0.0.0/33", "10.3.0.0"},
+		},
+		{
+			name:  "a range holding the node's address allows the load-balancer IPs too",
+			svc:   lb([]string{"192.168.1.0/24", "2001:db8::/32"}, "198.51.100.1", "198.51.100.2", "2001:db8:100::1"),
+			want4: pfx("192.168.1.0/24", "198.51.100.1/32", "198.51.100.2/32"), want6: pfx("2001:db8::/32"),
+		},
+		{
+			name:  "no load-balancer IP of the family: no restriction",
+			svc:   lb([]string{"10.0.0.0/8", "2001:db8::/32"}, "2001:db8:100::1"),
+			want6: pfx("2001:db8::/32"),
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Build(tc.svc, nil, node)
+			if len(r.Ports) != 2 {
+				t.Fatalf("ports %+v", r.Ports)
+			}
+			for _, p := range r.Ports {
+				want := tc.want4
+				if p.Family == dataplane.IPv6 {
+					want = tc.want6
+				}
+				if !slices.Equal(p.SourceRanges, want) {
+					t.Errorf("%s: SourceRanges %v, want %v", p.ID(), p.SourceRanges, want)
+				}
+			}
+			if !slices.Equal(r.IgnoredSourceRanges, tc.wantIgnore) {
+				t.Errorf("IgnoredSourceRanges %q, want %q", r.IgnoredSourceRanges, tc.wantIgnore)
+			}
+		})
 	}
 }

@@ -16,7 +16,10 @@
 // NodePort from the outside host on every node, externalTrafficPolicy
 // Local (source address kept, only nodes with a local endpoint answer,
 // the healthCheckNodePort's 200/503), an externalIP and a LoadBalancer
-// ingress IP routed from the outside to a node, ClientIP affinity,
+// ingress IP routed from the outside to a node, loadBalancerSourceRanges
+// (a pod inside served, the outside host dropped until let in),
+// internalTrafficPolicy Local (the own node's endpoint, dropped on a node
+// without one), ClientIP affinity,
 // endpoints 3 → 0 → 3 (refused at once, then back), a terminating last
 // endpoint still served, UDP switching to a new endpoint on the same
 // socket (conntrack flushed), hairpin, the node's own processes, SCTP

@@ -44,6 +44,9 @@ const (
 var (
 	externalIP = net.ParseIP("198.51.100.10").To4()
 	lbIP       = net.ParseIP("198.51.100.11").To4()
+	// rangedLBIP is the ingress IP of the Service with
+	// loadBalancerSourceRanges.
+	rangedLBIP = net.ParseIP("198.51.100.12").To4()
 )
 
 // Waits of the checks: for a proxy to program a change, and for one
@@ -95,6 +98,8 @@ func testServiceProxy(t *testing.T, ctx context.Context, c *cluster) {
 		{"ExternalTrafficPolicyLocal", testExternalLocal},
 		{"ExternalIP", testExternalIP},
 		{"LoadBalancerIP", testLoadBalancerIP},
+		{"LoadBalancerSourceRanges", testSourceRanges},
+		{"InternalTrafficPolicyLocal", testInternalLocal},
 		{"SessionAffinity", testSessionAffinity},
 		{"ScaleToZero", testScaleToZero},
 		{"TerminatingEndpoint", testTerminatingEndpoint},
@@ -556,6 +561,69 @@ func testLoadBalancerIP(t *testing.T, ctx context.Context, e *svcEnv) {
 	for _, proto := range []string{"tcp", "udp"} {
 		if _, err := spread(ctx, e.outside, proto, addr, e.names); err != nil {
 			t.Errorf("outside → LoadBalancer IP %s %s via %s: %v", proto, addr, node, err)
+		}
+	}
+}
+
+// testSourceRanges: a LoadBalancer Service with loadBalancerSourceRanges
+// serves its ingress IP to a source inside the ranges (a client pod) and
+// drops the others (the outside host: no answer and no refusal), until
+// the ranges take the outside host in too.
+func testSourceRanges(t *testing.T, ctx context.Context, e *svcEnv) {
+	client := e.c.names[0]
+	s := e.createService(t, ctx, service("ranges", allBackends, func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeLoadBalancer
+		s.Spec.LoadBalancerSourceRanges = []string{e.clients[client].Status.PodIP + "/32"}
+	}))
+	s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: rangedLBIP.String()}}
+	s, err := e.c.client.CoreV1().Services(testNamespace).UpdateStatus(ctx, s, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatalf("status of service ranges: %v", err)
+	}
+	e.routeToNode(t, rangedLBIP, e.c.names[2])
+	addr := net.JoinHostPort(rangedLBIP.String(), fmt.Sprint(svcPort))
+	if _, err := spread(ctx, e.clientNS[client], "tcp", addr, e.names); err != nil {
+		t.Fatalf("client inside the ranges → %s: %v", addr, err)
+	}
+	r, err := ask(ctx, e.outside, "tcp", addr)
+	var ne net.Error
+	if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Errorf("outside the ranges → %s: %v %v, want dropped (a timeout)", addr, r, err)
+	}
+	s.Spec.LoadBalancerSourceRanges = append(s.Spec.LoadBalancerSourceRanges, lab.OutsideIP.String()+"/32")
+	if _, err := e.c.client.CoreV1().Services(testNamespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := answered(ctx, e.outside, "tcp", addr); err != nil {
+		t.Errorf("outside, once in the ranges → %s: %v", addr, err)
+	}
+}
+
+// testInternalLocal: with internalTrafficPolicy Local a client reaches
+// only its own node's endpoint through the ClusterIP; on the node without
+// a local endpoint the traffic is dropped (no answer), not refused.
+func testInternalLocal(t *testing.T, ctx context.Context, e *svcEnv) {
+	local := corev1.ServiceInternalTrafficPolicyLocal
+	s := e.createService(t, ctx, service("itp-local", map[string]string{localLabel: "yes"}, func(s *corev1.Service) {
+		s.Spec.InternalTrafficPolicy = &local
+	}))
+	addr := clusterAddr(s)
+	var without []string
+	for _, n := range e.c.names {
+		b := e.backends[n]
+		if b.Labels[localLabel] == "" {
+			without = append(without, n)
+			continue
+		}
+		if _, err := spread(ctx, e.clientNS[n], "tcp", addr, []string{b.Name}); err != nil {
+			t.Errorf("client on %s → %s: %v (want only its local endpoint %s)", n, addr, err, b.Name)
+		}
+	}
+	for _, n := range without {
+		r, err := ask(ctx, e.clientNS[n], "tcp", addr)
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+			t.Errorf("client on %s, a node without a local endpoint → %s: %v %v, want dropped (a timeout)", n, addr, r, err)
 		}
 	}
 }

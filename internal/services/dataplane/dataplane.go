@@ -3,6 +3,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -274,8 +275,9 @@ type change struct {
 
 // releaseGroups gives back the group numbers of a removed service.
 func (t *Table) releaseGroups(p *programmed) {
-	t.groups.release(p.internal)
-	t.groups.release(p.external)
+	for _, g := range p.groups() {
+		t.groups.release(g)
+	}
 }
 
 // equalService tells whether a and b program the same.
@@ -284,8 +286,8 @@ func equalService(a, b *Service) bool {
 		a.Protocol == b.Protocol && a.Family == b.Family && a.ClusterIP == b.ClusterIP &&
 		a.Port == b.Port && a.NodePort == b.NodePort && a.ExternalLocal == b.ExternalLocal &&
 		a.Affinity == b.Affinity && slices.Equal(a.ExternalIPs, b.ExternalIPs) &&
-		slices.Equal(a.LoadBalancerIPs, b.LoadBalancerIPs) &&
-		slices.Equal(a.Internal, b.Internal) && slices.Equal(a.External, b.External)
+		slices.Equal(a.LoadBalancerIPs, b.LoadBalancerIPs) && slices.Equal(a.SourceRanges, b.SourceRanges) &&
+		slices.Equal(a.Internal, b.Internal) && slices.Equal(a.External, b.External) && slices.Equal(a.Cluster, b.Cluster)
 }
 
 // diff is what a sync writes.
@@ -368,15 +370,15 @@ func (d *diff) service(old, p *programmed) {
 	for _, e := range newElems {
 		if o, ok := have[e.id()]; !ok || !sameElem(o.elem, e.elem) {
 			d.addElems = append(d.addElems, e)
-			d.elems++
-			d.written++
+			d.elems += e.count()
+			d.written += e.count()
 		}
 	}
 	for _, e := range oldElems {
 		if n, ok := want[e.id()]; !ok || !sameElem(n.elem, e.elem) {
 			d.delElems = append(d.delElems, e)
-			d.elems--
-			d.written++
+			d.elems -= e.count()
+			d.written += e.count()
 		}
 	}
 }
@@ -406,7 +408,7 @@ func findChain(chains []chainState, name string) *chainState {
 // endpointCount is the number of endpoints of the service's groups.
 func (p *programmed) endpointCount() int {
 	n := 0
-	for _, g := range []*group{p.internal, p.external} {
+	for _, g := range p.groups() {
 		if g != nil {
 			n += len(g.slots)
 		}
@@ -445,9 +447,10 @@ func (t *Table) hairpinCounts(d *diff) hairpinUpdate {
 	return h
 }
 
-// write queues the diff: new chains and rewritten chains' rules first
-// (elements refer to chains), then stale elements out and new ones in,
-// then stale chains out (nothing refers to them any more).
+// write queues the diff: the sets of new firewall chains, new chains
+// and rewritten chains' rules first (elements refer to chains), then
+// stale elements out and new ones in, then stale chains out (nothing
+// refers to them any more) and the sets of the firewall chains gone.
 func (t *Table) write(b *nft.Batch, full bool, d *diff, h hairpinUpdate) {
 	if full {
 		b.DelTable(table)
@@ -460,6 +463,9 @@ func (t *Table) write(b *nft.Batch, full bool, d *diff, h hairpinUpdate) {
 		}
 	}
 	for _, cw := range d.addChains {
+		if strings.HasPrefix(cw.name, prefixFirewall) {
+			b.AddSet(sourcesSet(cw.name))
+		}
 		b.AddChain(regularChain(cw.name))
 	}
 	for _, cw := range d.addChains {
@@ -471,12 +477,18 @@ func (t *Table) write(b *nft.Batch, full bool, d *diff, h hairpinUpdate) {
 	}
 	t.writeElems(b, d.delElems, (*nft.Batch).DelElements)
 	t.writeElems(b, d.addElems, (*nft.Batch).AddElements)
-	// External chains go first: they may goto the service chain.
+	// External chains go first: they may goto the service and cluster
+	// chains.
 	for _, ext := range []bool{true, false} {
 		for _, cw := range d.delChains {
 			if strings.HasPrefix(cw.name, prefixExternal) == ext {
 				b.DelChain(regularChain(cw.name))
 			}
+		}
+	}
+	for _, cw := range d.delChains {
+		if strings.HasPrefix(cw.name, prefixFirewall) {
+			b.DelSet(sourcesSet(cw.name))
 		}
 	}
 	for _, fam := range families {
@@ -504,13 +516,14 @@ func hairpinElements(addrs []netip.Addr, fam family) []nftables.SetElement {
 	return out
 }
 
-// writeElems queues op for the elements, one call per set. The sets'
-// lists are sized up front: a full sync's hundred thousand elements are
-// copied once.
+// writeElems queues op for the elements, one call per set: the
+// skeleton's, then the firewall chains' source sets. The sets' lists are
+// sized up front: a full sync's hundred thousand elements are copied
+// once.
 func (t *Table) writeElems(b *nft.Batch, elems []element, op func(*nft.Batch, nft.Set, []nftables.SetElement)) {
 	counts := map[string]int{}
 	for _, e := range elems {
-		counts[e.set]++
+		counts[e.set] += e.count()
 	}
 	bySet := make(map[string][]nftables.SetElement, len(counts))
 	for set, n := range counts {
@@ -518,10 +531,17 @@ func (t *Table) writeElems(b *nft.Batch, elems []element, op func(*nft.Batch, nf
 	}
 	for _, e := range elems {
 		bySet[e.set] = append(bySet[e.set], e.elem)
+		if e.end != nil {
+			bySet[e.set] = append(bySet[e.set], nftables.SetElement{Key: e.end, IntervalEnd: true})
+		}
 	}
 	for _, s := range t.skeleton.sets {
 		if es := bySet[s.Name]; len(es) > 0 {
 			op(b, s, es)
+			delete(bySet, s.Name)
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(bySet)) {
+		op(b, sourcesSet(prefixFirewall+strings.TrimPrefix(name, prefixSources)), bySet[name])
 	}
 }

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -26,6 +27,9 @@ const (
 	// services without endpoints to a reject or drop verdict.
 	setNoEndpoints         = "no-endpoint-services"
 	setNoEndpointNodePorts = "no-endpoint-nodeports"
+	// setFirewallIPs maps the load-balancer IP . proto . port of the
+	// services with loadBalancerSourceRanges to their firewall chain.
+	setFirewallIPs = "firewall-ips"
 	// setClusterCIDRs holds the cluster's pod networks (Config.ClusterCIDRs).
 	setClusterCIDRs = "cluster-cidrs"
 	// setNodePortIPs holds Config.NodePortAddresses.
@@ -56,14 +60,15 @@ const (
 
 // The table's chains besides one or two per service.
 const (
-	chainFilterInput   = "filter-input"
-	chainFilterForward = "filter-forward"
-	chainFilterOutput  = "filter-output"
-	chainNATPrerouting = "nat-prerouting"
-	chainNATOutput     = "nat-output"
-	chainNATPostroute  = "nat-postrouting"
-	chainServices      = "services"
-	chainReject        = "reject-chain"
+	chainFilterPrerouting = "filter-prerouting"
+	chainFilterInput      = "filter-input"
+	chainFilterForward    = "filter-forward"
+	chainFilterOutput     = "filter-output"
+	chainNATPrerouting    = "nat-prerouting"
+	chainNATOutput        = "nat-output"
+	chainNATPostroute     = "nat-postrouting"
+	chainServices         = "services"
+	chainReject           = "reject-chain"
 	// prefixPick names the pick chains, pick4-<n> and pick6-<n> for n
 	// in 1..maxPick: the chain picks one of n endpoints of the
 	// service the packet is addressed to from @service-endpoints.
@@ -75,11 +80,17 @@ const (
 const maxPick = 32
 
 // Service chain names: the service's internal traffic (its ClusterIP, and
-// external traffic short-circuited as internal) and its external traffic
-// (node ports, external and load-balancer IPs).
+// external traffic short-circuited as internal), its external traffic
+// (node ports, external and load-balancer IPs), the short-circuited
+// traffic when its endpoints (the cluster's) are not the internal ones,
+// and the firewall of its load-balancer IPs (loadBalancerSourceRanges),
+// with the set of the sources it allows.
 const (
 	prefixService  = "svc-"
 	prefixExternal = "ext-"
+	prefixCluster  = "cluster-"
+	prefixFirewall = "firewall-"
+	prefixSources  = "sources-"
 )
 
 var (
@@ -103,6 +114,7 @@ func (fam *family) sets() []nft.Set {
 		{Table: table, Name: fam.set(setNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setNoEndpoints), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setNoEndpointNodePorts), Key: []nftables.SetDatatype{proto, port}, Data: verdict},
+		{Table: table, Name: fam.set(setFirewallIPs), Key: []nftables.SetDatatype{a, proto, port}, Data: verdict},
 		{Table: table, Name: fam.set(setClusterCIDRs), Key: []nftables.SetDatatype{a}, Interval: true},
 		{Table: table, Name: fam.set(setNodePortIPs), Key: []nftables.SetDatatype{a}, Interval: true},
 		{Table: table, Name: fam.set(setAffinity), Key: []nftables.SetDatatype{mark, mark, a}, Dynamic: true, Timeout: true, Size: affinityEntries},
@@ -118,6 +130,17 @@ func (fam *family) sets() []nft.Set {
 // endpointsMap is the name of the endpoints map of group idx.
 func (fam *family) endpointsMap(idx uint32) string {
 	return fmt.Sprintf("%s-%d", fam.set(setEndpoints), idx%endpointMaps)
+}
+
+// sourcesSet is the interval set of the sources a firewall chain allows:
+// sources-<the service> for firewall-<the service>, whose name ends in
+// its family.
+func sourcesSet(chain string) nft.Set {
+	fam := familyOf(IPv4)
+	if strings.HasSuffix(chain, "/"+familyName(IPv6)) {
+		fam = familyOf(IPv6)
+	}
+	return nft.Set{Table: table, Name: prefixSources + strings.TrimPrefix(chain, prefixFirewall), Key: []nftables.SetDatatype{fam.addrType}, Interval: true}
 }
 
 // pickChain is the name of the family's pick chain of n endpoints.
@@ -136,6 +159,7 @@ func baseChain(name string, typ nftables.ChainType, hook *nftables.ChainHook, pr
 var (
 	prioFilter = nftables.ChainPriorityRef(*nftables.ChainPriorityNATDest - 10)
 	baseChains = []*nftables.Chain{
+		baseChain(chainFilterPrerouting, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, prioFilter),
 		baseChain(chainFilterInput, nftables.ChainTypeFilter, nftables.ChainHookInput, prioFilter),
 		baseChain(chainFilterForward, nftables.ChainTypeFilter, nftables.ChainHookForward, prioFilter),
 		baseChain(chainFilterOutput, nftables.ChainTypeFilter, nftables.ChainHookOutput, prioFilter),
@@ -209,6 +233,13 @@ func newSkeleton(cfg *Config) (*skeleton, error) {
 			add(ch, ctStateNew(), fam.matchFamily(), vmap(setNoEndpoints, false))
 		}
 		add(chainFilterInput, ctStateNew(), fam.matchFamily(), vmap(setNoEndpointNodePorts, true))
+		// loadBalancerSourceRanges: before DNAT, on traffic from
+		// outside and the node's pods (prerouting) and from the node
+		// (output, after the endpoint check: the firewall chain is a
+		// goto, the chain's end), new connections only, as kube-proxy.
+		for _, ch := range []string{chainFilterPrerouting, chainFilterOutput} {
+			add(ch, ctStateNew(), fam.matchFamily(), vmap(setFirewallIPs, false))
+		}
 		for n := 1; n <= maxPick; n++ {
 			name := fam.pickChain(n)
 			sk.chains = append(sk.chains, regularChain(name))

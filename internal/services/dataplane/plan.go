@@ -11,6 +11,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/internal/nft/exprs"
 )
 
@@ -31,24 +32,32 @@ type chainPlan struct {
 	family  Family
 	masq    bool   // ext: masquerade all (externalTrafficPolicy Cluster)
 	local   bool   // ext: externalTrafficPolicy Local short-circuits
-	toSvc   string // ext: the service chain, goto for short-circuited traffic
+	toSvc   string // ext: the chain of the short-circuited traffic (local) or of the internal endpoints
 	jumpSvc bool   // ext: the external endpoints are the internal ones: goto toSvc
 	// group, n and affinity: the endpoint pick (n 0: none).
 	group    uint32
 	n        int
 	affinity time.Duration
 	cidrs    bool // the cluster CIDRs of the family are known
+	// sources is a firewall chain's set of allowed sources: the chain
+	// drops the others.
+	sources string
 }
 
 // rules renders the chain's rules.
 func (p *chainPlan) rules() [][]expr.Any {
 	fam := familyOf(p.family)
+	if p.sources != "" {
+		return [][]expr.Any{exprs.Concat(fam.matchFamily(),
+			[]expr.Any{fam.saddr(1), exprs.Lookup(p.sources, 1, true), exprs.Verdict(expr.VerdictDrop, "")})}
+	}
 	var rules [][]expr.Any
 	// The service chain has only its pick: the dispatch marked its
 	// traffic for masquerade.
 	switch {
-	case p.toSvc == "":
-	case p.local:
+	case p.local && p.toSvc != "":
+		// The short-circuit of the cluster's own traffic: to the
+		// cluster's endpoints (toSvc), masqueraded from the node.
 		toSvc := []expr.Any{exprs.Verdict(expr.VerdictGoto, p.toSvc)}
 		if p.cidrs {
 			rules = append(rules, exprs.Concat(fam.matchFamily(), []expr.Any{fam.saddr(1), exprs.Lookup(fam.set(setClusterCIDRs), 1, false)}, toSvc))
@@ -66,16 +75,45 @@ func (p *chainPlan) rules() [][]expr.Any {
 	return rules
 }
 
-// element is one element of one of the table's sets.
+// element is one element of one of the table's sets; in an interval
+// set, a range: its start, and end the element past it (none at the end
+// of the address space). A range is added and deleted whole.
 type element struct {
 	set  string
 	elem nftables.SetElement
+	end  []byte
 }
 
-// elemID identifies an element: its set and key.
+// elemID identifies an element: its set and key (a range's: start and
+// end).
 type elemID struct{ set, key string }
 
-func (e element) id() elemID { return elemID{e.set, string(e.elem.Key)} }
+func (e element) id() elemID { return elemID{e.set, string(e.elem.Key) + "-" + string(e.end)} }
+
+// count is the number of the kernel's elements of e.
+func (e element) count() int {
+	if e.end == nil {
+		return 1
+	}
+	return 2
+}
+
+// rangeElements returns the elements of set holding prefixes (of
+// family fam; the others are left out), ranges merged.
+func rangeElements(set string, fam *family, prefixes []netip.Prefix) []element {
+	// The prefixes are valid (validate).
+	kes, _ := nft.FamilyPrefixElements(prefixes, fam.f == IPv4)
+	var out []element
+	for i := 0; i < len(kes); i++ {
+		e := element{set: set, elem: kes[i]}
+		if i+1 < len(kes) && kes[i+1].IntervalEnd {
+			e.end = kes[i+1].Key
+			i++
+		}
+		out = append(out, e)
+	}
+	return out
+}
 
 // sameElem tells whether two elements of one key have the same value.
 func sameElem(a, b nftables.SetElement) bool {
@@ -103,12 +141,16 @@ type programmed struct {
 	elems    []element // distinct keys
 	internal *group    // nil without internal endpoints
 	external *group    // nil without external endpoints of their own
+	cluster  *group    // the short-circuit's, when not the internal ones
 }
+
+// groups are the service's endpoint groups (nil for none).
+func (p *programmed) groups() []*group { return []*group{p.internal, p.external, p.cluster} }
 
 // endpointAddrs returns the distinct addresses of the service's endpoints.
 func (p *programmed) endpointAddrs() []netip.Addr {
 	var out []netip.Addr
-	for _, g := range []*group{p.internal, p.external} {
+	for _, g := range p.groups() {
 		if g == nil {
 			continue
 		}
@@ -238,6 +280,8 @@ func clone(s *Service) Service {
 	c.LoadBalancerIPs = slices.Clone(s.LoadBalancerIPs)
 	c.Internal = slices.Clone(s.Internal)
 	c.External = slices.Clone(s.External)
+	c.Cluster = slices.Clone(s.Cluster)
+	c.SourceRanges = slices.Clone(s.SourceRanges)
 	return c
 }
 
@@ -273,7 +317,12 @@ func validate(s *Service) error {
 			return err
 		}
 	}
-	for _, eps := range [][]Endpoint{s.Internal, s.External} {
+	for _, p := range s.SourceRanges {
+		if !p.IsValid() || p.Addr().Is4() != (s.Family == IPv4) || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+			return fmt.Errorf("service %s: source range %v is not an %s prefix", s.ID(), p, familyName(s.Family))
+		}
+	}
+	for _, eps := range [][]Endpoint{s.Internal, s.External, s.Cluster} {
 		for _, ep := range eps {
 			if err := inFamily("endpoint", ep.Addr); err != nil {
 				return err
@@ -291,16 +340,21 @@ func validate(s *Service) error {
 func (t *Table) render(s *Service, old *programmed) *programmed {
 	fam := familyOf(s.Family)
 	p := &programmed{svc: clone(s)}
-	var oldInt, oldExt *group
+	var oldInt, oldExt, oldClu *group
 	if old != nil {
-		oldInt, oldExt = old.internal, old.external
+		oldInt, oldExt, oldClu = old.internal, old.external, old.cluster
 	}
 	// The external addresses, each once and apart from the ClusterIP:
 	// one element per key.
-	var external []netip.Addr
+	var external, lbIPs []netip.Addr
 	for _, a := range append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...) {
 		if a != s.ClusterIP && !slices.Contains(external, a) {
 			external = append(external, a)
+		}
+	}
+	for _, a := range s.LoadBalancerIPs {
+		if !slices.Contains(lbIPs, a) {
+			lbIPs = append(lbIPs, a)
 		}
 	}
 	externallyReachable := s.NodePort != 0 || len(external) > 0
@@ -310,15 +364,21 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	if !same {
 		p.external = t.groups.assign(oldExt, s.External, true)
 	}
-	if p.external == nil {
-		t.groups.release(oldExt)
+	// Under externalTrafficPolicy Local, the cluster's own external
+	// traffic goes to the cluster's endpoints: the service chain when
+	// they are the internal ones, else a chain of their own.
+	shortCircuit := s.ExternalLocal && externallyReachable && len(s.Cluster) > 0
+	if shortCircuit && !sameSet(s.Cluster, s.Internal) {
+		p.cluster = t.groups.assign(oldClu, s.Cluster, true)
 	}
-	if p.internal == nil {
-		t.groups.release(oldInt)
+	for _, g := range []struct{ old, new *group }{{oldInt, p.internal}, {oldExt, p.external}, {oldClu, p.cluster}} {
+		if g.new == nil {
+			t.groups.release(g.old)
+		}
 	}
 
 	add := func(set string, e nftables.SetElement) {
-		p.elems = append(p.elems, element{fam.set(set), e})
+		p.elems = append(p.elems, element{set: fam.set(set), elem: e})
 	}
 	proto := []byte{protoNumber(s.Protocol), 0, 0, 0}
 	servicePort := append(slices.Clone(proto), port4(s.Port)...)
@@ -326,13 +386,12 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	verdict := func(kind expr.VerdictKind, chain string) *expr.Verdict {
 		return &expr.Verdict{Kind: kind, Chain: chain}
 	}
-	reject := verdict(expr.VerdictGoto, chainReject)
 	cidrs := len(t.skeleton.elems[fam.set(setClusterCIDRs)]) > 0
 
 	// The nft tool reads no colon in a chain name; names and port names
 	// hold no slash, so the names stay distinct.
 	name := strings.ReplaceAll(s.ID(), ":", "/")
-	svcChain, extChain := prefixService+name, prefixExternal+name
+	svcChain, extChain, cluChain := prefixService+name, prefixExternal+name, prefixCluster+name
 	hasInternal, hasExternal := p.internal != nil, p.internal != nil
 	if !same {
 		hasExternal = p.external != nil
@@ -346,7 +405,7 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 			}
 			written = append(written, g)
 			for slot, ep := range g.slots {
-				p.elems = append(p.elems, element{fam.endpointsMap(g.idx), nftables.SetElement{
+				p.elems = append(p.elems, element{set: fam.endpointsMap(g.idx), elem: nftables.SetElement{
 					Key: append(exprs.Native32(g.idx), exprs.Native32(uint32(slot))...),
 					Val: endpointValue(ep),
 				}})
@@ -367,38 +426,60 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 		return p
 	}
 
+	// Traffic without endpoints: rejected when the service has none at
+	// all, dropped when it has some but none for this traffic (a
+	// traffic policy Local without a local endpoint), as kube-proxy.
+	noEndpoints := verdict(expr.VerdictGoto, chainReject)
+	if s.hasEndpoints() {
+		noEndpoints = verdict(expr.VerdictDrop, "")
+	}
+
 	// The service chain serves the ClusterIP, and external traffic
-	// short-circuited under externalTrafficPolicy Local.
-	if hasInternal || (hasExternal && s.ExternalLocal) {
+	// short-circuited under externalTrafficPolicy Local when the
+	// cluster's endpoints are the internal ones; the cluster chain
+	// that short-circuited traffic when they are not.
+	if hasInternal {
 		cp := chainPlan{family: s.Family, cidrs: cidrs}
 		groupPlan(&cp, p.internal)
 		p.chains = append(p.chains, chainState{name: svcChain, plan: cp})
+	}
+	target := svcChain // of the short-circuit
+	if p.cluster != nil {
+		target = cluChain
+		cp := chainPlan{family: s.Family, cidrs: cidrs}
+		groupPlan(&cp, p.cluster)
+		p.chains = append(p.chains, chainState{name: cluChain, plan: cp})
 	}
 	if s.ClusterIP.IsValid() {
 		if hasInternal {
 			add(setServiceIPs, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: verdict(expr.VerdictGoto, svcChain)})
 			add(setClusterIPs, nftables.SetElement{Key: addrKey(s.ClusterIP)})
 		} else {
-			add(setNoEndpoints, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: reject})
+			add(setNoEndpoints, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: noEndpoints})
 		}
 	}
 	if !externallyReachable {
 		return p
 	}
-	// External traffic: without external endpoints it is rejected, or
-	// under externalTrafficPolicy Local dropped (after the short-circuit
-	// of the cluster's own traffic, when there are internal endpoints).
-	noExternal := reject
-	if s.ExternalLocal && hasInternal {
-		noExternal = verdict(expr.VerdictDrop, "")
-	}
-	if hasExternal || noExternal.Kind == expr.VerdictDrop {
-		cp := chainPlan{family: s.Family, masq: !s.ExternalLocal, local: s.ExternalLocal, toSvc: svcChain, cidrs: cidrs}
-		if same && !s.ExternalLocal {
-			cp.jumpSvc = true
-		} else if same {
-			groupPlan(&cp, p.internal)
-		} else {
+	// External traffic goes to the external chain when the service has
+	// endpoints (its short-circuit may serve it); without external
+	// endpoints, what the chain does not DNAT is dropped or rejected by
+	// the filter chains.
+	if s.hasEndpoints() {
+		cp := chainPlan{family: s.Family, masq: !s.ExternalLocal, local: s.ExternalLocal, cidrs: cidrs}
+		switch {
+		case s.ExternalLocal:
+			if shortCircuit {
+				cp.toSvc = target
+			}
+			if same {
+				groupPlan(&cp, p.internal)
+			} else {
+				groupPlan(&cp, p.external)
+			}
+		case same && hasInternal:
+			cp.toSvc, cp.jumpSvc = svcChain, true
+		default:
 			groupPlan(&cp, p.external)
 		}
 		p.chains = append(p.chains, chainState{name: extChain, plan: cp})
@@ -411,11 +492,22 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 	}
 	if !hasExternal {
 		for _, a := range external {
-			add(setNoEndpoints, nftables.SetElement{Key: addrKey(a), VerdictData: noExternal})
+			add(setNoEndpoints, nftables.SetElement{Key: addrKey(a), VerdictData: noEndpoints})
 		}
 		if s.NodePort != 0 {
-			add(setNoEndpointNodePorts, nftables.SetElement{Key: append(slices.Clone(proto), port4(s.NodePort)...), VerdictData: noExternal})
+			add(setNoEndpointNodePorts, nftables.SetElement{Key: append(slices.Clone(proto), port4(s.NodePort)...), VerdictData: noEndpoints})
 		}
+	}
+	// loadBalancerSourceRanges: the firewall chain drops new connections
+	// to the load-balancer IPs from other sources, with or without
+	// endpoints.
+	if len(s.SourceRanges) > 0 && len(lbIPs) > 0 {
+		fwChain, sources := prefixFirewall+name, prefixSources+name
+		p.chains = append(p.chains, chainState{name: fwChain, plan: chainPlan{family: s.Family, sources: sources}})
+		for _, a := range lbIPs {
+			add(setFirewallIPs, nftables.SetElement{Key: addrKey(a), VerdictData: verdict(expr.VerdictGoto, fwChain)})
+		}
+		p.elems = append(p.elems, rangeElements(sources, fam, s.SourceRanges)...)
 	}
 	return p
 }

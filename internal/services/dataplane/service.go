@@ -43,19 +43,34 @@
 //     . client, updated with the timeout on every new connection) and a
 //     new client is added there. A service whose endpoint count or
 //     features change moves between the two layouts in one sync.
-//   - A service reachable from outside (node port, external or
-//     load-balancer IPs) has an ext-… chain: under
+//   - A service with endpoints reachable from outside (node port,
+//     external or load-balancer IPs) has an ext-… chain: under
 //     externalTrafficPolicy Cluster it marks for masquerade and goes to
 //     the service chain (or picks among its own external endpoints);
-//     under Local, traffic from the cluster CIDRs goes to the service
-//     chain, traffic from the node itself is marked and goes there too,
-//     and the rest picks a local (External) endpoint, keeping its source.
+//     under Local, traffic from the cluster CIDRs goes to the cluster's
+//     endpoints (Cluster: the service chain when they are the internal
+//     ones, else a chain cluster-… of their own, as kube-proxy's
+//     short-circuit ignores internalTrafficPolicy), traffic from the
+//     node itself is marked and goes there too, and the rest picks a
+//     local (External) endpoint, keeping its source.
 //   - filter-input, filter-forward and filter-output (priority dstnat-10,
 //     new connections) look the untranslated destination up in
 //     @no-endpoint-services and @no-endpoint-nodeports: services without
-//     endpoints go to reject-chain (TCP reset, ICMP port unreachable);
-//     externalTrafficPolicy Local without local endpoints drops external
-//     traffic.
+//     any endpoint go to reject-chain (TCP reset, ICMP port unreachable);
+//     a traffic policy Local without a local endpoint (but endpoints
+//     elsewhere) drops: the ClusterIP under internalTrafficPolicy Local,
+//     the external addresses under externalTrafficPolicy Local (what
+//     the ext-… chain did not short-circuit), as kube-proxy.
+//   - loadBalancerSourceRanges: filter-prerouting and filter-output
+//     (priority dstnat-10, before DNAT, new connections) look "ip daddr
+//     . meta l4proto . th dport" up in the verdict map @firewall-ips,
+//     which holds the load-balancer IPs of the services with ranges and
+//     goes to the service's firewall-… chain: "ip saddr !=
+//     @sources-<the service> drop", an interval set of the ranges per
+//     service (a change of ranges writes its elements only). Traffic
+//     from outside and from the node's pods is checked in prerouting,
+//     the node's own in output; node ports and external IPs are not
+//     restricted, as with kube-proxy.
 //   - nat-postrouting (srcnat) masquerades (fully random) the packets
 //     carrying MasqueradeMark, clearing it, and the DNATed connections of
 //     an endpoint to itself (hairpin: "ip saddr . ip daddr @hairpin").
@@ -139,9 +154,29 @@ type Service struct {
 	// Internal are the endpoints of traffic to the ClusterIP (the
 	// cluster's, or the node's own under internalTrafficPolicy Local),
 	// External those of external traffic (the same as Internal unless
-	// ExternalLocal). A Service with none in a set rejects that traffic
-	// (ICMP unreachable, TCP reset) instead of dropping it silently.
-	Internal, External []Endpoint
+	// ExternalLocal), Cluster every usable endpoint of the cluster
+	// (kube-proxy's cluster endpoints). Under ExternalLocal, external
+	// traffic from the cluster's pods and from the node itself goes to
+	// Cluster (kube-proxy's short-circuit: no traffic policy applies to
+	// it). A Service with no endpoint in any of the three rejects its
+	// traffic (ICMP unreachable, TCP reset); one with endpoints drops
+	// the traffic whose own set is empty (a traffic policy Local without
+	// a local endpoint), as kube-proxy does.
+	Internal, External, Cluster []Endpoint
+
+	// SourceRanges are spec.loadBalancerSourceRanges in Family: new
+	// connections to a LoadBalancerIPs address from a source outside
+	// them are dropped (before DNAT: from outside, from the node's pods
+	// and from the node itself); empty: any source. NodePorts and
+	// ExternalIPs are not restricted, as with kube-proxy.
+	SourceRanges []netip.Prefix
+}
+
+// hasEndpoints tells whether s has a usable endpoint anywhere in the
+// cluster (kube-proxy's hasEndpoints): without, its traffic is rejected
+// rather than dropped.
+func (s *Service) hasEndpoints() bool {
+	return len(s.Internal) > 0 || len(s.External) > 0 || len(s.Cluster) > 0
 }
 
 // ID identifies a Service: "namespace/name:port/protocol/family".

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/nft"
@@ -166,7 +167,13 @@ func checkKernel(t *testing.T, tb *Table, c *nft.Conn, st Stats) {
 		t.Errorf("kernel has %d rules, Stats %d", len(rules), st.Rules)
 	}
 	elems := 0
-	for _, s := range tb.skeleton.sets {
+	sets := slices.Clone(tb.skeleton.sets)
+	for _, ch := range chains {
+		if strings.HasPrefix(ch, prefixFirewall) {
+			sets = append(sets, sourcesSet(ch))
+		}
+	}
+	for _, s := range sets {
 		if s.Name == (&families[0]).set(setAffinity) || s.Name == (&families[1]).set(setAffinity) {
 			continue
 		}
@@ -289,6 +296,9 @@ func TestInvalid(t *testing.T) {
 		{"invalid endpoint", func(s *Service) { s.Internal = []Endpoint{{Port: 80}} }, "endpoint"},
 		{"endpoint port 0", func(s *Service) { s.Internal = []Endpoint{{addr("10.244.0.1"), 0}} }, "port 0"},
 		{"negative affinity", func(s *Service) { s.Affinity = -time.Second }, "affinity"},
+		{"cluster endpoint of the other family", func(s *Service) { s.Cluster = []Endpoint{{addr("fd00::1"), 80}} }, "endpoint"},
+		{"source range of the other family", func(s *Service) { s.SourceRanges = []netip.Prefix{netip.MustParsePrefix("fd00::/64")} }, "source range"},
+		{"invalid source range", func(s *Service) { s.SourceRanges = []netip.Prefix{{}} }, "source range"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := good
@@ -456,5 +466,61 @@ func TestUpdate(t *testing.T) {
 	}
 	if _, err := tb.Update(svcs[:1], []string{id(0)}); err == nil {
 		t.Error("a service both changed and removed was accepted")
+	}
+}
+
+// TestNoEndpointVerdicts: a service without endpoints for its traffic
+// gets a drop verdict when it has endpoints elsewhere, a reject one when
+// it has none; a change of endpoints it does not use writes nothing.
+func TestNoEndpointVerdicts(t *testing.T) {
+	ns := nfttest.NS(t, "dpnoep")
+	tb, err := New(Config{NetNSFd: ns.Fd(), ClusterCIDRs: clusterCIDRs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
+	c, err := nft.New(ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	remote := []Endpoint{{addr("10.244.2.2"), 8080}}
+	s := Service{Namespace: "ns", Name: "itp", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.40"), Port: 80, Cluster: remote}
+	for _, step := range []struct {
+		name     string
+		change   func(s *Service)
+		want     string
+		maxWrite int
+	}{
+		{"endpoints elsewhere only: drop", func(*Service) {}, "drop", -1},
+		{"another remote endpoint: nothing written", func(s *Service) { s.Cluster = []Endpoint{{addr("10.244.3.2"), 8080}} }, "drop", 0},
+		{"no endpoint at all: reject", func(s *Service) { s.Cluster = nil }, "goto " + chainReject, 2},
+		{"back: drop", func(s *Service) { s.Cluster = remote }, "drop", 2},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			step.change(&s)
+			st, err := tb.Sync([]Service{s})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if step.maxWrite >= 0 && st.Written > step.maxWrite {
+				t.Errorf("wrote %d objects, want at most %d", st.Written, step.maxWrite)
+			}
+			checkKernel(t, tb, c, st)
+			es, err := c.Elements(tb.sets[families[0].set(setNoEndpoints)])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(es) != 1 || es[0].VerdictData == nil {
+				t.Fatalf("no-endpoint elements %+v, want one", es)
+			}
+			got := "goto " + es[0].VerdictData.Chain
+			if es[0].VerdictData.Kind == expr.VerdictDrop {
+				got = "drop"
+			}
+			if got != step.want {
+				t.Errorf("verdict %s, want %s", got, step.want)
+			}
+		})
 	}
 }

@@ -1,10 +1,16 @@
 package dataplane
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/testing/nfttest"
 )
 
 var (
@@ -41,9 +47,9 @@ func labServices(l *lab) []Service {
 	web6 := svc("web", TCP, "fd01::10", 80, tcp6(p[0], p[1]), tcp6(p[0], p[1]))
 	web6.NodePort = 30080
 	local := svc("local", TCP, "10.96.0.11", 80, tcp4(p[0], p[1]), tcp4(p[1]))
-	local.NodePort, local.ExternalLocal = 30081, true
+	local.NodePort, local.ExternalLocal, local.Cluster = 30081, true, local.Internal
 	localNone := svc("local-none", TCP, "10.96.0.17", 80, tcp4(p[0]), nil)
-	localNone.NodePort, localNone.ExternalLocal = 30082, true
+	localNone.NodePort, localNone.ExternalLocal, localNone.Cluster = 30082, true, localNone.Internal
 	aff := svc("sticky", TCP, "10.96.0.12", 80, tcp4(p[0], p[1], p[2]), tcp4(p[0], p[1], p[2]))
 	aff.Affinity = time.Hour
 	empty := svc("empty", TCP, "10.96.0.13", 80, nil, nil)
@@ -290,5 +296,196 @@ func TestNodePortAddresses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// dropped tells whether a TCP connection from ns to addr times out (no
+// reset, no ICMP error) within a short wait.
+func dropped(ns *pod, addr netip.AddrPort) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	c, err := ns.ns.DialContext(ctx, nil, "tcp", addr.String())
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("%s → %v connected, want dropped", ns.name, addr)
+	}
+	if !isTimeout(err) {
+		return fmt.Errorf("%s → %v: %v, want a timeout (dropped)", ns.name, addr, err)
+	}
+	return nil
+}
+
+// served tells whether a TCP connection from p to addr is answered by
+// one of servers.
+func served(p *pod, addr netip.AddrPort, servers ...string) error {
+	a, err := helloTCP(p.ns, addr)
+	if err != nil {
+		return fmt.Errorf("%s → %v: %w", p.name, addr, err)
+	}
+	if !slices.Contains(servers, a.server) {
+		return fmt.Errorf("%s → %v: served by %s, want one of %v", p.name, addr, a.server, servers)
+	}
+	return nil
+}
+
+func TestSourceRanges(t *testing.T) {
+	l := newLab(t, 3)
+	tb := newTable(t, l)
+	pod1, pod3 := l.pods[0], l.pods[2]
+	node := &pod{name: "node", ns: l.node}
+	lb4, lb6 := addr("198.51.100.20"), addr("2001:db8:100::20")
+	eps4 := []Endpoint{{pod1.ip4, tcpPort}}
+	eps6 := []Endpoint{{pod1.ip6, tcpPort}}
+	fw := Service{Namespace: "default", Name: "fw", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.20"), Port: 80, NodePort: 30090,
+		ExternalIPs: []netip.Addr{addr("192.0.2.20")}, LoadBalancerIPs: []netip.Addr{lb4},
+		Internal: eps4, External: eps4, Cluster: eps4}
+	fw6 := Service{Namespace: "default", Name: "fw", Protocol: TCP, Family: IPv6, ClusterIP: addr("fd01::20"), Port: 80,
+		LoadBalancerIPs: []netip.Addr{lb6}, Internal: eps6, External: eps6, Cluster: eps6}
+	// The underlay (the outside client and the node): pods are outside.
+	fw.SourceRanges = []netip.Prefix{netip.MustParsePrefix("192.168.50.0/24"), netip.MustParsePrefix("203.0.113.0/24")}
+	svcs := []Service{fw, fw6}
+	if _, err := tb.Sync(svcs); err != nil {
+		t.Fatal(err)
+	}
+	c, err := nft.New(l.node.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fwChain := prefixFirewall + "default/fw//TCP/ipv4"
+	before := chainHandles(t, c, fwChain)
+
+	check := func(t *testing.T, ok []*pod, drop []*pod) {
+		t.Helper()
+		for _, p := range ok {
+			if err := served(p, ap(lb4, 80), "pod1"); err != nil {
+				t.Error(err)
+			}
+		}
+		for _, p := range drop {
+			if err := dropped(p, ap(lb4, 80)); err != nil {
+				t.Error(err)
+			}
+		}
+		// Only the load-balancer IPs are restricted, and only in the
+		// ranges' family: the ClusterIP, the external IP, the node
+		// port and the IPv6 load-balancer IP serve every source.
+		for _, p := range append(slices.Clone(ok), drop...) {
+			for _, to := range []netip.AddrPort{ap(fw.ClusterIP, 80), ap(addr("192.0.2.20"), 80), ap(l.nodeIP4, 30090), ap(lb6, 80)} {
+				if p == node && to.Addr() == l.nodeIP4 {
+					continue
+				}
+				if err := served(p, to, "pod1"); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}
+	t.Run("inside the ranges served, outside dropped", func(t *testing.T) {
+		out := nfttest.Ruleset(t, l.node)
+		for _, want := range []string{
+			"ip daddr . meta l4proto . th dport vmap @firewall-ips4",
+			"198.51.100.20 . tcp . 80 : goto firewall-default/fw//TCP/ipv4",
+			"ip saddr != @sources-default/fw//TCP/ipv4 drop",
+			"elements = { 192.168.50.0/24, 203.0.113.0/24 }",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("ruleset lacks %q:\n%s", want, out)
+			}
+		}
+		check(t, []*pod{l.client, node}, []*pod{pod3})
+	})
+	t.Run("ranges changed: only the set's elements are written", func(t *testing.T) {
+		svcs[0].SourceRanges = []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24")}
+		st, err := tb.Sync(svcs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Two ranges (four elements) out, one (two) in.
+		if st.Written != 6 {
+			t.Errorf("wrote %d objects, want 6", st.Written)
+		}
+		if after := chainHandles(t, c, fwChain); !slices.Equal(before, after) {
+			t.Errorf("firewall chain rewritten: handles %v → %v", before, after)
+		}
+		checkKernel(t, tb, c, st)
+		check(t, []*pod{pod3}, []*pod{l.client, node})
+	})
+	t.Run("no endpoints: outside the ranges still dropped, inside rejected", func(t *testing.T) {
+		svcs[0].Internal, svcs[0].External, svcs[0].Cluster = nil, nil, nil
+		if _, err := tb.Sync(svcs); err != nil {
+			t.Fatal(err)
+		}
+		if err := dropped(l.client, ap(lb4, 80)); err != nil {
+			t.Error(err)
+		}
+		if _, err := helloTCP(pod3.ns, ap(lb4, 80)); !isRefused(err) {
+			t.Errorf("pod3 → %v: %v, want refused", lb4, err)
+		}
+	})
+	t.Run("ranges removed: the firewall goes", func(t *testing.T) {
+		svcs[0].SourceRanges = nil
+		svcs[0].Internal, svcs[0].External, svcs[0].Cluster = eps4, eps4, eps4
+		st, err := tb.Sync(svcs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkKernel(t, tb, c, st)
+		if out := nfttest.Ruleset(t, l.node); strings.Contains(out, "chain "+prefixFirewall) || strings.Contains(out, "set "+prefixSources) {
+			t.Errorf("firewall left:\n%s", out)
+		}
+		check(t, []*pod{l.client, node, pod3}, nil)
+	})
+}
+
+func TestLocalPolicyWithoutLocalEndpoints(t *testing.T) {
+	l := newLab(t, 3)
+	tb := newTable(t, l)
+	pod1, pod2, pod3 := l.pods[0], l.pods[1], l.pods[2]
+	node := &pod{name: "node", ns: l.node}
+	// The endpoints are "on other nodes" (pod1, pod2): none is local.
+	remote := []Endpoint{{pod1.ip4, tcpPort}, {pod2.ip4, tcpPort}}
+	// internalTrafficPolicy Local: no internal endpoint.
+	itp := Service{Namespace: "default", Name: "itp", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.30"), Port: 80, Cluster: remote}
+	// Both policies Local, reachable from outside: external traffic is
+	// dropped, the cluster's own goes to the cluster's endpoints.
+	both := Service{Namespace: "default", Name: "both", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.31"), Port: 80, NodePort: 30091,
+		LoadBalancerIPs: []netip.Addr{addr("198.51.100.31")}, ExternalLocal: true, Cluster: remote}
+	// No endpoints at all: still rejected.
+	none := Service{Namespace: "default", Name: "none", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.32"), Port: 80, NodePort: 30092}
+	if _, err := tb.Sync([]Service{itp, both, none}); err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []netip.AddrPort{ap(itp.ClusterIP, 80), ap(both.ClusterIP, 80)} {
+		for _, from := range []*pod{pod3, node} {
+			if err := dropped(from, to); err != nil {
+				t.Errorf("iTP=Local without local endpoints: %v", err)
+			}
+		}
+	}
+	for _, to := range []netip.AddrPort{ap(l.nodeIP4, 30091), ap(addr("198.51.100.31"), 80)} {
+		if err := dropped(l.client, to); err != nil {
+			t.Errorf("eTP=Local without local endpoints, from outside: %v", err)
+		}
+		// A pod's traffic is short-circuited to the cluster's endpoints.
+		seen := map[string]bool{}
+		for range 20 {
+			a, err := helloTCP(pod3.ns, to)
+			if err != nil {
+				t.Fatalf("pod3 → %v: %v", to, err)
+			}
+			seen[a.server] = true
+		}
+		if !seen["pod1"] || !seen["pod2"] || len(seen) != 2 {
+			t.Errorf("pod3 → %v: servers %v, want pod1 and pod2", to, seen)
+		}
+	}
+	for _, c := range []struct {
+		from *pod
+		to   netip.AddrPort
+	}{{pod3, ap(none.ClusterIP, 80)}, {node, ap(none.ClusterIP, 80)}, {l.client, ap(l.nodeIP4, 30092)}} {
+		if _, err := helloTCP(c.from.ns, c.to); !isRefused(err) {
+			t.Errorf("no endpoints: %s → %v: %v, want refused", c.from.name, c.to, err)
+		}
 	}
 }
