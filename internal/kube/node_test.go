@@ -285,12 +285,17 @@ func TestNodeStandalone(t *testing.T) {
 			}
 			// The host-network container's hostname is the node's name
 			// (the node's UTS namespace), the machine's is unchanged.
+			sleepers := 0
 			for _, pid := range CgroupProcs(n.CgroupRoot()) {
 				if p, ok := readProcInfo(pid); ok && p.comm == "sleep" {
+					sleepers++
 					if h, err := hostnameOf(pid); err != nil || h != cfg.Name {
 						t.Errorf("the host-network container's hostname: %q, %v; want %q", h, err, cfg.Name)
 					}
 				}
+			}
+			if sleepers == 0 {
+				t.Errorf("no process of the host-network container (sleep) in the node's cgroups %s", n.CgroupRoot())
 			}
 			if h, err := os.Hostname(); err != nil || h != before.hostname {
 				t.Errorf("the machine's hostname: %q, %v; was %q", h, err, before.hostname)
