@@ -76,7 +76,34 @@ var suiteAbout = map[Suite]string{
 		"`[sig-network] Services` (k8s.io/kubernetes/test/e2e/network), 2 e2e\n" +
 		"processes; skipped: those needing a cloud provider (LoadBalancer, ESIPP),\n" +
 		"a cluster of their own ([Serial], [Disruptive]), long or flaky ones, and\n" +
-		"feature-gated ones ([Feature:...]).\n",
+		"feature-gated ones ([Feature:...]).\n" +
+		"\n" +
+		"Three cases need the lab's nodes and control plane to behave like real\n" +
+		"hosts, which the lab does since 2026-12-03 10:30 UTC: runs made before\n" +
+		"failed them with either proxy, for the lab's lack, not the proxy's;\n" +
+		"focused runs of the three passed them all with podnet's proxy\n" +
+		"(2026-12-03 10:29) and with kube-proxy (10:38). A focused run is\n" +
+		"`CONF_FLAGS='-focus REGEX -md OTHER.md -json OTHER.json'`: written to\n" +
+		"the default files it would replace the proxy's full run.\n" +
+		"\n" +
+		"The three:\n" +
+		"\n" +
+		"- *internalTrafficPolicy=Local Pod and Node, to Pod (hostNetwork: true)*\n" +
+		"  expects a host-network pod to answer with its node's name as its\n" +
+		"  hostname (\"Expected vm to equal n3\": every node shared the machine's\n" +
+		"  UTS namespace). Each node now has a UTS namespace of its own named\n" +
+		"  after it, which containerd, kubelet and the host-network pods share.\n" +
+		"- *should create endpoints for unready pods* reads the pods through the\n" +
+		"  API server's pods/proxy (\"the server is currently unable to handle the\n" +
+		"  request\": the control plane's namespace had no route to the pods). The\n" +
+		"  lab now routes every node's podCIDR from the control plane to that node\n" +
+		"  (docs/lab.md).\n" +
+		"- *should be rejected for evicted pods (no endpoints exist)* needs kubelet\n" +
+		"  to evict a pod writing past its 5Mi ephemeral-storage limit (the pod\n" +
+		"  was never evicted: kubelet ran without localStorageCapacityIsolation,\n" +
+		"  so it ignored the limit, and without cAdvisor's disk usage metrics its\n" +
+		"  eviction manager failed every sync, \"cannot find filesystem info for\n" +
+		"  device\"). kubelet now accounts ephemeral storage and evicts.\n",
 	NetworkPolicy: "`make conformance SUITE=netpol PROXY=podnet`. Every case of\n" +
 		"`[sig-network] Netpol` (k8s.io/kubernetes/test/e2e/network/netpol: the\n" +
 		"`[Feature:NetworkPolicy]` cases over TCP, UDP and, tagged\n" +

@@ -184,11 +184,12 @@ func ProcsInMountNS(ns string) []int {
 	return pids
 }
 
-// mountNSOf reads a process's mount namespace link.
-func mountNSOf(pid int) (string, error) {
-	l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+// nsOf reads a process's namespace link of a kind ("mnt", "uts", …),
+// e.g. "mnt:[4026531841]".
+func nsOf(pid int, kind string) (string, error) {
+	l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
 	if err != nil {
-		return "", fmt.Errorf("mount namespace of %d: %w", pid, err)
+		return "", fmt.Errorf("%s namespace of %d: %w", kind, pid, err)
 	}
 	return l, nil
 }

@@ -7,6 +7,7 @@
 // kubeconfigs for the nodes and their components; StartNode runs a node
 // (containerd, kubelet and, unless another service proxy serves the
 // node, kube-proxy in iptables or nftables mode) inside a node's network
-// namespace and a mount namespace of its own. Nothing runs in, or changes, the
+// namespace and mount and UTS namespaces of its own (its hostname is the
+// node's name). Nothing runs in, or changes, the
 // machine's own network namespace.
 package kube

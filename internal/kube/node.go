@@ -23,8 +23,9 @@ import (
 
 // NodeConfig describes a Kubernetes node: containerd, kubelet and
 // kube-proxy run by a supervisor process (`podnet kube-node`, see
-// Supervise) inside the existing network namespace NetNS and a private
-// mount namespace made for the node, where directories under Dir/fs are
+// Supervise) inside the existing network namespace NetNS, a UTS namespace
+// made for the node whose hostname is Name (what host-network pods see),
+// and a private mount namespace made for the node, where directories under Dir/fs are
 // bind-mounted over the standard paths (/etc/cni/net.d, /opt/cni/bin,
 // /etc/kubernetes, /var/lib/{kubelet,containerd,cni,podnet},
 // /var/log/{pods,containers}, /run/{containerd,netns,podnet}) so that a
@@ -33,7 +34,8 @@ import (
 // the global sysctls kubelet writes, so the machine's values never change.
 type NodeConfig struct {
 	Bins Binaries
-	// Name is the node's name (a DNS label): kubelet's hostname override.
+	// Name is the node's name (a DNS label): kubelet's hostname override
+	// and the hostname of the node's UTS namespace.
 	Name string
 	// NetNS is the path of the network namespace the node runs in.
 	NetNS string
@@ -173,8 +175,8 @@ type readyReport struct {
 	Error       string `json:"error,omitempty"`
 }
 
-// StartNode starts the node's supervisor in cfg.NetNS and a new mount
-// namespace and returns once containerd answers, cfg.Images are imported
+// StartNode starts the node's supervisor in cfg.NetNS and new mount and
+// UTS namespaces and returns once containerd answers, cfg.Images are imported
 // and kubelet (and kube-proxy) are started. On failure everything started
 // is stopped again.
 func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
@@ -218,9 +220,9 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w}
 	// A new mount namespace (Go makes / recursively private in it, so
-	// nothing the node mounts reaches the machine's view), entered only
-	// by the forked child.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS, Setsid: cfg.Detach, Setpgid: !cfg.Detach}
+	// nothing the node mounts reaches the machine's view) and a new UTS
+	// namespace (the node's hostname), entered only by the forked child.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS, Setsid: cfg.Detach, Setpgid: !cfg.Detach}
 	err = ns.Do(cmd.Start)
 	w.Close()
 	if err != nil {
@@ -241,7 +243,7 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if p, ok := readProcInfo(n.st.PID); ok {
 		n.st.Start = p.start
 	}
-	if n.st.MountNS, err = mountNSOf(n.st.PID); err != nil {
+	if n.st.MountNS, err = nsOf(n.st.PID, "mnt"); err != nil {
 		return fail(err)
 	}
 	if err := n.save(); err != nil {

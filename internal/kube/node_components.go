@@ -52,12 +52,16 @@ func (c NodeConfig) kubeletConfig() ([]byte, error) {
 		"authentication": authn,
 		"authorization":  map[string]any{"mode": "AlwaysAllow"},
 		// A self-signed serving certificate in /var/lib/kubelet/pki.
-		"serverTLSBootstrap":            false,
-		"rotateCertificates":            false,
-		"podLogsDir":                    "/var/log/pods",
-		"containerRuntimeEndpoint":      "unix://" + containerdSocket,
-		"resolvConf":                    c.path("config", "resolv.conf"),
-		"localStorageCapacityIsolation": false,
+		"serverTLSBootstrap":       false,
+		"rotateCertificates":       false,
+		"podLogsDir":               "/var/log/pods",
+		"containerRuntimeEndpoint": "unix://" + containerdSocket,
+		"resolvConf":               c.path("config", "resolv.conf"),
+		// Ephemeral storage is accounted and limits enforced (eviction).
+		// It also makes kubelet's cAdvisor collect the file systems'
+		// usage, without which the eviction manager finds no stats for
+		// the node's file system and never runs at all.
+		"localStorageCapacityIsolation": true,
 		"maxPods":                       110,
 		"readOnlyPort":                  0,
 		"healthzBindAddress":            "127.0.0.1",

@@ -98,6 +98,9 @@ func TestNodeComponentConfigs(t *testing.T) {
 				"imageGCHighThresholdPercent": 100.0,
 				"containerRuntimeEndpoint":    "unix:///run/containerd/containerd.sock",
 				"maxPods":                     110.0,
+				// Ephemeral-storage limits enforced; the eviction manager
+				// has its file system stats.
+				"localStorageCapacityIsolation": true,
 			} {
 				if kc[key] != want {
 					t.Errorf("kubelet %s: %v, want %v", key, kc[key], want)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/podnet/podnet/internal/netns"
@@ -60,12 +62,17 @@ func requireRoot(t *testing.T) {
 type machineState struct {
 	sysctls map[string]string
 	// paths tells which standard paths (and their parents) exist.
-	paths map[string]bool
+	paths    map[string]bool
+	hostname string
 }
 
 func takeMachineState(t *testing.T) machineState {
 	t.Helper()
 	st := machineState{sysctls: map[string]string{}, paths: map[string]bool{}}
+	var err error
+	if st.hostname, err = os.Hostname(); err != nil {
+		t.Fatal(err)
+	}
 	for _, s := range nodeSysctls {
 		b, err := os.ReadFile(filepath.Join("/proc/sys", s))
 		if err != nil {
@@ -276,6 +283,23 @@ func TestNodeStandalone(t *testing.T) {
 			if len(CgroupProcs(n.CgroupRoot())) == 0 {
 				t.Errorf("no process in the node's cgroups %s", n.CgroupRoot())
 			}
+			// The host-network container's hostname is the node's name
+			// (the node's UTS namespace), the machine's is unchanged.
+			sleepers := 0
+			for _, pid := range CgroupProcs(n.CgroupRoot()) {
+				if p, ok := readProcInfo(pid); ok && p.comm == "sleep" {
+					sleepers++
+					if h, err := hostnameOf(pid); err != nil || h != cfg.Name {
+						t.Errorf("the host-network container's hostname: %q, %v; want %q", h, err, cfg.Name)
+					}
+				}
+			}
+			if sleepers == 0 {
+				t.Errorf("no process of the host-network container (sleep) in the node's cgroups %s", n.CgroupRoot())
+			}
+			if h, err := os.Hostname(); err != nil || h != before.hostname {
+				t.Errorf("the machine's hostname: %q, %v; was %q", h, err, before.hostname)
+			}
 			// kubelet sets kernel.panic to 10: in the node's file only.
 			poll(t, 30*time.Second, "kubelet's write of kernel/panic", func() error {
 				b, err := os.ReadFile(cfg.path("sysctl", "kernel", "panic"))
@@ -309,6 +333,37 @@ func TestNodeStandalone(t *testing.T) {
 	}
 }
 
+// hostnameOf reads the hostname of pid's UTS namespace, on a thread of
+// its own that enters the namespace and ends with the goroutine.
+func hostnameOf(pid int) (string, error) {
+	type result struct {
+		name string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with it
+		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/uts", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWUTS); err != nil {
+			done <- result{err: fmt.Errorf("enter the UTS namespace of %d: %w", pid, err)}
+			return
+		}
+		var u unix.Utsname
+		if err := unix.Uname(&u); err != nil {
+			done <- result{err: err}
+			return
+		}
+		done <- result{name: unix.ByteSliceToString(u.Nodename[:])}
+	}()
+	r := <-done
+	return r.name, r.err
+}
+
 // checkGone checks that nothing of the node is left on the machine.
 func checkGone(t *testing.T, netnsPath, mntNS string, n *Node, dir string, before machineState) {
 	t.Helper()
@@ -334,6 +389,9 @@ func checkGone(t *testing.T, netnsPath, mntNS string, n *Node, dir string, befor
 		t.Errorf("mounts left under %s: %v, %v", dir, m, err)
 	}
 	after := takeMachineState(t)
+	if after.hostname != before.hostname {
+		t.Errorf("the machine's hostname changed: %s, was %s", after.hostname, before.hostname)
+	}
 	for s, v := range before.sysctls {
 		if after.sysctls[s] != v {
 			t.Errorf("sysctl %s changed: %s, was %s", s, after.sysctls[s], v)

@@ -19,9 +19,10 @@ import (
 )
 
 // Supervise is a node's supervisor (`podnet kube-node`), started by
-// StartNode in the node's network namespace and a new mount namespace of
-// its own. It becomes a child subreaper (it reaps containerd's shims and
-// whatever is orphaned under it), binds the node's directories and sysctl
+// StartNode in the node's network namespace and new mount and UTS
+// namespaces of its own. It becomes a child subreaper (it reaps
+// containerd's shims and whatever is orphaned under it), sets the
+// hostname to the node's name, binds the node's directories and sysctl
 // files (see NodeConfig), creates the node's cgroupRoot, starts
 // containerd, imports the images, starts kubelet and kube-proxy, logging
 // each to Dir/logs/<name>.log, and writes its readiness (or the error
@@ -101,12 +102,18 @@ func (s *supervisor) setUp(ctx context.Context) (string, error) {
 	}
 	// Never touch the machine's mounts: refuse to run in the mount
 	// namespace of the process that started it.
-	self, err := mountNSOf(os.Getpid())
-	if err != nil {
+	if err := ownNamespace("mnt"); err != nil {
 		return "", err
 	}
-	if parent, err := mountNSOf(os.Getppid()); err != nil || parent == self {
-		return "", fmt.Errorf("not in a mount namespace of its own (%s): StartNode runs the supervisor", self)
+	// The node's hostname is its name, in a UTS namespace of its own
+	// (never the machine's): containerd, kubelet, kube-proxy and the
+	// host-network pods (which share containerd's UTS namespace) see it,
+	// as on a machine of its own.
+	if err := ownNamespace("uts"); err != nil {
+		return "", err
+	}
+	if err := unix.Sethostname([]byte(s.cfg.Name)); err != nil {
+		return "", fmt.Errorf("hostname %s: %w", s.cfg.Name, err)
 	}
 	tools, err := FindContainerdTools()
 	if err != nil {
@@ -153,6 +160,20 @@ func (s *supervisor) setUp(ctx context.Context) (string, error) {
 		}
 	}
 	return snapshotter, s.stopping(ctx, nil)
+}
+
+// ownNamespace checks that the supervisor runs in a namespace of the kind
+// ("mnt", "uts") of its own, not in the one of the process that started
+// it (the machine's), which it must never change.
+func ownNamespace(kind string) error {
+	self, err := nsOf(os.Getpid(), kind)
+	if err != nil {
+		return err
+	}
+	if parent, err := nsOf(os.Getppid(), kind); err != nil || parent == self {
+		return fmt.Errorf("not in a %s namespace of its own (%s): StartNode runs the supervisor", kind, self)
+	}
+	return nil
 }
 
 // stopping returns errStopping when ctx was cancelled (by a signal),
@@ -262,7 +283,7 @@ func (s *supervisor) shutDown() {
 	s.stopComponents(rest)
 	s.stopComponents(runtime)
 	self := os.Getpid()
-	ns, _ := mountNSOf(self)
+	ns, _ := nsOf(self, "mnt")
 	cgroup := s.cfg.cgroupRoot()
 	left := func() []int {
 		var pids []int

@@ -34,6 +34,7 @@ import (
 // (an address no node takes: nodes are .1 to .200), the Service range,
 // and the Deployment whose pods are the lab's.
 const (
+	cpSegment    = 1
 	cpHost       = 250
 	cpRole       = "cp"
 	serviceCIDR  = "10.96.0.0/16"
@@ -86,11 +87,11 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		return err
 	}
 	l.progress("kubernetes %s binaries ready after %s", kube.Version, since(t))
-	ks := &KubeState{NS: l.nsName(cpRole), IP: segmentIP(1, cpHost).String(), Dir: controlPlaneDir(l.Dir), Bins: bins}
+	ks := &KubeState{NS: l.nsName(cpRole), IP: segmentIP(cpSegment, cpHost).String(), Dir: controlPlaneDir(l.Dir), Bins: bins}
 	if err := l.update(func() { l.Kube = ks }); err != nil {
 		return err
 	}
-	if err := l.buildHost(cpRole, 1, ks.IP, ""); err != nil {
+	if err := l.buildHost(cpRole, cpSegment, ks.IP, ""); err != nil {
 		return err
 	}
 	t = time.Now()
@@ -105,7 +106,7 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		imagesDone <- err
 	}(t)
 	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
-		Bins: bins, Dir: ks.Dir, NetNS: filepath.Join(netns.RunDir, ks.NS), IP: segmentIP(1, cpHost),
+		Bins: bins, Dir: ks.Dir, NetNS: filepath.Join(netns.RunDir, ks.NS), IP: segmentIP(cpSegment, cpHost),
 		ClusterCIDR: clusterCIDR, NodeCIDRMaskSize: nodeCIDRMask, ServiceCIDR: serviceCIDR, Detach: true,
 	})
 	if err != nil {
@@ -153,6 +154,10 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		return err
 	}
 	l.progress("every node Ready after %s", since(t))
+	if err := l.routeControlPlane(ctx, client, nodes); err != nil {
+		return err
+	}
+	l.progress("control plane routed to every node's podCIDR (the API server reaches the pods)")
 	if err := l.recordJoins(ctx, nodes); err != nil {
 		return err
 	}
@@ -376,7 +381,7 @@ func (l *Lab) podnetManifest() ([]byte, error) {
 			"apiVersion": "v1", "kind": "ConfigMap",
 			"metadata": map[string]any{"name": "kubernetes-services-endpoint", "namespace": "kube-system"},
 			"data": map[string]any{
-				"KUBERNETES_SERVICE_HOST": segmentIP(1, cpHost).String(),
+				"KUBERNETES_SERVICE_HOST": segmentIP(cpSegment, cpHost).String(),
 				"KUBERNETES_SERVICE_PORT": strconv.Itoa(kube.APIServerPort),
 			},
 		})

@@ -23,6 +23,7 @@ func TestKubernetes(t *testing.T) {
 	steps := []step{
 		{"Nodes", time.Minute, testNodes},
 		{"PodCIDRs", time.Minute, testPodCIDRs},
+		{"APIServerToPods", time.Minute, testAPIServerToPods},
 		{"HostPort", 2 * time.Minute, testHostPort},
 		{"Bandwidth", 2 * time.Minute, testBandwidth},
 		{"Services", 2 * time.Minute, testServices},

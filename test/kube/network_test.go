@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -382,4 +383,68 @@ func testServices(t *testing.T, ctx context.Context, c *cluster) {
 	if err != nil {
 		t.Errorf("pod on %s → the kubernetes Service %s: %v", client, apiAddr, err)
 	}
+}
+
+// apiProxyPort is where testAPIServerToPods serves HTTP in the pods.
+const apiProxyPort = 8089
+
+// testAPIServerToPods: the API server reaches a pod on every node (the
+// pods/proxy subresource, as `kubectl get --raw
+// /api/v1/namespaces/NS/pods/POD:PORT/proxy/`), the pod seeing the
+// control plane's own address: the lab routes every node's podCIDR from
+// the control plane, and the replies come back unmasqueraded.
+func testAPIServerToPods(t *testing.T, ctx context.Context, c *cluster) {
+	pods, err := c.client.CoreV1().Pods(lab.PodsNamespace).List(ctx, metav1.ListOptions{LabelSelector: lab.PodsSelector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := map[string]bool{}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if done[p.Spec.NodeName] || p.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		done[p.Spec.NodeName] = true
+		serveSource(t, c.podNS(t, ctx, p), apiProxyPort)
+		var body []byte
+		err := poll(ctx, 30*time.Second, "the API server's proxy to pod "+p.Name, func(ctx context.Context) error {
+			b, err := c.client.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, fmt.Sprint(apiProxyPort), "/", nil).DoRaw(ctx)
+			body = b
+			return err
+		})
+		if err != nil {
+			t.Errorf("node %s: %v", p.Spec.NodeName, err)
+			continue
+		}
+		if got, want := strings.TrimSpace(string(body)), c.lab.Kube.IP; got != want {
+			t.Errorf("node %s: pod %s saw the API server's request from %q, want the control plane's address %s", p.Spec.NodeName, p.Name, got, want)
+		}
+	}
+	if len(done) != nodeCount {
+		t.Errorf("running pods of the lab's Deployment on %d nodes, want %d", len(done), nodeCount)
+	}
+}
+
+// serveSource answers HTTP requests to port inside ns with the client's
+// address, until the test ends.
+func serveSource(t *testing.T, ns *netns.NS, port int) {
+	t.Helper()
+	var ln net.Listener
+	err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("serve HTTP %d: %v", port, err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			fmt.Fprintln(w, host)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
 }
