@@ -429,15 +429,7 @@ func testAPIServerToPods(t *testing.T, ctx context.Context, c *cluster) {
 // address, until the test ends.
 func serveSource(t *testing.T, ns *netns.NS, port int) {
 	t.Helper()
-	var ln net.Listener
-	err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	})
-	if err != nil {
-		t.Fatalf("serve HTTP %d: %v", port, err)
-	}
+	ln := listenTCP(t, ns, port)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			host, _, _ := net.SplitHostPort(r.RemoteAddr)

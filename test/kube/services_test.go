@@ -179,16 +179,7 @@ func serveName(t *testing.T, ns *netns.NS, name string) {
 // told each source address first.
 func serveTCP(t *testing.T, ns *netns.NS, name string, port int, seen func(source string)) {
 	t.Helper()
-	var ln net.Listener
-	err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	})
-	if err != nil {
-		t.Fatalf("serve TCP %d in %s: %v", port, name, err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := listenTCP(t, ns, port)
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -203,6 +194,22 @@ func serveTCP(t *testing.T, ns *netns.NS, name string, port int, seen func(sourc
 			conn.Close()
 		}
 	}()
+}
+
+// listenTCP listens on TCP port inside ns, until the test ends.
+func listenTCP(t *testing.T, ns *netns.NS, port int) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on TCP %d in %s: %v", port, ns.Path(), err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }
 
 // serveUDP answers every UDP datagram to port inside ns with name and

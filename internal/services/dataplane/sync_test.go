@@ -11,6 +11,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/internal/testing/nfttest"
 )
@@ -65,16 +66,7 @@ func chainHandles(t *testing.T, c *nft.Conn, chain string) []uint64 {
 
 func TestIncremental(t *testing.T) {
 	ns := nfttest.NS(t, "dpinc")
-	tb, err := New(Config{NetNSFd: ns.Fd(), ClusterCIDRs: clusterCIDRs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tb.Close()
-	c, err := nft.New(ns.Fd())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	tb, c := newTable(t, ns.Fd()), nftConn(t, ns)
 
 	svcs := manyServices(200, 5)
 	if _, err := tb.Sync(svcs); err != nil {
@@ -191,7 +183,7 @@ func checkKernel(t *testing.T, tb *Table, c *nft.Conn, st Stats) {
 func TestRestartAndCleanup(t *testing.T) {
 	l := newLab(t, 3)
 	svcs := labServices(l)
-	tb := newTable(t, l)
+	tb := newTable(t, l.node.Fd())
 	if _, err := tb.Sync(svcs); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +217,7 @@ func TestRestartAndCleanup(t *testing.T) {
 	// The agent restarts: a new Table rewrites the table in one
 	// transaction; the established connection keeps working.
 	tb.Close()
-	tb2 := newTable(t, l)
+	tb2 := newTable(t, l.node.Fd())
 	st, err := tb2.Sync(svcs)
 	if err != nil {
 		t.Fatal(err)
@@ -255,7 +247,7 @@ func TestListing(t *testing.T) {
 	// combinations, map lookups keyed by another lookup's result: the
 	// table must not hold them).
 	l := newLab(t, 3)
-	tb := newTable(t, l)
+	tb := newTable(t, l.node.Fd())
 	if _, err := tb.Sync(labServices(l)); err != nil {
 		t.Fatal(err)
 	}
@@ -375,16 +367,7 @@ func cpuTime(t *testing.T, kernel bool) time.Duration {
 // kernel as a Sync of the whole desired set does.
 func TestUpdate(t *testing.T) {
 	ns := nfttest.NS(t, "dpupd")
-	tb, err := New(Config{NetNSFd: ns.Fd(), ClusterCIDRs: clusterCIDRs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tb.Close()
-	c, err := nft.New(ns.Fd())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	tb, c := newTable(t, ns.Fd()), nftConn(t, ns)
 	ref := nfttest.NS(t, "dpupdref")
 	rt, err := New(Config{NetNSFd: ref.Fd(), ClusterCIDRs: clusterCIDRs})
 	if err != nil {
@@ -474,16 +457,7 @@ func TestUpdate(t *testing.T) {
 // it has none; a change of endpoints it does not use writes nothing.
 func TestNoEndpointVerdicts(t *testing.T) {
 	ns := nfttest.NS(t, "dpnoep")
-	tb, err := New(Config{NetNSFd: ns.Fd(), ClusterCIDRs: clusterCIDRs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tb.Close()
-	c, err := nft.New(ns.Fd())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	tb, c := newTable(t, ns.Fd()), nftConn(t, ns)
 	remote := []Endpoint{{addr("10.244.2.2"), 8080}}
 	s := Service{Namespace: "ns", Name: "itp", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.40"), Port: 80, Cluster: remote}
 	for _, step := range []struct {
@@ -523,4 +497,16 @@ func TestNoEndpointVerdicts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nftConn is a connection to read ns's nftables with, closed when the
+// test ends.
+func nftConn(t *testing.T, ns *netns.Temp) *nft.Conn {
+	t.Helper()
+	c, err := nft.New(ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

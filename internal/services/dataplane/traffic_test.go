@@ -70,9 +70,11 @@ func find(svcs []Service, name string, f Family) *Service {
 	panic("no service " + name)
 }
 
-func newTable(t *testing.T, l *lab) *Table {
+// newTable is a service table in the network namespace netnsFd, closed
+// when the test ends.
+func newTable(t *testing.T, netnsFd int) *Table {
 	t.Helper()
-	tb, err := New(Config{NetNSFd: l.node.Fd(), ClusterCIDRs: clusterCIDRs})
+	tb, err := New(Config{NetNSFd: netnsFd, ClusterCIDRs: clusterCIDRs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func newTable(t *testing.T, l *lab) *Table {
 
 func TestTraffic(t *testing.T) {
 	l := newLab(t, 3)
-	tb := newTable(t, l)
+	tb := newTable(t, l.node.Fd())
 	svcs := labServices(l)
 	st, err := tb.Sync(svcs)
 	if err != nil {
@@ -330,7 +332,7 @@ func served(p *pod, addr netip.AddrPort, servers ...string) error {
 
 func TestSourceRanges(t *testing.T) {
 	l := newLab(t, 3)
-	tb := newTable(t, l)
+	tb := newTable(t, l.node.Fd())
 	pod1, pod3 := l.pods[0], l.pods[2]
 	node := &pod{name: "node", ns: l.node}
 	lb4, lb6 := addr("198.51.100.20"), addr("2001:db8:100::20")
@@ -440,7 +442,7 @@ func TestSourceRanges(t *testing.T) {
 
 func TestLocalPolicyWithoutLocalEndpoints(t *testing.T) {
 	l := newLab(t, 3)
-	tb := newTable(t, l)
+	tb := newTable(t, l.node.Fd())
 	pod1, pod2, pod3 := l.pods[0], l.pods[1], l.pods[2]
 	node := &pod{name: "node", ns: l.node}
 	// The endpoints are "on other nodes" (pod1, pod2): none is local.
