@@ -31,12 +31,14 @@ import (
 )
 
 // The Kubernetes mode's cluster: the control plane's host on segment 1
-// (an address no node takes: nodes are .1 to .200), the Service range,
-// and the Deployment whose pods are the lab's.
+// (an address no node takes: nodes are .1 to .200), the Service ranges
+// (IPv6 of a dual-stack lab: the API server takes /108 or longer), and
+// the Deployment whose pods are the lab's.
 const (
 	cpHost       = 250
 	cpRole       = "cp"
 	serviceCIDR  = "10.96.0.0/16"
+	serviceCIDR6 = "fd00:10:96::/112"
 	nodeCIDRMask = 24
 	// PodsNamespace and PodsSelector find the lab's pods (the Deployment
 	// PodsDeployment's) in the API.
@@ -104,10 +106,14 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		}
 		imagesDone <- err
 	}(t)
-	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
+	cpCfg := kube.ControlPlaneConfig{
 		Bins: bins, Dir: ks.Dir, NetNS: filepath.Join(netns.RunDir, ks.NS), IP: segmentIP(1, cpHost),
 		ClusterCIDR: clusterCIDR, NodeCIDRMaskSize: nodeCIDRMask, ServiceCIDR: serviceCIDR, Detach: true,
-	})
+	}
+	if l.Spec.IPv6 {
+		cpCfg.ClusterCIDR6, cpCfg.NodeCIDRMaskSize6, cpCfg.ServiceCIDR6 = clusterCIDR6, subnetSize6, serviceCIDR6
+	}
+	cp, err := kube.StartControlPlane(ctx, cpCfg)
 	if err != nil {
 		return errors.Join(err, <-imagesDone)
 	}
@@ -175,7 +181,7 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 			return err
 		}
 		l.progress("Service %s/%s: ClusterIP %s port %d, NodePort %d, %d endpoints ready after %s",
-			PodsNamespace, PodsService, svc.Spec.ClusterIP, PodsServicePort, PodsNodePort, replicas, since(t))
+			PodsNamespace, PodsService, strings.Join(clusterIPs(svc), ", "), PodsServicePort, PodsNodePort, replicas, since(t))
 	}
 	l.progress("lab %s up in %s", l.Name, since(start))
 	return nil
@@ -328,6 +334,9 @@ func (l *Lab) startKubeNode(ctx context.Context, cp *kube.ControlPlane, n *Node)
 		Kubeconfig: kubelet, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR, ClusterDNS: net.ParseIP(ClusterDNS),
 		Images: l.Kube.Images, Supervisor: []string{l.Bins.CLI, "kube-node"}, Detach: true,
 	}
+	if n.IP6 != "" {
+		cfg.IP6, cfg.ClusterCIDR6 = net.ParseIP(n.IP6), clusterCIDR6
+	}
 	if l.Spec.KubeProxy != KubeProxyNone {
 		if cfg.ProxyKubeconfig, err = cp.Kubeconfig("system:kube-proxy"); err != nil {
 			return err
@@ -355,7 +364,7 @@ func (l *Lab) serviceProxy() string {
 }
 
 // podnetManifest is deploy.Manifest as a List for kubectl apply, its
-// ConfigMap holding the lab's cluster CIDR, backend and service proxy;
+// ConfigMap holding the lab's cluster CIDRs, backend and service proxy;
 // everything else as shipped.
 func (l *Lab) podnetManifest() ([]byte, error) {
 	items, err := manifestItems()
@@ -416,8 +425,9 @@ func configOf(cm map[string]any) (map[string]any, error) {
 }
 
 // adaptConfig sets the lab's values in podnet's ConfigMap: its cluster
-// CIDR and backend, and podnet's service proxy on exactly when the lab
-// runs no kube-proxy (two proxies would fight over the Services).
+// CIDR (and IPv6 one, dual-stack) and backend, and podnet's service
+// proxy on exactly when the lab runs no kube-proxy (two proxies would
+// fight over the Services).
 func (l *Lab) adaptConfig(cm map[string]any) error {
 	cfg, err := configOf(cm)
 	if err != nil {
@@ -425,6 +435,10 @@ func (l *Lab) adaptConfig(cm map[string]any) error {
 	}
 	cfg["cluster-cidr"] = clusterCIDR
 	cfg["node-subnet-size"] = nodeCIDRMask
+	if l.Spec.IPv6 {
+		cfg["cluster-cidr6"] = clusterCIDR6
+		cfg["node-subnet-size6"] = subnetSize6
+	}
 	cfg["backend"] = string(l.Spec.Backend)
 	if _, ok := cfg[serviceProxyKey]; ok {
 		cfg[serviceProxyKey] = l.Spec.KubeProxy == KubeProxyNone

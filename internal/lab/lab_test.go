@@ -2,6 +2,7 @@ package lab
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -24,7 +25,7 @@ func TestSpecValidate(t *testing.T) {
 		{"defaults", Spec{}, ""},
 		{"kubernetes", Spec{Kubernetes: true, Nodes: 2, PodsPerNode: 3}, ""},
 		{"kubernetes on segments", Spec{Kubernetes: true, Segments: 2, Backend: cluster.VXLAN}, ""},
-		{"kubernetes dual-stack", Spec{Kubernetes: true, IPv6: true}, "IPv4 only"},
+		{"kubernetes dual-stack", Spec{Kubernetes: true, IPv6: true}, ""},
 		{"too many nodes", Spec{Nodes: maxNodes + 1}, "nodes must be"},
 		{"negative pods", Spec{PodsPerNode: -1}, "pods per node"},
 		{"host-gw across segments", Spec{Segments: 2, Backend: cluster.HostGW}, "host-gw"},
@@ -167,15 +168,18 @@ func TestPodnetManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, proxy := range []kube.ProxyMode{kube.ProxyIPTables, KubeProxyNone} {
-		t.Run(string(proxy), func(t *testing.T) { testPodnetManifest(t, proxy, present) })
+		for _, v6 := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s ipv6=%v", proxy, v6), func(t *testing.T) { testPodnetManifest(t, proxy, v6, present) })
+		}
 	}
 }
 
 // testPodnetManifest checks the manifest of a lab with the given
 // kube-proxy: podnet's service proxy (when its manifest has the option)
-// is on exactly when no kube-proxy runs.
-func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, present bool) {
-	l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.VXLAN, KubeProxy: proxy}}}
+// is on exactly when no kube-proxy runs; a dual-stack lab's config has
+// the IPv6 cluster CIDR and subnet size too.
+func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, v6, present bool) {
+	l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.VXLAN, KubeProxy: proxy, IPv6: v6}}}
 	b, err := l.podnetManifest()
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +208,11 @@ func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, present bool) {
 			if err := yaml.Unmarshal([]byte(data["config.yaml"].(string)), &cfg); err != nil {
 				t.Fatal(err)
 			}
-			want := map[string]any{"cluster-cidr": clusterCIDR, "node-subnet-size": float64(nodeCIDRMask), "backend": "vxlan", "datastore": "kubernetes", "listen": "127.0.0.1:9099"}
+			want := map[string]any{"cluster-cidr": clusterCIDR, "node-subnet-size": float64(nodeCIDRMask), "backend": "vxlan", "datastore": "kubernetes", "listen": "127.0.0.1:9099",
+				"cluster-cidr6": nil, "node-subnet-size6": nil}
+			if v6 {
+				want["cluster-cidr6"], want["node-subnet-size6"] = clusterCIDR6, float64(subnetSize6)
+			}
 			if present {
 				want[serviceProxyKey] = proxy == KubeProxyNone
 			} else if _, ok := cfg[serviceProxyKey]; ok {
@@ -263,7 +271,7 @@ func TestReportPrintServices(t *testing.T) {
 	if len(lines) < len(want)+1 || !reflect.DeepEqual(lines[:len(want)], want) {
 		t.Fatalf("matrix:\n%s\nwant it to start with:\n%s", b.String(), strings.Join(want, "\n"))
 	}
-	if sum := lines[len(want)]; !strings.Contains(sum, "1/2 pods reach the Service's ClusterIP; the outside reaches its NodePort on 2/2 nodes; 1 failures") {
+	if sum := lines[len(want)]; !strings.Contains(sum, "1/2 pods reach the Service's ClusterIP; the outside reaches its NodePort at 2/2 node addresses; 1 failures") {
 		t.Errorf("summary %q", sum)
 	}
 }

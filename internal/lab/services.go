@@ -92,7 +92,8 @@ func (s Spec) validKubeProxy() error {
 }
 
 // runService creates the lab's NodePort Service over its Deployment's
-// pods and waits until its EndpointSlices list every replica ready.
+// pods (dual-stack in a dual-stack lab: a ClusterIP of each family) and
+// waits until its EndpointSlices list every replica ready.
 func (l *Lab) runService(ctx context.Context, c kubernetes.Interface, replicas int) (*corev1.Service, error) {
 	labels := podsLabels()
 	svc := &corev1.Service{
@@ -105,6 +106,10 @@ func (l *Lab) runService(ctx context.Context, c kubernetes.Interface, replicas i
 				TargetPort: intstr.FromInt32(checkPort),
 			}},
 		},
+	}
+	if l.Spec.IPv6 {
+		dual := corev1.IPFamilyPolicyRequireDualStack
+		svc.Spec.IPFamilyPolicy = &dual
 	}
 	created, err := c.CoreV1().Services(PodsNamespace).Create(ctx, svc, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
@@ -121,6 +126,14 @@ func (l *Lab) runService(ctx context.Context, c kubernetes.Interface, replicas i
 		return fmt.Sprintf("%d of %d endpoints ready", n, replicas), n == replicas
 	})
 	return created, err
+}
+
+// clusterIPs are a Service's ClusterIPs, one per family it has.
+func clusterIPs(svc *corev1.Service) []string {
+	if len(svc.Spec.ClusterIPs) > 0 {
+		return svc.Spec.ClusterIPs
+	}
+	return []string{svc.Spec.ClusterIP}
 }
 
 // readyEndpoints counts the ready endpoints of a Service's EndpointSlices.
