@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -119,11 +120,18 @@ func (l *Lab) runService(ctx context.Context, c kubernetes.Interface, replicas i
 		return nil, fmt.Errorf("service %s/%s: %w", PodsNamespace, PodsService, err)
 	}
 	err = waitFor(ctx, "the lab Service's endpoints", func(ctx context.Context) (string, bool) {
-		n, err := readyEndpoints(ctx, c, PodsNamespace, PodsService)
+		ready, err := readyEndpoints(ctx, c, PodsNamespace, PodsService)
 		if err != nil {
 			return err.Error(), false
 		}
-		return fmt.Sprintf("%d of %d endpoints ready", n, replicas), n == replicas
+		var status []string
+		all := len(created.Spec.IPFamilies) > 0
+		for _, f := range created.Spec.IPFamilies {
+			n := ready[discoveryv1.AddressType(f)]
+			status = append(status, fmt.Sprintf("%s: %d of %d", f, n, replicas))
+			all = all && n == replicas
+		}
+		return "endpoints ready: " + strings.Join(status, ", "), all
 	})
 	return created, err
 }
@@ -136,17 +144,18 @@ func clusterIPs(svc *corev1.Service) []string {
 	return []string{svc.Spec.ClusterIP}
 }
 
-// readyEndpoints counts the ready endpoints of a Service's EndpointSlices.
-func readyEndpoints(ctx context.Context, c kubernetes.Interface, namespace, service string) (int, error) {
+// readyEndpoints counts the ready endpoints of a Service's EndpointSlices
+// by address type (a dual-stack Service has slices of each family).
+func readyEndpoints(ctx context.Context, c kubernetes.Interface, namespace, service string) (map[discoveryv1.AddressType]int, error) {
 	slices, err := c.DiscoveryV1().EndpointSlices(namespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + service})
 	if err != nil {
-		return 0, fmt.Errorf("endpoint slices of %s/%s: %w", namespace, service, err)
+		return nil, fmt.Errorf("endpoint slices of %s/%s: %w", namespace, service, err)
 	}
-	n := 0
+	n := map[discoveryv1.AddressType]int{}
 	for _, s := range slices.Items {
 		for _, e := range s.Endpoints {
 			if e.Conditions.Ready == nil || *e.Conditions.Ready {
-				n++
+				n[s.AddressType]++
 			}
 		}
 	}
