@@ -145,7 +145,9 @@ func (c *cluster) dumpLogs(t *testing.T) {
 			t.Logf("%s log of %s:\n%s", comp, name, kube.Tail(b, 15))
 		}
 	}
-	c.logPods(t, context.Background(), "app.kubernetes.io/name=podnet", 15)
+	if c.client != nil { // nil when the lab never came up
+		c.logPods(t, context.Background(), "app.kubernetes.io/name=podnet", 15)
+	}
 }
 
 // logPods logs the tail of the logs of each kube-system pod the selector
