@@ -367,16 +367,9 @@ func (l *Lab) serviceProxy() string {
 // ConfigMap holding the lab's cluster CIDRs, backend and service proxy;
 // everything else as shipped.
 func (l *Lab) podnetManifest() ([]byte, error) {
-	items, err := manifestItems()
+	items, err := l.adaptedItems(deploy.Manifest, "deploy/podnet.yaml")
 	if err != nil {
 		return nil, err
-	}
-	for _, obj := range items {
-		if obj["kind"] == "ConfigMap" {
-			if err := l.adaptConfig(obj); err != nil {
-				return nil, err
-			}
-		}
 	}
 	if l.Spec.KubeProxy == KubeProxyNone {
 		// Without kube-proxy the kubernetes Service is podnet's own to
@@ -393,16 +386,56 @@ func (l *Lab) podnetManifest() ([]byte, error) {
 	return json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
 }
 
-// manifestItems are deploy.Manifest's objects.
-func manifestItems() ([]map[string]any, error) {
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(deploy.Manifest), 4096)
+// CleanupManifest is deploy.CleanupManifest, podnet's uninstall, as a
+// YAML stream for kubectl, its ConfigMap holding the lab's values as
+// podnetManifest's does: the cleanup must run with the cluster's
+// configuration (docs/kubernetes.md), which in a dual-stack lab is not
+// the shipped one.
+func (l *Lab) CleanupManifest() ([]byte, error) {
+	items, err := l.adaptedItems(deploy.CleanupManifest, "deploy/podnet-cleanup.yaml")
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	for _, obj := range items {
+		y, err := yaml.Marshal(obj)
+		if err != nil {
+			return nil, fmt.Errorf("deploy/podnet-cleanup.yaml: %w", err)
+		}
+		b.WriteString("---\n")
+		b.Write(y)
+	}
+	return b.Bytes(), nil
+}
+
+// adaptedItems are the objects of manifest (a file of deploy/, named
+// name), its ConfigMap adapted to the lab (adaptConfig).
+func (l *Lab) adaptedItems(manifest []byte, name string) ([]map[string]any, error) {
+	items, err := manifestItems(manifest, name)
+	if err != nil {
+		return nil, err
+	}
+	for _, obj := range items {
+		if obj["kind"] == "ConfigMap" {
+			if err := l.adaptConfig(obj); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return items, nil
+}
+
+// manifestItems are the objects of manifest, a file of deploy/ named
+// name.
+func manifestItems(manifest []byte, name string) ([]map[string]any, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifest), 4096)
 	var items []map[string]any
 	for {
 		var obj map[string]any
 		if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
 			return items, nil
 		} else if err != nil {
-			return nil, fmt.Errorf("deploy/podnet.yaml: %w", err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		if obj != nil {
 			items = append(items, obj)

@@ -240,6 +240,60 @@ func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, v6, present bool) {
 	}
 }
 
+// TestCleanupManifest checks that the lab's podnet uninstall runs with
+// the lab's configuration: its ConfigMap's config.yaml is the one the lab
+// installs podnet with (dual-stack or not), its other objects as shipped.
+func TestCleanupManifest(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ipv6=%v", v6), func(t *testing.T) {
+			l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.Auto, KubeProxy: KubeProxyNone, IPv6: v6}}}
+			cleanup, err := l.CleanupManifest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			items, err := manifestItems(cleanup, "cleanup")
+			if err != nil {
+				t.Fatal(err)
+			}
+			shipped, err := manifestItems(deploy.CleanupManifest, "deploy/podnet-cleanup.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(items) != len(shipped) {
+				t.Fatalf("%d objects, the shipped cleanup has %d", len(items), len(shipped))
+			}
+			install, err := l.podnetManifest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var list struct{ Items []map[string]any }
+			if err := json.Unmarshal(install, &list); err != nil {
+				t.Fatal(err)
+			}
+			configs := func(items []map[string]any) []map[string]any {
+				var cfgs []map[string]any
+				for _, it := range items {
+					if it["kind"] == "ConfigMap" && it["metadata"].(map[string]any)["name"] == "podnet-config" {
+						cfg, err := configOf(it)
+						if err != nil {
+							t.Fatal(err)
+						}
+						cfgs = append(cfgs, cfg)
+					}
+				}
+				return cfgs
+			}
+			got, want := configs(items), configs(list.Items)
+			if len(got) != 1 || len(want) != 1 || !reflect.DeepEqual(got[0], want[0]) {
+				t.Fatalf("the cleanup's podnet-config %v, the install's %v", got, want)
+			}
+			if _, ok := got[0]["cluster-cidr6"]; ok != v6 {
+				t.Errorf("the cleanup's config has cluster-cidr6: %v, want %v", ok, v6)
+			}
+		})
+	}
+}
+
 // TestReportPrintServices checks the Kubernetes matrix's Service
 // columns: each pod's ClusterIP cell, the outside host's NodePort row,
 // and that a failed Service probe counts and is listed.

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/podnet/podnet/deploy"
 	"github.com/podnet/podnet/internal/kube"
 )
 
@@ -39,7 +40,7 @@ const (
 // podnetServiceProxy tells whether deploy/podnet.yaml's config.yaml has
 // podnet's service proxy option (present) and turns it on (on).
 func podnetServiceProxy() (present, on bool, err error) {
-	items, err := manifestItems()
+	items, err := manifestItems(deploy.Manifest, "deploy/podnet.yaml")
 	if err != nil {
 		return false, false, err
 	}
