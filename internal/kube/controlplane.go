@@ -77,6 +77,16 @@ type ControlPlaneConfig struct {
 	NodeCIDRMaskSize int
 	// ServiceCIDR is the Service cluster IP range (e.g. 10.96.0.0/16).
 	ServiceCIDR string
+	// ClusterCIDR6, NodeCIDRMaskSize6 and ServiceCIDR6, all set or none,
+	// make the cluster dual-stack as kubeadm does: an IPv6 pod CIDR of
+	// NodeCIDRMaskSize6 bits for every node beside its IPv4 one, and an
+	// IPv6 Service range beside ServiceCIDR (e.g. fd00:10:244::/56, 64,
+	// fd00:10:96::/112: the API server takes an IPv6 range of /108 or
+	// longer). IPv4 stays the primary family: IP is the API server's
+	// address.
+	ClusterCIDR6      string
+	NodeCIDRMaskSize6 int
+	ServiceCIDR6      string
 	// Detach puts the processes in their own session so that they outlive
 	// the caller (the lab); else they are the caller's children and die
 	// with it (tests).
@@ -265,17 +275,66 @@ func (cfg *ControlPlaneConfig) validate() error {
 	if cfg.IP == nil || cfg.IP.IsLoopback() || cfg.IP.IsUnspecified() {
 		return fmt.Errorf("kube: control plane: API server address %v is not a routable address", cfg.IP)
 	}
-	cluster, err := netip.ParsePrefix(cfg.ClusterCIDR)
-	if err != nil {
-		return fmt.Errorf("kube: control plane: cluster CIDR: %w", err)
-	}
-	if cfg.NodeCIDRMaskSize < cluster.Bits() || cfg.NodeCIDRMaskSize > cluster.Addr().BitLen() {
-		return fmt.Errorf("kube: control plane: node CIDR mask size %d does not fit cluster CIDR %s", cfg.NodeCIDRMaskSize, cluster)
-	}
-	if _, err := firstServiceIP(cfg.ServiceCIDR); err != nil {
+	if err := validFamily(cfg.ClusterCIDR, cfg.NodeCIDRMaskSize, cfg.ServiceCIDR, false); err != nil {
 		return err
 	}
+	if cfg.dualStack() {
+		return validFamily(cfg.ClusterCIDR6, cfg.NodeCIDRMaskSize6, cfg.ServiceCIDR6, true)
+	}
+	if cfg.NodeCIDRMaskSize6 != 0 || cfg.ServiceCIDR6 != "" {
+		return errors.New("kube: control plane: IPv6 node CIDR mask size or Service CIDR without an IPv6 cluster CIDR")
+	}
 	return nil
+}
+
+// dualStack tells whether the cluster has IPv6 beside IPv4.
+func (cfg *ControlPlaneConfig) dualStack() bool { return cfg.ClusterCIDR6 != "" }
+
+// validFamily checks one family's cluster CIDR, node CIDR mask size and
+// Service range: of that family (v6 or IPv4), the mask within the
+// cluster CIDR, the Service range holding an address.
+func validFamily(clusterCIDR string, maskSize int, serviceCIDR string, v6 bool) error {
+	family := "IPv4"
+	if v6 {
+		family = "IPv6"
+	}
+	cluster, err := netip.ParsePrefix(clusterCIDR)
+	if err != nil {
+		return fmt.Errorf("kube: control plane: %s cluster CIDR: %w", family, err)
+	}
+	service, err := netip.ParsePrefix(serviceCIDR)
+	if err != nil {
+		return fmt.Errorf("kube: control plane: %s service CIDR: %w", family, err)
+	}
+	for _, p := range []netip.Prefix{cluster, service} {
+		if p.Addr().Is6() != v6 || p.Addr().Is4In6() {
+			return fmt.Errorf("kube: control plane: %s is not an %s prefix", p, family)
+		}
+	}
+	if maskSize < cluster.Bits() || maskSize > cluster.Addr().BitLen() {
+		return fmt.Errorf("kube: control plane: node CIDR mask size %d does not fit cluster CIDR %s", maskSize, cluster)
+	}
+	_, err = firstServiceIP(serviceCIDR)
+	return err
+}
+
+// clusterCIDRs is kube-controller-manager's --cluster-cidr: IPv4, then
+// IPv6 in a dual-stack cluster.
+func (cfg *ControlPlaneConfig) clusterCIDRs() string {
+	if cfg.dualStack() {
+		return cfg.ClusterCIDR + "," + cfg.ClusterCIDR6
+	}
+	return cfg.ClusterCIDR
+}
+
+// serviceRanges is the --service-cluster-ip-range of the API server and
+// kube-controller-manager: IPv4 (the kubernetes Service's family), then
+// IPv6 in a dual-stack cluster.
+func (cfg *ControlPlaneConfig) serviceRanges() string {
+	if cfg.dualStack() {
+		return cfg.ServiceCIDR + "," + cfg.ServiceCIDR6
+	}
+	return cfg.ServiceCIDR
 }
 
 // firstServiceIP is the first address of the Service range: the
@@ -376,7 +435,7 @@ func (cp *ControlPlane) args(name string) ([]string, bool) {
 			"--kubelet-preferred-address-types=InternalIP,Hostname",
 			"--authorization-mode=Node,RBAC",
 			"--enable-admission-plugins=NodeRestriction",
-			"--service-cluster-ip-range=" + c.ServiceCIDR,
+			"--service-cluster-ip-range=" + c.serviceRanges(),
 			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 			"--service-account-key-file=" + pkiFile(saPubFile),
 			"--service-account-signing-key-file=" + pkiFile(saKeyFile),
@@ -390,9 +449,9 @@ func (cp *ControlPlane) args(name string) ([]string, bool) {
 		args := []string{c.Bins.ControllerManager,
 			"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(controllerManagerPort),
 			"--allocate-node-cidrs=true",
-			"--cluster-cidr=" + c.ClusterCIDR,
-			"--node-cidr-mask-size=" + strconv.Itoa(c.NodeCIDRMaskSize),
-			"--service-cluster-ip-range=" + c.ServiceCIDR,
+			"--cluster-cidr=" + c.clusterCIDRs(),
+			"--node-cidr-mask-size-ipv4=" + strconv.Itoa(c.NodeCIDRMaskSize),
+			"--service-cluster-ip-range=" + c.serviceRanges(),
 			"--use-service-account-credentials=true",
 			"--root-ca-file=" + cp.CAFile(),
 			"--service-account-private-key-file=" + pkiFile(saKeyFile),
@@ -401,6 +460,9 @@ func (cp *ControlPlane) args(name string) ([]string, bool) {
 			"--controllers=*,bootstrapsigner,tokencleaner",
 			"--leader-elect=false",
 			"--profiling=false",
+		}
+		if c.dualStack() {
+			args = append(args, "--node-cidr-mask-size-ipv6="+strconv.Itoa(c.NodeCIDRMaskSize6))
 		}
 		args = append(args, kubeconfig("system:kube-controller-manager")...)
 		return append(args, serving(ComponentControllerManager)...), true

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -297,4 +298,92 @@ type cpTestWriter struct{ t *testing.T }
 func (w cpTestWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
+}
+
+// TestControlPlaneFamilies checks the control plane's configuration of
+// one family or two (dual-stack, as kubeadm makes it): what validate
+// accepts, and the ranges the API server and the controller manager get.
+func TestControlPlaneFamilies(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: validate opens the control plane's network namespace, which must be one of its own")
+	}
+	ns, ip := cpTestNamespace(t)
+	dir := t.TempDir()
+	var bins Binaries
+	for i, p := range []*string{&bins.APIServer, &bins.ControllerManager, &bins.Scheduler, &bins.Kubelet, &bins.Proxy, &bins.Kubectl, &bins.Etcd} {
+		*p = filepath.Join(dir, fmt.Sprintf("component%d", i))
+		if err := os.WriteFile(*p, nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v4 := ControlPlaneConfig{
+		Bins: bins, Dir: dir, NetNS: ns.Path(), IP: ip,
+		ClusterCIDR: "10.244.0.0/16", NodeCIDRMaskSize: 24, ServiceCIDR: "10.96.0.0/16",
+	}
+	dual := v4
+	dual.ClusterCIDR6, dual.NodeCIDRMaskSize6, dual.ServiceCIDR6 = "fd00:10:244::/56", 64, "fd00:10:96::/112"
+	for _, tc := range []struct {
+		name   string
+		cfg    ControlPlaneConfig
+		change func(*ControlPlaneConfig)
+		err    string // substring; empty: valid
+		// services is --service-cluster-ip-range, cidrs --cluster-cidr,
+		// masks the node CIDR mask size flags (valid configurations).
+		services, cidrs string
+		masks           []string
+	}{
+		{name: "IPv4", cfg: v4, services: "10.96.0.0/16", cidrs: "10.244.0.0/16", masks: []string{"--node-cidr-mask-size-ipv4=24"}},
+		{name: "dual-stack", cfg: dual, services: "10.96.0.0/16,fd00:10:96::/112", cidrs: "10.244.0.0/16,fd00:10:244::/56",
+			masks: []string{"--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64"}},
+		{name: "IPv6 mask without IPv6 CIDR", cfg: v4, change: func(c *ControlPlaneConfig) { c.NodeCIDRMaskSize6 = 64 }, err: "without an IPv6 cluster CIDR"},
+		{name: "IPv6 Service range without IPv6 CIDR", cfg: v4, change: func(c *ControlPlaneConfig) { c.ServiceCIDR6 = "fd00:10:96::/112" }, err: "without an IPv6 cluster CIDR"},
+		{name: "IPv6 as the IPv4 cluster CIDR", cfg: v4, change: func(c *ControlPlaneConfig) { c.ClusterCIDR = "fd00:10:244::/56" }, err: "not an IPv4 prefix"},
+		{name: "IPv4 as the IPv6 cluster CIDR", cfg: dual, change: func(c *ControlPlaneConfig) { c.ClusterCIDR6 = "10.245.0.0/16" }, err: "not an IPv6 prefix"},
+		{name: "IPv4 as the IPv6 Service range", cfg: dual, change: func(c *ControlPlaneConfig) { c.ServiceCIDR6 = "10.97.0.0/16" }, err: "not an IPv6 prefix"},
+		{name: "IPv6 Service range missing", cfg: dual, change: func(c *ControlPlaneConfig) { c.ServiceCIDR6 = "" }, err: "IPv6 service CIDR"},
+		{name: "IPv6 mask too short", cfg: dual, change: func(c *ControlPlaneConfig) { c.NodeCIDRMaskSize6 = 48 }, err: "does not fit cluster CIDR fd00:10:244::/56"},
+		{name: "IPv6 mask missing", cfg: dual, change: func(c *ControlPlaneConfig) { c.NodeCIDRMaskSize6 = 0 }, err: "node CIDR mask size 0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			if tc.change != nil {
+				tc.change(&cfg)
+			}
+			err := cfg.validate()
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("validate: %v", err)
+			case tc.err != "":
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("validate: %v, want an error with %q", err, tc.err)
+				}
+				return
+			}
+			cp := &ControlPlane{cfg: cfg}
+			api, _ := cp.args(ComponentAPIServer)
+			kcm, _ := cp.args(ComponentControllerManager)
+			for _, want := range []struct {
+				args []string
+				flag string
+			}{
+				{api, "--service-cluster-ip-range=" + tc.services},
+				{api, "--advertise-address=" + ip.String()},
+				{kcm, "--service-cluster-ip-range=" + tc.services},
+				{kcm, "--cluster-cidr=" + tc.cidrs},
+			} {
+				if !slices.Contains(want.args, want.flag) {
+					t.Errorf("no %s in %v", want.flag, want.args)
+				}
+			}
+			var masks []string
+			for _, a := range kcm {
+				if strings.HasPrefix(a, "--node-cidr-mask-size") {
+					masks = append(masks, a)
+				}
+			}
+			if !slices.Equal(masks, tc.masks) {
+				t.Errorf("kube-controller-manager's mask sizes %v, want %v", masks, tc.masks)
+			}
+		})
+	}
 }

@@ -41,6 +41,9 @@ type NodeConfig struct {
 	NetNS string
 	// IP is the node's address (kubelet's --node-ip).
 	IP net.IP
+	// IP6, in a dual-stack cluster, is the node's IPv6 address: kubelet's
+	// --node-ip is then IP,IP6, the Node's InternalIPs both.
+	IP6 net.IP
 	// Dir holds the node's state: fs/ (its mounted directories), config/,
 	// logs/<component>.log, sysctl/, state.json.
 	Dir string
@@ -56,8 +59,10 @@ type NodeConfig struct {
 	// CAFile is the cluster CA kubelet authenticates clients with (x509);
 	// empty authenticates none.
 	CAFile string
-	// ClusterCIDR is the pods' address range, for kube-proxy.
-	ClusterCIDR string
+	// ClusterCIDR is the pods' address range, for kube-proxy;
+	// ClusterCIDR6 the IPv6 one of a dual-stack cluster.
+	ClusterCIDR  string
+	ClusterCIDR6 string
 	// ClusterDNS is the cluster DNS Service's address kubelet gives pods
 	// (dnsPolicy ClusterFirst) as their name server, with ClusterDomain
 	// as search domain; nil: pods get no cluster DNS.
@@ -96,6 +101,9 @@ func (c NodeConfig) validate() error {
 	if c.IP == nil || c.IP.IsUnspecified() || c.IP.IsLoopback() {
 		errs = append(errs, fmt.Errorf("node IP %v: need a routable address", c.IP))
 	}
+	if c.IP6 != nil && (c.IP6.To4() != nil || !c.IP6.IsGlobalUnicast()) {
+		errs = append(errs, fmt.Errorf("node IPv6 address %v: need a routable IPv6 address", c.IP6))
+	}
 	if !filepath.IsAbs(c.Dir) || filepath.Clean(c.Dir) != c.Dir || c.Dir == "/" {
 		errs = append(errs, fmt.Errorf("dir %q: need a clean absolute path", c.Dir))
 	} else if s := c.socketPath(); len(s) > maxSocketPath {
@@ -116,6 +124,11 @@ func (c NodeConfig) validate() error {
 	if c.ClusterCIDR != "" {
 		if _, _, err := net.ParseCIDR(c.ClusterCIDR); err != nil {
 			errs = append(errs, fmt.Errorf("cluster CIDR: %w", err))
+		}
+	}
+	if c.ClusterCIDR6 != "" {
+		if ip, _, err := net.ParseCIDR(c.ClusterCIDR6); err != nil || ip.To4() != nil {
+			errs = append(errs, fmt.Errorf("IPv6 cluster CIDR %q: not an IPv6 prefix (%v)", c.ClusterCIDR6, err))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

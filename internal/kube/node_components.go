@@ -88,12 +88,28 @@ func (c NodeConfig) kubeletArgs() []string {
 	args := []string{
 		"--config=" + c.path("config", "kubelet.json"),
 		"--hostname-override=" + c.Name,
-		"--node-ip=" + c.IP.String(),
+		"--node-ip=" + c.nodeIPs(),
 	}
 	if c.Kubeconfig != "" {
 		args = append(args, "--kubeconfig="+c.Kubeconfig)
 	}
 	return args
+}
+
+// nodeIPs is kubelet's --node-ip: IP, and IP6 in a dual-stack cluster.
+func (c NodeConfig) nodeIPs() string {
+	if c.IP6 != nil {
+		return c.IP.String() + "," + c.IP6.String()
+	}
+	return c.IP.String()
+}
+
+// clusterCIDRs is kube-proxy's clusterCIDR: one prefix per family.
+func (c NodeConfig) clusterCIDRs() string {
+	if c.ClusterCIDR != "" && c.ClusterCIDR6 != "" {
+		return c.ClusterCIDR + "," + c.ClusterCIDR6
+	}
+	return c.ClusterCIDR + c.ClusterCIDR6
 }
 
 // proxyConfig is the KubeProxyConfiguration of the node: its ProxyMode,
@@ -106,7 +122,7 @@ func (c NodeConfig) proxyConfig() ([]byte, error) {
 		"kind":             "KubeProxyConfiguration",
 		"mode":             c.ProxyMode.OrDefault(),
 		"hostnameOverride": c.Name,
-		"clusterCIDR":      c.ClusterCIDR,
+		"clusterCIDR":      c.clusterCIDRs(),
 		"clientConnection": map[string]any{"kubeconfig": c.ProxyKubeconfig},
 		"conntrack": map[string]any{
 			"maxPerCore":            0,

@@ -41,6 +41,10 @@ func TestNodeConfigValidate(t *testing.T) {
 		{"proxy without binary", func(c *NodeConfig) { c.Bins.Proxy = "" }, "no kube-proxy binary"},
 		{"no supervisor", func(c *NodeConfig) { c.Supervisor = nil }, "no supervisor command"},
 		{"bad cluster CIDR", func(c *NodeConfig) { c.ClusterCIDR = "10.244.0.0" }, "cluster CIDR"},
+		{"dual-stack", func(c *NodeConfig) { c.IP6, c.ClusterCIDR6 = net.ParseIP("fd00:100:1::2"), "fd00:10:244::/56" }, ""},
+		{"IPv4 as the IPv6 address", func(c *NodeConfig) { c.IP6 = net.ParseIP("10.0.0.3") }, "need a routable IPv6 address"},
+		{"link-local IPv6 address", func(c *NodeConfig) { c.IP6 = net.ParseIP("fe80::2") }, "need a routable IPv6 address"},
+		{"IPv4 as the IPv6 cluster CIDR", func(c *NodeConfig) { c.ClusterCIDR6 = "10.245.0.0/16" }, "not an IPv6 prefix"},
 		{"nftables proxy", func(c *NodeConfig) { c.ProxyMode = ProxyNFTables }, ""},
 		{"unknown proxy mode", func(c *NodeConfig) { c.ProxyMode = "ipvs" }, `kube-proxy mode "ipvs"`},
 	} {
@@ -65,10 +69,12 @@ func TestNodeComponentConfigs(t *testing.T) {
 		kubeconfig bool
 		static     bool
 		dns        string
+		nodeIP     string
 	}{
-		{name: "cluster", change: func(*NodeConfig) {}, kubeconfig: true},
-		{name: "cluster DNS", change: func(c *NodeConfig) { c.ClusterDNS = net.ParseIP("10.96.0.10") }, kubeconfig: true, dns: "10.96.0.10"},
-		{name: "standalone", change: func(c *NodeConfig) { c.Kubeconfig, c.StaticPodDir = "", "/tmp/manifests" }, static: true},
+		{name: "cluster", change: func(*NodeConfig) {}, kubeconfig: true, nodeIP: "10.0.0.2"},
+		{name: "cluster DNS", change: func(c *NodeConfig) { c.ClusterDNS = net.ParseIP("10.96.0.10") }, kubeconfig: true, dns: "10.96.0.10", nodeIP: "10.0.0.2"},
+		{name: "standalone", change: func(c *NodeConfig) { c.Kubeconfig, c.StaticPodDir = "", "/tmp/manifests" }, static: true, nodeIP: "10.0.0.2"},
+		{name: "dual-stack", change: func(c *NodeConfig) { c.IP6 = net.ParseIP("fd00:100:1::2") }, kubeconfig: true, nodeIP: "10.0.0.2,fd00:100:1::2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := validNodeConfig()
@@ -77,7 +83,7 @@ func TestNodeComponentConfigs(t *testing.T) {
 			if got := slices.Contains(args, "--kubeconfig="+c.Kubeconfig); got != tc.kubeconfig {
 				t.Errorf("kubelet args %v: --kubeconfig %v, want %v", args, got, tc.kubeconfig)
 			}
-			for _, want := range []string{"--hostname-override=n1", "--node-ip=10.0.0.2", "--config=/tmp/node/config/kubelet.json"} {
+			for _, want := range []string{"--hostname-override=n1", "--node-ip=" + tc.nodeIP, "--config=/tmp/node/config/kubelet.json"} {
 				if !slices.Contains(args, want) {
 					t.Errorf("kubelet args %v: no %s", args, want)
 				}
@@ -120,11 +126,18 @@ func TestNodeComponentConfigs(t *testing.T) {
 	}
 
 	for _, tc := range []struct {
-		mode ProxyMode
-		want string
-	}{{"", "iptables"}, {ProxyIPTables, "iptables"}, {ProxyNFTables, "nftables"}} {
+		mode  ProxyMode
+		want  string
+		cidr6 string
+		cidrs string // the config's clusterCIDR
+	}{
+		{"", "iptables", "", "10.244.0.0/16"},
+		{ProxyIPTables, "iptables", "", "10.244.0.0/16"},
+		{ProxyNFTables, "nftables", "", "10.244.0.0/16"},
+		{ProxyNFTables, "nftables", "fd00:10:244::/56", "10.244.0.0/16,fd00:10:244::/56"},
+	} {
 		c := validNodeConfig()
-		c.ProxyMode = tc.mode
+		c.ProxyMode, c.ClusterCIDR6 = tc.mode, tc.cidr6
 		b, err := c.proxyConfig()
 		if err != nil {
 			t.Fatal(err)
@@ -139,7 +152,7 @@ func TestNodeComponentConfigs(t *testing.T) {
 		if err := json.Unmarshal(b, &pc); err != nil {
 			t.Fatal(err)
 		}
-		if pc.Mode != tc.want || pc.HostnameOverride != "n1" || pc.ClusterCIDR != c.ClusterCIDR || pc.ClientConnection.Kubeconfig != c.ProxyKubeconfig {
+		if pc.Mode != tc.want || pc.HostnameOverride != "n1" || pc.ClusterCIDR != tc.cidrs || pc.ClientConnection.Kubeconfig != c.ProxyKubeconfig {
 			t.Errorf("kube-proxy config of mode %q: %+v, want mode %s", tc.mode, pc, tc.want)
 		}
 		for k, v := range pc.Conntrack {

@@ -95,9 +95,9 @@ func (r *Report) Failures() int {
 // Every pod also reaches the outside host, which must see the pod's node
 // address (egress masquerade). The pods are the lab's; in Kubernetes mode
 // those of its Deployment (KubePods), and the lab's Service over them is
-// probed too (each pod reaches its ClusterIP, the outside host its
-// NodePort on every node's address; any endpoint may answer, with any
-// source address).
+// probed too (each pod reaches its ClusterIPs, the outside host its
+// NodePort at every node address, of each family; any endpoint may
+// answer, with any source address).
 func (l *Lab) Check(ctx context.Context) (*Report, error) {
 	if l.Spec.Kubernetes {
 		pods, err := l.KubePods(ctx, PodsNamespace, PodsSelector)
@@ -237,7 +237,7 @@ func (l *Lab) checkPods(ctx context.Context, pods []*Pod, services bool) (*Repor
 }
 
 // serviceProbes are the probes of the lab's Service: each pod to its
-// ClusterIP, the outside host to its NodePort on each node's address.
+// ClusterIPs, the outside host to its NodePort at each node address.
 func (l *Lab) serviceProbes(ctx context.Context, pods []*Pod) ([]Probe, error) {
 	c, err := l.Client()
 	if err != nil {
@@ -248,12 +248,17 @@ func (l *Lab) serviceProbes(ctx context.Context, pods []*Pod) ([]Probe, error) {
 		return nil, fmt.Errorf("the lab's Service: %w", err)
 	}
 	var ps []Probe
-	clusterIP := net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(PodsServicePort))
 	for _, p := range pods {
-		ps = append(ps, Probe{From: p.Name, To: ToClusterIP, Proto: "tcp", Addr: clusterIP})
+		for _, ip := range clusterIPs(svc) {
+			ps = append(ps, Probe{From: p.Name, To: ToClusterIP, Proto: "tcp", Addr: net.JoinHostPort(ip, fmt.Sprint(PodsServicePort))})
+		}
 	}
 	for _, n := range l.Nodes {
-		ps = append(ps, Probe{From: Outside, To: ToNodePort, Proto: "tcp", Addr: net.JoinHostPort(n.IP, fmt.Sprint(PodsNodePort))})
+		for _, ip := range []string{n.IP, n.IP6} {
+			if ip != "" {
+				ps = append(ps, Probe{From: Outside, To: ToNodePort, Proto: "tcp", Addr: net.JoinHostPort(ip, fmt.Sprint(PodsNodePort))})
+			}
+		}
 	}
 	return ps, nil
 }
@@ -387,8 +392,9 @@ func ping(ns *netns.NS, dst net.IP, timeout time.Duration) error {
 
 // Print writes the matrix (one cell per pod pair: every family and both
 // protocols), the outside column, in Kubernetes mode the Service's
-// columns (each pod to the ClusterIP; the outside host's row to the
-// NodePort on every node), the failures and a summary line.
+// columns (each pod to the ClusterIP, of every family the Service has;
+// the outside host's row to the NodePort at every node address), the
+// failures and a summary line.
 func (r *Report) Print(w io.Writer) {
 	type key struct{ from, to string }
 	cell := map[key][]Probe{}
@@ -506,16 +512,22 @@ func (r *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "; %d/%d pods reach the outside masqueraded as their node", outOK, len(outside))
 	if len(r.Services) > 0 {
-		ok := map[string]int{}
-		total := map[string]int{}
-		for _, p := range r.Services {
-			total[p.To]++
-			if p.OK() {
-				ok[p.To]++
+		// A pod reaches the ClusterIP when it does on every family; the
+		// NodePort counts per node address.
+		podsOK, nodePortOK, nodePorts := 0, 0, 0
+		for _, from := range r.Pods {
+			if mark(service[key{from, ToClusterIP}]) == "ok" {
+				podsOK++
 			}
 		}
-		fmt.Fprintf(w, "; %d/%d pods reach the Service's ClusterIP; the outside reaches its NodePort on %d/%d nodes",
-			ok[ToClusterIP], total[ToClusterIP], ok[ToNodePort], total[ToNodePort])
+		for _, p := range service[key{Outside, ToNodePort}] {
+			nodePorts++
+			if p.OK() {
+				nodePortOK++
+			}
+		}
+		fmt.Fprintf(w, "; %d/%d pods reach the Service's ClusterIP; the outside reaches its NodePort at %d/%d node addresses",
+			podsOK, len(r.Pods), nodePortOK, nodePorts)
 	}
 	fmt.Fprintf(w, "; %d failures\n", r.Failures())
 }

@@ -31,13 +31,15 @@ import (
 )
 
 // The Kubernetes mode's cluster: the control plane's host on segment 1
-// (an address no node takes: nodes are .1 to .200), the Service range,
-// and the Deployment whose pods are the lab's.
+// (an address no node takes: nodes are .1 to .200), the Service ranges
+// (IPv6 of a dual-stack lab: the API server takes /108 or longer), and
+// the Deployment whose pods are the lab's.
 const (
 	cpSegment    = 1
 	cpHost       = 250
 	cpRole       = "cp"
 	serviceCIDR  = "10.96.0.0/16"
+	serviceCIDR6 = "fd00:10:96::/112"
 	nodeCIDRMask = 24
 	// PodsNamespace and PodsSelector find the lab's pods (the Deployment
 	// PodsDeployment's) in the API.
@@ -105,10 +107,14 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 		}
 		imagesDone <- err
 	}(t)
-	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{
+	cpCfg := kube.ControlPlaneConfig{
 		Bins: bins, Dir: ks.Dir, NetNS: filepath.Join(netns.RunDir, ks.NS), IP: segmentIP(cpSegment, cpHost),
 		ClusterCIDR: clusterCIDR, NodeCIDRMaskSize: nodeCIDRMask, ServiceCIDR: serviceCIDR, Detach: true,
-	})
+	}
+	if l.Spec.IPv6 {
+		cpCfg.ClusterCIDR6, cpCfg.NodeCIDRMaskSize6, cpCfg.ServiceCIDR6 = clusterCIDR6, subnetSize6, serviceCIDR6
+	}
+	cp, err := kube.StartControlPlane(ctx, cpCfg)
 	if err != nil {
 		return errors.Join(err, <-imagesDone)
 	}
@@ -180,7 +186,7 @@ func (l *Lab) upKube(ctx context.Context, start time.Time, nodes []*Node) error 
 			return err
 		}
 		l.progress("Service %s/%s: ClusterIP %s port %d, NodePort %d, %d endpoints ready after %s",
-			PodsNamespace, PodsService, svc.Spec.ClusterIP, PodsServicePort, PodsNodePort, replicas, since(t))
+			PodsNamespace, PodsService, strings.Join(clusterIPs(svc), ", "), PodsServicePort, PodsNodePort, replicas, since(t))
 	}
 	l.progress("lab %s up in %s", l.Name, since(start))
 	return nil
@@ -333,6 +339,9 @@ func (l *Lab) startKubeNode(ctx context.Context, cp *kube.ControlPlane, n *Node)
 		Kubeconfig: kubelet, CAFile: cp.CAFile(), ClusterCIDR: clusterCIDR, ClusterDNS: net.ParseIP(ClusterDNS),
 		Images: l.Kube.Images, Supervisor: []string{l.Bins.CLI, "kube-node"}, Detach: true,
 	}
+	if n.IP6 != "" {
+		cfg.IP6, cfg.ClusterCIDR6 = net.ParseIP(n.IP6), clusterCIDR6
+	}
 	if l.Spec.KubeProxy != KubeProxyNone {
 		if cfg.ProxyKubeconfig, err = cp.Kubeconfig("system:kube-proxy"); err != nil {
 			return err
@@ -360,19 +369,12 @@ func (l *Lab) serviceProxy() string {
 }
 
 // podnetManifest is deploy.Manifest as a List for kubectl apply, its
-// ConfigMap holding the lab's cluster CIDR, backend and service proxy;
+// ConfigMap holding the lab's cluster CIDRs, backend and service proxy;
 // everything else as shipped.
 func (l *Lab) podnetManifest() ([]byte, error) {
-	items, err := manifestItems()
+	items, err := l.adaptedItems(deploy.Manifest, "deploy/podnet.yaml")
 	if err != nil {
 		return nil, err
-	}
-	for _, obj := range items {
-		if obj["kind"] == "ConfigMap" {
-			if err := l.adaptConfig(obj); err != nil {
-				return nil, err
-			}
-		}
 	}
 	if l.Spec.KubeProxy == KubeProxyNone {
 		// Without kube-proxy the kubernetes Service is podnet's own to
@@ -389,16 +391,56 @@ func (l *Lab) podnetManifest() ([]byte, error) {
 	return json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
 }
 
-// manifestItems are deploy.Manifest's objects.
-func manifestItems() ([]map[string]any, error) {
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(deploy.Manifest), 4096)
+// CleanupManifest is deploy.CleanupManifest, podnet's uninstall, as a
+// YAML stream for kubectl, its ConfigMap holding the lab's values as
+// podnetManifest's does: the cleanup must run with the cluster's
+// configuration (docs/kubernetes.md), which in a dual-stack lab is not
+// the shipped one.
+func (l *Lab) CleanupManifest() ([]byte, error) {
+	items, err := l.adaptedItems(deploy.CleanupManifest, "deploy/podnet-cleanup.yaml")
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	for _, obj := range items {
+		y, err := yaml.Marshal(obj)
+		if err != nil {
+			return nil, fmt.Errorf("deploy/podnet-cleanup.yaml: %w", err)
+		}
+		b.WriteString("---\n")
+		b.Write(y)
+	}
+	return b.Bytes(), nil
+}
+
+// adaptedItems are the objects of manifest (a file of deploy/, named
+// name), its ConfigMap adapted to the lab (adaptConfig).
+func (l *Lab) adaptedItems(manifest []byte, name string) ([]map[string]any, error) {
+	items, err := manifestItems(manifest, name)
+	if err != nil {
+		return nil, err
+	}
+	for _, obj := range items {
+		if obj["kind"] == "ConfigMap" {
+			if err := l.adaptConfig(obj); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return items, nil
+}
+
+// manifestItems are the objects of manifest, a file of deploy/ named
+// name.
+func manifestItems(manifest []byte, name string) ([]map[string]any, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifest), 4096)
 	var items []map[string]any
 	for {
 		var obj map[string]any
 		if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
 			return items, nil
 		} else if err != nil {
-			return nil, fmt.Errorf("deploy/podnet.yaml: %w", err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		if obj != nil {
 			items = append(items, obj)
@@ -421,8 +463,9 @@ func configOf(cm map[string]any) (map[string]any, error) {
 }
 
 // adaptConfig sets the lab's values in podnet's ConfigMap: its cluster
-// CIDR and backend, and podnet's service proxy on exactly when the lab
-// runs no kube-proxy (two proxies would fight over the Services).
+// CIDR (and IPv6 one, dual-stack) and backend, and podnet's service
+// proxy on exactly when the lab runs no kube-proxy (two proxies would
+// fight over the Services).
 func (l *Lab) adaptConfig(cm map[string]any) error {
 	cfg, err := configOf(cm)
 	if err != nil {
@@ -430,6 +473,10 @@ func (l *Lab) adaptConfig(cm map[string]any) error {
 	}
 	cfg["cluster-cidr"] = clusterCIDR
 	cfg["node-subnet-size"] = nodeCIDRMask
+	if l.Spec.IPv6 {
+		cfg["cluster-cidr6"] = clusterCIDR6
+		cfg["node-subnet-size6"] = subnetSize6
+	}
 	cfg["backend"] = string(l.Spec.Backend)
 	if _, ok := cfg[serviceProxyKey]; ok {
 		cfg[serviceProxyKey] = l.Spec.KubeProxy == KubeProxyNone

@@ -38,7 +38,10 @@ type Spec struct {
 	PodsPerNode int             `json:"podsPerNode"`
 	Segments    int             `json:"segments"`
 	Backend     cluster.Backend `json:"backend"`
-	IPv6        bool            `json:"ipv6"` // dual-stack underlay and pods
+	// IPv6 makes the lab dual-stack: IPv6 underlay and pods; with
+	// Kubernetes a dual-stack cluster (IPv6 pod CIDRs, node addresses
+	// and Service range beside the IPv4 ones, IPv4 the primary family).
+	IPv6 bool `json:"ipv6"`
 	// LeaseTTL is the agents' grace period for dead nodes.
 	LeaseTTL time.Duration `json:"leaseTTL"`
 	// Kubernetes makes the lab a real Kubernetes cluster: a control plane
@@ -85,9 +88,6 @@ func (s Spec) Validate() error {
 	}
 	if s.Backend == cluster.HostGW && s.Segments > 1 {
 		return errors.New("host-gw needs every node on one segment (use auto or vxlan with --segments > 1)")
-	}
-	if s.Kubernetes && s.IPv6 {
-		return errors.New("the Kubernetes lab is IPv4 only (drop --ipv6 or --kubernetes)")
 	}
 	return s.validKubeProxy()
 }

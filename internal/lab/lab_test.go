@@ -2,6 +2,7 @@ package lab
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -24,7 +25,7 @@ func TestSpecValidate(t *testing.T) {
 		{"defaults", Spec{}, ""},
 		{"kubernetes", Spec{Kubernetes: true, Nodes: 2, PodsPerNode: 3}, ""},
 		{"kubernetes on segments", Spec{Kubernetes: true, Segments: 2, Backend: cluster.VXLAN}, ""},
-		{"kubernetes dual-stack", Spec{Kubernetes: true, IPv6: true}, "IPv4 only"},
+		{"kubernetes dual-stack", Spec{Kubernetes: true, IPv6: true}, ""},
 		{"too many nodes", Spec{Nodes: maxNodes + 1}, "nodes must be"},
 		{"negative pods", Spec{PodsPerNode: -1}, "pods per node"},
 		{"host-gw across segments", Spec{Segments: 2, Backend: cluster.HostGW}, "host-gw"},
@@ -167,15 +168,18 @@ func TestPodnetManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, proxy := range []kube.ProxyMode{kube.ProxyIPTables, KubeProxyNone} {
-		t.Run(string(proxy), func(t *testing.T) { testPodnetManifest(t, proxy, present) })
+		for _, v6 := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s ipv6=%v", proxy, v6), func(t *testing.T) { testPodnetManifest(t, proxy, v6, present) })
+		}
 	}
 }
 
 // testPodnetManifest checks the manifest of a lab with the given
 // kube-proxy: podnet's service proxy (when its manifest has the option)
-// is on exactly when no kube-proxy runs.
-func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, present bool) {
-	l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.VXLAN, KubeProxy: proxy}}}
+// is on exactly when no kube-proxy runs; a dual-stack lab's config has
+// the IPv6 cluster CIDR and subnet size too.
+func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, v6, present bool) {
+	l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.VXLAN, KubeProxy: proxy, IPv6: v6}}}
 	b, err := l.podnetManifest()
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +208,11 @@ func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, present bool) {
 			if err := yaml.Unmarshal([]byte(data["config.yaml"].(string)), &cfg); err != nil {
 				t.Fatal(err)
 			}
-			want := map[string]any{"cluster-cidr": clusterCIDR, "node-subnet-size": float64(nodeCIDRMask), "backend": "vxlan", "datastore": "kubernetes", "listen": "127.0.0.1:9099"}
+			want := map[string]any{"cluster-cidr": clusterCIDR, "node-subnet-size": float64(nodeCIDRMask), "backend": "vxlan", "datastore": "kubernetes", "listen": "127.0.0.1:9099",
+				"cluster-cidr6": nil, "node-subnet-size6": nil}
+			if v6 {
+				want["cluster-cidr6"], want["node-subnet-size6"] = clusterCIDR6, float64(subnetSize6)
+			}
 			if present {
 				want[serviceProxyKey] = proxy == KubeProxyNone
 			} else if _, ok := cfg[serviceProxyKey]; ok {
@@ -229,6 +237,60 @@ func testPodnetManifest(t *testing.T, proxy kube.ProxyMode, present bool) {
 	}
 	if list.Kind != "List" || len(list.Items) != docs+endpoint || kinds["ConfigMap"] != 1+endpoint || kinds["endpoint ConfigMap"] != endpoint || kinds["DaemonSet"] != 1 {
 		t.Fatalf("list %s of %d items %v, want the manifest's %d documents and %d endpoint ConfigMap", list.Kind, len(list.Items), kinds, docs, endpoint)
+	}
+}
+
+// TestCleanupManifest checks that the lab's podnet uninstall runs with
+// the lab's configuration: its ConfigMap's config.yaml is the one the lab
+// installs podnet with (dual-stack or not), its other objects as shipped.
+func TestCleanupManifest(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ipv6=%v", v6), func(t *testing.T) {
+			l := &Lab{State: State{Spec: Spec{Kubernetes: true, Backend: cluster.Auto, KubeProxy: KubeProxyNone, IPv6: v6}}}
+			cleanup, err := l.CleanupManifest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			items, err := manifestItems(cleanup, "cleanup")
+			if err != nil {
+				t.Fatal(err)
+			}
+			shipped, err := manifestItems(deploy.CleanupManifest, "deploy/podnet-cleanup.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(items) != len(shipped) {
+				t.Fatalf("%d objects, the shipped cleanup has %d", len(items), len(shipped))
+			}
+			install, err := l.podnetManifest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var list struct{ Items []map[string]any }
+			if err := json.Unmarshal(install, &list); err != nil {
+				t.Fatal(err)
+			}
+			configs := func(items []map[string]any) []map[string]any {
+				var cfgs []map[string]any
+				for _, it := range items {
+					if it["kind"] == "ConfigMap" && it["metadata"].(map[string]any)["name"] == "podnet-config" {
+						cfg, err := configOf(it)
+						if err != nil {
+							t.Fatal(err)
+						}
+						cfgs = append(cfgs, cfg)
+					}
+				}
+				return cfgs
+			}
+			got, want := configs(items), configs(list.Items)
+			if len(got) != 1 || len(want) != 1 || !reflect.DeepEqual(got[0], want[0]) {
+				t.Fatalf("the cleanup's podnet-config %v, the install's %v", got, want)
+			}
+			if _, ok := got[0]["cluster-cidr6"]; ok != v6 {
+				t.Errorf("the cleanup's config has cluster-cidr6: %v, want %v", ok, v6)
+			}
+		})
 	}
 }
 
@@ -263,7 +325,7 @@ func TestReportPrintServices(t *testing.T) {
 	if len(lines) < len(want)+1 || !reflect.DeepEqual(lines[:len(want)], want) {
 		t.Fatalf("matrix:\n%s\nwant it to start with:\n%s", b.String(), strings.Join(want, "\n"))
 	}
-	if sum := lines[len(want)]; !strings.Contains(sum, "1/2 pods reach the Service's ClusterIP; the outside reaches its NodePort on 2/2 nodes; 1 failures") {
+	if sum := lines[len(want)]; !strings.Contains(sum, "1/2 pods reach the Service's ClusterIP; the outside reaches its NodePort at 2/2 node addresses; 1 failures") {
 		t.Errorf("summary %q", sum)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/podnet/podnet/deploy"
 	"github.com/podnet/podnet/internal/kube"
 )
 
@@ -38,7 +40,7 @@ const (
 // podnetServiceProxy tells whether deploy/podnet.yaml's config.yaml has
 // podnet's service proxy option (present) and turns it on (on).
 func podnetServiceProxy() (present, on bool, err error) {
-	items, err := manifestItems()
+	items, err := manifestItems(deploy.Manifest, "deploy/podnet.yaml")
 	if err != nil {
 		return false, false, err
 	}
@@ -92,7 +94,8 @@ func (s Spec) validKubeProxy() error {
 }
 
 // runService creates the lab's NodePort Service over its Deployment's
-// pods and waits until its EndpointSlices list every replica ready.
+// pods (dual-stack in a dual-stack lab: a ClusterIP of each family) and
+// waits until its EndpointSlices list every replica ready.
 func (l *Lab) runService(ctx context.Context, c kubernetes.Interface, replicas int) (*corev1.Service, error) {
 	labels := podsLabels()
 	svc := &corev1.Service{
@@ -106,6 +109,10 @@ func (l *Lab) runService(ctx context.Context, c kubernetes.Interface, replicas i
 			}},
 		},
 	}
+	if l.Spec.IPv6 {
+		dual := corev1.IPFamilyPolicyRequireDualStack
+		svc.Spec.IPFamilyPolicy = &dual
+	}
 	created, err := c.CoreV1().Services(PodsNamespace).Create(ctx, svc, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		created, err = c.CoreV1().Services(PodsNamespace).Get(ctx, PodsService, metav1.GetOptions{})
@@ -114,26 +121,42 @@ func (l *Lab) runService(ctx context.Context, c kubernetes.Interface, replicas i
 		return nil, fmt.Errorf("service %s/%s: %w", PodsNamespace, PodsService, err)
 	}
 	err = waitFor(ctx, "the lab Service's endpoints", func(ctx context.Context) (string, bool) {
-		n, err := readyEndpoints(ctx, c, PodsNamespace, PodsService)
+		ready, err := readyEndpoints(ctx, c, PodsNamespace, PodsService)
 		if err != nil {
 			return err.Error(), false
 		}
-		return fmt.Sprintf("%d of %d endpoints ready", n, replicas), n == replicas
+		var status []string
+		all := len(created.Spec.IPFamilies) > 0
+		for _, f := range created.Spec.IPFamilies {
+			n := ready[discoveryv1.AddressType(f)]
+			status = append(status, fmt.Sprintf("%s: %d of %d", f, n, replicas))
+			all = all && n == replicas
+		}
+		return "endpoints ready: " + strings.Join(status, ", "), all
 	})
 	return created, err
 }
 
-// readyEndpoints counts the ready endpoints of a Service's EndpointSlices.
-func readyEndpoints(ctx context.Context, c kubernetes.Interface, namespace, service string) (int, error) {
+// clusterIPs are a Service's ClusterIPs, one per family it has.
+func clusterIPs(svc *corev1.Service) []string {
+	if len(svc.Spec.ClusterIPs) > 0 {
+		return svc.Spec.ClusterIPs
+	}
+	return []string{svc.Spec.ClusterIP}
+}
+
+// readyEndpoints counts the ready endpoints of a Service's EndpointSlices
+// by address type (a dual-stack Service has slices of each family).
+func readyEndpoints(ctx context.Context, c kubernetes.Interface, namespace, service string) (map[discoveryv1.AddressType]int, error) {
 	slices, err := c.DiscoveryV1().EndpointSlices(namespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + service})
 	if err != nil {
-		return 0, fmt.Errorf("endpoint slices of %s/%s: %w", namespace, service, err)
+		return nil, fmt.Errorf("endpoint slices of %s/%s: %w", namespace, service, err)
 	}
-	n := 0
+	n := map[discoveryv1.AddressType]int{}
 	for _, s := range slices.Items {
 		for _, e := range s.Endpoints {
 			if e.Conditions.Ready == nil || *e.Conditions.Ready {
-				n++
+				n[s.AddressType]++
 			}
 		}
 	}

@@ -22,7 +22,8 @@ import (
 	"github.com/podnet/podnet/internal/netns"
 )
 
-// The cluster's shape: 3 nodes, the lab's Deployment of 9 pods.
+// The cluster's shape: 3 nodes, the lab's Deployment of 9 pods; the
+// cluster is dual-stack (IPv4 primary).
 const (
 	nodeCount   = 3
 	podsPerNode = 3
@@ -64,7 +65,7 @@ func upCluster(t *testing.T) *cluster {
 	_, _ = rand.Read(b[:])
 	name := "k" + hex.EncodeToString(b[:])
 	base := t.TempDir()
-	spec := lab.Spec{Nodes: nodeCount, PodsPerNode: podsPerNode, Kubernetes: true, KubeProxy: kube.ProxyMode(os.Getenv(kubeProxyEnv))}
+	spec := lab.Spec{Nodes: nodeCount, PodsPerNode: podsPerNode, Kubernetes: true, IPv6: true, KubeProxy: kube.ProxyMode(os.Getenv(kubeProxyEnv))}
 	l, err := lab.New(base, name, spec, bins, testWriter{t})
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +128,9 @@ func (c *cluster) nodeNS(name string) *netns.NS { return c.netns[name].NS }
 // nodeIP is the node's underlay address.
 func (c *cluster) nodeIP(name string) net.IP { return net.ParseIP(c.nodes[name].IP).To4() }
 
+// nodeIP6 is the node's underlay IPv6 address.
+func (c *cluster) nodeIP6(name string) net.IP { return net.ParseIP(c.nodes[name].IP6) }
+
 // ipamDir is where the plugins keep the node's IPAM state (the
 // ConfigMap's ipam-dir, in the node's own /run/podnet).
 func (c *cluster) ipamDir(name string) string {
@@ -141,7 +145,9 @@ func (c *cluster) dumpLogs(t *testing.T) {
 			t.Logf("%s log of %s:\n%s", comp, name, kube.Tail(b, 15))
 		}
 	}
-	c.logPods(t, context.Background(), "app.kubernetes.io/name=podnet", 15)
+	if c.client != nil { // nil when the lab never came up
+		c.logPods(t, context.Background(), "app.kubernetes.io/name=podnet", 15)
+	}
 }
 
 // logPods logs the tail of the logs of each kube-system pod the selector

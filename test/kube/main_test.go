@@ -1,6 +1,7 @@
-// Package kube tests podnet on a real Kubernetes: one lab in Kubernetes
-// mode (internal/lab: a control plane, and containerd, kubelet and the
-// lab's kube-proxy choice on each of 3 nodes, podnet installed from
+// Package kube tests podnet on a real Kubernetes: one dual-stack lab in
+// Kubernetes mode (internal/lab: a control plane, and containerd, kubelet
+// and the lab's kube-proxy choice on each of 3 nodes, IPv4 and IPv6 pod
+// CIDRs, node addresses and Service ranges, podnet installed from
 // deploy/podnet.yaml and its image) serves every test of the package,
 // which check, through the API and in the nodes' kernels: the nodes and
 // the pod network (with the lab Service's ClusterIP and NodePort),
@@ -22,9 +23,9 @@
 // without one), ClientIP affinity,
 // endpoints 3 → 0 → 3 (refused at once, then back), a terminating last
 // endpoint still served, UDP switching to a new endpoint on the same
-// socket (conntrack flushed), hairpin, the node's own processes, SCTP
-// where the kernel has it; dual-stack is skipped (the Kubernetes lab is
-// IPv4 only). The lab runs kube-proxy unless podnet's manifest turns
+// socket (conntrack flushed), hairpin, the node's own processes, a
+// dual-stack Service's IPv4 and IPv6 ClusterIPs and IPv6 NodePort, SCTP
+// where the kernel has it. The lab runs kube-proxy unless podnet's manifest turns
 // podnet's service proxy on (lab.Spec.KubeProxy);
 // PODNET_TEST_KUBE_PROXY=iptables|nftables|none picks it instead, to run
 // the same checks against kube-proxy's modes or podnet's proxy.

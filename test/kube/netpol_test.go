@@ -92,7 +92,8 @@ type npPod struct {
 	short string // namespace short name
 	name  string // a, b, c
 	node  string
-	ip    net.IP
+	ip    net.IP // IPv4
+	ip6   net.IP
 	ns    *netns.NS
 	serve int // the port its "serve" name stands for
 
@@ -150,12 +151,18 @@ func (e *npEnv) pod(name string) *npPod {
 }
 
 // testNetworkPolicy: NetworkPolicy and ClusterNetworkPolicy, by real
-// traffic: each case applies its policies, waits until the matrix is the
-// case's truth table, then removes them and waits until every pod reaches
-// every pod again.
+// traffic: each case applies its policies, waits until the matrix (over
+// IPv4; the IPv6 case's over IPv6 too) is the case's truth table, then
+// removes them and waits until every pod reaches every pod again.
 func testNetworkPolicy(t *testing.T, ctx context.Context, c *cluster) {
 	e := newNPEnv(t, ctx, c)
-	if !t.Run("NoPolicy", func(t *testing.T) { e.expect(t, ctx, "no policy", allReach) }) {
+	noPolicy := func(t *testing.T) {
+		e.expect(t, ctx, "no policy", allReach)
+		if err := e.converge(ctx, allReach, overIPv6); err != nil {
+			t.Errorf("no policy, over IPv6: %v", err)
+		}
+	}
+	if !t.Run("NoPolicy", noPolicy) {
 		t.Fatal("the matrix is not all-reachable without policy: the probes themselves fail")
 	}
 	for _, k := range npCases(e) {
@@ -226,7 +233,10 @@ func newNPEnv(t *testing.T, ctx context.Context, c *cluster) *npEnv {
 		if kp == nil {
 			t.Fatalf("pod %s not running", p)
 		}
-		p.ip = podIP(kp)
+		p.ip, p.ip6 = podIP(kp), podIP6(kp)
+		if p.ip6 == nil {
+			t.Fatalf("pod %s has no IPv6 address (pod IPs %v)", p, kp.Status.PodIPs)
+		}
 		p.ns = c.podNS(t, ctx, kp)
 		serveTCP(t, p.ns, p.String(), tcp80.num, p.accepted)
 		serveTCP(t, p.ns, p.String(), tcp81.num, p.accepted)
@@ -253,6 +263,15 @@ func clusterCIDR(ctx context.Context, c *cluster) (string, error) {
 	return cfg.ClusterCIDR, nil
 }
 
+// npFamily picks the address of a matrix pod that probes go to: the
+// matrix is probed over one family at a time.
+type npFamily func(*npPod) net.IP
+
+var (
+	overIPv4 npFamily = func(p *npPod) net.IP { return p.ip }
+	overIPv6 npFamily = func(p *npPod) net.IP { return p.ip6 }
+)
+
 // npCell is one probe of the matrix.
 type npCell struct {
 	from, to string
@@ -278,8 +297,8 @@ func (e *npEnv) want(truth reach) npMatrix {
 	return m
 }
 
-// observe probes every cell, npProbers at a time.
-func (e *npEnv) observe(ctx context.Context) npMatrix {
+// observe probes every cell over family, npProbers at a time.
+func (e *npEnv) observe(ctx context.Context, family npFamily) npMatrix {
 	type job struct {
 		from, to *npPod
 		port     npPort
@@ -303,7 +322,7 @@ func (e *npEnv) observe(ctx context.Context) npMatrix {
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				ok := probe(ctx, j.from.ns, j.to, j.port) == nil
+				ok := probeAt(ctx, j.from.ns, j.to, family(j.to), j.port) == nil
 				mu.Lock()
 				m[npCell{j.from.String(), j.to.String(), j.port}] = ok
 				mu.Unlock()
@@ -318,30 +337,35 @@ func (e *npEnv) observe(ctx context.Context) npMatrix {
 	return m
 }
 
-// probe makes one exchange from ns with the matrix pod to on port: the
-// answer must come from that pod.
+// probe makes one exchange from ns with the matrix pod to on port, at
+// its IPv4 address: the answer must come from that pod.
 func probe(ctx context.Context, ns *netns.NS, to *npPod, port npPort) error {
+	return probeAt(ctx, ns, to, to.ip, port)
+}
+
+// probeAt is probe at the pod's address ip.
+func probeAt(ctx context.Context, ns *netns.NS, to *npPod, ip net.IP, port npPort) error {
 	ctx, cancel := context.WithTimeout(ctx, npProbeTimeout)
 	defer cancel()
-	r, err := ask(ctx, ns, port.proto, net.JoinHostPort(to.ip.String(), fmt.Sprint(port.num)))
+	r, err := ask(ctx, ns, port.proto, net.JoinHostPort(ip.String(), fmt.Sprint(port.num)))
 	if err == nil && r.backend != to.String() {
 		err = fmt.Errorf("answered by %s, not %s", r, to)
 	}
 	return err
 }
 
-// expect waits until the observed matrix is truth's, for up to
-// convergeWait; if it never is, the test fails showing both.
+// expect waits until the observed matrix (over IPv4) is truth's, for
+// up to convergeWait; if it never is, the test fails showing both.
 func (e *npEnv) expect(t *testing.T, ctx context.Context, what string, truth reach) {
 	t.Helper()
-	if err := e.converge(ctx, truth); err != nil {
+	if err := e.converge(ctx, truth, overIPv4); err != nil {
 		t.Errorf("%s: %v", what, err)
 	}
 }
 
-// converge waits until the observed matrix is truth's; the error shows
-// the matrices.
-func (e *npEnv) converge(ctx context.Context, truth reach) error {
+// converge waits until the matrix observed over family is truth's; the
+// error shows the matrices.
+func (e *npEnv) converge(ctx context.Context, truth reach, family npFamily) error {
 	want := e.want(truth)
 	var got npMatrix
 	start := time.Now()
@@ -350,7 +374,7 @@ func (e *npEnv) converge(ctx context.Context, truth reach) error {
 	// would show probes failing for want of time.
 	err := poll(ctx, convergeWait, "the matrix", func(context.Context) error {
 		rounds++
-		got = e.observe(ctx)
+		got = e.observe(ctx, family)
 		if n := len(e.diff(want, got)); n > 0 {
 			return fmt.Errorf("%d cells differ", n)
 		}
@@ -435,7 +459,7 @@ func (e *npEnv) apply(t *testing.T, ctx context.Context, objects ...any) {
 				t.Errorf("delete ClusterNetworkPolicy %s: %v", name, err)
 			}
 		}
-		if err := e.converge(ctx, allReach); err != nil {
+		if err := e.converge(ctx, allReach, overIPv4); err != nil {
 			t.Errorf("policies removed: every pod does not reach every pod again: %v", err)
 		}
 	})
@@ -649,6 +673,7 @@ func npCases(e *npEnv) []npCase {
 		{name: "FromNodes", run: testNPFromNodes},
 		{name: "NewPodFirstPacket", run: testNPNewPod},
 		{name: "ClusterIPService", run: testNPService},
+		{name: "IPv6", run: testNPIPv6},
 		{name: "AdminDenyOverridesAllow",
 			objects: []any{
 				netpol("x", "allow-all", networkingv1.NetworkPolicySpec{PodSelector: *matchLabels(npPodLabel, "a"), Ingress: []networkingv1.NetworkPolicyIngressRule{{}}}),
@@ -990,6 +1015,22 @@ func testNPService(t *testing.T, ctx context.Context, e *npEnv) {
 	e.apply(t, ctx, netpol("x", "a-from-y", networkingv1.NetworkPolicySpec{PodSelector: *matchLabels(npPodLabel, "a"), Ingress: from(nsPeer(npNSLabel, "y"))}))
 	e.expect(t, ctx, "x/a only from y", func(from, to *npPod, _ npPort) bool { return !is(to, "x/a") || from.short == "y" })
 	check("with x/a's policy", func(p *npPod) bool { return p.short == "y" })
+}
+
+// testNPIPv6: policy over IPv6 (the cluster is dual-stack): x/a admits
+// an IPv6 ipBlock, y/b's IPv6 address, and a pod selector, x/c. Over
+// IPv6 (the whole matrix), y/b and x/c reach x/a and no other pod does;
+// over IPv4 the ipBlock matches nothing (y/b's IPv4 address is not in
+// it), and only x/c reaches x/a.
+func testNPIPv6(t *testing.T, ctx context.Context, e *npEnv) {
+	yb := e.pod("y/b")
+	e.apply(t, ctx, netpol("x", "a-from-yb6-or-c", networkingv1.NetworkPolicySpec{PodSelector: *matchLabels(npPodLabel, "a"),
+		Ingress: from(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: yb.ip6.String() + "/128"}}, podPeer(npPodLabel, "c"))}))
+	v6 := func(from, to *npPod, _ npPort) bool { return !is(to, "x/a") || is(from, "y/b") || is(from, "x/c") }
+	if err := e.converge(ctx, v6, overIPv6); err != nil {
+		t.Errorf("over IPv6: %v", err)
+	}
+	e.expect(t, ctx, "over IPv4", func(from, to *npPod, _ npPort) bool { return !is(to, "x/a") || is(from, "x/c") })
 }
 
 // testNPSCTP: SCTP ports in policy, where the kernel has SCTP: x/a serves

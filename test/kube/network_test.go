@@ -72,10 +72,11 @@ func testNodes(t *testing.T, ctx context.Context, c *cluster) {
 	}
 }
 
-// testPodCIDRs: each Node has one podCIDR (kube-controller-manager's),
-// podnet's annotations and NetworkUnavailable=False set by podnet; every
-// pod's IP is of its node's podCIDRs, and no two pods share one; every
-// node routes to every other node's podCIDR.
+// testPodCIDRs: each Node has one podCIDR of each of the lab's families
+// (kube-controller-manager's), podnet's annotations (both underlay
+// addresses) and NetworkUnavailable=False set by podnet; every pod has an
+// IP of each family, each of its node's podCIDRs, and no two pods share
+// one; every node routes to every other node's podCIDRs.
 func testPodCIDRs(t *testing.T, ctx context.Context, c *cluster) {
 	nodes, err := c.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -92,23 +93,26 @@ func testPodCIDRs(t *testing.T, ctx context.Context, c *cluster) {
 			}
 			cidrs[n.Name] = append(cidrs[n.Name], cidr)
 		}
-		if len(cidrs[n.Name]) != 1 {
-			t.Errorf("node %s: podCIDRs %v, want one", n.Name, n.Spec.PodCIDRs)
+		if len(cidrs[n.Name]) != len(c.families()) || !sameFamilies(cidrs[n.Name], c.families()) {
+			t.Errorf("node %s: podCIDRs %v, want one of each of %v", n.Name, n.Spec.PodCIDRs, c.families())
 		}
 		cond, ok := nodeCondition(n, corev1.NodeNetworkUnavailable)
 		if !ok || cond.Status != corev1.ConditionFalse || cond.Reason != kubeapi.ReasonUp {
 			t.Errorf("node %s: NetworkUnavailable %q reason %q (present: %v), want %q reason %q", n.Name, cond.Status, cond.Reason, ok, corev1.ConditionFalse, kubeapi.ReasonUp)
 		}
-		if ip, want := n.Annotations[kubeapi.AnnotationNodeIP], c.nodes[n.Name].IP; ip != want {
-			t.Errorf("node %s: annotation %s = %q, want its underlay address %s", n.Name, kubeapi.AnnotationNodeIP, ip, want)
+		for _, a := range []struct{ key, want string }{{kubeapi.AnnotationNodeIP, c.nodes[n.Name].IP}, {kubeapi.AnnotationNodeIP6, c.nodes[n.Name].IP6}} {
+			if ip := n.Annotations[a.key]; ip != a.want {
+				t.Errorf("node %s: annotation %s = %q, want its underlay address %q", n.Name, a.key, ip, a.want)
+			}
 		}
 		if mac, ok := n.Annotations[kubeapi.AnnotationVTEPMAC]; ok {
 			if _, err := net.ParseMAC(mac); err != nil {
 				t.Errorf("node %s: annotation %s = %q: %v", n.Name, kubeapi.AnnotationVTEPMAC, mac, err)
 			}
 		}
-		t.Logf("node %s: podCIDRs %v, NetworkUnavailable %s (%s), annotations %s=%s %s=%s", n.Name, n.Spec.PodCIDRs, cond.Status, cond.Reason,
-			kubeapi.AnnotationNodeIP, n.Annotations[kubeapi.AnnotationNodeIP], kubeapi.AnnotationVTEPMAC, n.Annotations[kubeapi.AnnotationVTEPMAC])
+		t.Logf("node %s: podCIDRs %v, NetworkUnavailable %s (%s), annotations %s=%s %s=%s %s=%s", n.Name, n.Spec.PodCIDRs, cond.Status, cond.Reason,
+			kubeapi.AnnotationNodeIP, n.Annotations[kubeapi.AnnotationNodeIP], kubeapi.AnnotationNodeIP6, n.Annotations[kubeapi.AnnotationNodeIP6],
+			kubeapi.AnnotationVTEPMAC, n.Annotations[kubeapi.AnnotationVTEPMAC])
 	}
 	for _, from := range c.names {
 		for _, to := range c.names {
@@ -132,6 +136,13 @@ func testPodCIDRs(t *testing.T, ctx context.Context, c *cluster) {
 		if p.Spec.HostNetwork || p.Status.Phase != corev1.PodRunning {
 			continue
 		}
+		var ips []*net.IPNet
+		for _, pip := range p.Status.PodIPs {
+			ips = append(ips, &net.IPNet{IP: net.ParseIP(pip.IP)})
+		}
+		if !sameFamilies(ips, c.families()) {
+			t.Errorf("pod %s/%s on %s: IPs %v, want one of each of %v", p.Namespace, p.Name, p.Spec.NodeName, p.Status.PodIPs, c.families())
+		}
 		for _, pip := range p.Status.PodIPs {
 			checked++
 			ip := net.ParseIP(pip.IP)
@@ -147,6 +158,27 @@ func testPodCIDRs(t *testing.T, ctx context.Context, c *cluster) {
 	if checked == 0 {
 		t.Error("no running pod on the pod network")
 	}
+}
+
+// families are the lab's address families, IPv4 first (the primary).
+func (c *cluster) families() []string {
+	if c.lab.Spec.IPv6 {
+		return []string{"IPv4", "IPv6"}
+	}
+	return []string{"IPv4"}
+}
+
+// sameFamilies tells whether nets are one of each of families, in order.
+func sameFamilies(nets []*net.IPNet, families []string) bool {
+	if len(nets) != len(families) {
+		return false
+	}
+	for i, n := range nets {
+		if (n.IP.To4() != nil) != (families[i] == "IPv4") {
+			return false
+		}
+	}
+	return true
 }
 
 // within tells whether ip is of one of cidrs.

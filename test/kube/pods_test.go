@@ -245,6 +245,16 @@ func (c *cluster) podNS(t *testing.T, ctx context.Context, p *corev1.Pod) *netns
 // podIP is the pod's IPv4 address.
 func podIP(p *corev1.Pod) net.IP { return net.ParseIP(p.Status.PodIP).To4() }
 
+// podIP6 is the pod's IPv6 address; nil when it has none.
+func podIP6(p *corev1.Pod) net.IP {
+	for _, a := range p.Status.PodIPs {
+		if ip := net.ParseIP(a.IP); ip != nil && ip.To4() == nil {
+			return ip
+		}
+	}
+	return nil
+}
+
 // cri is a CRI runtime client of the node's containerd; closed when t
 // ends.
 func (c *cluster) cri(t *testing.T, node string) runtimeapi.RuntimeServiceClient {

@@ -870,13 +870,66 @@ func testFromNode(t *testing.T, ctx context.Context, e *svcEnv) {
 	}
 }
 
-// testDualStack: a dual-stack Service needs IPv6 pods, nodes and a
-// Service range, which the Kubernetes lab does not have.
-func testDualStack(t *testing.T, _ context.Context, e *svcEnv) {
-	if !e.c.lab.Spec.IPv6 {
-		t.Skip("the Kubernetes lab is IPv4 only (lab.Spec.Validate refuses IPv6 with Kubernetes: no IPv6 pod CIDR, node addresses or Service CIDR), so there is no dual-stack Service to reach")
+// testDualStack: a RequireDualStack Service gets a ClusterIP of each
+// family (IPv4 first, the cluster's primary) and an EndpointSlice of
+// each; from a pod on every node, TCP and UDP to each ClusterIP reach
+// every endpoint, the backend seeing the client pod's address of that
+// family; the outside host reaches the NodePort at every node's IPv6
+// address.
+func testDualStack(t *testing.T, ctx context.Context, e *svcEnv) {
+	s := e.createService(t, ctx, service("dual", allBackends, func(s *corev1.Service) {
+		dual := corev1.IPFamilyPolicyRequireDualStack
+		s.Spec.IPFamilyPolicy = &dual
+		s.Spec.Type = corev1.ServiceTypeNodePort
+	}))
+	if len(s.Spec.ClusterIPs) != 2 || net.ParseIP(s.Spec.ClusterIPs[0]).To4() == nil || net.ParseIP(s.Spec.ClusterIPs[1]).To4() != nil {
+		t.Fatalf("RequireDualStack Service: ClusterIPs %v (families %v), want an IPv4 one, then an IPv6 one", s.Spec.ClusterIPs, s.Spec.IPFamilies)
 	}
-	t.Fatal("the lab has IPv6 in Kubernetes mode: a dual-stack Service check belongs here")
+	err := poll(ctx, programWait, "an EndpointSlice of each family listing every backend", func(ctx context.Context) error {
+		list, err := e.c.client.DiscoveryV1().EndpointSlices(testNamespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + s.Name})
+		if err != nil {
+			return err
+		}
+		got := map[discoveryv1.AddressType]int{}
+		for _, sl := range list.Items {
+			got[sl.AddressType] += len(sl.Endpoints)
+		}
+		if got[discoveryv1.AddressTypeIPv4] != len(e.names) || got[discoveryv1.AddressTypeIPv6] != len(e.names) {
+			return fmt.Errorf("endpoints by address type %v, want %d of IPv4 and of IPv6", got, len(e.names))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range s.Spec.ClusterIPs {
+		addr := net.JoinHostPort(ip, fmt.Sprint(svcPort))
+		for _, n := range e.c.names {
+			want := podIP(e.clients[n])
+			if net.ParseIP(ip).To4() == nil {
+				want = podIP6(e.clients[n])
+			}
+			for _, proto := range []string{"tcp", "udp"} {
+				replies, err := spread(ctx, e.clientNS[n], proto, addr, e.names)
+				if err != nil {
+					t.Errorf("pod on %s → ClusterIP %s %s: %v", n, proto, addr, err)
+					continue
+				}
+				for _, r := range replies {
+					if !net.ParseIP(r.source).Equal(want) {
+						t.Errorf("pod on %s → ClusterIP %s %s: %s saw %s, want the client pod's %s", n, proto, addr, r.backend, r.source, want)
+						break
+					}
+				}
+			}
+		}
+	}
+	for _, n := range e.c.names {
+		addr := net.JoinHostPort(e.c.nodeIP6(n).String(), fmt.Sprint(nodePort(s, corev1.ProtocolTCP)))
+		if _, err := spread(ctx, e.outside, "tcp", addr, e.names); err != nil {
+			t.Errorf("outside → NodePort TCP %s of %s: %v", addr, n, err)
+		}
+	}
 }
 
 // haveSCTP tells whether the kernel has SCTP (its module loaded or

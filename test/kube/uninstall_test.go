@@ -25,8 +25,8 @@ import (
 )
 
 // testUninstall removes podnet as docs/kubernetes.md says: delete
-// deploy/podnet.yaml, apply deploy/podnet-cleanup.yaml, wait for its
-// rollout, delete it. Then no node (of those in the API) has podnet's
+// deploy/podnet.yaml, apply deploy/podnet-cleanup.yaml (with the lab's
+// configuration: lab.CleanupManifest), wait for its rollout, delete it. Then no node (of those in the API) has podnet's
 // routes, VXLAN device, conflist, or nftables tables but the plugins'
 // empty chains (a node that ran a hostPort pod keeps its portmap base
 // chains, as docs/kubernetes.md says), every Node says
@@ -38,7 +38,11 @@ func testUninstall(t *testing.T, ctx context.Context, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sameConfig(live, deploy.CleanupManifest); err != nil {
+	cleanup, err := c.lab.CleanupManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sameConfig(live, cleanup); err != nil {
 		t.Fatalf("the cleanup must run with the cluster's configuration (docs/kubernetes.md): %v", err)
 	}
 	kubectl := func(manifest []byte, args ...string) {
@@ -54,12 +58,12 @@ func testUninstall(t *testing.T, ctx context.Context, c *cluster) {
 	}
 	start := time.Now()
 	kubectl(deploy.Manifest, "delete", "-f", "-")
-	kubectl(deploy.CleanupManifest, "apply", "-f", "-")
+	kubectl(cleanup, "apply", "-f", "-")
 	kubectl(nil, "-n", "kube-system", "rollout", "status", "daemonset/podnet-cleanup", "--timeout=2m")
 	// What each node's leave did, and how often it ran.
 	kubectl(nil, "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/component=cleanup", "-o", "wide")
 	c.logPods(t, ctx, "app.kubernetes.io/component=cleanup", 20)
-	kubectl(deploy.CleanupManifest, "delete", "-f", "-")
+	kubectl(cleanup, "delete", "-f", "-")
 	t.Logf("uninstalled in %s", time.Since(start).Round(time.Millisecond))
 
 	nodes, err := c.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
