@@ -28,7 +28,7 @@ type Node struct {
 	// this.
 	Name string
 	// Zone is the node's topology.kubernetes.io/zone label ("" for none):
-	// topology hints are followed only when it is set.
+	// zone hints are followed only when it is set.
 	Zone string
 	// IPs are the node's primary addresses (kube-proxy's node IPs, one
 	// per family): when a loadBalancerSourceRanges range holds one, the
@@ -67,8 +67,9 @@ type Result struct {
 //     address type (merged and deduplicated) and the slice ports of the
 //     same name and protocol;
 //   - only ready endpoints serve, or when none is, the serving and
-//     terminating ones; topology hints restrict them to the node's zone
-//     when every ready endpoint has hints and one is for that zone;
+//     terminating ones; topology hints restrict them to the node (node
+//     hints) or its zone (zone hints) when every ready endpoint has such
+//     hints and one is for the node or its zone;
 //   - internalTrafficPolicy Local sends cluster IP traffic to the node's
 //     own endpoints only, externalTrafficPolicy Local external traffic;
 //     without a local endpoint that traffic is dropped, unless the
@@ -212,7 +213,7 @@ func buildPort(svc *corev1.Service, sp *corev1.ServicePort, clusterIP netip.Addr
 	}
 	accessible := s.NodePort != 0 || len(s.ExternalIPs) > 0 || len(s.LoadBalancerIPs) > 0
 	eps := endpointsOf(epSlices, sp, fam, node.Name)
-	cluster, local := categorize(eps, internalPolicyLocal(svc), s.ExternalLocal, accessible, node.Zone)
+	cluster, local := categorize(eps, internalPolicyLocal(svc), s.ExternalLocal, accessible, node)
 	s.Internal, s.Cluster = cluster, cluster
 	if internalPolicyLocal(svc) {
 		s.Internal = local
@@ -295,6 +296,7 @@ type endpoint struct {
 	dataplane.Endpoint
 	local, ready, serving, terminating bool
 	zones                              []string // hints.forZones
+	nodes                              []string // hints.forNodes
 }
 
 // endpointsOf are the endpoints of service port sp in family fam in the
@@ -361,6 +363,9 @@ func newEndpoint(e *discoveryv1.Endpoint, port uint16, fam dataplane.Family, nod
 		for _, z := range e.Hints.ForZones {
 			ep.zones = append(ep.zones, z.Name)
 		}
+		for _, n := range e.Hints.ForNodes {
+			ep.nodes = append(ep.nodes, n.Name)
+		}
 	}
 	return ep, true
 }
@@ -372,9 +377,9 @@ func newEndpoint(e *discoveryv1.Endpoint, port uint16, fam dataplane.Family, nod
 // hasEndpoints) and of node-local traffic (ready local ones, else
 // serving and terminating local ones), computed only when a traffic
 // policy uses it.
-func categorize(eps []endpoint, internalLocal, externalLocal, accessible bool, zone string) (cluster, local []dataplane.Endpoint) {
-	topo := canUseTopology(eps, zone)
-	cluster = pick(eps, func(ep endpoint) bool { return ep.ready && (!topo || slices.Contains(ep.zones, zone)) })
+func categorize(eps []endpoint, internalLocal, externalLocal, accessible bool, node Node) (cluster, local []dataplane.Endpoint) {
+	forTopology := topologyFilter(eps, node)
+	cluster = pick(eps, func(ep endpoint) bool { return ep.ready && forTopology(ep) })
 	if len(cluster) == 0 {
 		cluster = pick(eps, func(ep endpoint) bool { return ep.serving && ep.terminating })
 	}
@@ -387,20 +392,30 @@ func categorize(eps []endpoint, internalLocal, externalLocal, accessible bool, z
 	return cluster, local
 }
 
-// canUseTopology: every ready endpoint has zone hints, the node has a
-// zone, and at least one ready endpoint is hinted for it.
-func canUseTopology(eps []endpoint, zone string) bool {
-	forZone := false
+// topologyFilter is kube-proxy's topologyModeFromHints: node hints
+// (trafficDistribution PreferSameNode) when every ready endpoint has
+// some and one is for this node, else zone hints (PreferClose,
+// PreferSameZone, topology-aware routing) when every ready endpoint has
+// some, the node has a zone and one is for it, else every endpoint.
+func topologyFilter(eps []endpoint, node Node) func(endpoint) bool {
+	allNodes, forNode := true, false
+	allZones, forZone := true, false
 	for _, ep := range eps {
 		if !ep.ready {
 			continue
 		}
-		if len(ep.zones) == 0 || zone == "" {
-			return false
-		}
-		forZone = forZone || slices.Contains(ep.zones, zone)
+		allNodes = allNodes && len(ep.nodes) > 0
+		forNode = forNode || slices.Contains(ep.nodes, node.Name)
+		allZones = allZones && len(ep.zones) > 0
+		forZone = forZone || node.Zone != "" && slices.Contains(ep.zones, node.Zone)
 	}
-	return forZone
+	switch {
+	case allNodes && forNode:
+		return func(ep endpoint) bool { return slices.Contains(ep.nodes, node.Name) }
+	case allZones && forZone:
+		return func(ep endpoint) bool { return slices.Contains(ep.zones, node.Zone) }
+	}
+	return func(endpoint) bool { return true }
 }
 
 func pick(eps []endpoint, keep func(endpoint) bool) []dataplane.Endpoint {

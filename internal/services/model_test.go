@@ -73,6 +73,20 @@ func hinted(e discoveryv1.Endpoint, zones ...string) discoveryv1.Endpoint {
 	return e
 }
 
+// nodeHinted is e hinted for nodes (trafficDistribution PreferSameNode);
+// e may carry zone hints already.
+func nodeHinted(e discoveryv1.Endpoint, nodes ...string) discoveryv1.Endpoint {
+	h := discoveryv1.EndpointHints{}
+	if e.Hints != nil {
+		h = *e.Hints
+	}
+	for _, n := range nodes {
+		h.ForNodes = append(h.ForNodes, discoveryv1.ForNode{Name: n})
+	}
+	e.Hints = &h
+	return e
+}
+
 // slice is an EndpointSlice of ns/web.
 func slice(name string, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
 	return &discoveryv1.EndpointSlice{
@@ -371,6 +385,42 @@ func TestBuild(t *testing.T) {
 			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
 				s.Internal = eps(8080, "10.244.1.2", "10.244.2.2")
 			})}, Endpoints: 2, LocalReady: 1},
+		},
+		{
+			name: "topology: node hints, some for the node: those, before zone hints",
+			svc:  svc(v4, http80),
+			slices: []*discoveryv1.EndpointSlice{slice("web-1", discoveryv1.AddressTypeIPv4, http8080,
+				nodeHinted(hinted(ep("10.244.1.2", "n1"), "a"), "n1"), nodeHinted(hinted(ep("10.244.2.2", "n2"), "a"), "n2"))},
+			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
+				s.Internal = eps(8080, "10.244.1.2")
+			})}, Endpoints: 1, LocalReady: 1},
+		},
+		{
+			name: "topology: node hints, none for the node: zone hints",
+			svc:  svc(v4, http80),
+			slices: []*discoveryv1.EndpointSlice{slice("web-1", discoveryv1.AddressTypeIPv4, http8080,
+				nodeHinted(hinted(ep("10.244.2.2", "n2"), "a"), "n2"), nodeHinted(hinted(ep("10.244.3.2", "n3"), "b"), "n3"))},
+			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
+				s.Internal = eps(8080, "10.244.2.2")
+			})}, Endpoints: 1},
+		},
+		{
+			name: "topology: a ready endpoint without node hints: zone hints",
+			svc:  svc(v4, http80),
+			slices: []*discoveryv1.EndpointSlice{slice("web-1", discoveryv1.AddressTypeIPv4, http8080,
+				nodeHinted(hinted(ep("10.244.1.2", "n1"), "b"), "n1"), hinted(ep("10.244.2.2", "n2"), "a"))},
+			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
+				s.Internal = eps(8080, "10.244.2.2")
+			})}, Endpoints: 1, LocalReady: 1},
+		},
+		{
+			name: "topology: node hints and a not-ready endpoint without: those",
+			svc:  svc(v4, http80),
+			slices: []*discoveryv1.EndpointSlice{slice("web-1", discoveryv1.AddressTypeIPv4, http8080,
+				nodeHinted(ep("10.244.1.2", "n1"), "n1"), ep("10.244.2.2", "n2", "notready"), nodeHinted(ep("10.244.3.2", "n3"), "n3"))},
+			want: Result{Ports: []dataplane.Service{web(func(s *dataplane.Service) {
+				s.Internal = eps(8080, "10.244.1.2")
+			})}, Endpoints: 1, LocalReady: 1},
 		},
 	}
 	for _, tt := range tests {
