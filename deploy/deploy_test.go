@@ -374,17 +374,21 @@ func TestCleanupManifest(t *testing.T) {
 		t.Error("the DaemonSets' selectors match each other's pods")
 	}
 	// The agent's pod, its container running leave --wait with the
-	// agent's arguments and no probes.
+	// agent's arguments and its readiness probe (answered once left),
+	// polled every 2 s, and no other probe.
 	pod, apod := ds.Spec.Template.Spec.DeepCopy(), ads.Spec.Template.Spec.DeepCopy()
 	c, ac := &pod.Containers[0], &apod.Containers[0]
 	if want := append([]string{"leave", "--wait"}, ac.Args...); !slices.Equal(c.Args, want) {
 		t.Errorf("cleanup args %q, want %q", c.Args, want)
 	}
-	if c.ReadinessProbe != nil || c.LivenessProbe != nil {
-		t.Error("the cleanup container has probes")
+	if c.ReadinessProbe == nil || ac.ReadinessProbe == nil || !equality.Semantic.DeepEqual(c.ReadinessProbe.ProbeHandler, ac.ReadinessProbe.ProbeHandler) || c.ReadinessProbe.PeriodSeconds != 2 {
+		t.Errorf("the cleanup container's readiness probe %+v, want the agent's %+v every 2 s", c.ReadinessProbe, ac.ReadinessProbe)
+	}
+	if c.LivenessProbe != nil || c.StartupProbe != nil {
+		t.Error("the cleanup container has a liveness or startup probe")
 	}
 	c.Name, c.Args = ac.Name, ac.Args
-	ac.ReadinessProbe, ac.LivenessProbe = nil, nil
+	c.ReadinessProbe, ac.ReadinessProbe, ac.LivenessProbe = nil, nil, nil
 	if !equality.Semantic.DeepEqual(pod, apod) {
 		t.Errorf("the cleanup pod differs from the agent's beyond its container's name, args and probes:\n%+v\n%+v", pod, apod)
 	}

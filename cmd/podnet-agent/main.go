@@ -112,14 +112,13 @@ func command() *cobra.Command {
 			if err := a.Leave(cmd.Context()); err != nil || !wait {
 				return report(err)
 			}
-			fmt.Fprintln(os.Stderr, "podnet-agent: left the cluster; waiting for SIGTERM")
+			fmt.Fprintln(os.Stderr, "podnet-agent: left the cluster; ready, waiting for SIGTERM")
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			<-ctx.Done()
-			return nil
+			return report(a.ServeLeft(ctx))
 		},
 	}
-	leave.Flags().BoolVar(&wait, "wait", false, "once left, wait for SIGTERM instead of exiting (as the container of a DaemonSet: deploy/podnet-cleanup.yaml)")
+	leave.Flags().BoolVar(&wait, "wait", false, "once left, answer /readyz on --listen and wait for SIGTERM instead of exiting (as the container of a DaemonSet: deploy/podnet-cleanup.yaml)")
 	root.AddCommand(leave)
 
 	f := root.PersistentFlags()

@@ -81,7 +81,7 @@ func (a *Agent) run(ctx context.Context, n *node) error {
 	defer n.store.Close()
 	g, gctx := errgroup.WithContext(ctx)
 	if a.cfg.Listen != "" {
-		g.Go(func() error { return a.serve(gctx, a.cfg.Listen, n) })
+		g.Go(func() error { return a.serve(gctx, a.cfg.Listen, n.handler()) })
 	}
 	g.Go(func() error { return n.manager.Run(gctx) })
 	err := g.Wait()

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"context"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -86,5 +89,57 @@ func TestClusterChangeRefused(t *testing.T) {
 	}
 	if fi, err := os.Stat(a.clusterFile()); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("remembered configuration: %v %v", fi, err)
+	}
+}
+
+// TestServeLeft: after a leave, the agent's address answers /healthz and
+// /readyz (the cleanup pod's readiness probe) and nothing else, until its
+// context ends.
+func TestServeLeft(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := Defaults()
+	cfg.NodeName, cfg.Listen, cfg.CNIBinary = "n1", addr, "/nonexistent/podnet-cni"
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.ServeLeft(ctx) }()
+	get := func(path string) (int, error) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	code, err := get("/readyz")
+	for err != nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		code, err = get("/readyz")
+	}
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("/readyz after the leave: %d, %v; want 200", code, err)
+	}
+	for path, want := range map[string]int{"/healthz": http.StatusOK, "/metrics": http.StatusNotFound, "/status": http.StatusNotFound} {
+		if code, err := get(path); err != nil || code != want {
+			t.Errorf("%s: %d, %v; want %d", path, code, err, want)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("ServeLeft: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeLeft did not return once its context ended")
 	}
 }

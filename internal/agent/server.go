@@ -48,13 +48,38 @@ func (n *node) handler() http.Handler {
 	return mux
 }
 
-// serve runs the handler on addr until ctx ends.
-func (a *Agent) serve(ctx context.Context, addr string, n *node) error {
+// leftHandler serves what a node that left answers on the agent's
+// address: /healthz and /readyz say ok (the leave is done), and nothing
+// else is served.
+func leftHandler() http.Handler {
+	mux := http.NewServeMux()
+	ok := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok: left the cluster") }
+	mux.HandleFunc("/healthz", ok)
+	mux.HandleFunc("/readyz", ok)
+	return mux
+}
+
+// ServeLeft serves, on the agent's Listen address until ctx ends, /readyz
+// and /healthz answering that the node left: what `podnet-agent leave
+// --wait` does once its leave succeeded, so that the uninstall's
+// DaemonSet (deploy/podnet-cleanup.yaml, with the agent's readiness
+// probe) is rolled out only when every node has left. Without a Listen
+// address it only waits for ctx.
+func (a *Agent) ServeLeft(ctx context.Context) error {
+	if a.cfg.Listen == "" {
+		<-ctx.Done()
+		return nil
+	}
+	return a.serve(ctx, a.cfg.Listen, leftHandler())
+}
+
+// serve runs h on addr until ctx ends.
+func (a *Agent) serve(ctx context.Context, addr string, h http.Handler) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: n.handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

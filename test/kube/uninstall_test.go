@@ -26,7 +26,8 @@ import (
 
 // testUninstall removes podnet as docs/kubernetes.md says: delete
 // deploy/podnet.yaml, apply deploy/podnet-cleanup.yaml (with the lab's
-// configuration: lab.CleanupManifest), wait for its rollout, delete it. Then no node (of those in the API) has podnet's
+// configuration: lab.CleanupManifest), wait for its pods on every Node,
+// delete it. Then no node (of those in the API) has podnet's
 // routes, VXLAN device, conflist, or nftables tables but the plugins'
 // empty chains (a node that ran a hostPort pod keeps its portmap base
 // chains, as docs/kubernetes.md says), every Node says
@@ -57,9 +58,43 @@ func testUninstall(t *testing.T, ctx context.Context, c *cluster) {
 		t.Logf("kubectl %s:\n%s", strings.Join(args, " "), strings.TrimSpace(string(out)))
 	}
 	start := time.Now()
-	kubectl(deploy.Manifest, "delete", "-f", "-")
+	kubectl(deploy.Manifest, "delete", "--cascade=foreground", "-f", "-")
 	kubectl(cleanup, "apply", "-f", "-")
-	kubectl(nil, "-n", "kube-system", "rollout", "status", "daemonset/podnet-cleanup", "--timeout=2m")
+	// Not `kubectl rollout status` (docs/kubernetes.md): the DaemonSet
+	// controller has no handler for Node deletions, so when it has not
+	// seen NodeDeleted's deletion yet it still counts that node, and its
+	// pod for it stays Pending for good. What the uninstall needs is a
+	// ready cleanup pod on every Node that exists.
+	err = poll(ctx, 2*time.Minute, "a ready podnet-cleanup pod on every Node", func(ctx context.Context) error {
+		nodes, err := c.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		pods, err := c.client.CoreV1().Pods(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=cleanup"})
+		if err != nil {
+			return err
+		}
+		ready := map[string]bool{}
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.DeletionTimestamp == nil && podCondition(p, corev1.PodReady).Status == corev1.ConditionTrue {
+				ready[p.Spec.NodeName] = true
+			}
+		}
+		var missing []string
+		for _, n := range nodes.Items {
+			if !ready[n.Name] {
+				missing = append(missing, n.Name)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("no ready cleanup pod on %s", strings.Join(missing, ", "))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
 	// What each node's leave did, and how often it ran.
 	kubectl(nil, "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/component=cleanup", "-o", "wide")
 	c.logPods(t, ctx, "app.kubernetes.io/component=cleanup", 20)
