@@ -134,8 +134,16 @@ func TestKubernetesDatastore(t *testing.T) {
 		return &rs[0]
 	}
 	waitFor(t, "the route to n2's podCIDR", func() bool { r := route(); return r != nil && r.Gw.Equal(net.IPv4(192, 0, 2, 3)) })
-	if st := tn.getStatus(t); st.Peers != 1 || !st.Ready {
-		t.Fatalf("status with a peer: %+v", st)
+	// The status counts the peer once the reconcile that installed the
+	// route has been recorded, just after it.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st := tn.getStatus(t)
+		if st.Peers == 1 && st.Ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status with a peer: %+v", st)
+		}
 	}
 
 	if err := nodes.Delete(ctx, "n2", metav1.DeleteOptions{}); err != nil {
