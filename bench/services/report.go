@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,6 +37,9 @@ type proxyRun struct {
 	Services int    `json:"services"`
 	// Cold is the process's start → every ClusterIP in the kernel.
 	Cold time.Duration `json:"cold"`
+	// ColdTimedOut: not every ClusterIP was in the kernel after Cold
+	// (the bound, -cold-timeout); nothing else was measured.
+	ColdTimedOut bool `json:"coldTimedOut,omitempty"`
 	// ColdSyncs and ColdSyncTime are the proxy's own sync histogram then:
 	// the syncs it made and their total time.
 	ColdSyncs    int             `json:"coldSyncs"`
@@ -78,6 +82,9 @@ func (r *proxyRun) finish() {
 
 // summary is the run in one line, for progress.
 func (r *proxyRun) summary() string {
+	if r.ColdTimedOut {
+		return fmt.Sprintf("%s, %d Services: cold > %s (not every ClusterIP in the kernel by then; nothing else measured), RSS %d MiB", r.Proxy, r.Services, r.Cold, r.Usage.RSS>>20)
+	}
 	return fmt.Sprintf("%s, %d Services: cold %s (own syncs %d, %s), added p50 %s, endpoint p50 %s, connect p50 %s, RSS %d MiB",
 		r.Proxy, r.Services, ms(r.Cold), r.ColdSyncs, ms(r.ColdSyncTime), ms(benchdoc.Percentile(r.Add, .5)),
 		ms(benchdoc.Percentile(r.Endpoint, .5)), us(r.ConnectP50), r.Usage.RSS>>20)
@@ -128,11 +135,23 @@ func (res *result) table(n int) (head []string, rows [][]string) {
 	row := func(what string, f func(r *proxyRun) string) {
 		cells := []string{what}
 		for _, r := range runs {
+			if r.ColdTimedOut {
+				cells = append(cells, "–")
+				continue
+			}
 			cells = append(cells, f(r))
 		}
 		rows = append(rows, cells)
 	}
-	row("cold start: process started → every ClusterIP in the kernel", func(r *proxyRun) string { return ms(r.Cold) })
+	cold := []string{"cold start: process started → every ClusterIP in the kernel"}
+	for _, r := range runs {
+		if r.ColdTimedOut {
+			cold = append(cold, fmt.Sprintf("**not done after %s** (the bound; not measured further)", r.Cold))
+		} else {
+			cold = append(cold, ms(r.Cold))
+		}
+	}
+	rows = append(rows, cold)
 	row("cold start: the proxy's own sync time (syncs)", func(r *proxyRun) string {
 		return fmt.Sprintf("%s (%d)", ms(r.ColdSyncTime), r.ColdSyncs)
 	})
@@ -150,12 +169,18 @@ func (res *result) table(n int) (head []string, rows [][]string) {
 	})
 	row("TCP connect via ClusterIP, p50 / p99", func(r *proxyRun) string { return us(r.ConnectP50) + " / " + us(r.ConnectP99) })
 	row("TCP connect direct to the endpoint, p50 / p99", func(r *proxyRun) string { return us(r.DirectP50) + " / " + us(r.DirectP99) })
-	if runs[0].Traffic != nil {
+	if slices.ContainsFunc(runs, func(r *proxyRun) bool { return r.Traffic != nil }) {
 		row("TCP stream via ClusterIP / direct, median Gbit/s", func(r *proxyRun) string {
 			t := r.Traffic
+			if t == nil {
+				return "–"
+			}
 			return fmt.Sprintf("%.2f / %.2f (%.0f %%)", benchdoc.Median(t.ClusterIPGbps), benchdoc.Median(t.DirectGbps), 100*t.ratio())
 		})
 		row("1-byte request/response via ClusterIP / direct, p50", func(r *proxyRun) string {
+			if r.Traffic == nil {
+				return "–"
+			}
 			return us(r.Traffic.RRClusterP50) + " / " + us(r.Traffic.RRDirectP50)
 		})
 	}
