@@ -106,20 +106,11 @@ func (res *result) run(proxy string, n int) *proxyRun {
 func (res *result) proxies() []string {
 	var out []string
 	for _, r := range res.Runs {
-		if !contains(out, r.Proxy) {
+		if !slices.Contains(out, r.Proxy) {
 			out = append(out, r.Proxy)
 		}
 	}
 	return out
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // table is the figures of one scale, a column per proxy.

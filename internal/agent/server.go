@@ -86,7 +86,7 @@ func (a *Agent) serve(ctx context.Context, addr string, h http.Handler) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	a.log.Info("serving health and metrics", slog.String("addr", ln.Addr().String()))
+	a.log.Info("serving HTTP (health checks)", slog.String("addr", ln.Addr().String()))
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("health server: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
@@ -96,4 +97,15 @@ func HasTable(t testing.TB, ns *netns.Temp, family nftables.TableFamily, name st
 		}
 	}
 	return false
+}
+
+// Contains fails the test for every one of wants that the ruleset text
+// out (Ruleset's) lacks, showing out.
+func Contains(t testing.TB, out string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(out, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, out)
+		}
+	}
 }
