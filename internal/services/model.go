@@ -302,14 +302,14 @@ type endpoint struct {
 // endpointsOf are the endpoints of service port sp in family fam in the
 // Service's slices: the slices of that address type, their ports of sp's
 // name and protocol, deduplicated by address and port (a local duplicate
-// wins), ordered.
+// wins, then one not known to be remote), ordered.
 func endpointsOf(epSlices []*discoveryv1.EndpointSlice, sp *corev1.ServicePort, fam dataplane.Family, nodeName string) []endpoint {
 	want := discoveryv1.AddressTypeIPv4
 	if fam == dataplane.IPv6 {
 		want = discoveryv1.AddressTypeIPv6
 	}
 	proto := cmp.Or(sp.Protocol, corev1.ProtocolTCP)
-	byKey := map[dataplane.Endpoint]endpoint{}
+	byKey := map[netip.AddrPort]endpoint{}
 	for _, sl := range epSlices {
 		if sl.AddressType != want {
 			continue
@@ -323,8 +323,9 @@ func endpointsOf(epSlices []*discoveryv1.EndpointSlice, sp *corev1.ServicePort, 
 				if !ok {
 					continue
 				}
-				if _, dup := byKey[ep.Endpoint]; !dup || ep.local {
-					byKey[ep.Endpoint] = ep
+				k := netip.AddrPortFrom(ep.Addr, ep.Port)
+				if old, dup := byKey[k]; !dup || ep.local || old.Remote && !ep.Remote {
+					byKey[k] = ep
 				}
 			}
 		}
@@ -353,7 +354,10 @@ func newEndpoint(e *discoveryv1.Endpoint, port uint16, fam dataplane.Family, nod
 		return endpoint{}, false
 	}
 	ep := endpoint{
-		Endpoint:    dataplane.Endpoint{Addr: ip.Unmap(), Port: port},
+		Endpoint: dataplane.Endpoint{
+			Addr: ip.Unmap(), Port: port,
+			Remote: e.NodeName != nil && *e.NodeName != "" && *e.NodeName != nodeName,
+		},
 		local:       e.NodeName != nil && *e.NodeName == nodeName,
 		ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
 		serving:     e.Conditions.Serving == nil || *e.Conditions.Serving,

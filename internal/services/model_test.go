@@ -425,7 +425,7 @@ func TestBuild(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Build(tt.svc, tt.slices, testNode)
+			got := withoutRemote(Build(tt.svc, tt.slices, testNode))
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("Build:\n got %+v\nwant %+v", got, tt.want)
 			}
@@ -433,11 +433,49 @@ func TestBuild(t *testing.T) {
 	}
 }
 
+// withoutRemote is r with every endpoint's Remote false: TestBuild
+// checks which endpoints serve, TestBuildRemote where they are.
+func withoutRemote(r Result) Result {
+	for i := range r.Ports {
+		p := &r.Ports[i]
+		for _, eps := range [][]dataplane.Endpoint{p.Internal, p.External, p.Cluster} {
+			for j := range eps {
+				eps[j].Remote = false
+			}
+		}
+	}
+	return r
+}
+
+// TestBuildRemote: an endpoint is Remote when its slice names another
+// node; one on this node or on none is not (the hairpin set keeps it).
+// Of one address and port in two slices, the local one wins, then the
+// one not known to be remote.
+func TestBuildRemote(t *testing.T) {
+	s := svc([]string{"10.96.0.10"}, http80)
+	sl1 := slice("web-1", discoveryv1.AddressTypeIPv4, http8080,
+		ep("10.244.1.2", "n1"), ep("10.244.2.2", "n2"), ep("10.244.9.2", ""),
+		ep("10.244.3.2", "n3"), ep("10.244.4.2", "n4"))
+	sl2 := slice("web-2", discoveryv1.AddressTypeIPv4, http8080,
+		ep("10.244.3.2", "n1"), ep("10.244.4.2", ""))
+	got := Build(s, []*discoveryv1.EndpointSlice{sl1, sl2}, testNode)
+	want := []dataplane.Endpoint{
+		{Addr: netip.MustParseAddr("10.244.1.2"), Port: 8080},
+		{Addr: netip.MustParseAddr("10.244.2.2"), Port: 8080, Remote: true},
+		{Addr: netip.MustParseAddr("10.244.3.2"), Port: 8080},
+		{Addr: netip.MustParseAddr("10.244.4.2"), Port: 8080},
+		{Addr: netip.MustParseAddr("10.244.9.2"), Port: 8080},
+	}
+	if len(got.Ports) != 1 || !reflect.DeepEqual(got.Ports[0].Internal, want) {
+		t.Errorf("Build: %+v\nwant internal %+v", got.Ports, want)
+	}
+}
+
 // TestBuildNodeWithoutZone: a node without a zone label ignores hints.
 func TestBuildNodeWithoutZone(t *testing.T) {
 	s := svc([]string{"10.96.0.10"}, http80)
 	sl := slice("web-1", discoveryv1.AddressTypeIPv4, http8080, hinted(ep("10.244.1.2", "n1"), "a"), hinted(ep("10.244.2.2", "n2"), "b"))
-	got := Build(s, []*discoveryv1.EndpointSlice{sl}, Node{Name: "n1"})
+	got := withoutRemote(Build(s, []*discoveryv1.EndpointSlice{sl}, Node{Name: "n1"}))
 	if want := eps(8080, "10.244.1.2", "10.244.2.2"); len(got.Ports) != 1 || !reflect.DeepEqual(got.Ports[0].Internal, want) {
 		t.Errorf("Build without a zone: %+v, want internal %v", got.Ports, want)
 	}

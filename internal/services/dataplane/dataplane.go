@@ -299,8 +299,8 @@ type diff struct {
 	chains, rules, elems, eps           int // changes of the totals
 }
 
-// addrChange is the endpoint addresses a service stopped and started
-// using.
+// addrChange is the hairpin addresses a service stopped and started
+// using (programmed.hairpin).
 type addrChange struct{ removed, added []netip.Addr }
 
 // chainWrite is a service chain to write, with its rules.
@@ -315,11 +315,11 @@ func (d *diff) service(old, p *programmed) {
 	var oldElems, newElems []element
 	var oldAddrs, newAddrs []netip.Addr
 	if old != nil {
-		oldChains, oldElems, oldAddrs = old.chains, old.elems, old.endpointAddrs()
+		oldChains, oldElems, oldAddrs = old.chains, old.elems, old.hairpin
 		d.eps -= old.endpointCount()
 	}
 	if p != nil {
-		newChains, newElems, newAddrs = p.chains, p.elems, p.endpointAddrs()
+		newChains, newElems, newAddrs = p.chains, p.elems, p.hairpin
 		d.eps += p.endpointCount()
 	}
 	var c addrChange
@@ -425,7 +425,7 @@ type hairpinUpdate struct {
 }
 
 // hairpinCounts computes the hairpin set after the diff's services
-// changes: one element per endpoint address in use. It updates the
+// changes: one element per hairpin address in use. It updates the
 // table's counts in place: after a failed sync they are rebuilt by the
 // full sync that follows.
 func (t *Table) hairpinCounts(d *diff) hairpinUpdate {

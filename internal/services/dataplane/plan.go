@@ -138,24 +138,30 @@ type chainState struct {
 type programmed struct {
 	svc      Service
 	chains   []chainState
-	elems    []element // distinct keys
-	internal *group    // nil without internal endpoints
-	external *group    // nil without external endpoints of their own
-	cluster  *group    // the short-circuit's, when not the internal ones
+	elems    []element    // distinct keys
+	hairpin  []netip.Addr // the hairpin set's endpoint addresses, each once
+	internal *group       // nil without internal endpoints
+	external *group       // nil without external endpoints of their own
+	cluster  *group       // the short-circuit's, when not the internal ones
 }
 
 // groups are the service's endpoint groups (nil for none).
 func (p *programmed) groups() []*group { return []*group{p.internal, p.external, p.cluster} }
 
-// endpointAddrs returns the distinct addresses of the service's endpoints.
-func (p *programmed) endpointAddrs() []netip.Addr {
+// hairpinAddrs returns the distinct addresses of the endpoints whose
+// connections to themselves through the service this node may DNAT:
+// those of its groups not known to be remote, and every one of short,
+// the group of an externalTrafficPolicy Local short-circuit (nil for
+// none): a pod of another node reaching this node's node port or
+// external address is DNATed here, to any of the cluster's endpoints.
+func (p *programmed) hairpinAddrs(short *group) []netip.Addr {
 	var out []netip.Addr
 	for _, g := range p.groups() {
 		if g == nil {
 			continue
 		}
 		for _, ep := range g.slots {
-			if !slices.Contains(out, ep.Addr) {
+			if (!ep.Remote || g == short) && !slices.Contains(out, ep.Addr) {
 				out = append(out, ep.Addr)
 			}
 		}
@@ -423,6 +429,7 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 		for slot, ep := range g.slots {
 			add(setServiceEndpoints, nftables.SetElement{Key: append(addrKey(s.ClusterIP), exprs.Native32(uint32(slot))...), Val: endpointValue(ep)})
 		}
+		p.hairpin = p.hairpinAddrs(nil)
 		return p
 	}
 
@@ -443,13 +450,18 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 		groupPlan(&cp, p.internal)
 		p.chains = append(p.chains, chainState{name: svcChain, plan: cp})
 	}
-	target := svcChain // of the short-circuit
+	target, short := svcChain, p.internal // of the short-circuit
+	if !shortCircuit {
+		short = nil
+	}
 	if p.cluster != nil {
+		short = p.cluster
 		target = cluChain
 		cp := chainPlan{family: s.Family, cidrs: cidrs}
 		groupPlan(&cp, p.cluster)
 		p.chains = append(p.chains, chainState{name: cluChain, plan: cp})
 	}
+	p.hairpin = p.hairpinAddrs(short)
 	if s.ClusterIP.IsValid() {
 		if hasInternal {
 			add(setServiceIPs, nftables.SetElement{Key: addrKey(s.ClusterIP), VerdictData: verdict(expr.VerdictGoto, svcChain)})

@@ -74,6 +74,13 @@
 //   - nat-postrouting (srcnat) masquerades (fully random) the packets
 //     carrying MasqueradeMark, clearing it, and the DNATed connections of
 //     an endpoint to itself (hairpin: "ip saddr . ip daddr @hairpin").
+//     @hairpin holds the endpoints whose own connections this node may
+//     DNAT: those not known to be on another node (Endpoint.Remote), and
+//     every endpoint of an externalTrafficPolicy Local short-circuit,
+//     which serves pods of other nodes coming to this node's addresses. A
+//     pod of another node reaches a ClusterIP through its own node's
+//     proxy: at 10,000 services × 5 endpoints on other nodes, the set
+//     holds the node's own endpoints, not 50,000 addresses.
 //
 // The first Sync of a Table deletes and rewrites the table in one
 // transaction, so established connections (their conntrack entries)
@@ -196,4 +203,10 @@ func familyName(f Family) string {
 type Endpoint struct {
 	Addr netip.Addr
 	Port uint16
+	// Remote: the endpoint is known to be on another node (its
+	// EndpointSlice's nodeName is another node's). Its connections to
+	// itself through the service are DNATed on its own node, so this
+	// node's hairpin set leaves it out. The zero value, on this node or
+	// on an unknown one, is the safe one: in the set.
+	Remote bool
 }

@@ -34,7 +34,7 @@ func manyServices(n, eps int) []Service {
 		}
 		for j := range eps {
 			k := i*eps + j
-			s.Internal = append(s.Internal, Endpoint{netip.AddrFrom4([4]byte{10, 244, byte(k >> 8), byte(k)}), 8080})
+			s.Internal = append(s.Internal, Endpoint{Addr: netip.AddrFrom4([4]byte{10, 244, byte(k >> 8), byte(k)}), Port: 8080})
 		}
 		s.External = s.Internal
 	}
@@ -79,7 +79,7 @@ func TestIncremental(t *testing.T) {
 		t.Fatalf("chain %s has no rules", other)
 	}
 
-	endpoint := func(k byte) Endpoint { return Endpoint{netip.AddrFrom4([4]byte{10, 245, 0, k}), 8080} }
+	endpoint := func(k byte) Endpoint { return Endpoint{Addr: netip.AddrFrom4([4]byte{10, 245, 0, k}), Port: 8080} }
 	steps := []struct {
 		name     string
 		change   func(s *Service) // of svcs[1]
@@ -282,9 +282,9 @@ func TestInvalid(t *testing.T) {
 		{"cluster IP of the other family", func(s *Service) { s.ClusterIP = addr("fd00::1") }, "cluster IP"},
 		{"external IP of the other family", func(s *Service) { s.ExternalIPs = []netip.Addr{addr("fd00::1")} }, "external IP"},
 		{"invalid endpoint", func(s *Service) { s.Internal = []Endpoint{{Port: 80}} }, "endpoint"},
-		{"endpoint port 0", func(s *Service) { s.Internal = []Endpoint{{addr("10.244.0.1"), 0}} }, "port 0"},
+		{"endpoint port 0", func(s *Service) { s.Internal = []Endpoint{{Addr: addr("10.244.0.1"), Port: 0}} }, "port 0"},
 		{"negative affinity", func(s *Service) { s.Affinity = -time.Second }, "affinity"},
-		{"cluster endpoint of the other family", func(s *Service) { s.Cluster = []Endpoint{{addr("fd00::1"), 80}} }, "endpoint"},
+		{"cluster endpoint of the other family", func(s *Service) { s.Cluster = []Endpoint{{Addr: addr("fd00::1"), Port: 80}} }, "endpoint"},
 		{"source range of the other family", func(s *Service) { s.SourceRanges = []netip.Prefix{netip.MustParsePrefix("fd00::/64")} }, "source range"},
 		{"invalid source range", func(s *Service) { s.SourceRanges = []netip.Prefix{{}} }, "source range"},
 	} {
@@ -325,7 +325,7 @@ func TestScale(t *testing.T) {
 	t.Logf("10000 services × 5 endpoints from cold: %v (CPU: %v in the process, %v in the kernel, which applies the batch; %+v)",
 		time.Since(start), cpuTime(t, false)-user, cpuTime(t, true)-kernel, st)
 
-	svcs[4242].Internal[3] = Endpoint{addr("10.250.0.1"), 8080}
+	svcs[4242].Internal[3] = Endpoint{Addr: addr("10.250.0.1"), Port: 8080}
 	svcs[4242].External = svcs[4242].Internal
 	start = time.Now()
 	st, err = tb.Sync(svcs)
@@ -382,7 +382,7 @@ func TestUpdate(t *testing.T) {
 	for i := range 200 {
 		in[i] = true
 	}
-	endpoint := func(k byte) Endpoint { return Endpoint{netip.AddrFrom4([4]byte{10, 245, 0, k}), 8080} }
+	endpoint := func(k byte) Endpoint { return Endpoint{Addr: netip.AddrFrom4([4]byte{10, 245, 0, k}), Port: 8080} }
 	id := func(i int) string { return svcs[i].ID() }
 	for _, step := range []struct {
 		name    string
@@ -454,7 +454,7 @@ func TestUpdate(t *testing.T) {
 func TestNoEndpointVerdicts(t *testing.T) {
 	ns := nfttest.NS(t, "dpnoep")
 	tb, c := newTable(t, ns.Fd()), nftConn(t, ns)
-	remote := []Endpoint{{addr("10.244.2.2"), 8080}}
+	remote := []Endpoint{{Addr: addr("10.244.2.2"), Port: 8080}}
 	s := Service{Namespace: "ns", Name: "itp", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.40"), Port: 80, Cluster: remote}
 	for _, step := range []struct {
 		name     string
@@ -463,7 +463,7 @@ func TestNoEndpointVerdicts(t *testing.T) {
 		maxWrite int
 	}{
 		{"endpoints elsewhere only: drop", func(*Service) {}, "drop", -1},
-		{"another remote endpoint: nothing written", func(s *Service) { s.Cluster = []Endpoint{{addr("10.244.3.2"), 8080}} }, "drop", 0},
+		{"another remote endpoint: nothing written", func(s *Service) { s.Cluster = []Endpoint{{Addr: addr("10.244.3.2"), Port: 8080}} }, "drop", 0},
 		{"no endpoint at all: reject", func(s *Service) { s.Cluster = nil }, "goto " + chainReject, 2},
 		{"back: drop", func(s *Service) { s.Cluster = remote }, "drop", 2},
 	} {
@@ -505,4 +505,65 @@ func nftConn(t *testing.T, ns *netns.Temp) *nft.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// TestHairpinSet: the hairpin set holds the endpoints not known to be
+// remote, and every endpoint of an externalTrafficPolicy Local
+// short-circuit; a remote endpoint of other traffic is left out, and
+// one becoming local is added.
+func TestHairpinSet(t *testing.T) {
+	ns := nfttest.NS(t, "dphair")
+	tb, c := newTable(t, ns.Fd()), nftConn(t, ns)
+	local := func(a string) Endpoint { return Endpoint{Addr: addr(a), Port: 8080} }
+	remote := func(a string) Endpoint { return Endpoint{Addr: addr(a), Port: 8080, Remote: true} }
+	svc := func(name, cip string, internal []Endpoint) Service {
+		return Service{Namespace: "ns", Name: name, Protocol: TCP, Family: IPv4, ClusterIP: addr(cip), Port: 80, Internal: internal, Cluster: internal}
+	}
+	plain := svc("plain", "10.96.0.50", []Endpoint{local("10.244.1.2"), remote("10.244.2.2")})
+	// externalTrafficPolicy Cluster: external traffic is masqueraded
+	// anyway.
+	cluster := svc("cluster", "10.96.0.51", []Endpoint{remote("10.244.5.2")})
+	cluster.NodePort, cluster.External = 30050, cluster.Internal
+	// Local: the short-circuit's endpoints are the internal ones …
+	etp := svc("etp", "10.96.0.52", []Endpoint{remote("10.244.3.2"), local("10.244.1.3")})
+	etp.NodePort, etp.ExternalLocal, etp.External = 30051, true, []Endpoint{local("10.244.1.3")}
+	// … or, under internalTrafficPolicy Local too, the cluster's.
+	both := svc("both", "10.96.0.53", []Endpoint{local("10.244.1.4")})
+	both.NodePort, both.ExternalLocal, both.External = 30052, true, both.Internal
+	both.Cluster = []Endpoint{remote("10.244.4.2"), local("10.244.1.4")}
+
+	check := func(t *testing.T, st Stats, want ...string) {
+		t.Helper()
+		checkKernel(t, tb, c, st)
+		es, err := c.Elements(tb.sets[families[0].set(setHairpin)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range es {
+			got = append(got, netip.AddrFrom4([4]byte(e.Key[:4])).String())
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("hairpin set %v, want %v", got, want)
+		}
+	}
+	st, err := tb.Sync([]Service{plain, cluster, etp, both})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, st, "10.244.1.2", "10.244.1.3", "10.244.3.2", "10.244.1.4", "10.244.4.2")
+
+	plain.Internal = []Endpoint{local("10.244.1.2"), local("10.244.2.2")}
+	plain.Cluster = plain.Internal
+	if st, err = tb.Update([]Service{plain}, nil); err != nil {
+		t.Fatal(err)
+	}
+	check(t, st, "10.244.1.2", "10.244.2.2", "10.244.1.3", "10.244.3.2", "10.244.1.4", "10.244.4.2")
+
+	if st, err = tb.Update(nil, []string{etp.ID(), both.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	check(t, st, "10.244.1.2", "10.244.2.2")
 }

@@ -1,13 +1,18 @@
 package dataplane
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/internal/testing/nfttest"
@@ -24,14 +29,14 @@ func labServices(l *lab) []Service {
 	tcp4 := func(ps ...*pod) []Endpoint {
 		var out []Endpoint
 		for _, x := range ps {
-			out = append(out, Endpoint{x.ip4, tcpPort})
+			out = append(out, Endpoint{Addr: x.ip4, Port: tcpPort})
 		}
 		return out
 	}
 	tcp6 := func(ps ...*pod) []Endpoint {
 		var out []Endpoint
 		for _, x := range ps {
-			out = append(out, Endpoint{x.ip6, tcpPort})
+			out = append(out, Endpoint{Addr: x.ip6, Port: tcpPort})
 		}
 		return out
 	}
@@ -54,7 +59,7 @@ func labServices(l *lab) []Service {
 	aff.Affinity = time.Hour
 	empty := svc("empty", TCP, "10.96.0.13", 80, nil, nil)
 	empty.NodePort = 30083
-	udp := svc("dns", UDP, "10.96.0.14", 53, []Endpoint{{p[1].ip4, udpPort}}, []Endpoint{{p[1].ip4, udpPort}})
+	udp := svc("dns", UDP, "10.96.0.14", 53, []Endpoint{{Addr: p[1].ip4, Port: udpPort}}, []Endpoint{{Addr: p[1].ip4, Port: udpPort}})
 	hair := svc("self", TCP, "10.96.0.15", 80, tcp4(p[0]), tcp4(p[0]))
 	sctp := svc("sctp", SCTP, "10.96.0.16", 80, tcp4(p[0]), tcp4(p[0]))
 	return []Service{web, web6, local, localNone, aff, empty, udp, hair, sctp}
@@ -201,7 +206,7 @@ func TestTraffic(t *testing.T) {
 
 	t.Run("endpoints 0 → back: refused, then served", func(t *testing.T) {
 		empty := find(svcs, "empty", IPv4)
-		empty.Internal = []Endpoint{{pod3.ip4, tcpPort}}
+		empty.Internal = []Endpoint{{Addr: pod3.ip4, Port: tcpPort}}
 		empty.External = empty.Internal
 		if _, err := tb.Sync(svcs); err != nil {
 			t.Fatal(err)
@@ -223,7 +228,7 @@ func TestTraffic(t *testing.T) {
 			t.Fatalf("first answer %v %v, want pod2", a, err)
 		}
 		dns := find(svcs, "dns", IPv4)
-		dns.Internal = []Endpoint{{pod3.ip4, udpPort}}
+		dns.Internal = []Endpoint{{Addr: pod3.ip4, Port: udpPort}}
 		dns.External = dns.Internal
 		st, err := tb.Sync(svcs)
 		if err != nil {
@@ -247,7 +252,7 @@ func TestTraffic(t *testing.T) {
 			}
 			return nil
 		})
-		dns.Internal = []Endpoint{{pod2.ip4, udpPort}}
+		dns.Internal = []Endpoint{{Addr: pod2.ip4, Port: udpPort}}
 		dns.External = dns.Internal
 		if _, err := tb.Sync(svcs); err != nil {
 			t.Fatal(err)
@@ -336,8 +341,8 @@ func TestSourceRanges(t *testing.T) {
 	pod1, pod3 := l.pods[0], l.pods[2]
 	node := &pod{name: "node", ns: l.node}
 	lb4, lb6 := addr("198.51.100.20"), addr("2001:db8:100::20")
-	eps4 := []Endpoint{{pod1.ip4, tcpPort}}
-	eps6 := []Endpoint{{pod1.ip6, tcpPort}}
+	eps4 := []Endpoint{{Addr: pod1.ip4, Port: tcpPort}}
+	eps6 := []Endpoint{{Addr: pod1.ip6, Port: tcpPort}}
 	fw := Service{Namespace: "default", Name: "fw", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.20"), Port: 80, NodePort: 30090,
 		ExternalIPs: []netip.Addr{addr("192.0.2.20")}, LoadBalancerIPs: []netip.Addr{lb4},
 		Internal: eps4, External: eps4, Cluster: eps4}
@@ -442,7 +447,7 @@ func TestLocalPolicyWithoutLocalEndpoints(t *testing.T) {
 	pod1, pod2, pod3 := l.pods[0], l.pods[1], l.pods[2]
 	node := &pod{name: "node", ns: l.node}
 	// The endpoints are "on other nodes" (pod1, pod2): none is local.
-	remote := []Endpoint{{pod1.ip4, tcpPort}, {pod2.ip4, tcpPort}}
+	remote := []Endpoint{{Addr: pod1.ip4, Port: tcpPort, Remote: true}, {Addr: pod2.ip4, Port: tcpPort, Remote: true}}
 	// internalTrafficPolicy Local: no internal endpoint.
 	itp := Service{Namespace: "default", Name: "itp", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.30"), Port: 80, Cluster: remote}
 	// Both policies Local, reachable from outside: external traffic is
@@ -485,5 +490,52 @@ func TestLocalPolicyWithoutLocalEndpoints(t *testing.T) {
 		if _, err := helloTCP(c.from.ns, c.to); !isRefused(err) {
 			t.Errorf("no endpoints: %s → %v: %v, want refused", c.from.name, c.to, err)
 		}
+	}
+}
+
+// TestRemoteHairpin: a pod of another node reaching this node's node
+// port under externalTrafficPolicy Local is short-circuited to the
+// cluster's endpoints; when it is picked itself, the connection is
+// masqueraded as a hairpin (without, the pod would receive its own
+// address as the source and drop it as a martian). The client plays
+// that pod: it holds 10.244.200.2, an address of the cluster CIDRs,
+// behind the node's underlay link.
+func TestRemoteHairpin(t *testing.T) {
+	l := newLab(t, 1)
+	tb := newTable(t, l.node.Fd())
+	self := netip.MustParseAddr("10.244.200.2")
+	h, err := netlink.NewHandleAt(l.client.ns.Handle(), unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: self.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	remote := &pod{name: "remote", ns: l.client.ns, ip4: self}
+	remote.serve(t)
+	eps := []Endpoint{{Addr: self, Port: tcpPort, Remote: true}}
+	s := Service{Namespace: "default", Name: "remote-self", Protocol: TCP, Family: IPv4, ClusterIP: addr("10.96.0.18"), Port: 80,
+		NodePort: 30084, ExternalLocal: true, Internal: eps, Cluster: eps}
+	if _, err := tb.Sync([]Service{s}); err != nil {
+		t.Fatal(err)
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: self.AsSlice()}, Timeout: 2 * time.Second}
+	c, err := l.client.ns.DialContext(context.Background(), d, "tcp", ap(l.nodeIP4, 30084).String())
+	if err != nil {
+		t.Fatalf("remote pod → its own node port service: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read greeting: %v", err)
+	}
+	if a := parseAnswer(line); a.server != "remote" || a.source != l.nodeIP4.String() {
+		t.Errorf("answer %+v, want remote seeing the node's address %v", a, l.nodeIP4)
 	}
 }
