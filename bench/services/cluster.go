@@ -29,6 +29,10 @@ const (
 	targetPort  = 8080
 	// endpointsPerService is the endpoints of every Service.
 	endpointsPerService = 5
+	// endpointNode is the nodeName of every endpoint: pods of another
+	// node, as the EndpointSlice controller writes them in a cluster of
+	// many nodes (no Node object is needed for it).
+	endpointNode = "bench-elsewhere"
 	// nodePortEvery: every this many Services is a NodePort Service.
 	nodePortEvery = 10
 	// apiWorkers create the objects in parallel.
@@ -226,7 +230,9 @@ func sliceOf(name string, eps []netip.Addr) *discoveryv1.EndpointSlice {
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Protocol: ptr(corev1.ProtocolTCP), Port: ptr(int32(targetPort))}},
 	}
 	for _, ep := range eps {
-		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{ep.String()}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
+			Addresses: []string{ep.String()}, NodeName: ptr(endpointNode), Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+		})
 	}
 	return s
 }

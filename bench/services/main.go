@@ -66,6 +66,7 @@ type options struct {
 	proxies     []string
 	proxyBin    string
 	coldTimeout time.Duration
+	settle      time.Duration
 	keep        bool
 	out         benchdoc.Output
 }
@@ -80,6 +81,7 @@ func main() {
 	flag.DurationVar(&o.streamFor, "stream", 3*time.Second, "length of a throughput run (3 through the ClusterIP, 3 direct, alternating)")
 	flag.StringVar(&o.proxyBin, "proxy-bin", "bin/bench-services-proxy", "podnet's service proxy (go build ./bench/services/proxy)")
 	flag.DurationVar(&o.coldTimeout, "cold-timeout", 10*time.Minute, "longest a proxy may take to program every Service from cold")
+	flag.DurationVar(&o.settle, "settle", 2*time.Minute, "longest wait for a quiet machine (90 % idle CPU, two seconds in a row) before a proxy's cold start, its connects and its traffic; 0: no wait")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (proxy logs, control plane) for inspection")
 	o.out.Flags()
 	flag.Parse()
@@ -205,6 +207,7 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 		return nil, err
 	}
 	defer ln.Close()
+	b.quiet(ctx, "before the cold start")
 	p, err := b.start(kind, nd)
 	if err != nil {
 		return nil, err
@@ -255,14 +258,26 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 		return nil, err
 	}
 
-	// Connect latency, through svc-0's ClusterIP and direct.
+	// Connect latency, through svc-0's ClusterIP and direct, alternating
+	// in ten rounds: both see the machine in the same state.
 	svc0 := netip.AddrPortFrom(want[0], servicePort)
 	direct := netip.AddrPortFrom(realEndpoints[0], targetPort)
-	if r.Connect, err = benchnet.ConnectTimes(ctx, nd.client.NS, svc0, b.o.connects); err != nil {
-		return nil, err
-	}
-	if r.ConnectDirect, err = benchnet.ConnectTimes(ctx, nd.client.NS, direct, b.o.connects); err != nil {
-		return nil, err
+	b.quiet(ctx, "before the connects")
+	for round := range connectRounds {
+		n := b.o.connects / connectRounds
+		if round == 0 {
+			n += b.o.connects % connectRounds
+		}
+		for _, c := range []struct {
+			to  netip.AddrPort
+			out *[]time.Duration
+		}{{svc0, &r.Connect}, {direct, &r.ConnectDirect}} {
+			times, err := benchnet.ConnectTimes(ctx, nd.client.NS, c.to, n)
+			if err != nil {
+				return nil, err
+			}
+			*c.out = append(*c.out, times...)
+		}
 	}
 
 	// Updates: Services added, endpoints changed.
@@ -328,6 +343,7 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 	r.UpdatesWall = 2 * time.Duration(b.o.trials) * b.o.gap
 
 	if largest {
+		b.quiet(ctx, "before the traffic")
 		if r.Traffic, err = b.traffic(ctx, nd, svc0, direct); err != nil {
 			return nil, err
 		}
@@ -337,6 +353,28 @@ func (b *bench) measure(ctx context.Context, kind proxyKind, k, n int, largest b
 	}
 	r.finish()
 	return r, nil
+}
+
+// quietIdle is the share of idle CPU time a measurement waits for.
+const quietIdle = 0.9
+
+// connectRounds: the connects through the ClusterIP and direct alternate
+// in this many rounds.
+const connectRounds = 10
+
+// quiet waits for the machine to be quiet (benchlab.Quiet), at most
+// -settle; it only says so when it was not.
+func (b *bench) quiet(ctx context.Context, what string) {
+	if b.o.settle <= 0 {
+		return
+	}
+	waited, ok, err := benchlab.Quiet(ctx, quietIdle, b.o.settle)
+	switch {
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "%s: waiting for a quiet machine: %v\n", what, err)
+	case !ok:
+		fmt.Fprintf(os.Stderr, "%s: the machine was not %.0f %% idle within %s; measuring anyway\n", what, 100*quietIdle, waited.Round(time.Second))
+	}
 }
 
 // traffic measures throughput and request/response through the ClusterIP

@@ -33,24 +33,29 @@ type nftObserver struct {
 	endpoint    func(c *nftables.Conn, t *nftables.Table, ip netip.Addr) (bool, error)
 }
 
-// podnetObserver finds an endpoint in podnet's hairpin set (address .
-// address of every endpoint), written in the same transaction as the
-// endpoint maps.
+// podnetObserver finds an endpoint among the values (address . port) of
+// podnet's endpoint maps: @service-endpoints4, of the services without a
+// chain of their own, and @endpoints4-0 … @endpoints4-63.
 func podnetObserver(ns *netns.NS) observer {
 	return nftObserver{ns: ns, family: nftables.TableFamilyINet, table: dataplane.TableName, smap: "service-ips4",
 		endpoint: func(c *nftables.Conn, t *nftables.Table, ip netip.Addr) (bool, error) {
-			s, err := c.GetSetByName(t, "hairpin4")
-			if err != nil {
-				return false, err
-			}
-			els, err := c.GetSetElements(s)
+			sets, err := c.GetSets(t)
 			if err != nil {
 				return false, err
 			}
 			want := ip.AsSlice()
-			for _, e := range els {
-				if bytes.HasPrefix(e.Key, want) {
-					return true, nil
+			for _, s := range sets {
+				if s.Name != "service-endpoints4" && !strings.HasPrefix(s.Name, "endpoints4-") {
+					continue
+				}
+				els, err := c.GetSetElements(s)
+				if err != nil {
+					return false, err
+				}
+				for _, e := range els {
+					if bytes.HasPrefix(e.Val, want) {
+						return true, nil
+					}
 				}
 			}
 			return false, nil

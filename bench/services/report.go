@@ -210,9 +210,9 @@ func (res *result) bars() []string {
 		}
 	}
 	if l := res.run(proxyPodnet, lo); l != nil && lo != hi {
-		out = append(out, fmt.Sprintf("connect latency at %d Services within 5 %% of at %d, p50: %s vs %s (×%.3f) — %s",
+		out = append(out, fmt.Sprintf("connect latency at %d Services within 5 %% of at %d, p50: %s vs %s (×%.3f) — %s (direct to the endpoint, alternating with them: %s vs %s)",
 			hi, lo, us(p.ConnectP50), us(l.ConnectP50), float64(p.ConnectP50)/float64(l.ConnectP50),
-			benchdoc.Verdict(float64(p.ConnectP50) <= 1.05*float64(l.ConnectP50))))
+			benchdoc.Verdict(float64(p.ConnectP50) <= 1.05*float64(l.ConnectP50)), us(p.DirectP50), us(l.DirectP50)))
 	}
 	if t := p.Traffic; t != nil {
 		out = append(out, fmt.Sprintf("ClusterIP throughput ≥ 95 %% of direct: %.0f %% — %s", 100*t.ratio(), benchdoc.Verdict(t.ratio() >= .95)))
