@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -29,16 +28,7 @@ func TestAPIObjects(t *testing.T) {
 	}
 	ns := nfttest.NS(t, "bpol-cp")
 	ip := net.IPv4(192, 0, 2, 1)
-	h, err := netlink.NewHandleAt(ns.Handle())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)}}); err != nil {
+	if err := ns.AddLoopbackAddr(netip.AddrFrom4([4]byte(ip.To4()))); err != nil {
 		t.Fatal(err)
 	}
 	cp, _ := kubetest.ControlPlane(t, ns.Path(), ip)

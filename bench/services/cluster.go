@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -79,16 +78,7 @@ func startCluster(ctx context.Context, dir string, log io.Writer) (_ *apiCluster
 	if c.ns, err = netns.NewTemp("bsvc-cp"); err != nil {
 		return nil, err
 	}
-	h, err := netlink.NewHandleAt(c.ns.Handle())
-	if err != nil {
-		return nil, fmt.Errorf("netlink: %w", err)
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return nil, fmt.Errorf("loopback: %w", err)
-	}
-	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: cpIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
+	if err := c.ns.AddLoopbackAddr(netip.AddrFrom4([4]byte(cpIP.To4()))); err != nil {
 		return nil, fmt.Errorf("api address: %w", err)
 	}
 	c.cp, err = kube.StartControlPlane(ctx, kube.ControlPlaneConfig{

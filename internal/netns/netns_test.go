@@ -2,12 +2,16 @@ package netns
 
 import (
 	"errors"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -145,6 +149,46 @@ func TestDeleteNamedLeftovers(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(RunDir, name)); !os.IsNotExist(err) {
 			t.Errorf("%s remains: %v", name, err)
+		}
+	}
+}
+
+// TestAddLoopbackAddr: the addresses land on the namespace's lo as host
+// addresses, not on the caller's.
+func TestAddLoopbackAddr(t *testing.T) {
+	tmp := newTemp(t)
+	for _, a := range []netip.Addr{netip.MustParseAddr("192.0.2.77"), netip.MustParseAddr("2001:db8::77")} {
+		if err := tmp.AddLoopbackAddr(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := netlink.NewHandleAt(tmp.Handle(), unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := h.AddrList(lo, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range addrs {
+		got = append(got, a.IPNet.String())
+	}
+	for _, want := range []string{"192.0.2.77/32", "2001:db8::77/128"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("lo has %v, want %s", got, want)
+		}
+	}
+	if own, err := netlink.AddrList(nil, netlink.FAMILY_V4); err == nil {
+		for _, a := range own {
+			if a.IP.Equal(net.IPv4(192, 0, 2, 77)) {
+				t.Errorf("the address landed in the caller's namespace")
+			}
 		}
 	}
 }

@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/internal/testing/nfttest"
 )
@@ -504,16 +501,7 @@ func TestRemoteHairpin(t *testing.T) {
 	l := newLab(t, 1)
 	tb := newTable(t, l.node.Fd())
 	self := netip.MustParseAddr("10.244.200.2")
-	h, err := netlink.NewHandleAt(l.client.ns.Handle(), unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: self.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+	if err := l.client.ns.AddLoopbackAddr(self); err != nil {
 		t.Fatal(err)
 	}
 	remote := &pod{name: "remote", ns: l.client.ns, ip4: self}
