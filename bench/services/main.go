@@ -41,6 +41,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -83,8 +84,13 @@ func main() {
 	flag.DurationVar(&o.coldTimeout, "cold-timeout", 10*time.Minute, "longest a proxy may take to program every Service from cold")
 	flag.DurationVar(&o.settle, "settle", 2*time.Minute, "longest wait for a quiet machine (90 % idle CPU, two seconds in a row) before a proxy's cold start, its connects and its traffic; 0: no wait")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (proxy logs, control plane) for inspection")
+	render := flag.Bool("render", false, "measure nothing: render -md's section again from the figures in -json (after a change of the report's prose)")
 	o.out.Flags()
 	flag.Parse()
+	if *render {
+		benchdoc.Main("services", func(context.Context) error { return rerender(o) })
+		return
+	}
 	benchdoc.Main("services", func(ctx context.Context) error {
 		var err error
 		if o.scales, err = parseScales(*scales); err != nil {
@@ -93,6 +99,22 @@ func main() {
 		o.proxies = strings.Split(*proxies, ",")
 		return run(ctx, o)
 	})
+}
+
+// rerender writes the report of the run recorded in -json again.
+func rerender(o options) error {
+	if o.out.JSON == "" || o.out.MD == "" {
+		return errors.New("-render needs -json (read) and -md (written)")
+	}
+	b, err := os.ReadFile(o.out.JSON)
+	if err != nil {
+		return err
+	}
+	var res result
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("%s: %w", o.out.JSON, err)
+	}
+	return o.out.Publish("bench/services", markdown(&res), &res)
 }
 
 // parseScales parses -scales.

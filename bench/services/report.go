@@ -213,6 +213,11 @@ func (res *result) bars() []string {
 		out = append(out, fmt.Sprintf("connect latency at %d Services within 5 %% of at %d, p50: %s vs %s (×%.3f) — %s (direct to the endpoint, alternating with them: %s vs %s)",
 			hi, lo, us(p.ConnectP50), us(l.ConnectP50), float64(p.ConnectP50)/float64(l.ConnectP50),
 			benchdoc.Verdict(float64(p.ConnectP50) <= 1.05*float64(l.ConnectP50)), us(p.DirectP50), us(l.DirectP50)))
+		if p.DirectP50 > 0 && l.DirectP50 > 0 {
+			hiRel, loRel := float64(p.ConnectP50)/float64(p.DirectP50), float64(l.ConnectP50)/float64(l.DirectP50)
+			out = append(out, fmt.Sprintf("the same, each scale's ClusterIP connect over its direct one (the machine's drift between the scales taken out): ×%.3f at %d vs ×%.3f at %d (×%.3f) — %s",
+				hiRel, hi, loRel, lo, hiRel/loRel, benchdoc.Verdict(hiRel <= 1.05*loRel)))
+		}
 	}
 	if t := p.Traffic; t != nil {
 		out = append(out, fmt.Sprintf("ClusterIP throughput ≥ 95 %% of direct: %.0f %% — %s", 100*t.ratio(), benchdoc.Verdict(t.ratio() >= .95)))
@@ -247,13 +252,14 @@ func markdown(res *result) string {
 	b.WriteString("## Service proxy: podnet vs kube-proxy (nftables, iptables)\n\n")
 	fmt.Fprintf(&b, "`make bench-services` (bench/services) on %s. Load average %s at the start, %s at the end: "+
 		"a shared 2-core machine, so the figures are indicative; the run took %s.\n\n", res.Machine, res.LoadStart, res.LoadEnd, res.Took)
-	fmt.Fprintf(&b, "One real API server (Kubernetes v1.32.3) holds selector-less TCP Services (every tenth a NodePort), each with an EndpointSlice of %d ready endpoints (no pods). "+
+	fmt.Fprintf(&b, "One real API server (Kubernetes v1.32.3) holds selector-less TCP Services (every tenth a NodePort), each with an EndpointSlice of %d ready endpoints (no pods; their nodeName is another node's, as in a cluster of many nodes). "+
 		"The proxies run one after the other, each on a fresh node namespace with the same Services: podnet's proxy (the `services` controller that podnet-agent runs with `--service-proxy`, in its own process, bench/services/proxy), "+
 		"then upstream kube-proxy v1.32.3 in nftables mode and in iptables mode (default settings: minSyncPeriod 1 s). "+
 		"Times into the kernel are seen by polling it (every 10 ms: the nftables maps through netlink, iptables-save for iptables mode). "+
 		"Updates are %d Services added (their create → ClusterIP in the kernel) and %d endpoints changed (the slice's update → the new address in the kernel), %s apart. "+
 		"CPU and memory are read from /proc (children included: kube-proxy execs nft and iptables-restore). "+
-		"Connect latency is %d TCP connects from a client namespace routed through the node to svc-0's ClusterIP (its endpoints all in one endpoint namespace), and direct.\n\n",
+		"Connect latency is %d TCP connects from a client namespace routed through the node to svc-0's ClusterIP (its endpoints all in one endpoint namespace), and as many direct to the endpoint, alternating in ten rounds. "+
+		"Each proxy's cold start, its connects and its throughput wait for a quiet machine first (90 %% idle CPU two seconds in a row, at most -settle): filling the API server leaves it and etcd busy for a while.\n\n",
 		endpointsPerService, res.Trials, res.Trials, res.Gap, res.Connects)
 	for _, c := range res.Created {
 		fmt.Fprintf(&b, "- API filled to %d Services (+%d with their slices) in %s.\n", c.Services, c.Added, c.Took.Round(time.Millisecond))

@@ -53,7 +53,7 @@ const (
 var clusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/48")}
 
 // newLab builds the lab with n pods; it is removed when the test ends.
-func newLab(t *testing.T, n int) *lab {
+func newLab(t testing.TB, n int) *lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
@@ -126,7 +126,7 @@ func newLab(t *testing.T, n int) *lab {
 // serve starts the pod's servers: TCP answers a connection with "name
 // client-address" and then echoes lines prefixed with the name; UDP
 // answers each datagram with "name client-address".
-func (p *pod) serve(t *testing.T) {
+func (p *pod) serve(t testing.TB) {
 	t.Helper()
 	err := p.ns.Do(func() error {
 		var err error
@@ -247,7 +247,7 @@ func (u *udpClient) ask(timeout time.Duration) (answer, error) {
 }
 
 // eventually polls f until it returns nil or the deadline passes.
-func eventually(t *testing.T, what string, f func() error) {
+func eventually(t testing.TB, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
