@@ -450,13 +450,13 @@ func (t *Table) render(s *Service, old *programmed) *programmed {
 		groupPlan(&cp, p.internal)
 		p.chains = append(p.chains, chainState{name: svcChain, plan: cp})
 	}
-	target, short := svcChain, p.internal // of the short-circuit
-	if !shortCircuit {
-		short = nil
+	// The short-circuit's chain and endpoints.
+	target, short := svcChain, (*group)(nil)
+	if shortCircuit {
+		short = p.internal
 	}
 	if p.cluster != nil {
-		short = p.cluster
-		target = cluChain
+		target, short = cluChain, p.cluster
 		cp := chainPlan{family: s.Family, cidrs: cidrs}
 		groupPlan(&cp, p.cluster)
 		p.chains = append(p.chains, chainState{name: cluChain, plan: cp})
